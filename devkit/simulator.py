@@ -1,0 +1,230 @@
+"""A local Operations API simulator: Security Command Center's ``google.longrunning`` REST surface.
+
+It is a WSGI app, so tests mount it in-process with ``httpx.WSGITransport`` and
+the demo serves it on loopback with ``python -m devkit.simulator``. Operations
+exist on first touch and behave by the prefix of their id, so any name works
+from the command line:
+
+    (none)           cancel succeeds; the next get shows CANCELLED
+    slow-N-...       still running for N gets after the cancel, then CANCELLED
+    stuck-...        never finishes (for TIMED_OUT)
+    completes-...    finishes with a response despite the cancel (COMPLETED)
+    fails-...        finishes with rpc error 13 after the cancel (FAILED)
+    done-...         already finished: cancel answers 400 FAILED_PRECONDITION
+    missing-...      404 NOT_FOUND
+    denied-...       403 PERMISSION_DENIED
+    unsupported-...  cancel answers 501 UNIMPLEMENTED
+    invalid-...      cancel answers 400 INVALID_ARGUMENT
+
+Control endpoints under ``/_simulator/``: ``POST faults`` with
+``{"status": 503, "count": 2, "retry_delay": "30s"}`` makes the next calls
+fail; ``GET calls`` lists every API call seen; ``POST reset`` forgets all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+VERSIONS = ("v1beta1", "v1p1beta1", "v1", "v2")
+_OPERATION_PATH = re.compile(
+    r"/(?P<version>[^/]+)/(?P<name>organizations/[0-9]+/operations/[A-Za-z0-9._~-]+)(?P<cancel>:cancel)?"
+)
+_LIST_PATH = re.compile(r"/(?P<version>[^/]+)/(?P<parent>organizations/[0-9]+)/operations")
+_SLOW = re.compile(r"slow-([0-9]+)-")
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+}
+_REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
+
+
+@dataclass
+class SimulatedOperation:
+    name: str
+    done: bool = False
+    cancel_requested: bool = False
+    gets_after_cancel: int = 0
+    error: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": self.name,
+            "metadata": {"@type": "type.googleapis.com/google.protobuf.Empty"},
+            "done": self.done,
+        }
+        if self.error is not None:
+            body["error"] = self.error
+        if self.response is not None:
+            body["response"] = self.response
+        return body
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    authorized: bool
+
+
+@dataclass
+class Simulator:
+    operations: dict[str, SimulatedOperation] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    _faults: list[tuple[int, str | None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO", "")
+        with self._lock:
+            if path.startswith("/_simulator/"):
+                status, body = self._control(method, path[len("/_simulator/") :], environ)
+            else:
+                self.calls.append(Call(method, path, bool(environ.get("HTTP_AUTHORIZATION"))))
+                status, body = self._api(method, path, environ)
+        payload = json.dumps(body).encode("utf-8")
+        start_response(
+            f"{status} {_REASONS.get(status, 'Status')}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+        )
+        return [payload]
+
+    def cancel_calls(self, name: str | None = None) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.path.endswith(":cancel") and (name is None or name in c.path)]
+
+    def inject(self, status: int, *, count: int = 1, retry_delay: str | None = None) -> None:
+        with self._lock:
+            self._faults.extend([(status, retry_delay)] * count)
+
+    def _control(self, method: str, command: str, environ: dict[str, Any]) -> tuple[int, Any]:
+        if method == "GET" and command == "calls":
+            return 200, {"calls": [c.__dict__ for c in self.calls]}
+        if method == "POST" and command == "reset":
+            self.operations.clear()
+            self.calls.clear()
+            self._faults.clear()
+            return 200, {}
+        if method == "POST" and command == "faults":
+            request = _read_json(environ)
+            self._faults.extend([(int(request.get("status", 503)), request.get("retry_delay"))] * int(request.get("count", 1)))
+            return 200, {}
+        return 404, _error(404, f"no simulator control {command!r}")
+
+    def _api(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, Any]:
+        if self._faults:
+            status, retry_delay = self._faults.pop(0)
+            return status, _error(status, "injected fault", retry_delay=retry_delay)
+        match = _OPERATION_PATH.fullmatch(path)
+        if match and match["version"] in VERSIONS:
+            operation = self._operation(match["name"])
+            if match["cancel"]:
+                return self._cancel(method, operation) if method == "POST" else (405, _error(400, "use POST"))
+            if method == "GET":
+                return self._get(operation)
+            return 405, _error(400, "use GET")
+        listing = _LIST_PATH.fullmatch(path)
+        if listing and listing["version"] in VERSIONS and method == "GET":
+            prefix = listing["parent"] + "/operations/"
+            found = [op.body() for name, op in sorted(self.operations.items()) if name.startswith(prefix)]
+            return 200, {"operations": found}
+        return 404, _error(404, f"no such method or resource: {path}")
+
+    def _operation(self, name: str) -> SimulatedOperation:
+        if name not in self.operations:
+            operation = SimulatedOperation(name)
+            if _kind(name) == "done":
+                operation.done = True
+                operation.response = {"state": "COMPLETED"}
+            self.operations[name] = operation
+        return self.operations[name]
+
+    def _cancel(self, method: str, operation: SimulatedOperation) -> tuple[int, Any]:
+        kind = _kind(operation.name)
+        refusals = {"missing": 404, "denied": 403, "unsupported": 501, "invalid": 400}
+        if kind in refusals:
+            status = refusals[kind]
+            return status, _error(status, f"simulated {_STATUS_NAMES[status]} for {operation.name}")
+        if operation.done:
+            return 400, _error(400, "Operation has already finished.", status_name="FAILED_PRECONDITION")
+        operation.cancel_requested = True
+        return 200, {}
+
+    def _get(self, operation: SimulatedOperation) -> tuple[int, Any]:
+        kind = _kind(operation.name)
+        if kind in ("missing", "denied"):
+            status = 404 if kind == "missing" else 403
+            return status, _error(status, f"simulated {_STATUS_NAMES[status]} for {operation.name}")
+        if operation.cancel_requested and not operation.done and kind != "stuck":
+            slow = _SLOW.match(operation.name.rsplit("/", 1)[1])
+            if slow and operation.gets_after_cancel < int(slow.group(1)):
+                operation.gets_after_cancel += 1
+            else:
+                operation.done = True
+                if kind == "completes":
+                    operation.response = {"state": "COMPLETED"}
+                elif kind == "fails":
+                    operation.error = {"code": 13, "message": "Internal error during discovery."}
+                else:
+                    operation.error = {"code": 1, "message": "Operation was cancelled."}
+        return 200, operation.body()
+
+
+def _kind(name: str) -> str:
+    operation_id = name.rsplit("/", 1)[1]
+    return operation_id.split("-", 1)[0] if "-" in operation_id else ""
+
+
+def _error(status: int, message: str, *, status_name: str | None = None, retry_delay: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": status, "message": message, "status": status_name or _STATUS_NAMES.get(status, "UNKNOWN")}
+    if retry_delay:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
+    return {"error": error}
+
+
+def _read_json(environ: dict[str, Any]) -> dict[str, Any]:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+    return body if isinstance(body, dict) else {}
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(simulator: Simulator, port: int = 0) -> WSGIServer:
+    """Serve on 127.0.0.1 (``port`` 0 picks a free one) in a daemon thread; returns the server."""
+    server = make_server("127.0.0.1", port, simulator, server_class=_ThreadingServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="simulator", daemon=True).start()
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8090)
+    port = parser.parse_args().port
+    server = make_server("127.0.0.1", port, Simulator(), server_class=_ThreadingServer, handler_class=_QuietHandler)
+    print(f"Operations API simulator on http://127.0.0.1:{port} (set OPCANCEL_API_ENDPOINT to this)", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

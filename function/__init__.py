@@ -1,0 +1,54 @@
+"""opcancel: cancel Google Cloud long-running operations from events, once per request.
+
+Public surface: ``Runtime`` (what ``main.py`` holds), ``Opcancel`` (the
+pipeline), ``Settings``, the ports' adapters and the error tree in ``errors``.
+Modules are private; import from here.
+"""
+
+from . import errors
+from ._api import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, OperationsClient
+from ._app import build_api, build_publisher, build_service, build_store
+from ._clock import SystemClock, format_time, parse_time
+from ._entry import RedeliveryRequested, Runtime, message_from_cloud_event
+from ._log import Logger
+from ._model import InboundMessage, Outcome, SourceKind
+from ._names import OperationRef, parse_name
+from ._pubsub import PubSubPublisher
+from ._service import ItemStatus, Opcancel, Report
+from ._settings import PollingPolicy, Settings
+from ._store import IdempotencyStore, MemoryStore, Record, SqliteStore, State
+
+__all__ = [
+    "AnonymousAuth",
+    "CancelAnswer",
+    "DefaultCredentialsAuth",
+    "IdempotencyStore",
+    "InboundMessage",
+    "ItemStatus",
+    "Logger",
+    "MemoryStore",
+    "Opcancel",
+    "OperationRef",
+    "OperationsClient",
+    "Outcome",
+    "PollingPolicy",
+    "PubSubPublisher",
+    "Record",
+    "RedeliveryRequested",
+    "Report",
+    "Runtime",
+    "Settings",
+    "SourceKind",
+    "SqliteStore",
+    "State",
+    "SystemClock",
+    "build_api",
+    "build_publisher",
+    "build_service",
+    "build_store",
+    "errors",
+    "format_time",
+    "message_from_cloud_event",
+    "parse_name",
+    "parse_time",
+]

@@ -1,0 +1,249 @@
+"""The Operations API port and its httpx adapter (``google.longrunning`` over REST).
+
+One ``OperationsClient`` lives for the life of the process and keeps its
+connections. Tests pass ``httpx.MockTransport`` (or ``httpx.WSGITransport``
+over the simulator) as ``transport``, as httpx's own tests do.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import re
+import threading
+from typing import Any, Callable, Protocol
+
+import httpx
+
+from ._clock import Clock
+from .errors import ApiRejected, ApiUnavailable
+from ._log import Logger
+from ._model import Outcome
+from ._names import OperationRef
+
+SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+_RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+_TRANSIENT_STATUS = frozenset({408, 409, 429}) | _RETRYABLE_STATUS
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s")
+
+
+class CancelAnswer(enum.Enum):
+    ACCEPTED = "accepted"
+    #: 400 FAILED_PRECONDITION: typically already done; ``get`` tells the final state.
+    ALREADY_DONE = "already_done"
+
+
+class OperationsApi(Protocol):
+    def cancel(self, ref: OperationRef) -> CancelAnswer: ...
+
+    def get(self, ref: OperationRef) -> dict[str, Any]: ...
+
+
+class Authenticator(Protocol):
+    def headers(self) -> dict[str, str]: ...
+
+    def refresh(self) -> bool:
+        """Force new credentials; False when there are none to refresh."""
+
+
+class AnonymousAuth:
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def refresh(self) -> bool:
+        return False
+
+
+class DefaultCredentialsAuth:
+    """Application Default Credentials, loaded on first use and refreshed before they expire."""
+
+    def __init__(self) -> None:
+        self._credentials: Any = None
+        self._lock = threading.Lock()
+
+    def headers(self) -> dict[str, str]:
+        with self._lock:
+            credentials = self._load()
+            if not credentials.valid:
+                self._refresh_locked(credentials)
+            return {"authorization": f"Bearer {credentials.token}"}
+
+    def refresh(self) -> bool:
+        with self._lock:
+            self._refresh_locked(self._load())
+        return True
+
+    def _load(self) -> Any:
+        if self._credentials is None:
+            import google.auth
+            import google.auth.exceptions
+
+            try:
+                self._credentials, _ = google.auth.default(scopes=[SCOPE])
+            except google.auth.exceptions.DefaultCredentialsError as problem:
+                raise ApiRejected(
+                    Outcome.PERMISSION_DENIED.value,
+                    f"no Google credentials ({problem}); use OPCANCEL_AUTH=anonymous only against a simulator",
+                    status=401,
+                ) from None
+        return self._credentials
+
+    @staticmethod
+    def _refresh_locked(credentials: Any) -> None:
+        import google.auth.exceptions
+        import google.auth.transport.requests
+
+        try:
+            credentials.refresh(google.auth.transport.requests.Request())
+        except google.auth.exceptions.GoogleAuthError as problem:
+            raise ApiUnavailable(f"could not refresh credentials: {type(problem).__name__}") from None
+
+
+class OperationsClient:
+    """``cancel`` and ``get`` with bounded, jittered in-process retries for 5xx and connection errors.
+
+    429 is not retried here: its RetryInfo delay is handed to the caller, which
+    defers to Pub/Sub redelivery instead of holding the function open.
+    """
+
+    def __init__(
+        self,
+        *,
+        auth: Authenticator,
+        clock: Clock,
+        log: Logger,
+        endpoint: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout_s: float = 10.0,
+        max_attempts: int = 4,
+        base_delay_s: float = 0.25,
+        max_delay_s: float = 2.0,
+        retry_budget_s: float = 20.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._auth = auth
+        self._clock = clock
+        self._log = log
+        self._endpoint = endpoint
+        self._http = httpx.Client(transport=transport, timeout=timeout_s, follow_redirects=False)
+        self._max_attempts = max_attempts
+        self._base_delay_s = base_delay_s
+        self._max_delay_s = max_delay_s
+        self._retry_budget_s = retry_budget_s
+        self._jitter = jitter
+
+    def url(self, ref: OperationRef) -> str:
+        base = self._endpoint or f"https://{ref.host}"
+        return f"{base}/{ref.api_version}/{ref.name}"
+
+    def cancel(self, ref: OperationRef) -> CancelAnswer:
+        response = self._send("POST", self.url(ref) + ":cancel", ref, json_body={})
+        if response.status_code == 400 and _rpc_status(response) == "FAILED_PRECONDITION":
+            return CancelAnswer.ALREADY_DONE
+        self._raise_for_error(response)
+        return CancelAnswer.ACCEPTED
+
+    def get(self, ref: OperationRef) -> dict[str, Any]:
+        response = self._send("GET", self.url(ref), ref)
+        self._raise_for_error(response)
+        body = _json_object(response)
+        if body is None or not isinstance(body.get("done", False), bool):
+            raise ApiUnavailable(f"get answered {response.status_code} with a body that is not an Operation")
+        return body
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, url: str, ref: OperationRef, *, json_body: Any = None) -> httpx.Response:
+        started = self._clock.now()
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._http.request(method, url, json=json_body, headers=self._auth.headers())
+            except httpx.TransportError as problem:
+                failure = f"{type(problem).__name__}"
+                response = None
+            else:
+                if response.status_code == 401 and not refreshed and self._auth.refresh():
+                    refreshed = True
+                    attempt -= 1
+                    continue
+                if response.status_code not in _RETRYABLE_STATUS:
+                    return response
+                failure = f"HTTP {response.status_code}"
+            delay = self._backoff(attempt)
+            if attempt >= self._max_attempts or self._clock.now() - started + delay > self._retry_budget_s:
+                if response is not None:
+                    return response
+                raise ApiUnavailable(f"{method} {ref.name}: {failure} after {attempt} attempts")
+            self._log.info(
+                "retrying an Operations API call",
+                event="api_retry",
+                operation=ref.name,
+                method=method,
+                failure=failure,
+                attempt=attempt,
+                delay_s=round(delay, 3),
+            )
+            self._clock.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._base_delay_s * 2 ** (attempt - 1), self._max_delay_s)
+        return ceiling * (0.5 + self._jitter() / 2)
+
+    @staticmethod
+    def _raise_for_error(response: httpx.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        message = _error_message(response)
+        if status in _TRANSIENT_STATUS:
+            raise ApiUnavailable(f"HTTP {status}: {message}", retry_after=_retry_delay(response))
+        if status in (401, 403):
+            outcome = Outcome.PERMISSION_DENIED
+        elif status == 404:
+            outcome = Outcome.NOT_FOUND
+        elif status == 501:
+            outcome = Outcome.UNSUPPORTED
+        elif 400 <= status < 500:
+            outcome = Outcome.REJECTED
+        else:
+            raise ApiUnavailable(f"HTTP {status}: {message}")
+        raise ApiRejected(outcome.value, f"HTTP {status}: {message}", status=status)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    body = _json_object(response) or {}
+    error = body.get("error")
+    return error if isinstance(error, dict) else {}
+
+
+def _rpc_status(response: httpx.Response) -> str | None:
+    status = _error(response).get("status")
+    return status if isinstance(status, str) else None
+
+
+def _error_message(response: httpx.Response) -> str:
+    error = _error(response)
+    parts = [str(error[k])[:300] for k in ("status", "message") if isinstance(error.get(k), str)]
+    return ": ".join(parts) if parts else (response.reason_phrase or "no error body")
+
+
+def _retry_delay(response: httpx.Response) -> float | None:
+    for detail in _error(response).get("details") or ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            match = _DURATION.fullmatch(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    header = response.headers.get("retry-after", "")
+    return float(header) if header.isdigit() else None

@@ -1,0 +1,48 @@
+"""Wiring: the real adapters chosen by the settings, each created once per process."""
+
+from __future__ import annotations
+
+import httpx
+
+from ._api import AnonymousAuth, DefaultCredentialsAuth, OperationsClient
+from ._clock import Clock, SystemClock
+from .errors import ConfigError
+from ._log import Logger
+from ._pubsub import Publisher, PubSubPublisher
+from ._service import Opcancel
+from ._settings import Settings
+from ._store import IdempotencyStore, MemoryStore, SqliteStore
+
+
+def build_store(settings: Settings) -> IdempotencyStore:
+    if settings.store == "memory":
+        return MemoryStore(lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
+    if settings.store == "sqlite":
+        return SqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
+    raise ConfigError("OPCANCEL_STORE", "the firestore store is not in this build yet; use sqlite or memory")
+
+
+def build_publisher(settings: Settings) -> Publisher:
+    if settings.project is None:
+        raise ConfigError("GOOGLE_CLOUD_PROJECT", "is required to publish checks and results to Pub/Sub")
+    return PubSubPublisher(settings.project)
+
+
+def build_api(
+    settings: Settings, *, clock: Clock, log: Logger, transport: httpx.BaseTransport | None = None
+) -> OperationsClient:
+    auth = DefaultCredentialsAuth() if settings.auth == "adc" else AnonymousAuth()
+    return OperationsClient(auth=auth, clock=clock, log=log, endpoint=settings.api_endpoint, transport=transport)
+
+
+def build_service(settings: Settings, *, log: Logger | None = None) -> Opcancel:
+    log = log or Logger()
+    clock = SystemClock()
+    return Opcancel(
+        settings=settings,
+        api=build_api(settings, clock=clock, log=log),
+        publisher=build_publisher(settings),
+        store=build_store(settings),
+        clock=clock,
+        log=log,
+    )

@@ -1,0 +1,99 @@
+"""Pure decisions and message shapes: what an Operation means, when to check next, what to publish."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ._clock import format_time
+from ._model import CheckRequest, Outcome, Result, Source, SourceKind
+from ._requests import CHECK_KIND, CHECK_KIND_ATTRIBUTE
+from ._settings import PollingPolicy
+
+RESULT_EVENT_TYPE = "dev.opcancel.operation.result.v1"
+_RPC_CANCELLED = 1
+
+
+def outcome_of(operation: dict[str, Any]) -> Outcome | None:
+    """The outcome a ``get`` body shows, or None while the operation runs."""
+    if operation.get("done") is not True:
+        return None
+    error = operation.get("error")
+    if isinstance(error, dict):
+        return Outcome.CANCELLED if error.get("code") == _RPC_CANCELLED else Outcome.FAILED
+    return Outcome.COMPLETED
+
+
+def operation_error(operation: dict[str, Any]) -> str | None:
+    error = operation.get("error")
+    if not isinstance(error, dict):
+        return None
+    return f"rpc code {error.get('code')}: {str(error.get('message', ''))[:300]}"
+
+
+def next_due(policy: PollingPolicy, attempt: int, *, now: float, deadline_at: float) -> float:
+    """When check ``attempt`` is due: exponential backoff, never past the deadline."""
+    return min(now + policy.delay_before(attempt), deadline_at)
+
+
+def payload_hash(identity: str) -> str:
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()
+
+
+def event_id(idempotency_key: str, operation: str) -> str:
+    """Deterministic per key and operation, so a republished result is dropped by consumers."""
+    return hashlib.sha256(f"{idempotency_key}\n{operation}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def result_to_json(result: Result) -> dict[str, Any]:
+    return {
+        "operation": result.operation,
+        "location": result.location,
+        "api_version": result.api_version,
+        "outcome": result.outcome.value,
+        "idempotency_key": result.idempotency_key,
+        "requested_at": format_time(result.requested_at),
+        "finished_at": format_time(result.finished_at),
+        "checks": result.checks,
+        "final_operation": result.final_operation,
+        "error": result.error,
+        "source": result.source.to_json(),
+    }
+
+
+def result_message(stored: dict[str, Any], *, project: str | None) -> tuple[bytes, dict[str, str]]:
+    """A result as a binary-mode CloudEvent over Pub/Sub, from its stored JSON form."""
+    attributes = {
+        "ce-specversion": "1.0",
+        "ce-id": event_id(stored["idempotency_key"], stored["operation"]),
+        "ce-source": f"//opcancel/projects/{project or '-'}",
+        "ce-type": RESULT_EVENT_TYPE,
+        "ce-time": stored["finished_at"],
+        "ce-subject": stored["operation"][:256],
+        "content-type": "application/json",
+        "outcome": stored["outcome"],
+        "operation": stored["operation"][:256],
+    }
+    data = json.dumps(stored, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return data, attributes
+
+
+def check_message(check: CheckRequest) -> tuple[bytes, dict[str, str]]:
+    body = {
+        "operation": check.ref.name,
+        "location": check.ref.location,
+        "api_version": check.ref.api_version,
+        "idempotency_key": check.idempotency_key,
+        "attempt": check.attempt,
+        "due_at": format_time(check.due_at),
+        "deadline_at": format_time(check.deadline_at),
+        "requested_at": format_time(check.requested_at),
+        "source": check.source.to_json(),
+    }
+    attributes = {CHECK_KIND_ATTRIBUTE: CHECK_KIND, "operation": check.ref.name, "attempt": str(check.attempt)}
+    return json.dumps(body, separators=(",", ":")).encode("utf-8"), attributes
+
+
+def source_from_json(data: dict[str, Any]) -> Source:
+    return Source(SourceKind(data["kind"]), data.get("message_id"), data.get("incident_id"))

@@ -1,0 +1,171 @@
+"""The entry points' logic: unwrap what arrived, hand it to the service, decide ack or retry.
+
+This is the only place that decides. For events, returning acknowledges and
+raising ``RedeliveryRequested`` (an HTTP 503 to the push endpoint) makes Pub/Sub
+redeliver; it is raised only when an item hit transient trouble. For HTTP,
+transient trouble answers 503 with ``Retry-After``; everything else answers 202
+with each item's fate, or 400/405/413/415 when the body cannot be used at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import os
+from typing import Any, Mapping
+
+from werkzeug.exceptions import ServiceUnavailable
+
+from ._app import build_service
+from ._log import Logger
+from ._model import InboundMessage, SourceKind
+from ._requests import MAX_BODY_BYTES
+from ._service import ItemStatus, Opcancel, Report
+from ._settings import Settings
+
+PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+_JSON_TYPES = ("application/json", "application/cloudevents+json")
+
+
+class RedeliveryRequested(ServiceUnavailable):
+    """Raised from ``on_event`` so the push subscription redelivers; answered as 503 without a traceback."""
+
+
+class UnusableEvent(Exception):
+    """An event that carries no message opcancel can read."""
+
+
+class Runtime:
+    """What ``main.py`` holds: one service, built once per process and reused by every invocation."""
+
+    def __init__(self, service: Opcancel, *, log: Logger | None = None) -> None:
+        self._service = service
+        self._log = log or Logger()
+
+    @classmethod
+    def from_environment(cls) -> "Runtime":
+        """Read the environment, once; a bad value fails start-up here with the variable's name."""
+        settings = Settings.from_env(os.environ)
+        log = Logger()
+        if settings.allowed_parents is None:
+            log.warning(
+                "OPCANCEL_ALLOWED_PARENTS is unset: any organization's operations may be cancelled",
+                event="allow_all_parents",
+            )
+        return cls(build_service(settings, log=log), log=log)
+
+    def on_event(self, cloud_event: Any) -> None:
+        try:
+            message = message_from_cloud_event(cloud_event)
+        except UnusableEvent as problem:
+            self._log.warning(f"event set aside: {problem}", event="event_unusable", reason=str(problem))
+            return
+        report = self._service.handle(message)
+        if report.must_retry:
+            raise RedeliveryRequested(description=_retry_summary(report))
+
+    def on_http(self, request: Any) -> tuple[str, int, dict[str, str]]:
+        if request.method != "POST":
+            return _answer(405, {"error": "only POST is accepted"}, {"Allow": "POST"})
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return _answer(413, {"error": f"body is larger than {MAX_BODY_BYTES} bytes"})
+        try:
+            message = self._http_message(request)
+        except UnusableEvent as problem:
+            return _answer(400, {"error": str(problem)})
+        except _UnsupportedMediaType as problem:
+            return _answer(415, {"error": str(problem)})
+        report = self._service.handle(message)
+        if report.ignored is not None:
+            return _answer(400 if report.unusable else 202, {"error" if report.unusable else "ignored": report.ignored})
+        body: dict[str, list[dict[str, object]]] = {"accepted": [], "rejected": []}
+        for item in report.items:
+            group = {ItemStatus.REJECTED: "rejected", ItemStatus.RETRY: "retry"}.get(item.status, "accepted")
+            body.setdefault(group, []).append(item.to_json())
+        if report.must_retry:
+            delays = [item.retry_after for item in report.items if item.retry_after]
+            retry_after = str(max(1, math.ceil(max(delays)))) if delays else "10"
+            return _answer(503, body, {"Retry-After": retry_after})
+        return _answer(202, body)
+
+    def _http_message(self, request: Any) -> InboundMessage:
+        data = request.get_data(cache=True)
+        if not data.strip():
+            raise UnusableEvent("body is empty")
+        media_type = (request.mimetype or "").lower()
+        if "ce-specversion" in request.headers or media_type == "application/cloudevents+json":
+            from cloudevents.http import from_http
+            from cloudevents.exceptions import GenericException
+
+            try:
+                event = from_http(dict(request.headers), data)
+            except GenericException as problem:
+                raise UnusableEvent(f"malformed CloudEvent: {problem}") from None
+            return message_from_cloud_event(event)
+        if media_type in _JSON_TYPES:
+            try:
+                body = json.loads(data)
+            except ValueError:
+                raise UnusableEvent("body is not valid JSON") from None
+            if isinstance(body, dict) and isinstance(body.get("message"), dict) and "subscription" in body:
+                return _pubsub_message(body["message"])
+            return InboundMessage(data=data, kind=SourceKind.HTTP)
+        if media_type in ("text/plain", ""):
+            return InboundMessage(data=data, kind=SourceKind.HTTP)
+        raise _UnsupportedMediaType(f"content type {media_type!r} is not application/json, text/plain or a CloudEvent")
+
+
+class _UnsupportedMediaType(Exception):
+    pass
+
+
+def message_from_cloud_event(event: Any) -> InboundMessage:
+    """A Pub/Sub messagePublished event unwraps to its message; any other event's data is the request."""
+    if event["type"] == PUBSUB_MESSAGE_PUBLISHED:
+        data = event.data
+        if not isinstance(data, Mapping) or not isinstance(data.get("message"), Mapping):
+            raise UnusableEvent("messagePublished event without a message")
+        return _pubsub_message(data["message"])
+    data = event.data
+    if isinstance(data, (bytes, bytearray)):
+        payload = bytes(data)
+    elif isinstance(data, str):
+        payload = data.encode("utf-8", "surrogatepass")
+    elif data is None:
+        raise UnusableEvent(f"{event['type']} event has no data")
+    else:
+        payload = json.dumps(data).encode("utf-8")
+    return InboundMessage(data=payload, message_id=str(event["id"]), kind=SourceKind.HTTP)
+
+
+def _pubsub_message(message: Mapping[str, Any]) -> InboundMessage:
+    attributes = message.get("attributes") or {}
+    if not isinstance(attributes, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+    ):
+        raise UnusableEvent("Pub/Sub attributes must map strings to strings")
+    encoded = message.get("data") or ""
+    if not isinstance(encoded, str):
+        raise UnusableEvent("Pub/Sub data must be a base64 string")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise UnusableEvent("Pub/Sub data is not valid base64") from None
+    message_id = message.get("messageId") or message.get("message_id")
+    return InboundMessage(
+        data=data,
+        attributes=dict(attributes),
+        message_id=str(message_id) if message_id is not None else None,
+        kind=SourceKind.PUBSUB,
+    )
+
+
+def _retry_summary(report: Report) -> str:
+    retried = [item for item in report.items if item.status is ItemStatus.RETRY]
+    return f"{len(retried)} of {len(report.items)} items hit transient trouble: {retried[0].detail}"
+
+
+def _answer(status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None) -> tuple[str, int, dict[str, str]]:
+    return json.dumps(body, ensure_ascii=False), status, {"Content-Type": "application/json", **(headers or {})}

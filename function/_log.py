@@ -1,0 +1,48 @@
+"""Structured logs: one JSON line per event on stdout, in Cloud Logging's structured form.
+
+Cloud Logging lifts ``severity`` and ``message`` out of each line and keeps the
+other fields in ``jsonPayload``, so ``jsonPayload.outcome="CANCELLED"`` or
+``jsonPayload.idempotency_key=...`` work as log queries. Callers pass only
+values opcancel produced or escaped; credentials never reach a logger.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any, TextIO
+
+_LABELS = {"component": "opcancel"}
+
+
+class Logger:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def debug(self, message: str, **fields: Any) -> None:
+        self._emit("DEBUG", message, fields)
+
+    def info(self, message: str, **fields: Any) -> None:
+        self._emit("INFO", message, fields)
+
+    def notice(self, message: str, **fields: Any) -> None:
+        self._emit("NOTICE", message, fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self._emit("WARNING", message, fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self._emit("ERROR", message, fields)
+
+    def _emit(self, severity: str, message: str, fields: dict[str, Any]) -> None:
+        entry = {"severity": severity, "message": message}
+        entry.update((name, value) for name, value in fields.items() if value is not None)
+        entry["logging.googleapis.com/labels"] = _LABELS
+        line = json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":"))
+        # Resolved per call so a test runner's stdout capture sees the line.
+        stream = self._stream or sys.stdout
+        with self._lock:
+            stream.write(line + "\n")
+            stream.flush()

@@ -1,0 +1,148 @@
+"""Operation names: the three accepted forms, validated strictly, normalised to one identity.
+
+Nothing from a request reaches a URL unless it came out of ``parse_name``: the
+organization is digits and the operation id is drawn from ``[A-Za-z0-9._~-]``,
+so neither can add a path segment, a query or a fragment.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from .errors import InvalidRequest
+from ._settings import VERSIONS
+
+GLOBAL = "global"
+LOCATIONS = (GLOBAL, "me-central2", "us", "eu")
+SERVICE = "securitycenter.googleapis.com"
+MAX_NAME_LENGTH = 512
+MAX_OFFENDING_LENGTH = 256
+
+_ORG = re.compile(r"[0-9]{1,32}")
+_OP_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+_FULL_RESOURCE_PREFIX = f"//{SERVICE}/"
+_URL = re.compile(r"https://(?P<host>[^/]*)/(?P<version>[^/]*)/(?P<rest>.*)", re.DOTALL)
+_REGIONAL_HOST = re.compile(r"securitycenter\.(?P<location>[a-z0-9-]+)\.rep\.googleapis\.com")
+
+
+def host_for(location: str) -> str:
+    if location == GLOBAL:
+        return SERVICE
+    return f"securitycenter.{location}.rep.googleapis.com"
+
+
+@dataclass(frozen=True)
+class OperationRef:
+    """A validated operation, with where and how to reach it."""
+
+    organization: str
+    operation_id: str
+    location: str = GLOBAL
+    api_version: str = "v1beta1"
+
+    @property
+    def name(self) -> str:
+        return f"organizations/{self.organization}/operations/{self.operation_id}"
+
+    @property
+    def parent(self) -> str:
+        return f"organizations/{self.organization}"
+
+    @property
+    def host(self) -> str:
+        return host_for(self.location)
+
+    @property
+    def identity(self) -> str:
+        """Canonical identity: API host and relative name. The version is deliberately left out."""
+        return f"{self.host}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    organization: str
+    operation_id: str
+    #: Set only when the name itself fixes them (the URL form).
+    location: str | None = None
+    api_version: str | None = None
+
+
+def parse_name(text: str) -> ParsedName:
+    """Parse one operation name in any accepted form, or raise ``InvalidRequest`` saying why."""
+    if not isinstance(text, str):
+        raise InvalidRequest("operation must be a string")
+    name = text.strip()
+    if not name:
+        raise InvalidRequest("operation name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"operation name is longer than {MAX_NAME_LENGTH} characters")
+    if name.startswith("//"):
+        if not name.startswith(_FULL_RESOURCE_PREFIX):
+            raise InvalidRequest(f"full resource names must start with {_FULL_RESOURCE_PREFIX}")
+        return _parse_relative(name[len(_FULL_RESOURCE_PREFIX) :])
+    if "://" in name:
+        return _parse_url(name)
+    return _parse_relative(name)
+
+
+def _parse_url(name: str) -> ParsedName:
+    match = _URL.fullmatch(name)
+    if not match:
+        raise InvalidRequest("URLs must look like https://securitycenter.googleapis.com/VERSION/organizations/ORG/operations/ID")
+    host = match["host"]
+    if host == SERVICE:
+        location = GLOBAL
+    else:
+        regional = _REGIONAL_HOST.fullmatch(host)
+        if not regional:
+            raise InvalidRequest(f"host {escape_text(host, 80)} is not a Security Command Center API host")
+        location = regional["location"]
+        if location not in LOCATIONS:
+            raise InvalidRequest(f"unknown location {location!r}; expected one of {', '.join(LOCATIONS)}")
+    version = match["version"]
+    if version not in VERSIONS:
+        raise InvalidRequest(f"unknown API version {escape_text(version, 40)}; expected one of {', '.join(VERSIONS)}")
+    parsed = _parse_relative(match["rest"])
+    return ParsedName(parsed.organization, parsed.operation_id, location, version)
+
+
+def _parse_relative(path: str) -> ParsedName:
+    segments = path.split("/")
+    if len(segments) != 4 or segments[0] != "organizations" or segments[2] != "operations":
+        raise InvalidRequest("operation names must be organizations/ORG/operations/ID")
+    organization, operation_id = segments[1], segments[3]
+    if not _ORG.fullmatch(organization):
+        raise InvalidRequest("organization must be 1-32 digits")
+    if not _OP_ID.fullmatch(operation_id):
+        raise InvalidRequest("operation id must be 1-128 characters of A-Z a-z 0-9 . _ ~ -")
+    if operation_id in (".", ".."):
+        raise InvalidRequest("operation id must not be '.' or '..'")
+    return ParsedName(organization, operation_id)
+
+
+def check_location(value: object) -> str:
+    if value not in LOCATIONS:
+        raise InvalidRequest(f"unknown location {escape_text(str(value), 40)}; expected one of {', '.join(LOCATIONS)}")
+    return str(value)
+
+
+def check_version(value: object) -> str:
+    if value not in VERSIONS:
+        raise InvalidRequest(f"unknown API version {escape_text(str(value), 40)}; expected one of {', '.join(VERSIONS)}")
+    return str(value)
+
+
+def escape_text(text: str, limit: int = MAX_OFFENDING_LENGTH) -> str:
+    """Make untrusted text safe to log and to echo: control and format characters escaped, bounded."""
+    pieces = []
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            pieces.append(char.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:
+            pieces.append(char)
+    escaped = "".join(pieces)
+    if len(escaped) > limit:
+        return escaped[: limit - 1] + "…"
+    return escaped

@@ -1,0 +1,417 @@
+"""Turn an inbound message into cancel requests, rejections, or a check: pure, no I/O.
+
+A message yields a ``Parsed``: requests to act on, rejections that earn a
+REJECTED result, and, when the message as a whole is unusable (not text, not
+JSON, an oversized batch, a closed incident), an ``ignored`` reason with
+nothing else, which the caller logs and acknowledges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator, Mapping
+
+from ._clock import parse_time
+from .errors import InvalidRequest
+from ._settings import MAX_DEADLINE_S
+from ._model import CancelRequest, CheckRequest, InboundMessage, Rejection, Source, SourceKind
+from ._names import (
+    GLOBAL,
+    OperationRef,
+    ParsedName,
+    check_location,
+    check_version,
+    escape_text,
+    parse_name,
+)
+
+MAX_BATCH = 100
+MAX_BODY_BYTES = 1024 * 1024
+MAX_KEY_LENGTH = 256
+MAX_REASON_LENGTH = 1024
+CHECK_KIND_ATTRIBUTE = "opcancel_kind"
+CHECK_KIND = "check"
+
+_REQUEST_FIELDS = frozenset({"operation", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
+_BATCH_FIELDS = frozenset({"operations", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
+_CHECK_FIELDS = frozenset(
+    {"operation", "location", "api_version", "idempotency_key", "attempt", "due_at", "deadline_at", "requested_at", "source"}
+)
+# Names inside free text (incident documentation). Trailing dots are sentence punctuation, not ids.
+_NAME_IN_TEXT = re.compile(
+    r"(?:https://securitycenter[A-Za-z0-9.-]*\.googleapis\.com/[A-Za-z0-9]+/|//securitycenter\.googleapis\.com/)?"
+    r"organizations/[0-9]+/operations/[A-Za-z0-9._~-]+"
+)
+_LABEL_MAPS = (("metric", "labels"), ("resource", "labels"), ("policy_user_labels",))
+
+
+@dataclass
+class Parsed:
+    requests: list[CancelRequest] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    #: Why the message as a whole was set aside, when it was.
+    ignored: str | None = None
+    #: True when ``ignored`` is the body's fault (unreadable or malformed), not a legitimate no-op.
+    unusable: bool = False
+
+
+@dataclass(frozen=True)
+class _Defaults:
+    location: str | None
+    api_version: str | None
+    idempotency_key: str | None
+    reason: str | None
+    deadline_s: float | None
+
+
+def is_check(message: InboundMessage) -> bool:
+    return message.attributes.get(CHECK_KIND_ATTRIBUTE) == CHECK_KIND
+
+
+def parse_message(
+    message: InboundMessage,
+    *,
+    default_version: str,
+    allowed_parents: tuple[str, ...] | None,
+) -> Parsed:
+    parser = _MessageParser(message, default_version, allowed_parents)
+    try:
+        return parser.parse()
+    except _Ignored as ignored:
+        return Parsed(ignored=str(ignored), unusable=ignored.unusable)
+
+
+class _Ignored(Exception):
+    """The message as a whole names nothing to act on."""
+
+    def __init__(self, reason: str, *, unusable: bool = True) -> None:
+        super().__init__(reason)
+        self.unusable = unusable
+
+
+class _MessageParser:
+    def __init__(self, message: InboundMessage, default_version: str, allowed_parents: tuple[str, ...] | None) -> None:
+        self._message = message
+        self._default_version = default_version
+        self._allowed_parents = allowed_parents
+        self._source = Source(message.kind, message_id=message.message_id)
+        self._parsed = Parsed()
+
+    def parse(self) -> Parsed:
+        text = self._text()
+        try:
+            attribute_defaults = self._attribute_defaults()
+        except InvalidRequest as problem:
+            attribute_defaults = None
+            attribute_problem = problem
+        stripped = text.strip()
+        if stripped[:1] in ("{", "["):
+            entries, body_defaults, incident_id = self._json_entries(stripped)
+        else:
+            entries, body_defaults, incident_id = self._text_entries(stripped), None, None
+        if attribute_defaults is None:
+            for entry in entries:
+                self._reject(_offending_text(entry), f"attribute {attribute_problem}", explicit_key=None, defaults=None)
+            return self._parsed
+        defaults = _merge(attribute_defaults, body_defaults)
+        if incident_id is not None:
+            self._source = Source(SourceKind.ALERT, message_id=self._message.message_id, incident_id=incident_id)
+        many = len(entries) > 1
+        for entry in entries:
+            self._entry(entry, defaults, many=many, incident_id=incident_id)
+        return self._parsed
+
+    def _text(self) -> str:
+        data = self._message.data
+        if len(data) > MAX_BODY_BYTES:
+            raise _Ignored(f"body is {len(data)} bytes; the limit is {MAX_BODY_BYTES}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Ignored("body is not UTF-8 text") from None
+        if not text.strip():
+            raise _Ignored("body is empty")
+        return text
+
+    def _attribute_defaults(self) -> _Defaults:
+        attributes = self._message.attributes
+        location = attributes.get("location")
+        version = attributes.get("api_version")
+        key = attributes.get("idempotency_key")
+        return _Defaults(
+            location=_field("location", check_location, location) if location is not None else None,
+            api_version=_field("api_version", check_version, version) if version is not None else None,
+            idempotency_key=_field("idempotency_key", _check_key, key) if key is not None else None,
+            reason=None,
+            deadline_s=None,
+        )
+
+    def _text_entries(self, text: str) -> list[Any]:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(lines) > MAX_BATCH:
+            raise _Ignored(f"message names {len(lines)} operations; the limit is {MAX_BATCH}")
+        return lines
+
+    def _json_entries(self, text: str) -> tuple[list[Any], _Defaults | None, str | None]:
+        try:
+            body = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as problem:
+            raise _Ignored(f"body is not valid JSON: {escape_text(str(problem), 120)}") from None
+        if not isinstance(body, dict):
+            raise _Ignored("a JSON body must be an object")
+        if "incident" in body:
+            return self._incident_entries(body)
+        if "operations" in body:
+            return self._batch_entries(body)
+        if "operation" in body:
+            return [body], None, None
+        raise _Ignored("JSON object names no operation: expected 'operation', 'operations' or 'incident'")
+
+    def _batch_entries(self, body: dict[str, Any]) -> tuple[list[Any], _Defaults | None, None]:
+        unknown = sorted(set(body) - _BATCH_FIELDS)
+        if unknown:
+            raise _Ignored(f"batch has unknown field {escape_text(unknown[0], 64)!r}")
+        operations = body["operations"]
+        if not isinstance(operations, list) or not operations:
+            raise _Ignored("'operations' must be a non-empty list")
+        if len(operations) > MAX_BATCH:
+            raise _Ignored(f"batch of {len(operations)} operations exceeds the limit of {MAX_BATCH}")
+        try:
+            defaults = _object_defaults(body)
+        except InvalidRequest as problem:
+            raise _Ignored(f"batch {problem}") from None
+        return operations, defaults, None
+
+    def _incident_entries(self, body: dict[str, Any]) -> tuple[list[Any], None, str]:
+        incident = body["incident"]
+        if not isinstance(incident, dict):
+            raise _Ignored("'incident' must be an object")
+        state = incident.get("state")
+        if state != "open":
+            raise _Ignored(f"incident state is {escape_text(str(state), 32)!r}; only open incidents act", unusable=False)
+        incident_id = incident.get("incident_id")
+        if not isinstance(incident_id, str) or not incident_id.strip() or len(incident_id) > MAX_KEY_LENGTH:
+            raise _Ignored("open incident has no usable incident_id")
+        names = list(dict.fromkeys(_names_in_incident(incident)))
+        if not names:
+            raise _Ignored("open incident names no operation in its documentation or labels", unusable=False)
+        if len(names) > MAX_BATCH:
+            raise _Ignored(f"incident names {len(names)} operations; the limit is {MAX_BATCH}")
+        return names, None, escape_text(incident_id.strip())
+
+    def _entry(self, entry: Any, defaults: _Defaults, *, many: bool, incident_id: str | None) -> None:
+        explicit_key: str | None = None
+        try:
+            if isinstance(entry, str):
+                text, item = entry, _Defaults(None, None, None, None, None)
+            elif isinstance(entry, dict):
+                unknown = sorted(set(entry) - _REQUEST_FIELDS)
+                if "operation" not in entry:
+                    raise InvalidRequest("request object has no 'operation'")
+                text = entry["operation"]
+                if not isinstance(text, str):
+                    raise InvalidRequest("'operation' must be a string")
+                item = _object_defaults(entry)
+                explicit_key = item.idempotency_key
+                if unknown:
+                    raise InvalidRequest(f"unknown field {escape_text(unknown[0], 64)!r}")
+            else:
+                raise InvalidRequest("each operation must be a name or an object")
+            request = self._request(parse_name(text), item, defaults, many=many, incident_id=incident_id)
+        except InvalidRequest as problem:
+            self._reject(_offending_text(entry), str(problem), explicit_key=explicit_key, defaults=defaults)
+            return
+        if self._allowed_parents is not None and request.ref.parent not in self._allowed_parents:
+            self._reject(
+                request.ref.name,
+                f"{request.ref.parent} is not in OPCANCEL_ALLOWED_PARENTS",
+                explicit_key=request.idempotency_key,
+                defaults=defaults,
+                location=request.ref.location,
+                api_version=request.ref.api_version,
+            )
+            return
+        self._parsed.requests.append(request)
+
+    def _request(
+        self, name: ParsedName, item: _Defaults, defaults: _Defaults, *, many: bool, incident_id: str | None
+    ) -> CancelRequest:
+        location = _pick("location", name.location, item.location, defaults.location, GLOBAL)
+        version = _pick("api_version", name.api_version, item.api_version, defaults.api_version, self._default_version)
+        ref = OperationRef(name.organization, name.operation_id, location, version)
+        if item.idempotency_key is not None:
+            key = item.idempotency_key
+        elif defaults.idempotency_key is not None:
+            key = f"{defaults.idempotency_key}/{ref.identity}" if many else defaults.idempotency_key
+        elif incident_id is not None:
+            key = f"incident/{incident_id}/{ref.identity}"
+        else:
+            key = ref.identity
+        return CancelRequest(
+            ref=ref,
+            idempotency_key=key,
+            source=self._source,
+            reason=item.reason if item.reason is not None else defaults.reason,
+            deadline_s=item.deadline_s if item.deadline_s is not None else defaults.deadline_s,
+        )
+
+    def _reject(
+        self,
+        offending: str,
+        error: str,
+        *,
+        explicit_key: str | None,
+        defaults: _Defaults | None,
+        location: str | None = None,
+        api_version: str | None = None,
+    ) -> None:
+        escaped = escape_text(offending)
+        key = explicit_key or "rejected/" + hashlib.sha256(offending.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        self._parsed.rejections.append(
+            Rejection(
+                offending=escaped,
+                error=error,
+                idempotency_key=key,
+                source=self._source,
+                location=location or (defaults.location if defaults and defaults.location else GLOBAL),
+                api_version=api_version
+                or (defaults.api_version if defaults and defaults.api_version else self._default_version),
+            )
+        )
+
+
+def parse_check(message: InboundMessage) -> CheckRequest:
+    """Parse a follow-up check, which opcancel itself wrote; anything off is ``InvalidRequest``."""
+    try:
+        body = json.loads(message.data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidRequest("check message is not JSON") from None
+    if not isinstance(body, dict) or set(body) != _CHECK_FIELDS:
+        raise InvalidRequest("check message does not have exactly the check fields")
+    name = parse_name(body["operation"])
+    if name.location is not None:
+        raise InvalidRequest("check messages carry relative names")
+    ref = OperationRef(name.organization, name.operation_id, check_location(body["location"]), check_version(body["api_version"]))
+    attempt = body["attempt"]
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= 100_000:
+        raise InvalidRequest("check attempt must be a positive integer")
+    try:
+        due_at, deadline_at, requested_at = (parse_time(body[k]) for k in ("due_at", "deadline_at", "requested_at"))
+    except (ValueError, TypeError):
+        raise InvalidRequest("check times must be RFC 3339 UTC timestamps") from None
+    return CheckRequest(
+        ref=ref,
+        idempotency_key=_check_key(body["idempotency_key"]),
+        attempt=attempt,
+        due_at=due_at,
+        deadline_at=deadline_at,
+        requested_at=requested_at,
+        source=_parse_source(body["source"]),
+    )
+
+
+def _parse_source(value: Any) -> Source:
+    if not isinstance(value, dict) or "kind" not in value or not set(value) <= {"kind", "message_id", "incident_id"}:
+        raise InvalidRequest("check source is malformed")
+    try:
+        kind = SourceKind(value["kind"])
+    except ValueError:
+        raise InvalidRequest("check source kind is unknown") from None
+    extras = {}
+    for name in ("message_id", "incident_id"):
+        if name in value:
+            if not isinstance(value[name], str) or len(value[name]) > MAX_KEY_LENGTH:
+                raise InvalidRequest(f"check source {name} is malformed")
+            extras[name] = value[name]
+    return Source(kind, **extras)
+
+
+def _names_in_incident(incident: Mapping[str, Any]) -> Iterator[str]:
+    documentation = incident.get("documentation")
+    if isinstance(documentation, dict):
+        for part in ("subject", "content"):
+            text = documentation.get(part)
+            if isinstance(text, str):
+                for match in _NAME_IN_TEXT.finditer(text[:MAX_BODY_BYTES]):
+                    yield match.group(0).rstrip(".")
+    for path in _LABEL_MAPS:
+        labels: Any = incident
+        for step in path:
+            labels = labels.get(step) if isinstance(labels, dict) else None
+        if isinstance(labels, dict):
+            organization, operation = labels.get("organization_id"), labels.get("operation_id")
+            if isinstance(organization, str) and isinstance(operation, str):
+                yield f"organizations/{organization}/operations/{operation}"
+
+
+def _object_defaults(body: Mapping[str, Any]) -> _Defaults:
+    return _Defaults(
+        location=_field("location", check_location, body["location"]) if "location" in body else None,
+        api_version=_field("api_version", check_version, body["api_version"]) if "api_version" in body else None,
+        idempotency_key=_field("idempotency_key", _check_key, body["idempotency_key"]) if "idempotency_key" in body else None,
+        reason=_field("reason", _check_reason, body["reason"]) if "reason" in body else None,
+        deadline_s=_field("deadline_seconds", _check_deadline, body["deadline_seconds"])
+        if "deadline_seconds" in body
+        else None,
+    )
+
+
+def _field(name: str, check: Any, value: Any) -> Any:
+    try:
+        return check(value)
+    except InvalidRequest as problem:
+        raise InvalidRequest(f"{name}: {problem}") from None
+
+
+def _check_key(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
+        raise InvalidRequest(f"must be a string of 1-{MAX_KEY_LENGTH} characters")
+    if value != escape_text(value, MAX_KEY_LENGTH + 1) or value != value.strip():
+        raise InvalidRequest("must not contain control characters or surrounding whitespace")
+    return value
+
+
+def _check_reason(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_REASON_LENGTH:
+        raise InvalidRequest(f"must be a string of at most {MAX_REASON_LENGTH} characters")
+    return value
+
+
+def _check_deadline(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest("must be a number of seconds")
+    if not 0 < value <= MAX_DEADLINE_S:
+        raise InvalidRequest(f"must be more than 0 and at most {MAX_DEADLINE_S} seconds (7 days)")
+    return float(value)
+
+
+def _pick(name: str, from_name: str | None, item: str | None, *fallbacks: str | None) -> str:
+    if from_name is not None and item is not None and from_name != item:
+        raise InvalidRequest(f"{name} {item!r} contradicts the URL, which says {from_name!r}")
+    return next(candidate for candidate in (from_name, item, *fallbacks) if candidate is not None)
+
+
+def _merge(attributes: _Defaults, body: _Defaults | None) -> _Defaults:
+    if body is None:
+        return attributes
+    merged = {}
+    for item in fields(_Defaults):
+        from_body = getattr(body, item.name)
+        merged[item.name] = from_body if from_body is not None else getattr(attributes, item.name)
+    return _Defaults(**merged)
+
+
+def _offending_text(entry: Any) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict) and isinstance(entry.get("operation"), str):
+        return entry["operation"]
+    return json.dumps(entry, ensure_ascii=False, default=str)[:1024]
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

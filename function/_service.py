@@ -1,0 +1,388 @@
+"""The pipeline: claim, cancel, check, publish one result. Adapters come in through the constructor.
+
+``Opcancel.handle`` never decides acknowledge-or-retry: it returns a report in
+which each item says what happened, transient trouble included, and the entry
+point decides.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ._api import CancelAnswer, OperationsApi
+from ._clock import Clock, format_time
+from ._core import check_message, next_due, outcome_of, operation_error, payload_hash, result_message, result_to_json
+from .errors import ApiRejected, CheckNotDue, InvalidRequest, StaleFence, TransientError
+from ._log import Logger
+from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
+from ._names import OperationRef
+from ._pubsub import Publisher
+from ._requests import is_check, parse_check, parse_message
+from ._settings import Settings
+from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
+
+
+class ItemStatus(enum.Enum):
+    #: Cancel sent, or a check run; ``outcome`` is set once the result is out.
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    #: Already finished, or already being followed by a check chain.
+    DUPLICATE = "duplicate"
+    #: Nothing to do: a stale or unknown check.
+    SKIPPED = "skipped"
+    #: Transient trouble: the message must come again.
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class ItemReport:
+    operation: str
+    status: ItemStatus
+    idempotency_key: str | None = None
+    outcome: str | None = None
+    detail: str | None = None
+    retry_after: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"operation": self.operation, "status": self.status.value}
+        for name in ("idempotency_key", "outcome", "detail"):
+            value = getattr(self, name)
+            if value is not None:
+                data["error" if name == "detail" and self.status is ItemStatus.REJECTED else name] = value
+        return data
+
+
+@dataclass(frozen=True)
+class Report:
+    items: tuple[ItemReport, ...] = ()
+    #: Set when the message as a whole was set aside; see ``Parsed.ignored``.
+    ignored: str | None = None
+    unusable: bool = False
+
+    @property
+    def must_retry(self) -> bool:
+        return any(item.status is ItemStatus.RETRY for item in self.items)
+
+
+class Opcancel:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        api: OperationsApi,
+        publisher: Publisher,
+        store: IdempotencyStore,
+        clock: Clock,
+        log: Logger,
+    ) -> None:
+        self._settings = settings
+        self._api = api
+        self._publisher = publisher
+        self._store = store
+        self._clock = clock
+        self._log = log
+
+    def handle(self, message: InboundMessage) -> Report:
+        if is_check(message):
+            return Report((self._guarded(message.message_id, "check", lambda: self._run_check(message)),))
+        parsed = parse_message(
+            message, default_version=self._settings.api_version, allowed_parents=self._settings.allowed_parents
+        )
+        if parsed.ignored is not None:
+            log = self._log.warning if parsed.unusable else self._log.info
+            log(f"message set aside: {parsed.ignored}", event="message_ignored", reason=parsed.ignored, message_id=message.message_id)
+            return Report(ignored=parsed.ignored, unusable=parsed.unusable)
+        items = [self._guarded(r.offending, r.idempotency_key, lambda r=r: self._reject(r)) for r in parsed.rejections]
+        items += [
+            self._guarded(r.ref.name, r.idempotency_key, lambda r=r: self._run_request(r)) for r in parsed.requests
+        ]
+        return Report(tuple(items))
+
+    def _guarded(self, operation: str | None, key: str | None, work: Callable[[], ItemReport]) -> ItemReport:
+        try:
+            return work()
+        except TransientError as trouble:
+            self._log.warning(
+                f"will retry: {trouble}",
+                event="retry_later",
+                reason=trouble.reason,
+                operation=operation,
+                idempotency_key=key,
+                retry_after_s=trouble.retry_after,
+            )
+            return ItemReport(operation or "", ItemStatus.RETRY, key, detail=str(trouble), retry_after=trouble.retry_after)
+        except StaleFence as fenced:
+            self._log.warning(
+                "a newer worker took this key over; leaving the work to it",
+                event="fenced_off",
+                reason=fenced.reason,
+                operation=operation,
+                idempotency_key=key,
+            )
+            return ItemReport(operation or "", ItemStatus.RETRY, key, detail=str(fenced))
+
+    # Requests
+
+    def _run_request(self, request: CancelRequest) -> ItemReport:
+        ref, key = request.ref, request.idempotency_key
+        claim = self._store.claim_request(key, payload_hash(ref.identity), now=self._clock.now())
+        if claim.status is ClaimStatus.MISMATCH:
+            return self._publish_unstored(
+                ref.name, key, request.source, ref.location, ref.api_version,
+                "idempotency_key is already bound to a different operation",
+            )
+        if claim.status is not ClaimStatus.ACQUIRED:
+            return self._duplicate(ref.name, key, claim)
+        record = claim.record
+        assert record is not None
+        if claim.resumed:
+            self._log.notice(
+                "resuming work a dead worker left", event="takeover", operation=ref.name, idempotency_key=key,
+                state=record.state.value, fence=record.fence,
+            )
+        if record.state is State.RESULT_READY:
+            return self._publish_result(record)
+        if record.state is State.CLAIMED:
+            record = self._cancel(record, request)
+            if record.state is State.RESULT_READY:
+                return self._publish_result(record)
+        return self._check(record, ref, request.source)
+
+    def _cancel(self, record: Record, request: CancelRequest) -> Record:
+        ref = request.ref
+        try:
+            answer = self._api.cancel(ref)
+        except ApiRejected as refusal:
+            return self._ready(record, ref, request.source, Outcome(refusal.outcome), str(refusal), None)
+        except TransientError as trouble:
+            self._release(record, trouble)
+            raise
+        now = self._clock.now()
+        deadline_s = request.deadline_s or self._settings.polling.deadline_s
+        record = self._store.update(
+            record, now=now, state=State.CANCEL_SENT, cancel_accepted_at=now, deadline_at=now + deadline_s
+        )
+        self._log.info(
+            "cancel accepted" if answer is CancelAnswer.ACCEPTED else "cancel refused as already done; checking",
+            event="cancel_sent",
+            operation=ref.name,
+            location=ref.location,
+            api_version=ref.api_version,
+            idempotency_key=record.key,
+            answer=answer.value,
+            reason=request.reason,
+            source=request.source.to_json(),
+        )
+        return record
+
+    def _check(self, record: Record, ref: OperationRef, source: Source) -> ItemReport:
+        """One ``get``: finish when done or past the deadline, else schedule the next check."""
+        try:
+            operation = self._api.get(ref)
+        except ApiRejected as refusal:
+            record = self._ready(record, ref, source, Outcome(refusal.outcome), str(refusal), None, checks=record.checks + 1)
+            return self._publish_result(record)
+        except TransientError as trouble:
+            self._release(record, trouble)
+            raise
+        checks = record.checks + 1
+        now = self._clock.now()
+        outcome = outcome_of(operation)
+        deadline_at = record.deadline_at if record.deadline_at is not None else now
+        if outcome is None and now >= deadline_at:
+            outcome = Outcome.TIMED_OUT
+        if outcome is not None:
+            error = None
+            if outcome is Outcome.FAILED:
+                error = operation_error(operation)
+            elif outcome is Outcome.TIMED_OUT:
+                error = f"operation still running at the check deadline {format_time(deadline_at)}"
+            record = self._ready(record, ref, source, outcome, error, operation, checks=checks)
+            return self._publish_result(record)
+        attempt = record.attempt + 1
+        check = CheckRequest(
+            ref=ref,
+            idempotency_key=record.key,
+            attempt=attempt,
+            due_at=next_due(self._settings.polling, attempt, now=now, deadline_at=deadline_at),
+            deadline_at=deadline_at,
+            requested_at=record.requested_at,
+            source=source,
+        )
+        # Publish before recording: a crash in between leaves a duplicate check, which the
+        # attempt number makes stale, rather than a recorded check that was never sent.
+        try:
+            self._publisher.publish_all(self._settings.checks_topic, [check_message(check)])
+        except TransientError as trouble:
+            self._release(record, trouble)
+            raise
+        self._store.update(record, now=now, state=State.CHECKING, attempt=attempt, checks=checks, lease_until=0.0)
+        self._log.info(
+            "operation still running; next check scheduled",
+            event="check_scheduled",
+            operation=ref.name,
+            idempotency_key=record.key,
+            attempt=attempt,
+            due_at=format_time(check.due_at),
+            deadline_at=format_time(deadline_at),
+        )
+        return ItemReport(ref.name, ItemStatus.ACCEPTED, record.key, detail=f"check {attempt} due {format_time(check.due_at)}")
+
+    # Checks
+
+    def _run_check(self, message: InboundMessage) -> ItemReport:
+        try:
+            check = parse_check(message)
+        except InvalidRequest as problem:
+            self._log.warning(
+                f"malformed check message dropped: {problem}", event="check_malformed", message_id=message.message_id
+            )
+            return ItemReport("", ItemStatus.REJECTED, detail=str(problem))
+        ref, key = check.ref, check.idempotency_key
+        allowed = self._settings.allowed_parents
+        if allowed is not None and ref.parent not in allowed:
+            self._log.warning(
+                "check for a parent outside OPCANCEL_ALLOWED_PARENTS dropped",
+                event="check_not_allowed", operation=ref.name, idempotency_key=key,
+            )
+            return ItemReport(ref.name, ItemStatus.REJECTED, key, detail="parent not allowed")
+        now = self._clock.now()
+        if now < check.due_at:
+            raise CheckNotDue(f"check {check.attempt} is due at {format_time(check.due_at)}", retry_after=check.due_at - now)
+        claim = self._store.claim_check(key, payload_hash(ref.identity), check.attempt, now=now)
+        if claim.status is not ClaimStatus.ACQUIRED:
+            return self._duplicate(ref.name, key, claim, attempt=check.attempt)
+        record = claim.record
+        assert record is not None
+        if record.state is State.RESULT_READY:
+            return self._publish_result(record)
+        if record.deadline_at is None:
+            record = self._store.update(record, now=now, deadline_at=check.deadline_at)
+        return self._check(record, ref, check.source)
+
+    # Results
+
+    def _reject(self, rejection: Rejection) -> ItemReport:
+        self._log.warning(
+            f"request rejected: {rejection.error}",
+            event="request_rejected",
+            operation=rejection.offending,
+            idempotency_key=rejection.idempotency_key,
+            outcome=Outcome.REJECTED.value,
+            error=rejection.error,
+            source=rejection.source.to_json(),
+        )
+        claim = self._store.claim_request(
+            rejection.idempotency_key, payload_hash("rejected\n" + rejection.offending), now=self._clock.now()
+        )
+        if claim.status is ClaimStatus.ACQUIRED and claim.record is not None:
+            if claim.record.state is not State.RESULT_READY:
+                record = self._ready_rejection(claim.record, rejection)
+            else:
+                record = claim.record
+            self._publish_result(record)
+        elif claim.status is ClaimStatus.MISMATCH:
+            self._publish_unstored(
+                rejection.offending, rejection.idempotency_key, rejection.source,
+                rejection.location, rejection.api_version, rejection.error,
+            )
+        return ItemReport(rejection.offending, ItemStatus.REJECTED, rejection.idempotency_key, Outcome.REJECTED.value, rejection.error)
+
+    def _ready_rejection(self, record: Record, rejection: Rejection) -> Record:
+        result = self._result(
+            rejection.offending, rejection.location, rejection.api_version, record.key, rejection.source,
+            Outcome.REJECTED, rejection.error, None, checks=0, requested_at=record.requested_at,
+        )
+        return self._store.update(record, now=self._clock.now(), state=State.RESULT_READY, result=result)
+
+    def _ready(
+        self,
+        record: Record,
+        ref: OperationRef,
+        source: Source,
+        outcome: Outcome,
+        error: str | None,
+        operation: dict[str, Any] | None,
+        *,
+        checks: int = 0,
+    ) -> Record:
+        """Store the result before publishing it, so a republish after a crash is byte-identical."""
+        result = self._result(
+            ref.name, ref.location, ref.api_version, record.key, source, outcome, error, operation,
+            checks=checks, requested_at=record.requested_at,
+        )
+        return self._store.update(record, now=self._clock.now(), state=State.RESULT_READY, result=result, checks=checks)
+
+    def _result(
+        self, operation: str, location: str, api_version: str, key: str, source: Source, outcome: Outcome,
+        error: str | None, final: dict[str, Any] | None, *, checks: int, requested_at: float,
+    ) -> dict[str, Any]:
+        return result_to_json(
+            Result(
+                operation=operation, location=location, api_version=api_version, outcome=outcome,
+                idempotency_key=key, requested_at=requested_at, finished_at=self._clock.now(), checks=checks,
+                final_operation=final, error=error, source=source,
+            )
+        )
+
+    def _publish_result(self, record: Record) -> ItemReport:
+        result = record.result
+        assert result is not None
+        try:
+            self._publisher.publish_all(self._settings.results_topic, [result_message(result, project=self._settings.project)])
+        except TransientError as trouble:
+            self._release(record, trouble)
+            raise
+        self._store.update(record, now=self._clock.now(), state=State.FINISHED, lease_until=0.0)
+        self._log_result(result)
+        status = ItemStatus.REJECTED if result["outcome"] == Outcome.REJECTED.value else ItemStatus.ACCEPTED
+        return ItemReport(result["operation"], status, record.key, result["outcome"], result["error"])
+
+    def _publish_unstored(
+        self, operation: str, key: str, source: Source, location: str, api_version: str, error: str
+    ) -> ItemReport:
+        """A REJECTED result that cannot own the key (another operation holds it): its ce-id still dedupes."""
+        now = self._clock.now()
+        result = self._result(operation, location, api_version, key, source, Outcome.REJECTED, error, None, checks=0, requested_at=now)
+        self._publisher.publish_all(self._settings.results_topic, [result_message(result, project=self._settings.project)])
+        self._log_result(result)
+        return ItemReport(operation, ItemStatus.REJECTED, key, Outcome.REJECTED.value, error)
+
+    def _log_result(self, result: dict[str, Any]) -> None:
+        log = self._log.notice if result["outcome"] in (Outcome.CANCELLED.value, Outcome.COMPLETED.value) else self._log.warning
+        log(
+            f"result {result['outcome']} published",
+            event="result_published",
+            operation=result["operation"],
+            idempotency_key=result["idempotency_key"],
+            outcome=result["outcome"],
+            checks=result["checks"],
+            error=result["error"],
+            source=result["source"],
+        )
+
+    def _duplicate(self, operation: str, key: str, claim: Claim, *, attempt: int | None = None) -> ItemReport:
+        record = claim.record
+        outcome = record.result["outcome"] if record is not None and record.result else None
+        status = ItemStatus.DUPLICATE if claim.status in (ClaimStatus.FINISHED, ClaimStatus.CHAIN_RUNNING) else ItemStatus.SKIPPED
+        self._log.info(
+            f"nothing to do: {claim.status.value}",
+            event=claim.status.value,
+            operation=operation,
+            idempotency_key=key,
+            outcome=outcome,
+            attempt=attempt,
+        )
+        return ItemReport(operation, status, key, outcome, claim.status.value)
+
+    def _release(self, record: Record, trouble: TransientError) -> None:
+        """Hand the key back at once so the redelivery is not held off until the lease runs out."""
+        now = self._clock.now()
+        not_before = now + trouble.retry_after if trouble.retry_after else 0.0
+        try:
+            self._store.release(record, now=now, not_before=not_before)
+        except (TransientError, StaleFence):
+            # The lease runs out by itself; the redelivery only waits longer.
+            pass

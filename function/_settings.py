@@ -1,0 +1,153 @@
+"""Configuration, read from the environment exactly once."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+VERSIONS = ("v1beta1", "v1p1beta1", "v1", "v2")
+STORES = ("firestore", "memory", "sqlite")
+MAX_DEADLINE_S = 7 * 24 * 3600
+_TOPIC_ID = re.compile(r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
+_PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[a-z0-9.:-]{1,100}")
+_PARENT = re.compile(r"organizations/[0-9]{1,32}")
+
+
+@dataclass(frozen=True)
+class PollingPolicy:
+    initial_delay_s: float = 5.0
+    multiplier: float = 2.0
+    max_delay_s: float = 300.0
+    deadline_s: float = 3600.0
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds between check ``attempt - 1`` (0 is the immediate get) and check ``attempt``."""
+        exponent = max(attempt - 1, 0)
+        # Capping the exponent keeps huge attempt numbers from overflowing a float.
+        growth = self.multiplier ** min(exponent, 64)
+        return min(self.initial_delay_s * growth, self.max_delay_s)
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str | None = None
+    results_topic: str = "opcancel-results"
+    checks_topic: str = "opcancel-checks"
+    api_endpoint: str | None = None
+    api_version: str = "v1beta1"
+    auth: str = "adc"
+    store: str = "sqlite"
+    sqlite_path: str = ".opcancel/idempotency.sqlite3"
+    allowed_parents: tuple[str, ...] | None = None
+    polling: PollingPolicy = PollingPolicy()
+    lease_s: float = 600.0
+    record_ttl_s: float = 8 * 24 * 3600.0
+    pubsub_emulator_host: str | None = None
+    firestore_emulator_host: str | None = None
+    on_cloud: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "Settings":
+        reader = _Reader(environ)
+        on_cloud = bool(environ.get("K_SERVICE"))
+        polling = PollingPolicy(
+            initial_delay_s=reader.seconds("OPCANCEL_CHECK_INITIAL_DELAY_S", 5.0),
+            multiplier=reader.number("OPCANCEL_CHECK_MULTIPLIER", 2.0, minimum=1.0, maximum=10.0),
+            max_delay_s=reader.seconds("OPCANCEL_CHECK_MAX_DELAY_S", 300.0),
+            deadline_s=reader.seconds("OPCANCEL_CHECK_DEADLINE_S", 3600.0, maximum=MAX_DEADLINE_S),
+        )
+        if polling.max_delay_s < polling.initial_delay_s:
+            raise ConfigError(
+                "OPCANCEL_CHECK_MAX_DELAY_S",
+                "must not be smaller than OPCANCEL_CHECK_INITIAL_DELAY_S",
+            )
+        return cls(
+            project=reader.optional("GOOGLE_CLOUD_PROJECT", _PROJECT_ID, "a Google Cloud project id"),
+            results_topic=reader.topic("OPCANCEL_RESULTS_TOPIC", "opcancel-results"),
+            checks_topic=reader.topic("OPCANCEL_CHECKS_TOPIC", "opcancel-checks"),
+            api_endpoint=reader.endpoint("OPCANCEL_API_ENDPOINT"),
+            api_version=reader.choice("OPCANCEL_API_VERSION", VERSIONS, "v1beta1"),
+            auth=reader.choice("OPCANCEL_AUTH", ("adc", "anonymous"), "adc"),
+            store=reader.choice("OPCANCEL_STORE", STORES, "firestore" if on_cloud else "sqlite"),
+            sqlite_path=environ.get("OPCANCEL_SQLITE_PATH") or ".opcancel/idempotency.sqlite3",
+            allowed_parents=reader.parents("OPCANCEL_ALLOWED_PARENTS"),
+            polling=polling,
+            lease_s=reader.seconds("OPCANCEL_LEASE_S", 600.0),
+            record_ttl_s=reader.seconds("OPCANCEL_RECORD_TTL_S", 8 * 24 * 3600.0),
+            pubsub_emulator_host=environ.get("PUBSUB_EMULATOR_HOST") or None,
+            firestore_emulator_host=environ.get("FIRESTORE_EMULATOR_HOST") or None,
+            on_cloud=on_cloud,
+        )
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def optional(self, name: str, pattern: re.Pattern[str], what: str) -> str | None:
+        value = self._raw(name)
+        if value is not None and not pattern.fullmatch(value):
+            raise ConfigError(name, f"{value!r} is not {what}")
+        return value
+
+    def topic(self, name: str, default: str) -> str:
+        value = self._raw(name) or default
+        if not _TOPIC_ID.fullmatch(value) or value.lower().startswith("goog"):
+            raise ConfigError(name, f"{value!r} is not a Pub/Sub topic id")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self._raw(name) or default
+        if value not in choices:
+            raise ConfigError(name, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        text = self._raw(name)
+        if text is None:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(name, f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not minimum <= value <= maximum:
+            raise ConfigError(name, f"{text!r} is outside {minimum:g}..{maximum:g}")
+        return value
+
+    def seconds(self, name: str, default: float, *, maximum: float = MAX_DEADLINE_S * 2) -> float:
+        value = self.number(name, default, minimum=0.0, maximum=maximum)
+        if value <= 0:
+            raise ConfigError(name, "must be a positive number of seconds")
+        return value
+
+    def endpoint(self, name: str) -> str | None:
+        value = self._raw(name)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(name, f"{value!r} is not an http(s) base URL")
+        return value.rstrip("/")
+
+    def parents(self, name: str) -> tuple[str, ...] | None:
+        value = self._raw(name)
+        if value is None:
+            return None
+        parents = tuple(part.strip() for part in value.split(",") if part.strip())
+        for parent in parents:
+            if not _PARENT.fullmatch(parent):
+                raise ConfigError(name, f"{parent!r} is not of the form organizations/DIGITS")
+        if not parents:
+            raise ConfigError(name, "names no parent; unset it to allow all")
+        return parents

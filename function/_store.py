@@ -1,0 +1,288 @@
+"""The idempotency store port, its claim rules, and the memory and SQLite backends.
+
+A record moves through explicit states::
+
+    CLAIMED ──► CANCEL_SENT ──► CHECKING(n) ──► RESULT_READY ──► FINISHED
+        └───────────┴───────────────┴──────────────►┘
+
+Every write is conditional on the record's ``version`` (compare-and-swap), so
+the only way to hold a key is to win a conditional write: creating an absent
+record, or replacing one whose lease has run out. Each takeover raises the
+``fence``; a worker whose write finds another version has been fenced off and
+gets ``StaleFence``. Backends implement three primitives (load, create if
+absent, replace if version matches); the rules live here, once.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import KeyBusy, StaleFence, StoreUnavailable
+
+
+class State(enum.Enum):
+    CLAIMED = "claimed"
+    CANCEL_SENT = "cancel_sent"
+    CHECKING = "checking"
+    RESULT_READY = "result_ready"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    payload_hash: str
+    state: State
+    fence: int
+    lease_until: float
+    requested_at: float
+    expire_at: float
+    version: int = 1
+    #: Number of the live check (0 until the first check is scheduled).
+    attempt: int = 0
+    #: ``get`` calls made so far, the immediate one included.
+    checks: int = 0
+    cancel_accepted_at: float | None = None
+    deadline_at: float | None = None
+    #: The API asked us to wait (429 RetryInfo): nothing calls it before this time.
+    not_before: float = 0.0
+    result: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Record":
+        return cls(**{**data, "state": State(data["state"])})
+
+
+class ClaimStatus(enum.Enum):
+    #: This worker now holds the key (new, resumed after a dead holder, or the live check).
+    ACQUIRED = "acquired"
+    #: The key's work is done; ``record.result`` holds the result.
+    FINISHED = "finished"
+    #: The key is bound to a different operation.
+    MISMATCH = "mismatch"
+    #: A check chain is running; a duplicate request has nothing to add.
+    CHAIN_RUNNING = "chain_running"
+    #: A check that a newer check (or a finished chain) has superseded.
+    STALE_CHECK = "stale_check"
+    #: A check for a key with no record: forged, or from before the record expired.
+    UNKNOWN_KEY = "unknown_key"
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: ClaimStatus
+    record: Record | None
+    #: True when this claim took the key over from an earlier holder.
+    resumed: bool = False
+
+
+class IdempotencyStore(abc.ABC):
+    """Claims and fenced updates over a backend's three conditional primitives."""
+
+    #: Attempts at a claim lost to a concurrent write before giving up as busy.
+    _CLAIM_ROUNDS = 5
+
+    def __init__(self, *, lease_s: float, ttl_s: float) -> None:
+        self._lease_s = lease_s
+        self._ttl_s = ttl_s
+
+    def claim_request(self, key: str, payload_hash: str, *, now: float) -> Claim:
+        """Claim ``key`` for a cancel request; raises ``KeyBusy`` while a live worker holds it."""
+        for _ in range(self._CLAIM_ROUNDS):
+            current = self._read(key, now)
+            if current is None:
+                record = Record(
+                    key=key,
+                    payload_hash=payload_hash,
+                    state=State.CLAIMED,
+                    fence=1,
+                    lease_until=now + self._lease_s,
+                    requested_at=now,
+                    expire_at=now + self._ttl_s,
+                )
+                if self._guard(self._create, record):
+                    return Claim(ClaimStatus.ACQUIRED, record)
+                continue
+            settled = self._settled(current, payload_hash, now)
+            if settled is not None:
+                return settled
+            if current.state is State.CHECKING:
+                return Claim(ClaimStatus.CHAIN_RUNNING, current)
+            taken = self._take(current, now)
+            if taken is not None:
+                return Claim(ClaimStatus.ACQUIRED, taken, resumed=True)
+        raise KeyBusy(f"lost {self._CLAIM_ROUNDS} claim races for the key")
+
+    def claim_check(self, key: str, payload_hash: str, attempt: int, *, now: float) -> Claim:
+        """Claim ``key`` to run check ``attempt``; older checks are stale, so a chain never forks."""
+        for _ in range(self._CLAIM_ROUNDS):
+            current = self._read(key, now)
+            if current is None:
+                return Claim(ClaimStatus.UNKNOWN_KEY, None)
+            settled = self._settled(current, payload_hash, now)
+            if settled is not None:
+                return settled
+            if current.state is State.CLAIMED or attempt < current.attempt:
+                return Claim(ClaimStatus.STALE_CHECK, current)
+            taken = self._take(current, now, attempt=max(attempt, current.attempt))
+            if taken is not None:
+                return Claim(ClaimStatus.ACQUIRED, taken, resumed=current.state is not State.CHECKING)
+        raise KeyBusy(f"lost {self._CLAIM_ROUNDS} claim races for the key")
+
+    def update(self, held: Record, *, now: float, **changes: Any) -> Record:
+        """Write ``changes`` if ``held`` is still the current version; else ``StaleFence``."""
+        record = dataclasses.replace(held, **changes, version=held.version + 1, expire_at=now + self._ttl_s)
+        if not self._guard(self._replace, record, held.version):
+            raise StaleFence(f"fence {held.fence} was taken over")
+        return record
+
+    def release(self, held: Record, *, now: float, not_before: float = 0.0) -> Record:
+        """Give the lease back so a redelivery can go on at once (or at ``not_before``)."""
+        return self.update(held, now=now, lease_until=0.0, not_before=not_before)
+
+    def _settled(self, current: Record, payload_hash: str, now: float) -> Claim | None:
+        if current.payload_hash != payload_hash:
+            return Claim(ClaimStatus.MISMATCH, current)
+        if current.state is State.FINISHED:
+            return Claim(ClaimStatus.FINISHED, current)
+        if current.lease_until > now:
+            raise KeyBusy("another worker holds the key", retry_after=current.lease_until - now)
+        if current.not_before > now:
+            raise KeyBusy("the API asked to wait before the next call", retry_after=current.not_before - now)
+        return None
+
+    def _take(self, current: Record, now: float, **changes: Any) -> Record | None:
+        record = dataclasses.replace(
+            current,
+            **changes,
+            fence=current.fence + 1,
+            lease_until=now + self._lease_s,
+            version=current.version + 1,
+            expire_at=now + self._ttl_s,
+        )
+        return record if self._guard(self._replace, record, current.version) else None
+
+    def _read(self, key: str, now: float) -> Record | None:
+        record = self._guard(self._load, key)
+        # TTL deletion lags, so an expired record is treated as absent here, not only by the backend.
+        if record is not None and record.expire_at <= now:
+            if self._guard(self._delete_if_version, key, record.version):
+                return None
+            return self._guard(self._load, key)
+        return record
+
+    @staticmethod
+    def _guard(operation: Any, *args: Any) -> Any:
+        try:
+            return operation(*args)
+        except (StaleFence, KeyBusy, StoreUnavailable):
+            raise
+        except Exception as problem:
+            raise StoreUnavailable(f"idempotency store failed: {type(problem).__name__}: {problem}") from problem
+
+    @abc.abstractmethod
+    def _load(self, key: str) -> Record | None: ...
+
+    @abc.abstractmethod
+    def _create(self, record: Record) -> bool:
+        """Write ``record`` only if its key is absent; True if written."""
+
+    @abc.abstractmethod
+    def _replace(self, record: Record, expected_version: int) -> bool:
+        """Overwrite only if the stored version is ``expected_version``; True if written."""
+
+    @abc.abstractmethod
+    def _delete_if_version(self, key: str, expected_version: int) -> bool:
+        """Delete only if the stored version is ``expected_version``; True if deleted."""
+
+
+class MemoryStore(IdempotencyStore):
+    """Process-local; for tests and single-process runs."""
+
+    def __init__(self, *, lease_s: float, ttl_s: float) -> None:
+        super().__init__(lease_s=lease_s, ttl_s=ttl_s)
+        self._records: dict[str, Record] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, key: str) -> Record | None:
+        with self._lock:
+            return self._records.get(key)
+
+    def _create(self, record: Record) -> bool:
+        with self._lock:
+            if record.key in self._records:
+                return False
+            self._records[record.key] = record
+            return True
+
+    def _replace(self, record: Record, expected_version: int) -> bool:
+        with self._lock:
+            current = self._records.get(record.key)
+            if current is None or current.version != expected_version:
+                return False
+            self._records[record.key] = record
+            return True
+
+    def _delete_if_version(self, key: str, expected_version: int) -> bool:
+        with self._lock:
+            current = self._records.get(key)
+            if current is None or current.version != expected_version:
+                return False
+            del self._records[key]
+            return True
+
+
+class SqliteStore(IdempotencyStore):
+    """Embedded and durable: survives restarts, and is safe across processes on one machine."""
+
+    def __init__(self, path: str, *, lease_s: float, ttl_s: float) -> None:
+        super().__init__(lease_s=lease_s, ttl_s=ttl_s)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        # Autocommit: every statement below is one atomic conditional write by itself.
+        self._connection = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute(
+                "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, version INTEGER NOT NULL, body TEXT NOT NULL)"
+            )
+
+    def _load(self, key: str) -> Record | None:
+        with self._lock:
+            row = self._connection.execute("SELECT body FROM records WHERE key = ?", (key,)).fetchone()
+        return None if row is None else Record.from_json(json.loads(row[0]))
+
+    def _create(self, record: Record) -> bool:
+        with self._lock:
+            cursor = self._connection.execute(
+                "INSERT OR IGNORE INTO records (key, version, body) VALUES (?, ?, ?)",
+                (record.key, record.version, json.dumps(record.to_json())),
+            )
+        return cursor.rowcount == 1
+
+    def _replace(self, record: Record, expected_version: int) -> bool:
+        with self._lock:
+            cursor = self._connection.execute(
+                "UPDATE records SET version = ?, body = ? WHERE key = ? AND version = ?",
+                (record.version, json.dumps(record.to_json()), record.key, expected_version),
+            )
+        return cursor.rowcount == 1
+
+    def _delete_if_version(self, key: str, expected_version: int) -> bool:
+        with self._lock:
+            cursor = self._connection.execute("DELETE FROM records WHERE key = ? AND version = ?", (key, expected_version))
+        return cursor.rowcount == 1

@@ -1,0 +1,119 @@
+"""Test doubles for the ports that have no real local counterpart here, and a service factory."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from typing import Any
+
+import httpx
+
+from devkit.simulator import Simulator
+from function import AnonymousAuth, InboundMessage, Logger, MemoryStore, Opcancel, OperationsClient, Settings
+from function import PollingPolicy, SourceKind, parse_time
+from function.errors import PublishFailed
+
+
+class FakeClock:
+    """Time moves only when told to, or by the amount a retry sleeps."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self.current = start
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return self.current
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.current += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.current += seconds
+
+
+class MemoryPublisher:
+    """Keeps what is published. ``fail_next`` makes the next publishes fail like an unconfirmed one."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, dict[str, str]]] = []
+        self.fail_next = 0
+        self._lock = threading.Lock()
+
+    def publish_all(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str]:
+        with self._lock:
+            if self.fail_next:
+                self.fail_next -= 1
+                raise PublishFailed(f"publish to {topic} failed: injected")
+            ids = []
+            for data, attributes in messages:
+                self.messages.append((topic, data, dict(attributes)))
+                ids.append(str(len(self.messages)))
+            return ids
+
+    def on(self, topic: str) -> list[tuple[bytes, dict[str, str]]]:
+        with self._lock:
+            return [(data, attributes) for t, data, attributes in self.messages if t == topic]
+
+    def results(self) -> list[dict[str, Any]]:
+        return [json.loads(data) for data, _ in self.on("opcancel-results")]
+
+    def take_checks(self) -> list[InboundMessage]:
+        """Remove and return the published checks, as the checks subscription would deliver them."""
+        with self._lock:
+            checks = [m for m in self.messages if m[0] == "opcancel-checks"]
+            self.messages = [m for m in self.messages if m[0] != "opcancel-checks"]
+        return [
+            InboundMessage(data=data, attributes=attributes, message_id=f"check-{i}", kind=SourceKind.PUBSUB)
+            for i, (_, data, attributes) in enumerate(checks)
+        ]
+
+
+TEST_POLICY = PollingPolicy(initial_delay_s=5.0, multiplier=2.0, max_delay_s=60.0, deadline_s=600.0)
+
+
+class Rig:
+    """One service wired to the simulator (in-process), a memory publisher and store, and a fake clock."""
+
+    def __init__(self, *, store: Any = None, settings: Settings | None = None, simulator: Simulator | None = None) -> None:
+        self.clock = FakeClock()
+        self.simulator = simulator or Simulator()
+        self.publisher = MemoryPublisher()
+        self.stream = io.StringIO()
+        self.log = Logger(self.stream)
+        self.settings = settings or Settings(project="test-project", polling=TEST_POLICY, store="memory")
+        self.store = store or MemoryStore(lease_s=self.settings.lease_s, ttl_s=self.settings.record_ttl_s)
+        self.api = OperationsClient(
+            auth=AnonymousAuth(),
+            clock=self.clock,
+            log=self.log,
+            endpoint="http://simulator.test",
+            transport=httpx.WSGITransport(app=self.simulator),
+            jitter=lambda: 0.5,
+        )
+        self.service = Opcancel(
+            settings=self.settings, api=self.api, publisher=self.publisher, store=self.store, clock=self.clock, log=self.log
+        )
+
+    def send(self, body: str | bytes, attributes: dict[str, str] | None = None, message_id: str = "m-1"):
+        data = body.encode() if isinstance(body, str) else body
+        return self.service.handle(InboundMessage(data=data, attributes=attributes or {}, message_id=message_id))
+
+    def run_checks(self, max_rounds: int = 50) -> int:
+        """Deliver checks as Pub/Sub would, advancing time to each due check; returns how many ran."""
+        delivered = 0
+        for _ in range(max_rounds):
+            pending = self.publisher.take_checks()
+            if not pending:
+                return delivered
+            for check in pending:
+                due = json.loads(check.data)["due_at"]
+                self.clock.current = max(self.clock.current, parse_time(due))
+                report = self.service.handle(check)
+                assert not report.must_retry, report
+                delivered += 1
+        raise AssertionError("check chain did not end")
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
