@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
 import threading
 from typing import Any
 
@@ -70,13 +71,21 @@ class MemoryPublisher:
         ]
 
 
+DATA_DIR = pathlib.Path(__file__).parent / "data"
 TEST_POLICY = PollingPolicy(initial_delay_s=5.0, multiplier=2.0, max_delay_s=60.0, deadline_s=600.0)
 
 
 class Rig:
     """One service wired to the simulator (in-process), a memory publisher and store, and a fake clock."""
 
-    def __init__(self, *, store: Any = None, settings: Settings | None = None, simulator: Simulator | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: Any = None,
+        settings: Settings | None = None,
+        simulator: Simulator | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.clock = FakeClock()
         self.simulator = simulator or Simulator()
         self.publisher = MemoryPublisher()
@@ -89,7 +98,7 @@ class Rig:
             clock=self.clock,
             log=self.log,
             endpoint="http://simulator.test",
-            transport=httpx.WSGITransport(app=self.simulator),
+            transport=transport or httpx.WSGITransport(app=self.simulator),
             jitter=lambda: 0.5,
         )
         self.service = Opcancel(

@@ -1,0 +1,379 @@
+"""The pipeline through ``Opcancel.handle``: the simulator in-process, memory publisher and store, a fake clock."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from devkit.simulator import Simulator
+from function import ItemStatus, Settings, State, format_time, parse_time
+from function._core import RESULT_EVENT_TYPE, event_id, payload_hash
+from tests.support import DATA_DIR, TEST_POLICY, Rig
+
+ORG = "123456789"
+
+
+def name(op_id: str) -> str:
+    return f"organizations/{ORG}/operations/{op_id}"
+
+
+@pytest.fixture
+def rig():
+    return Rig()
+
+
+def only_result(rig: Rig) -> dict:
+    results = rig.publisher.results()
+    assert len(results) == 1, results
+    return results[0]
+
+
+@pytest.mark.parametrize(
+    ("op_id", "outcome", "checks"),
+    [
+        ("plain", "CANCELLED", 1),
+        ("completes-a", "COMPLETED", 1),
+        ("fails-a", "FAILED", 1),
+        ("unsupported-a", "UNSUPPORTED", 0),
+        ("missing-a", "NOT_FOUND", 0),
+        ("denied-a", "PERMISSION_DENIED", 0),
+        ("invalid-a", "REJECTED", 0),
+        ("done-a", "COMPLETED", 1),
+        ("slow-3-a", "CANCELLED", 4),
+    ],
+)
+def test_each_api_behaviour_ends_in_its_outcome(rig, op_id, outcome, checks):
+    rig.send(name(op_id))
+    rig.run_checks()
+    result = only_result(rig)
+    assert result["outcome"] == outcome
+    assert result["checks"] == checks
+    assert len(rig.simulator.cancel_calls(name(op_id))) == 1
+
+
+def test_the_result_event_is_a_binary_mode_cloudevent_with_every_field(rig):
+    rig.send(name("plain"), message_id="msg-7")
+    (data, attributes), = rig.publisher.on("opcancel-results")
+    key = f"securitycenter.googleapis.com/{name('plain')}"
+    assert attributes == {
+        "ce-specversion": "1.0",
+        "ce-id": event_id(key, name("plain")),
+        "ce-source": "//opcancel/projects/test-project",
+        "ce-type": RESULT_EVENT_TYPE,
+        "ce-time": format_time(rig.clock.now()),
+        "ce-subject": name("plain"),
+        "content-type": "application/json",
+        "outcome": "CANCELLED",
+        "operation": name("plain"),
+    }
+    body = json.loads(data)
+    assert body == {
+        "operation": name("plain"),
+        "location": "global",
+        "api_version": "v1beta1",
+        "outcome": "CANCELLED",
+        "idempotency_key": key,
+        "requested_at": format_time(rig.clock.now()),
+        "finished_at": format_time(rig.clock.now()),
+        "checks": 1,
+        "final_operation": {
+            "name": name("plain"),
+            "metadata": {"@type": "type.googleapis.com/google.protobuf.Empty"},
+            "done": True,
+            "error": {"code": 1, "message": "Operation was cancelled."},
+        },
+        "error": None,
+        "source": {"kind": "pubsub", "message_id": "msg-7"},
+    }
+
+
+def test_a_failed_operation_reports_its_error(rig):
+    rig.send(name("fails-x"))
+    assert only_result(rig)["error"] == "rpc code 13: Internal error during discovery."
+
+
+def test_an_api_refusal_reports_the_api_message(rig):
+    rig.send(name("denied-x"))
+    result = only_result(rig)
+    assert result["error"].startswith("HTTP 403: PERMISSION_DENIED")
+    assert result["final_operation"] is None
+
+
+def test_checks_back_off_exponentially_until_the_deadline_then_time_out(rig):
+    start = rig.clock.now()
+    rig.send(name("stuck-a"))
+    due_times = []
+    while checks := rig.publisher.take_checks():
+        (check,) = checks
+        body = json.loads(check.data)
+        due_times.append(parse_time(body["due_at"]) - start)
+        rig.clock.current = parse_time(body["due_at"])
+        rig.service.handle(check)
+    # Delays 5, 10, 20, 40, then capped at 60 s, and the last check lands on the 600 s deadline.
+    assert due_times[:6] == [5, 15, 35, 75, 135, 195]
+    assert due_times[-1] == TEST_POLICY.deadline_s
+    result = only_result(rig)
+    assert result["outcome"] == "TIMED_OUT"
+    assert result["checks"] == len(due_times) + 1
+    assert "deadline" in result["error"]
+    assert result["final_operation"]["done"] is False
+
+
+def test_a_requests_deadline_seconds_replaces_the_default(rig):
+    rig.send(json.dumps({"operation": name("stuck-b"), "deadline_seconds": 12}))
+    assert rig.run_checks() == 2  # due at 5 s, then the deadline at 12 s
+    assert only_result(rig)["outcome"] == "TIMED_OUT"
+
+
+def test_check_messages_are_self_contained(rig):
+    rig.send(name("slow-1-a"), message_id="m-9")
+    (check,) = rig.publisher.take_checks()
+    body = json.loads(check.data)
+    assert check.attributes["opcancel_kind"] == "check"
+    assert body == {
+        "operation": name("slow-1-a"),
+        "location": "global",
+        "api_version": "v1beta1",
+        "idempotency_key": f"securitycenter.googleapis.com/{name('slow-1-a')}",
+        "attempt": 1,
+        "due_at": format_time(rig.clock.now() + 5),
+        "deadline_at": format_time(rig.clock.now() + 600),
+        "requested_at": format_time(rig.clock.now()),
+        "source": {"kind": "pubsub", "message_id": "m-9"},
+    }
+
+
+def test_an_early_check_is_deferred_without_touching_the_api(rig):
+    rig.send(name("slow-1-a"))
+    (check,) = rig.publisher.take_checks()
+    calls = len(rig.simulator.calls)
+    report = rig.service.handle(check)
+    assert report.must_retry
+    assert report.items[0].retry_after == pytest.approx(5)
+    assert len(rig.simulator.calls) == calls
+    rig.clock.advance(5)
+    assert not rig.service.handle(check).must_retry
+    assert only_result(rig)["outcome"] == "CANCELLED"
+
+
+def test_a_redelivered_check_does_not_fork_a_second_chain(rig):
+    rig.send(name("slow-5-a"))
+    (check,) = rig.publisher.take_checks()
+    rig.clock.advance(5)
+    rig.service.handle(check)
+    assert len(rig.publisher.on("opcancel-checks")) == 1
+    report = rig.service.handle(check)  # Pub/Sub delivers check 1 again
+    assert report.items[0].status is ItemStatus.SKIPPED
+    assert len(rig.publisher.on("opcancel-checks")) == 1
+    rig.run_checks()
+    assert len(rig.publisher.results()) == 1
+
+
+def test_duplicate_deliveries_cancel_once_and_report_once(rig):
+    for message_id in ("m-1", "m-2", "m-3"):
+        rig.send(name("slow-2-a"), message_id=message_id)
+    rig.run_checks()
+    for message_id in ("m-4", "m-5"):
+        report = rig.send(name("slow-2-a"), message_id=message_id)
+        assert report.items[0].status is ItemStatus.DUPLICATE
+        assert report.items[0].outcome == "CANCELLED"
+    assert len(rig.simulator.cancel_calls()) == 1
+    assert only_result(rig)["source"]["message_id"] == "m-1"
+
+
+def test_the_three_name_forms_share_one_identity_and_cancel_once(rig):
+    rig.send(name("plain"))
+    rig.send(f"//securitycenter.googleapis.com/{name('plain')}")
+    rig.send(f"https://securitycenter.googleapis.com/v1/{name('plain')}")
+    assert len(rig.simulator.cancel_calls()) == 1
+    assert len(rig.publisher.results()) == 1
+
+
+def test_an_explicit_key_reused_for_another_operation_is_rejected(rig):
+    rig.send(json.dumps({"operation": name("plain"), "idempotency_key": "k-1"}))
+    report = rig.send(json.dumps({"operation": name("other"), "idempotency_key": "k-1"}))
+    assert report.items[0].status is ItemStatus.REJECTED
+    first, second = rig.publisher.results()
+    assert first["outcome"] == "CANCELLED"
+    assert second["outcome"] == "REJECTED"
+    assert second["operation"] == name("other")
+    assert "different operation" in second["error"]
+    assert len(rig.simulator.cancel_calls()) == 1
+
+
+def test_invalid_input_is_rejected_once_without_any_network_call(rig):
+    hostile = "organizations/1/operations/../../v1/organizations/2/operations/x:cancel"
+    for _ in range(2):
+        report = rig.send(hostile)
+        assert not report.must_retry
+        assert report.items[0].status is ItemStatus.REJECTED
+    assert rig.simulator.calls == []
+    result = only_result(rig)
+    assert result["outcome"] == "REJECTED"
+    assert result["operation"] == hostile
+    assert result["checks"] == 0
+    assert result["error"] == "operation names must be organizations/ORG/operations/ID"
+
+
+def test_rejected_text_is_escaped_and_bounded(rig):
+    rig.send(json.dumps({"operation": "bad\u0000name\u202e" + "x" * 400}))
+    operation = only_result(rig)["operation"]
+    assert len(operation) == 256
+    assert "\\x00" in operation and "\\u202e" in operation
+    assert "\u0000" not in operation
+
+
+def test_disallowed_parents_are_rejected_before_the_network():
+    rig = Rig(settings=Settings(project="p", polling=TEST_POLICY, allowed_parents=("organizations/42",)))
+    rig.send(name("plain") + "\norganizations/42/operations/fine")
+    assert [c.path for c in rig.simulator.cancel_calls()] == ["/v1beta1/organizations/42/operations/fine:cancel"]
+    outcomes = {r["operation"]: (r["outcome"], r["error"]) for r in rig.publisher.results()}
+    assert outcomes[name("plain")] == ("REJECTED", f"organizations/{ORG} is not in OPCANCEL_ALLOWED_PARENTS")
+    assert outcomes["organizations/42/operations/fine"][0] == "CANCELLED"
+
+
+def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
+    body = json.dumps({"operations": [name("a"), {"operation": name("b"), "location": "eu"}]})
+    rig.send(body, attributes={"idempotency_key": "batch-1"})
+    keys = sorted(r["idempotency_key"] for r in rig.publisher.results())
+    assert keys == [
+        f"batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
+        f"batch-1/securitycenter.googleapis.com/{name('a')}",
+    ]
+    assert {c.path for c in rig.simulator.cancel_calls()} == {
+        f"/v1beta1/{name('a')}:cancel",
+        f"/v1beta1/{name('b')}:cancel",
+    }
+
+
+def test_a_closed_incident_makes_no_call_and_no_result(rig):
+    report = rig.send((DATA_DIR / "alert-incident-closed.json").read_bytes())
+    assert report.ignored and not report.unusable
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+
+
+def test_an_open_incident_cancels_what_it_names(rig):
+    rig.send((DATA_DIR / "alert-incident-open.json").read_bytes(), message_id="alert-1")
+    result = only_result(rig)
+    assert result["source"] == {"kind": "alert", "message_id": "alert-1", "incident_id": "0.mtdi83m6w8ao"}
+    assert result["idempotency_key"].startswith("incident/0.mtdi83m6w8ao/")
+
+
+# Transient trouble
+
+
+def test_unavailable_api_is_retried_in_process_then_succeeds(rig):
+    rig.simulator.inject(503, count=2)
+    report = rig.send(name("plain"))
+    assert not report.must_retry
+    assert len(rig.clock.slept) == 2
+    assert only_result(rig)["outcome"] == "CANCELLED"
+
+
+def test_a_persistently_unavailable_api_asks_for_redelivery_and_frees_the_key(rig):
+    rig.simulator.inject(503, count=4)
+    report = rig.send(name("plain"))
+    assert report.must_retry
+    assert rig.publisher.messages == []
+    # The lease was handed back, so the redelivery goes on at once.
+    assert not rig.send(name("plain")).must_retry
+    assert only_result(rig)["outcome"] == "CANCELLED"
+
+
+def test_rate_limiting_defers_to_redelivery_until_the_retry_delay(rig):
+    rig.simulator.inject(429, retry_delay="30s")
+    report = rig.send(name("plain"))
+    assert report.must_retry and report.items[0].retry_after == 30
+    assert rig.clock.slept == []
+    calls = len(rig.simulator.calls)
+    rig.clock.advance(10)
+    assert rig.send(name("plain")).must_retry
+    assert len(rig.simulator.calls) == calls  # deferred without calling the API
+    rig.clock.advance(21)
+    assert not rig.send(name("plain")).must_retry
+    assert only_result(rig)["outcome"] == "CANCELLED"
+
+
+def test_an_unconfirmed_result_publish_is_republished_identically_without_a_second_cancel(rig):
+    rig.publisher.fail_next = 1
+    assert rig.send(name("plain")).must_retry
+    rig.clock.advance(3)
+    assert not rig.send(name("plain")).must_retry
+    assert len(rig.simulator.cancel_calls()) == 1
+    result = only_result(rig)
+    assert result["finished_at"] == format_time(rig.clock.now() - 3)
+
+
+def test_a_failed_check_publish_is_retried_without_a_second_cancel(rig):
+    rig.publisher.fail_next = 1
+    assert rig.send(name("slow-1-a")).must_retry
+    assert not rig.send(name("slow-1-a")).must_retry
+    rig.run_checks()
+    assert len(rig.simulator.cancel_calls()) == 1
+    assert only_result(rig)["outcome"] == "CANCELLED"
+
+
+def test_a_live_holder_makes_a_duplicate_wait(rig):
+    rig.store.claim_request(f"securitycenter.googleapis.com/{name('plain')}", payload_hash(
+        f"securitycenter.googleapis.com/{name('plain')}"), now=rig.clock.now())
+    report = rig.send(name("plain"))
+    assert report.must_retry
+    assert report.items[0].detail == "another worker holds the key"
+    assert rig.simulator.calls == []
+
+
+def test_a_dead_holder_after_a_recorded_cancel_is_resumed_without_a_second_cancel(rig):
+    key = f"securitycenter.googleapis.com/{name('slow-1-a')}"
+    record = rig.store.claim_request(key, payload_hash(key), now=rig.clock.now()).record
+    rig.store.update(record, now=rig.clock.now(), state=State.CANCEL_SENT, deadline_at=rig.clock.now() + 3600)
+    rig.clock.advance(rig.settings.lease_s + 1)
+    rig.send(name("slow-1-a"))
+    assert rig.simulator.cancel_calls() == []
+    assert [c.method for c in rig.simulator.calls] == ["GET"]
+    assert len(rig.publisher.on("opcancel-checks")) == 1
+    assert [line["fence"] for line in rig.logs() if line["event"] == "takeover"] == [2]
+
+
+def test_a_zombie_is_fenced_off_when_its_lease_was_taken_over():
+    simulator = Simulator()
+    passthrough = httpx.WSGITransport(app=simulator)
+    rigs: list[Rig] = []
+    takeover_reports = []
+    stalled = []
+
+    def slow_cancel(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(":cancel") and not stalled:
+            stalled.append(request)
+            # While the first worker waits on the API, its lease runs out and a redelivery takes over.
+            rigs[0].clock.advance(rigs[0].settings.lease_s + 1)
+            takeover_reports.append(rigs[0].send(name("plain"), message_id="redelivery"))
+        return passthrough.handle_request(request)
+
+    rigs.append(Rig(simulator=simulator, transport=httpx.MockTransport(slow_cancel)))
+    rig = rigs[0]
+    zombie = rig.send(name("plain"), message_id="first")
+    assert zombie.must_retry
+    assert zombie.items[0].detail == "fence 1 was taken over"
+    assert not takeover_reports[0].must_retry
+    assert only_result(rig)["source"]["message_id"] == "redelivery"
+    # The zombie's redelivery then finds the key finished.
+    assert rig.send(name("plain"), message_id="first").items[0].status is ItemStatus.DUPLICATE
+    assert len(rig.publisher.results()) == 1
+
+
+def test_every_log_line_is_structured_and_token_free(rig):
+    rig.send(name("slow-1-a"))
+    rig.run_checks()
+    rig.send("not a name")
+    lines = rig.logs()
+    assert lines
+    for line in lines:
+        assert line["severity"] in {"DEBUG", "INFO", "NOTICE", "WARNING", "ERROR"}
+        assert line["message"]
+        assert "Bearer" not in json.dumps(line)
+    events = [line["event"] for line in lines]
+    assert events[:3] == ["cancel_sent", "check_scheduled", "result_published"]
+    published = [line for line in lines if line["event"] == "result_published"]
+    assert {line["outcome"] for line in published} == {"CANCELLED", "REJECTED"}

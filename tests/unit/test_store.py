@@ -1,0 +1,194 @@
+"""One contract, run against every store backend."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import pytest
+
+from function import MemoryStore, SqliteStore, State
+from function._store import ClaimStatus
+from function.errors import KeyBusy, StaleFence, StoreUnavailable
+
+LEASE = 60.0
+TTL = 3600.0
+NOW = 1_000_000.0
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        return MemoryStore(lease_s=LEASE, ttl_s=TTL)
+    return SqliteStore(str(tmp_path / "store.sqlite3"), lease_s=LEASE, ttl_s=TTL)
+
+
+def test_first_claim_acquires_a_fresh_record(store):
+    claim = store.claim_request("k", "h", now=NOW)
+    assert claim.status is ClaimStatus.ACQUIRED
+    assert not claim.resumed
+    assert claim.record.state is State.CLAIMED
+    assert claim.record.fence == 1
+    assert claim.record.lease_until == NOW + LEASE
+    assert claim.record.expire_at == NOW + TTL
+
+
+def test_a_live_lease_makes_the_key_busy(store):
+    store.claim_request("k", "h", now=NOW)
+    with pytest.raises(KeyBusy) as busy:
+        store.claim_request("k", "h", now=NOW + 1)
+    assert busy.value.retry_after == pytest.approx(LEASE - 1)
+
+
+def test_concurrent_claims_have_exactly_one_winner(store):
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def contend():
+        barrier.wait()
+        try:
+            outcomes.append(store.claim_request("race", "h", now=NOW).status.value)
+        except KeyBusy:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["acquired"] + ["busy"] * 7
+
+
+def test_an_expired_lease_is_taken_over_with_a_higher_fence(store):
+    first = store.claim_request("k", "h", now=NOW).record
+    claim = store.claim_request("k", "h", now=NOW + LEASE + 1)
+    assert claim.status is ClaimStatus.ACQUIRED
+    assert claim.resumed
+    assert claim.record.fence == first.fence + 1
+
+
+def test_the_old_holder_is_fenced_off_after_a_takeover(store):
+    zombie = store.claim_request("k", "h", now=NOW).record
+    newer = store.claim_request("k", "h", now=NOW + LEASE + 1).record
+    with pytest.raises(StaleFence):
+        store.update(zombie, now=NOW + LEASE + 2, state=State.CANCEL_SENT)
+    with pytest.raises(StaleFence):
+        store.release(zombie, now=NOW + LEASE + 2)
+    assert store.update(newer, now=NOW + LEASE + 2, state=State.CANCEL_SENT).state is State.CANCEL_SENT
+
+
+def test_updates_keep_state_and_bump_the_version(store):
+    record = store.claim_request("k", "h", now=NOW).record
+    updated = store.update(record, now=NOW + 5, state=State.CANCEL_SENT, cancel_accepted_at=NOW + 5, deadline_at=NOW + 99)
+    assert updated.version == record.version + 1
+    assert updated.expire_at == NOW + 5 + TTL
+    released = store.release(updated, now=NOW + 6)
+    claim = store.claim_request("k", "h", now=NOW + 7)
+    assert claim.status is ClaimStatus.ACQUIRED
+    assert claim.record.state is State.CANCEL_SENT
+    assert claim.record.deadline_at == NOW + 99
+    assert claim.record.fence == released.fence + 1
+
+
+def test_a_finished_key_stays_finished_with_its_result(store):
+    record = store.claim_request("k", "h", now=NOW).record
+    record = store.update(record, now=NOW, state=State.RESULT_READY, result={"outcome": "CANCELLED"})
+    store.update(record, now=NOW, state=State.FINISHED, lease_until=0.0)
+    claim = store.claim_request("k", "h", now=NOW + 1)
+    assert claim.status is ClaimStatus.FINISHED
+    assert claim.record.result == {"outcome": "CANCELLED"}
+
+
+def test_the_same_key_for_another_payload_is_a_mismatch(store):
+    store.claim_request("k", "h1", now=NOW)
+    assert store.claim_request("k", "h2", now=NOW + 1).status is ClaimStatus.MISMATCH
+
+
+def test_an_expired_record_counts_as_absent_even_before_ttl_deletion(store):
+    record = store.claim_request("k", "h1", now=NOW).record
+    store.update(record, now=NOW, state=State.FINISHED, lease_until=0.0, result={"outcome": "CANCELLED"})
+    claim = store.claim_request("k", "h2", now=NOW + TTL + 1)
+    assert claim.status is ClaimStatus.ACQUIRED
+    assert claim.record.fence == 1
+    assert claim.record.payload_hash == "h2"
+
+
+def test_a_rate_limit_pause_defers_the_next_claim(store):
+    record = store.claim_request("k", "h", now=NOW).record
+    store.release(record, now=NOW, not_before=NOW + 30)
+    with pytest.raises(KeyBusy) as busy:
+        store.claim_request("k", "h", now=NOW + 10)
+    assert busy.value.retry_after == pytest.approx(20)
+    assert store.claim_request("k", "h", now=NOW + 31).status is ClaimStatus.ACQUIRED
+
+
+def test_a_duplicate_request_while_checks_run_adds_nothing(store):
+    record = store.claim_request("k", "h", now=NOW).record
+    store.update(record, now=NOW, state=State.CHECKING, attempt=1, lease_until=0.0)
+    assert store.claim_request("k", "h", now=NOW + 1).status is ClaimStatus.CHAIN_RUNNING
+
+
+def test_checks_older_than_the_live_one_are_stale(store):
+    record = store.claim_request("k", "h", now=NOW).record
+    store.update(record, now=NOW, state=State.CHECKING, attempt=3, lease_until=0.0)
+    assert store.claim_check("k", "h", 2, now=NOW + 1).status is ClaimStatus.STALE_CHECK
+    claim = store.claim_check("k", "h", 3, now=NOW + 1)
+    assert claim.status is ClaimStatus.ACQUIRED
+    assert claim.record.attempt == 3
+    assert not claim.resumed
+
+
+def test_a_check_newer_than_the_record_wins_after_a_crash_before_recording(store):
+    record = store.claim_request("k", "h", now=NOW).record
+    store.update(record, now=NOW, state=State.CHECKING, attempt=1, lease_until=0.0)
+    claim = store.claim_check("k", "h", 2, now=NOW + 1)
+    assert claim.status is ClaimStatus.ACQUIRED
+    assert claim.record.attempt == 2
+    assert store.claim_check("k", "h", 1, now=NOW + LEASE + 5).status is ClaimStatus.STALE_CHECK
+
+
+def test_a_check_for_an_unknown_key_or_before_any_cancel_is_not_run(store):
+    assert store.claim_check("nobody", "h", 1, now=NOW).status is ClaimStatus.UNKNOWN_KEY
+    record = store.claim_request("k", "h", now=NOW).record
+    store.release(record, now=NOW)
+    assert store.claim_check("k", "h", 1, now=NOW + 1).status is ClaimStatus.STALE_CHECK
+
+
+def test_backend_failures_surface_as_store_unavailable():
+    class BrokenStore(MemoryStore):
+        def _load(self, key):
+            raise ConnectionError("store is down")
+
+    with pytest.raises(StoreUnavailable, match="store is down"):
+        BrokenStore(lease_s=LEASE, ttl_s=TTL).claim_request("k", "h", now=NOW)
+
+
+def test_sqlite_records_survive_a_restart(tmp_path):
+    path = str(tmp_path / "nested" / "store.sqlite3")
+    record = SqliteStore(path, lease_s=LEASE, ttl_s=TTL).claim_request("k", "h", now=NOW).record
+    SqliteStore(path, lease_s=LEASE, ttl_s=TTL).update(record, now=NOW, state=State.FINISHED, result={"outcome": "FAILED"})
+    claim = SqliteStore(path, lease_s=LEASE, ttl_s=TTL).claim_request("k", "h", now=NOW + 1)
+    assert claim.status is ClaimStatus.FINISHED
+    assert claim.record.result == {"outcome": "FAILED"}
+
+
+def _claim_in_process(path: str, results) -> None:
+    store = SqliteStore(path, lease_s=LEASE, ttl_s=TTL)
+    try:
+        results.put(store.claim_request("shared", "h", now=NOW).status.value)
+    except KeyBusy:
+        results.put("busy")
+
+
+def test_sqlite_claims_across_processes_have_one_winner(tmp_path):
+    path = str(tmp_path / "store.sqlite3")
+    SqliteStore(path, lease_s=LEASE, ttl_s=TTL)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_claim_in_process, args=(path, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert sorted(results.get(timeout=5) for _ in workers) == ["acquired"] + ["busy"] * 3
+
