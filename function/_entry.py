@@ -111,6 +111,8 @@ class Runtime:
                 raise UnusableEvent("body is not valid JSON") from None
             if isinstance(body, dict) and isinstance(body.get("message"), dict) and "subscription" in body:
                 return _pubsub_message(body["message"])
+            if isinstance(body, dict) and isinstance(body.get("context"), dict):
+                return _legacy_message(body)
             return InboundMessage(data=data, kind=SourceKind.HTTP)
         if media_type in ("text/plain", ""):
             return InboundMessage(data=data, kind=SourceKind.HTTP)
@@ -160,6 +162,15 @@ def _pubsub_message(message: Mapping[str, Any]) -> InboundMessage:
         message_id=str(message_id) if message_id is not None else None,
         kind=SourceKind.PUBSUB,
     )
+
+
+def _legacy_message(body: Mapping[str, Any]) -> InboundMessage:
+    """A legacy background event; both ``data`` and ``event`` have been seen holding the Pub/Sub message."""
+    message = body.get("data", body.get("event"))
+    if not isinstance(message, Mapping):
+        raise UnusableEvent("background event without a Pub/Sub message")
+    event_id = body["context"].get("eventId")
+    return _pubsub_message({**message, "messageId": event_id} if isinstance(event_id, str) else message)
 
 
 def _retry_summary(report: Report) -> str:

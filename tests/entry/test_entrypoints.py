@@ -1,0 +1,312 @@
+"""The entry points through functions-framework's own test client, with CloudEvents built by ``cloudevents``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+import sys
+
+import pytest
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+from functions_framework import create_app
+
+from function.errors import ConfigError
+from tests.support import DATA_DIR
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WIRED = ROOT / "tests" / "functions" / "wired.py"
+NAME = "organizations/123456789/operations/abc"
+TOPIC_SOURCE = "//pubsub.googleapis.com/projects/sec-ops-prod/topics/opcancel-requests"
+
+
+def load_wired(target: str, signature: str):
+    """A fresh module and its rig per app: create_app executes the function module anew."""
+    client = create_app(target, str(WIRED), signature).test_client()
+    return client, sys.modules["wired"].rig
+
+
+@pytest.fixture
+def on_event():
+    return load_wired("on_event", "cloudevent")
+
+
+@pytest.fixture
+def on_http():
+    return load_wired("on_http", "http")
+
+
+def pubsub_event(data: bytes, attributes: dict[str, str] | None = None, message_id: str = "2070443601311540") -> CloudEvent:
+    return CloudEvent(
+        {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": TOPIC_SOURCE, "id": message_id},
+        {
+            "subscription": "projects/sec-ops-prod/subscriptions/eventarc-sub",
+            "message": {
+                "data": base64.b64encode(data).decode(),
+                "attributes": attributes or {},
+                "messageId": message_id,
+                "publishTime": "2026-11-23T19:13:55.749Z",
+            },
+        },
+    )
+
+
+def post_event(client, event: CloudEvent, *, structured: bool = False):
+    headers, body = (to_structured if structured else to_binary)(event)
+    return client.post("/", headers=headers, data=body)
+
+
+def eventarc_sample() -> tuple[dict[str, str], bytes]:
+    head, body = (DATA_DIR / "eventarc-pubsub-cloudevent.http").read_text().split("\n\n", 1)
+    headers = dict(line.split(": ", 1) for line in head.splitlines()[1:])
+    return headers, body.strip().encode()
+
+
+# on_event
+
+
+def test_the_eventarc_sample_cancels_with_its_attribute_key(on_event):
+    event_client, rig = on_event
+    headers, body = eventarc_sample()
+    response = event_client.post("/", headers=headers, data=body)
+    assert response.status_code == 200
+    (result,) = rig.publisher.results()
+    assert result["outcome"] == "CANCELLED"
+    assert result["operation"] == "organizations/123456789/operations/abc"
+    assert result["idempotency_key"] == "k1"
+    assert result["source"] == {"kind": "pubsub", "message_id": "2070443601311540"}
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_a_messagepublished_cloudevent_in_either_mode(on_event, structured):
+    event_client, rig = on_event
+    event = pubsub_event(json.dumps({"operation": NAME, "location": "us", "api_version": "v2"}).encode())
+    assert post_event(event_client, event, structured=structured).status_code == 200
+    assert [c.path for c in rig.simulator.cancel_calls()] == [f"/v2/{NAME}:cancel"]
+    (result,) = rig.publisher.results()
+    assert (result["location"], result["api_version"]) == ("us", "v2")
+
+
+def test_a_raw_pubsub_push_body_is_converted_by_the_framework(on_event):
+    event_client, rig = on_event
+    response = event_client.post("/", json=json.loads((DATA_DIR / "pubsub-push-body.json").read_text()))
+    assert response.status_code == 200
+    (result,) = rig.publisher.results()
+    assert result["location"] == "eu"
+    assert result["source"] == {"kind": "pubsub", "message_id": "17"}
+
+
+def test_a_legacy_background_event_is_converted_by_the_framework(on_event):
+    event_client, rig = on_event
+    sample = json.loads((DATA_DIR / "legacy-background-event.json").read_text())
+    # functions-framework converts the documented shape, whose message sits under "data".
+    response = event_client.post("/", json={"data": sample["event"], "context": sample["context"]})
+    assert response.status_code == 200
+    (result,) = rig.publisher.results()
+    assert result["operation"] == "organizations/123456789/operations/abc"
+    assert result["source"]["message_id"] == "1215011316659232"
+
+
+def test_http_accepts_the_legacy_background_event_sample(on_http):
+    http_client, rig = on_http
+    response = http_client.post("/", data=(DATA_DIR / "legacy-background-event.json").read_bytes(), content_type="application/json")
+    assert response.status_code == 202
+    assert rig.publisher.results()[0]["source"] == {"kind": "pubsub", "message_id": "1215011316659232"}
+
+
+def test_duplicate_deliveries_through_the_entry_point_cancel_once(on_event):
+    event_client, rig = on_event
+    for message_id in ("1", "2", "3", "4"):
+        assert post_event(event_client, pubsub_event(NAME.encode(), message_id=message_id)).status_code == 200
+    assert len(rig.simulator.cancel_calls()) == 1
+    assert len(rig.publisher.results()) == 1
+
+
+def test_transient_trouble_answers_503_so_pubsub_redelivers(on_event):
+    event_client, rig = on_event
+    rig.simulator.inject(503, count=4)
+    response = post_event(event_client, pubsub_event(NAME.encode()))
+    assert response.status_code == 503
+    assert rig.publisher.messages == []
+    assert post_event(event_client, pubsub_event(NAME.encode())).status_code == 200
+    assert len(rig.publisher.results()) == 1
+
+
+def test_an_early_check_is_deferred_by_a_503(on_event):
+    event_client, rig = on_event
+    post_event(event_client, pubsub_event(b"organizations/1/operations/slow-1-x"))
+    (check,) = rig.publisher.take_checks()
+    event = pubsub_event(check.data, check.attributes, message_id="check-1")
+    assert post_event(event_client, event).status_code == 503
+    rig.clock.advance(5)
+    assert post_event(event_client, event).status_code == 200
+    assert rig.publisher.results()[0]["checks"] == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"subscription": "s", "message": {"data": "***not base64***", "messageId": "1"}}, "not valid base64"),
+        ({"subscription": "s", "message": {"data": "", "attributes": {"a": 1}, "messageId": "1"}}, "strings to strings"),
+        ({"nothing": "here"}, "without a message"),
+        ("just a string", "without a message"),
+    ],
+)
+def test_a_malformed_pubsub_event_is_acknowledged_and_logged(on_event, data, reason):
+    event_client, rig = on_event
+    event = CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": TOPIC_SOURCE}, data)
+    assert post_event(event_client, event).status_code == 200
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+    (line,) = [line for line in rig.logs() if line.get("event") == "event_unusable"]
+    assert reason in line["reason"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [(b"\xff\xfe\x00", "not UTF-8"), (b"   ", "empty"), (b"{oops", "not valid JSON"), (b'["a"]', "must be an object")],
+)
+def test_an_unusable_message_body_is_acknowledged_and_logged(on_event, payload, reason):
+    event_client, rig = on_event
+    assert post_event(event_client, pubsub_event(payload)).status_code == 200
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+    (line,) = [line for line in rig.logs() if line.get("event") == "message_ignored"]
+    assert reason in line["reason"] and line["severity"] == "WARNING"
+
+
+def test_another_cloudevent_type_carries_the_request_as_its_data(on_event):
+    event_client, rig = on_event
+    event = CloudEvent({"type": "com.example.cancel.requested", "source": "//example", "id": "e-1"}, {"operation": NAME})
+    assert post_event(event_client, event).status_code == 200
+    (result,) = rig.publisher.results()
+    assert result["source"] == {"kind": "http", "message_id": "e-1"}
+
+
+# on_http
+
+
+def test_http_json_request_answers_202_with_each_items_fate(on_http):
+    http_client, rig = on_http
+    body = {"operations": [NAME, "organizations/1/operations/bad%2Fid", {"operation": "organizations/1/operations/missing-1"}]}
+    response = http_client.post("/", json=body)
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert [(i["operation"], i["status"], i.get("outcome")) for i in answer["accepted"]] == [
+        (NAME, "accepted", "CANCELLED"),
+        ("organizations/1/operations/missing-1", "accepted", "NOT_FOUND"),
+    ]
+    (rejected,) = answer["rejected"]
+    assert rejected["operation"] == "organizations/1/operations/bad%2Fid"
+    assert rejected["outcome"] == "REJECTED"
+    assert "A-Z a-z 0-9" in rejected["error"]
+    assert {r["source"]["kind"] for r in rig.publisher.results()} == {"http"}
+
+
+def test_http_plain_text_names_one_per_line(on_http):
+    http_client, rig = on_http
+    response = http_client.post("/", data=f"  {NAME}  \n\norganizations/1/operations/b\n", content_type="text/plain")
+    assert response.status_code == 202
+    assert len(response.get_json()["accepted"]) == 2
+
+
+def test_http_duplicate_reports_the_first_outcome(on_http):
+    http_client, rig = on_http
+    http_client.post("/", json={"operation": NAME})
+    answer = http_client.post("/", json={"operation": NAME}).get_json()
+    assert answer["accepted"][0]["status"] == "duplicate"
+    assert answer["accepted"][0]["outcome"] == "CANCELLED"
+    assert len(rig.simulator.cancel_calls()) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "error"),
+    [
+        ({"data": b"", "content_type": "application/json"}, 400, "body is empty"),
+        ({"data": b"{not json", "content_type": "application/json"}, 400, "not valid JSON"),
+        ({"data": b"\xff\xfe", "content_type": "text/plain"}, 400, "not UTF-8"),
+        ({"json": {"operations": [NAME] * 101}}, 400, "exceeds the limit of 100"),
+        ({"json": {"hello": "world"}}, 400, "names no operation"),
+        ({"data": b"<x/>", "content_type": "application/xml"}, 415, "is not application/json"),
+        ({"data": b"x" * (1024 * 1024 + 1), "content_type": "text/plain"}, 413, "larger than"),
+    ],
+)
+def test_http_unusable_bodies_get_a_clear_error(on_http, kwargs, status, error):
+    http_client, rig = on_http
+    response = http_client.post("/", **kwargs)
+    assert response.status_code == status
+    assert error in response.get_json()["error"]
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+
+
+def test_http_only_accepts_post(on_http):
+    http_client, _ = on_http
+    response = http_client.get("/")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+
+
+def test_http_closed_incident_is_accepted_as_nothing_to_do(on_http):
+    http_client, rig = on_http
+    response = http_client.post("/", data=(DATA_DIR / "alert-incident-closed.json").read_bytes(), content_type="application/json")
+    assert response.status_code == 202
+    assert "only open incidents act" in response.get_json()["ignored"]
+
+
+def test_http_transient_trouble_answers_503_with_retry_after(on_http):
+    http_client, rig = on_http
+    rig.simulator.inject(429, retry_delay="30s")
+    response = http_client.post("/", json={"operation": NAME})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    assert response.get_json()["retry"][0]["operation"] == NAME
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_http_accepts_cloudevents_in_either_mode(on_http, structured):
+    http_client, rig = on_http
+    response = post_event(http_client, pubsub_event(NAME.encode()), structured=structured)
+    assert response.status_code == 202
+    assert response.get_json()["accepted"][0]["outcome"] == "CANCELLED"
+    assert rig.publisher.results()[0]["source"]["kind"] == "pubsub"
+
+
+def test_http_malformed_cloudevent_is_a_400(on_http):
+    http_client, rig = on_http
+    response = http_client.post("/", data=b"{}", headers={"ce-specversion": "1.0", "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "malformed CloudEvent" in response.get_json()["error"]
+
+
+def test_http_accepts_a_raw_pubsub_push_body(on_http):
+    http_client, rig = on_http
+    response = http_client.post("/", data=(DATA_DIR / "pubsub-push-body.json").read_bytes(), content_type="application/json")
+    assert response.status_code == 202
+    assert rig.publisher.results()[0]["source"] == {"kind": "pubsub", "message_id": "17"}
+
+
+# main.py itself
+
+
+def test_main_fails_start_up_naming_the_bad_variable(monkeypatch):
+    monkeypatch.setenv("OPCANCEL_CHECK_MULTIPLIER", "fast")
+    with pytest.raises(ConfigError, match="OPCANCEL_CHECK_MULTIPLIER"):
+        create_app("on_event", str(ROOT / "main.py"), "cloudevent")
+
+
+def test_main_needs_a_project_for_pubsub(monkeypatch):
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    monkeypatch.setenv("OPCANCEL_STORE", "memory")
+    with pytest.raises(ConfigError, match="GOOGLE_CLOUD_PROJECT"):
+        create_app("on_http", str(ROOT / "main.py"), "http")
+
+
+def test_main_serves_and_warns_when_every_parent_is_allowed(monkeypatch, capsys):
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "local-project")
+    monkeypatch.setenv("OPCANCEL_STORE", "memory")
+    monkeypatch.delenv("OPCANCEL_ALLOWED_PARENTS", raising=False)
+    client = create_app("on_http", str(ROOT / "main.py"), "http").test_client()
+    warning = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert warning["event"] == "allow_all_parents" and warning["severity"] == "WARNING"
+    assert client.get("/").status_code == 405
+    response = client.post("/", data=(DATA_DIR / "alert-incident-closed.json").read_bytes(), content_type="application/json")
+    assert response.status_code == 202
