@@ -7,7 +7,8 @@ Modules are private; import from here.
 
 from . import errors
 from ._api import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, OperationsClient
-from ._app import build_api, build_publisher, build_service, build_store
+from ._app import build_api, build_auth, build_publisher, build_service, build_store
+from ._firestore import FirestoreStore
 from ._clock import SystemClock, format_time, parse_time
 from ._entry import RedeliveryRequested, Runtime, message_from_cloud_event
 from ._log import Logger
@@ -22,6 +23,7 @@ __all__ = [
     "AnonymousAuth",
     "CancelAnswer",
     "DefaultCredentialsAuth",
+    "FirestoreStore",
     "IdempotencyStore",
     "InboundMessage",
     "ItemStatus",
@@ -43,6 +45,7 @@ __all__ = [
     "State",
     "SystemClock",
     "build_api",
+    "build_auth",
     "build_publisher",
     "build_service",
     "build_store",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from ._api import AnonymousAuth, DefaultCredentialsAuth, OperationsClient
+from ._api import AnonymousAuth, Authenticator, DefaultCredentialsAuth, OperationsClient
 from ._clock import Clock, SystemClock
+from ._firestore import FirestoreStore
 from .errors import ConfigError
 from ._log import Logger
 from ._pubsub import Publisher, PubSubPublisher
@@ -14,12 +15,22 @@ from ._settings import Settings
 from ._store import IdempotencyStore, MemoryStore, SqliteStore
 
 
-def build_store(settings: Settings) -> IdempotencyStore:
+def build_store(settings: Settings, *, auth: Authenticator) -> IdempotencyStore:
     if settings.store == "memory":
         return MemoryStore(lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
     if settings.store == "sqlite":
         return SqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
-    raise ConfigError("OPCANCEL_STORE", "the firestore store is not in this build yet; use sqlite or memory")
+    if settings.project is None:
+        raise ConfigError("GOOGLE_CLOUD_PROJECT", "is required for the firestore store")
+    return FirestoreStore(
+        project=settings.project,
+        lease_s=settings.lease_s,
+        ttl_s=settings.record_ttl_s,
+        auth=auth,
+        database=settings.firestore_database,
+        collection=settings.firestore_collection,
+        emulator_host=settings.firestore_emulator_host,
+    )
 
 
 def build_publisher(settings: Settings) -> Publisher:
@@ -28,21 +39,26 @@ def build_publisher(settings: Settings) -> Publisher:
     return PubSubPublisher(settings.project)
 
 
+def build_auth(settings: Settings) -> Authenticator:
+    return DefaultCredentialsAuth() if settings.auth == "adc" else AnonymousAuth()
+
+
 def build_api(
-    settings: Settings, *, clock: Clock, log: Logger, transport: httpx.BaseTransport | None = None
+    settings: Settings, *, auth: Authenticator, clock: Clock, log: Logger, transport: httpx.BaseTransport | None = None
 ) -> OperationsClient:
-    auth = DefaultCredentialsAuth() if settings.auth == "adc" else AnonymousAuth()
     return OperationsClient(auth=auth, clock=clock, log=log, endpoint=settings.api_endpoint, transport=transport)
 
 
 def build_service(settings: Settings, *, log: Logger | None = None) -> Opcancel:
     log = log or Logger()
     clock = SystemClock()
+    # One credential cache serves the Operations API and Firestore: both use the cloud-platform scope.
+    auth = build_auth(settings)
     return Opcancel(
         settings=settings,
-        api=build_api(settings, clock=clock, log=log),
+        api=build_api(settings, auth=auth, clock=clock, log=log),
         publisher=build_publisher(settings),
-        store=build_store(settings),
+        store=build_store(settings, auth=auth),
         clock=clock,
         log=log,
     )

@@ -15,6 +15,8 @@ STORES = ("firestore", "memory", "sqlite")
 MAX_DEADLINE_S = 7 * 24 * 3600
 _TOPIC_ID = re.compile(r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
 _PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[a-z0-9.:-]{1,100}")
+_DATABASE_ID = re.compile(r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]")
+_COLLECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _PARENT = re.compile(r"organizations/[0-9]{1,32}")
 
 
@@ -43,6 +45,8 @@ class Settings:
     auth: str = "adc"
     store: str = "sqlite"
     sqlite_path: str = ".opcancel/idempotency.sqlite3"
+    firestore_database: str = "(default)"
+    firestore_collection: str = "opcancel-idempotency"
     allowed_parents: tuple[str, ...] | None = None
     polling: PollingPolicy = PollingPolicy()
     lease_s: float = 600.0
@@ -75,6 +79,12 @@ class Settings:
             auth=reader.choice("OPCANCEL_AUTH", ("adc", "anonymous"), "adc"),
             store=reader.choice("OPCANCEL_STORE", STORES, "firestore" if on_cloud else "sqlite"),
             sqlite_path=environ.get("OPCANCEL_SQLITE_PATH") or ".opcancel/idempotency.sqlite3",
+            firestore_database=reader.optional(
+                "OPCANCEL_FIRESTORE_DATABASE", _DATABASE_ID, "a Firestore database id"
+            ) or "(default)",
+            firestore_collection=reader.optional(
+                "OPCANCEL_FIRESTORE_COLLECTION", _COLLECTION_ID, "a Firestore collection id"
+            ) or "opcancel-idempotency",
             allowed_parents=reader.parents("OPCANCEL_ALLOWED_PARENTS"),
             polling=polling,
             lease_s=reader.seconds("OPCANCEL_LEASE_S", 600.0),
