@@ -99,6 +99,14 @@ class IdempotencyStore(abc.ABC):
         self._lease_s = lease_s
         self._ttl_s = ttl_s
 
+    @property
+    def lease_s(self) -> float:
+        return self._lease_s
+
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl_s
+
     def claim_request(self, key: str, payload_hash: str, *, now: float) -> Claim:
         """Claim ``key`` for a cancel request; raises ``KeyBusy`` while a live worker holds it."""
         for _ in range(self._CLAIM_ROUNDS):

@@ -1,0 +1,249 @@
+"""Faults through the entry point: crashes after each step, concurrent deliveries, zombies, a store outage.
+
+Every test runs against every store (``store_kind``: memory, sqlite, and
+Firestore on Google's emulator where gcloud is installed). A crash is a
+``BaseException`` raised by a port after its work is done: it escapes every
+handler, as a killed process would, leaving leases held and nothing released.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import multiprocessing
+import threading
+from typing import Any
+
+import pytest
+from cloudevents.http import CloudEvent
+
+from devkit.simulator import Simulator, serve
+from function import RedeliveryRequested, Runtime, State
+from function._store import IdempotencyStore
+from tests.support import Rig
+
+NAME = "organizations/123456789/operations/slow-1-fault"
+
+
+class Crash(BaseException):
+    """The process dies here."""
+
+
+class CrashingStore(IdempotencyStore):
+    """Delegates to a real store; dies just before or just after the write that reaches a state."""
+
+    def __init__(self, inner: IdempotencyStore, crash: tuple[str, State | str] | None) -> None:
+        super().__init__(lease_s=inner.lease_s, ttl_s=inner.ttl_s)
+        self._inner = inner
+        self.crash = crash
+
+    def _die_if(self, when: str, state: State | str | None) -> None:
+        if self.crash is not None and self.crash == (when, state):
+            self.crash = None
+            raise Crash(f"{when} {state}")
+
+    def claim_request(self, key, payload_hash, *, now):
+        claim = self._inner.claim_request(key, payload_hash, now=now)
+        if claim.record is not None and claim.record.state is State.CLAIMED:
+            self._die_if("after", "claim")
+        return claim
+
+    def claim_check(self, key, payload_hash, attempt, *, now):
+        return self._inner.claim_check(key, payload_hash, attempt, now=now)
+
+    def update(self, held, *, now, **changes):
+        self._die_if("before", changes.get("state"))
+        record = self._inner.update(held, now=now, **changes)
+        self._die_if("after", changes.get("state"))
+        return record
+
+    def release(self, held, *, now, not_before=0.0):
+        return self._inner.release(held, now=now, not_before=not_before)
+
+    # The inner store does the storage; these are never reached through the overrides above.
+    def _load(self, key):
+        raise NotImplementedError
+
+    def _create(self, record):
+        raise NotImplementedError
+
+    def _replace(self, record, expected_version):
+        raise NotImplementedError
+
+    def _delete_if_version(self, key, expected_version):
+        raise NotImplementedError
+
+
+def pubsub_event(data: bytes, attributes: dict[str, str] | None = None, message_id: str = "1") -> CloudEvent:
+    return CloudEvent(
+        {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub.googleapis.com/projects/p/topics/t"},
+        {"message": {"data": base64.b64encode(data).decode(), "attributes": attributes or {}, "messageId": message_id}},
+    )
+
+
+def deliver(runtime: Runtime, event: CloudEvent) -> str:
+    """Deliver once as Pub/Sub would; returns ack, retry or crash."""
+    try:
+        runtime.on_event(event)
+    except RedeliveryRequested:
+        return "retry"
+    except Crash:
+        return "crash"
+    return "ack"
+
+
+class Pipeline:
+    """A rig behind a Runtime, with Pub/Sub's delivery loop: redeliver until acknowledged."""
+
+    def __init__(self, store: IdempotencyStore, crash: tuple[str, State | str] | None = None) -> None:
+        self.crashing = CrashingStore(store, crash)
+        self.rig = Rig(store=self.crashing)
+        self.runtime = Runtime(self.rig.service, log=self.rig.log)
+
+    def until_acknowledged(self, event: CloudEvent, *, rounds: int = 10) -> list[str]:
+        fates = []
+        for _ in range(rounds):
+            fate = deliver(self.runtime, event)
+            fates.append(fate)
+            if fate == "ack":
+                return fates
+            # Redelivery comes after the dead worker's lease has run out.
+            self.rig.clock.advance(self.crashing.lease_s + 1)
+        raise AssertionError(f"never acknowledged: {fates}")
+
+    def drain_checks(self) -> None:
+        while checks := self.rig.publisher.take_checks():
+            for check in checks:
+                self.rig.clock.current = max(self.rig.clock.current, _due(check.data))
+                self.until_acknowledged(pubsub_event(check.data, check.attributes, message_id="check"))
+
+    def distinct_results(self) -> set[str]:
+        return {attributes["ce-id"] for _, attributes in self.rig.publisher.on("opcancel-results")}
+
+
+def _due(data: bytes) -> float:
+    from function import parse_time
+
+    return parse_time(json.loads(data)["due_at"])
+
+
+STEPS = {
+    "after the claim": ("after", "claim"),
+    "after the cancel is recorded": ("after", State.CANCEL_SENT),
+    "after a check is scheduled": ("after", State.CHECKING),
+    "after the result is stored": ("after", State.RESULT_READY),
+    "after the result is published": ("before", State.FINISHED),
+    "after the key is finished": ("after", State.FINISHED),
+}
+
+
+@pytest.mark.parametrize("crash", STEPS.values(), ids=STEPS.keys())
+def test_a_crash_after_each_step_then_redelivery_gives_one_cancel_and_one_result(make_store, crash):
+    pipeline = Pipeline(make_store(), crash)
+    request = pubsub_event(NAME.encode())
+    pipeline.until_acknowledged(request)
+    pipeline.drain_checks()
+    # Pub/Sub may redeliver the request even after it was acknowledged.
+    assert deliver(pipeline.runtime, request) == "ack"
+    assert pipeline.crashing.crash is None, "the crash was never injected"
+    assert len(pipeline.rig.simulator.cancel_calls()) == 1
+    published = pipeline.rig.publisher.on("opcancel-results")
+    # A result whose publish was unconfirmed goes out again byte for byte, so it has the same ce-id.
+    assert len({data for data, _ in published}) == 1
+    assert len(pipeline.distinct_results()) == 1
+    assert json.loads(published[0][0])["outcome"] == "CANCELLED"
+    assert len(published) == (2 if crash == ("before", State.FINISHED) else 1)
+
+
+def test_concurrent_deliveries_in_threads_cancel_once(make_store):
+    pipeline = Pipeline(make_store())
+    barrier = threading.Barrier(8)
+    fates: list[str] = []
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        fates.append(deliver(pipeline.runtime, pubsub_event(b"organizations/1/operations/plain", message_id=str(index))))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # The losers were told to retry (key busy) or saw the finished key.
+    assert set(fates) <= {"ack", "retry"}
+    for _ in range(fates.count("retry")):
+        assert deliver(pipeline.runtime, pubsub_event(b"organizations/1/operations/plain")) == "ack"
+    assert len(pipeline.rig.simulator.cancel_calls()) == 1
+    assert len(pipeline.distinct_results()) == 1
+
+
+def test_a_store_outage_is_retried_and_nothing_is_acknowledged():
+    class DownStore(IdempotencyStore):
+        def _load(self, key):
+            raise ConnectionError("store is down")
+
+        def _create(self, record):
+            raise ConnectionError("store is down")
+
+        def _replace(self, record, expected_version):
+            raise ConnectionError("store is down")
+
+        def _delete_if_version(self, key, expected_version):
+            raise ConnectionError("store is down")
+
+    rig = Rig(store=DownStore(lease_s=60, ttl_s=3600))
+    runtime = Runtime(rig.service, log=rig.log)
+    assert deliver(runtime, pubsub_event(NAME.encode())) == "retry"
+    assert deliver(runtime, pubsub_event(b"not a valid name")) == "retry"
+    assert rig.simulator.calls == []
+    assert rig.publisher.messages == []
+    reasons = {line.get("reason") for line in rig.logs() if line.get("event") == "retry_later"}
+    assert reasons == {"store_unavailable"}
+
+
+def _deliver_in_process(store_spec: dict[str, Any], endpoint: str, message_id: str, results) -> None:
+    """One worker process: its own service, the shared store and simulator, its own publisher."""
+    import httpx
+
+    from function import AnonymousAuth, Logger, Opcancel, OperationsClient, Settings, SystemClock
+    from tests.faults.stores import open_store
+    from tests.support import MemoryPublisher
+
+    settings = Settings(project="p", store=store_spec["kind"])
+    publisher = MemoryPublisher()
+    log = Logger(open("/dev/null", "w"))
+    clock = SystemClock()
+    service = Opcancel(
+        settings=settings,
+        api=OperationsClient(auth=AnonymousAuth(), clock=clock, log=log, endpoint=endpoint, transport=httpx.HTTPTransport()),
+        publisher=publisher,
+        store=open_store(store_spec),
+        clock=clock,
+        log=log,
+    )
+    fate = deliver(Runtime(service, log=log), pubsub_event(b"organizations/1/operations/plain", message_id=message_id))
+    results.put((fate, [attributes["ce-id"] for _, attributes in publisher.on("opcancel-results")]))
+
+
+def test_concurrent_deliveries_in_processes_cancel_once(shared_store_spec):
+    simulator = Simulator()
+    server = serve(simulator)
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        workers = [
+            context.Process(target=_deliver_in_process, args=(shared_store_spec, endpoint, str(i), results))
+            for i in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=30)
+    finally:
+        server.shutdown()
+    assert len(simulator.cancel_calls()) == 1
+    event_ids = {ce_id for _, ids in outcomes for ce_id in ids}
+    assert len(event_ids) == 1
+    assert {fate for fate, _ in outcomes} <= {"ack", "retry"}
