@@ -129,6 +129,13 @@ class Opcancel:
         ref, key = request.ref, request.idempotency_key
         claim = self._store.claim_request(key, payload_hash(ref.identity), now=self._clock.now())
         if claim.status is ClaimStatus.MISMATCH:
+            self._log.warning(
+                "idempotency key reused for a different operation",
+                event="key_mismatch",
+                reason="key_mismatch",
+                operation=ref.name,
+                idempotency_key=key,
+            )
             return self._publish_unstored(
                 ref.name, key, request.source, ref.location, ref.api_version,
                 "idempotency_key is already bound to a different operation",
