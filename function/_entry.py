@@ -62,7 +62,17 @@ class Runtime:
         except UnusableEvent as problem:
             self._log.warning(f"event set aside: {problem}", event="event_unusable", reason=str(problem))
             return
-        report = self._service.handle(message)
+        try:
+            report = self._service.handle(message)
+        except Exception as bug:
+            # Not a known failure mode: let Pub/Sub redeliver (and, past the attempt limit,
+            # dead-letter) rather than acknowledge work that may not be done.
+            self._log.error(
+                f"unexpected failure: {type(bug).__name__}: {bug}",
+                event="unexpected_error",
+                message_id=message.message_id,
+            )
+            raise
         if report.must_retry:
             raise RedeliveryRequested(description=_retry_summary(report))
 

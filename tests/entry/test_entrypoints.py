@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import pathlib
 import sys
@@ -12,6 +13,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from functions_framework import create_app
 
+from function import Logger, Runtime
 from function.errors import ConfigError
 from tests.support import DATA_DIR
 
@@ -310,3 +312,16 @@ def test_main_serves_and_warns_when_every_parent_is_allowed(monkeypatch, capsys)
     assert client.get("/").status_code == 405
     response = client.post("/", data=(DATA_DIR / "alert-incident-closed.json").read_bytes(), content_type="application/json")
     assert response.status_code == 202
+
+
+def test_an_unexpected_failure_is_logged_and_raised_for_redelivery():
+    class Exploding:
+        def handle(self, message):
+            raise KeyError("bug")
+
+    rig_log = io.StringIO()
+    runtime = Runtime(Exploding(), log=Logger(rig_log))
+    with pytest.raises(KeyError):
+        runtime.on_event(pubsub_event(NAME.encode(), message_id="m-bug"))
+    (line,) = [json.loads(text) for text in rig_log.getvalue().splitlines()]
+    assert (line["severity"], line["event"], line["message_id"]) == ("ERROR", "unexpected_error", "m-bug")

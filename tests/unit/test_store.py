@@ -192,3 +192,48 @@ def test_sqlite_claims_across_processes_have_one_winner(tmp_path):
         worker.join(timeout=60)
     assert sorted(results.get(timeout=5) for _ in workers) == ["acquired"] + ["busy"] * 3
 
+
+
+class LostResponses(MemoryStore):
+    """Writes land, but the next ``lose`` answers are lost on the way back, as over a flaky network."""
+
+    def __init__(self) -> None:
+        super().__init__(lease_s=LEASE, ttl_s=TTL)
+        self.lose = 0
+
+    def _answer(self, written: bool) -> bool:
+        if self.lose:
+            self.lose -= 1
+            raise TimeoutError("response lost")
+        return written
+
+    def _create(self, record):
+        return self._answer(super()._create(record))
+
+    def _replace(self, record, expected_version):
+        return self._answer(super()._replace(record, expected_version))
+
+
+def test_a_lost_create_response_holds_the_key_until_the_lease_runs_out():
+    store = LostResponses()
+    store.lose = 1
+    with pytest.raises(StoreUnavailable, match="response lost"):
+        store.claim_request("k", "h", now=NOW)
+    # The write did land: a redelivery finds the key held, and takes it over once the lease is gone.
+    with pytest.raises(KeyBusy):
+        store.claim_request("k", "h", now=NOW + 1)
+    claim = store.claim_request("k", "h", now=NOW + LEASE + 1)
+    assert claim.status is ClaimStatus.ACQUIRED and claim.resumed and claim.record.fence == 2
+
+
+def test_a_lost_update_response_fences_off_the_writer_that_lost_it():
+    store = LostResponses()
+    record = store.claim_request("k", "h", now=NOW).record
+    store.lose = 1
+    with pytest.raises(StoreUnavailable):
+        store.update(record, now=NOW, state=State.CANCEL_SENT)
+    # The writer cannot know its write landed; retrying with its old version is refused, never doubled.
+    with pytest.raises(StaleFence):
+        store.update(record, now=NOW, state=State.CANCEL_SENT)
+    claim = store.claim_request("k", "h", now=NOW + LEASE + 1)
+    assert claim.record.state is State.CANCEL_SENT
