@@ -147,7 +147,9 @@ class OperationsClient:
         response = self._send("GET", self.url(ref), ref)
         self._raise_for_error(response)
         body = _json_object(response)
-        if body is None or not isinstance(body.get("done", False), bool):
+        # Every Operation names itself; a nameless object (a proxy's or wrong endpoint's JSON) would
+        # otherwise read as "still running" and end, wrongly, as TIMED_OUT.
+        if body is None or not isinstance(body.get("name"), str) or not isinstance(body.get("done", False), bool):
             raise ApiUnavailable(f"get answered {response.status_code} with a body that is not an Operation")
         return body
 
@@ -162,7 +164,9 @@ class OperationsClient:
             attempt += 1
             try:
                 response = self._http.request(method, url, json=json_body, headers=self._auth.headers())
-            except httpx.TransportError as problem:
+            # RequestError, not only TransportError: a body that fails to decode (bad gzip) is
+            # the same kind of transient trouble and must surface as ApiUnavailable.
+            except httpx.RequestError as problem:
                 failure = f"{type(problem).__name__}"
                 response = None
             else:
@@ -217,7 +221,8 @@ class OperationsClient:
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: a deeply nested body from a misbehaving endpoint or proxy.
         return None
     return body if isinstance(body, dict) else None
 

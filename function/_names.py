@@ -99,6 +99,9 @@ def _parse_url(name: str) -> ParsedName:
         if not regional:
             raise InvalidRequest(f"host {escape_text(host, 80)} is not a Security Command Center API host")
         location = regional["location"]
+        # The global API has exactly one host; securitycenter.global.rep... is not it.
+        if location == GLOBAL:
+            raise InvalidRequest(f"host {host} is not a Security Command Center API host; global is {SERVICE}")
         if location not in LOCATIONS:
             raise InvalidRequest(f"unknown location {location!r}; expected one of {', '.join(LOCATIONS)}")
     version = match["version"]

@@ -113,13 +113,14 @@ class _MessageParser:
             entries, body_defaults, incident_id = self._json_entries(stripped)
         else:
             entries, body_defaults, incident_id = self._text_entries(stripped), None, None
+        # Set before any rejection, so an alert's rejections name their incident too.
+        if incident_id is not None:
+            self._source = Source(SourceKind.ALERT, message_id=self._message.message_id, incident_id=incident_id)
         if attribute_defaults is None:
             for entry in entries:
                 self._reject(_offending_text(entry), f"attribute {attribute_problem}", explicit_key=None, defaults=None)
             return self._parsed
         defaults = _merge(attribute_defaults, body_defaults)
-        if incident_id is not None:
-            self._source = Source(SourceKind.ALERT, message_id=self._message.message_id, incident_id=incident_id)
         many = len(entries) > 1
         for entry in entries:
             self._entry(entry, defaults, many=many, incident_id=incident_id)
@@ -382,7 +383,10 @@ def _check_reason(value: Any) -> str:
 
 
 def _check_deadline(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest("must be a number of seconds")
+    # Only floats can be non-finite; math.isfinite overflows on a JSON integer beyond float range.
+    if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRequest("must be a number of seconds")
     if not 0 < value <= MAX_DEADLINE_S:
         raise InvalidRequest(f"must be more than 0 and at most {MAX_DEADLINE_S} seconds (7 days)")

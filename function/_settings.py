@@ -145,9 +145,23 @@ class _Reader:
         value = self._raw(name)
         if value is None:
             return None
-        parts = urlsplit(value)
+        # A value with userinfo may hold a password, which must not reach the start-up log.
+        shown = "the value" if "@" in value else repr(value)
+        problem = ConfigError(name, f"{shown} is not an http(s) base URL without credentials")
+        # urlsplit is lenient: it raises on a malformed IPv6 host, checks a port only when asked,
+        # and passes spaces through; each would otherwise surface on the first API call, not at start-up.
+        if any(char.isspace() or not char.isprintable() for char in value):
+            raise problem
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise problem from None
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ConfigError(name, f"{value!r} is not an http(s) base URL")
+            raise problem
+        # httpx turns URL userinfo into Basic auth, which would replace the Bearer token.
+        if port == 0 or parts.username is not None or parts.password is not None:
+            raise problem
         return value.rstrip("/")
 
     def parents(self, name: str) -> tuple[str, ...] | None:

@@ -1,0 +1,1027 @@
+"""``parse_message`` and ``parse_check``: every request format, its defaults, and every way a body can be wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from function import InboundMessage, OperationRef, SourceKind
+from function._core import check_message
+from function._model import CheckRequest, Source
+from function._names import LOCATIONS
+from function._requests import MAX_BATCH, MAX_BODY_BYTES, Parsed, is_check, parse_check, parse_message
+from function._settings import VERSIONS
+from function.errors import InvalidRequest
+from tests.support import DATA_DIR
+
+ORG = "123456789"
+GLOBAL_HOST = "securitycenter.googleapis.com"
+EU_HOST = "securitycenter.eu.rep.googleapis.com"
+NAME_PATTERN = re.compile(r"organizations/[0-9]{1,32}/operations/[A-Za-z0-9._~-]{1,128}")
+
+
+def name(op_id: str, org: str = ORG) -> str:
+    return f"organizations/{org}/operations/{op_id}"
+
+
+def identity(op_id: str, host: str = GLOBAL_HOST, org: str = ORG) -> str:
+    return f"{host}/{name(op_id, org)}"
+
+
+def parse(
+    body: str | bytes | dict | list,
+    attributes: dict[str, str] | None = None,
+    *,
+    allowed: tuple[str, ...] | None = None,
+    version: str = "v1beta1",
+    kind: SourceKind = SourceKind.PUBSUB,
+    message_id: str | None = "m-1",
+) -> Parsed:
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    message = InboundMessage(data=data, attributes=attributes or {}, message_id=message_id, kind=kind)
+    return parse_message(message, default_version=version, allowed_parents=allowed)
+
+
+def names_of(parsed: Parsed) -> list[str]:
+    return [request.ref.name for request in parsed.requests]
+
+
+def only_request(parsed: Parsed):
+    assert parsed.ignored is None, parsed.ignored
+    assert not parsed.rejections, parsed.rejections
+    (request,) = parsed.requests
+    return request
+
+
+def only_rejection(parsed: Parsed):
+    assert parsed.ignored is None, parsed.ignored
+    assert not parsed.requests, parsed.requests
+    (rejection,) = parsed.rejections
+    return rejection
+
+
+def assert_ignored(parsed: Parsed, reason: str, *, unusable: bool = True) -> None:
+    assert parsed.requests == [] and parsed.rejections == []
+    assert parsed.ignored is not None and reason in parsed.ignored, parsed.ignored
+    assert parsed.unusable is unusable
+
+
+def rejection_key(offending: str) -> str:
+    return "rejected/" + hashlib.sha256(offending.encode("utf-8")).hexdigest()[:40]
+
+
+def incident(name_: str) -> dict:
+    return json.loads((DATA_DIR / name_).read_text())
+
+
+# --- plain text --------------------------------------------------------------------------------
+
+
+def test_a_bare_name_is_one_request_with_every_default():
+    request = only_request(parse(name("abc")))
+    assert request.ref == OperationRef(ORG, "abc", "global", "v1beta1")
+    assert request.idempotency_key == identity("abc")
+    assert request.source == Source(SourceKind.PUBSUB, message_id="m-1")
+    assert request.reason is None
+    assert request.deadline_s is None
+
+
+def test_the_default_version_comes_from_the_caller():
+    assert only_request(parse(name("abc"), version="v2")).ref.api_version == "v2"
+
+
+def test_the_source_follows_the_message_kind_and_id():
+    request = only_request(parse(name("abc"), kind=SourceKind.HTTP, message_id=None))
+    assert request.source == Source(SourceKind.HTTP)
+
+
+def test_plain_text_carries_one_name_per_line_and_ignores_whitespace():
+    body = f"\n  {name('a')}  \r\n\t{name('b')}\n\n   \n{name('c')}\t\n"
+    parsed = parse(body)
+    assert names_of(parsed) == [name("a"), name("b"), name("c")]
+    assert [r.idempotency_key for r in parsed.requests] == [identity("a"), identity("b"), identity("c")]
+    assert parsed.rejections == [] and parsed.ignored is None
+
+
+def test_each_form_of_name_works_as_plain_text():
+    body = "\n".join(
+        [
+            name("a"),
+            f"//securitycenter.googleapis.com/{name('b')}",
+            f"https://securitycenter.eu.rep.googleapis.com/v2/{name('c')}",
+        ]
+    )
+    refs = [request.ref for request in parse(body).requests]
+    assert refs == [
+        OperationRef(ORG, "a", "global", "v1beta1"),
+        OperationRef(ORG, "b", "global", "v1beta1"),
+        OperationRef(ORG, "c", "eu", "v2"),
+    ]
+
+
+def test_a_bad_line_is_rejected_and_the_good_lines_still_act():
+    parsed = parse(f"{name('a')}\norganizations/1/operations/a%2Fb\n{name('c')}")
+    assert names_of(parsed) == [name("a"), name("c")]
+    (rejection,) = parsed.rejections
+    assert rejection.offending == "organizations/1/operations/a%2Fb"
+    assert "operation id must be 1-128 characters" in rejection.error
+    assert rejection.idempotency_key == rejection_key("organizations/1/operations/a%2Fb")
+    assert (rejection.location, rejection.api_version) == ("global", "v1beta1")
+    assert rejection.source == Source(SourceKind.PUBSUB, message_id="m-1")
+
+
+def test_a_rejection_key_is_deterministic_so_a_redelivery_reports_once():
+    first = only_rejection(parse("not a name"))
+    again = only_rejection(parse("not a name", message_id="m-2"))
+    assert first.idempotency_key == again.idempotency_key == rejection_key("not a name")
+
+
+def test_rejected_text_is_escaped_and_bounded():
+    hostile = "organizations/1/operations/\x1b[2J" + "x" * 1000
+    rejection = only_rejection(parse(json.dumps({"operation": hostile})))
+    assert "\x1b" not in rejection.offending
+    assert rejection.offending.startswith("organizations/1/operations/\\x1b[2J")
+    assert len(rejection.offending) == 256
+
+
+def test_a_hundred_lines_are_accepted():
+    parsed = parse("\n".join(name(f"op-{i}") for i in range(MAX_BATCH)))
+    assert len(parsed.requests) == MAX_BATCH == 100
+
+
+def test_more_than_a_hundred_lines_are_set_aside_whole():
+    parsed = parse("\n".join(name(f"op-{i}") for i in range(MAX_BATCH + 1)))
+    assert_ignored(parsed, "names 101 operations; the limit is 100")
+
+
+def test_a_json_string_body_is_text_and_its_quotes_make_it_invalid():
+    rejection = only_rejection(parse(json.dumps(name("abc"))))
+    assert rejection.offending == f'"{name("abc")}"'
+    assert "operation names must be organizations/ORG/operations/ID" in rejection.error
+
+
+# --- one JSON object ---------------------------------------------------------------------------
+
+
+def test_a_json_object_with_every_field():
+    body = {
+        "operation": name("abc"),
+        "location": "eu",
+        "api_version": "v1",
+        "idempotency_key": "my-key",
+        "reason": "runaway discovery",
+        "deadline_seconds": 3600,
+    }
+    request = only_request(parse(body))
+    assert request.ref == OperationRef(ORG, "abc", "eu", "v1")
+    assert request.idempotency_key == "my-key"
+    assert request.reason == "runaway discovery"
+    assert request.deadline_s == 3600.0
+    assert isinstance(request.deadline_s, float)
+
+
+def test_a_json_object_needs_only_operation():
+    request = only_request(parse({"operation": name("abc")}))
+    assert request.ref == OperationRef(ORG, "abc", "global", "v1beta1")
+    assert request.idempotency_key == identity("abc")
+
+
+def test_whitespace_around_a_json_body_is_ignored():
+    only_request(parse("\n\t  " + json.dumps({"operation": name("abc")}) + "  \n"))
+
+
+@pytest.mark.parametrize("location", LOCATIONS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_any_location_pairs_with_any_version(location, version):
+    request = only_request(parse({"operation": name("abc"), "location": location, "api_version": version}))
+    assert (request.ref.location, request.ref.api_version) == (location, version)
+
+
+def test_a_url_fixes_location_and_version_and_agreeing_fields_are_fine():
+    url = f"https://{EU_HOST}/v2/{name('abc')}"
+    for body in ({"operation": url}, {"operation": url, "location": "eu", "api_version": "v2"}):
+        request = only_request(parse(body))
+        assert request.ref == OperationRef(ORG, "abc", "eu", "v2")
+        assert request.idempotency_key == identity("abc", EU_HOST)
+
+
+def test_a_url_location_contradicting_an_explicit_field_is_rejected():
+    url = f"https://{EU_HOST}/v2/{name('abc')}"
+    rejection = only_rejection(parse({"operation": url, "location": "us"}))
+    assert rejection.error == "location 'us' contradicts the URL, which says 'eu'"
+    assert rejection.offending == url
+
+
+def test_a_url_version_contradicting_an_explicit_field_is_rejected():
+    url = f"https://{EU_HOST}/v2/{name('abc')}"
+    rejection = only_rejection(parse({"operation": url, "api_version": "v1"}))
+    assert rejection.error == "api_version 'v1' contradicts the URL, which says 'v2'"
+
+
+def test_a_global_url_contradicts_a_regional_location():
+    url = f"https://{GLOBAL_HOST}/v1/{name('abc')}"
+    rejection = only_rejection(parse({"operation": url, "location": "eu"}))
+    assert "contradicts the URL, which says 'global'" in rejection.error
+
+
+def test_unknown_fields_are_rejected_naming_the_field():
+    rejection = only_rejection(parse({"operation": name("abc"), "locaton": "eu"}))
+    assert rejection.error == "unknown field 'locaton'"
+    assert rejection.offending == name("abc")
+
+
+def test_a_rejection_keeps_an_explicit_key():
+    rejection = only_rejection(parse({"operation": name("abc"), "bogus": 1, "idempotency_key": "k-1"}))
+    assert rejection.idempotency_key == "k-1"
+
+
+def test_a_json_object_naming_nothing_is_set_aside():
+    assert_ignored(parse({"name": name("abc")}), "names no operation")
+    assert_ignored(parse({}), "names no operation")
+
+
+@pytest.mark.parametrize(
+    ("operation", "error"),
+    [
+        (None, "'operation' must be a string"),
+        (123, "'operation' must be a string"),
+        ([name("abc")], "'operation' must be a string"),
+        ({"name": name("abc")}, "'operation' must be a string"),
+        ("", "operation name is empty"),
+        ("organizations/1/operations/..", "must not be '.' or '..'"),
+    ],
+)
+def test_bad_operation_values_are_rejected(operation, error):
+    assert error in only_rejection(parse({"operation": operation})).error
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (0, "must be more than 0 and at most 604800 seconds"),
+        (0.0, "must be more than 0 and at most 604800 seconds"),
+        (-1, "must be more than 0 and at most 604800 seconds"),
+        (-0.5, "must be more than 0 and at most 604800 seconds"),
+        (604_801, "must be more than 0 and at most 604800 seconds"),
+        (604_800.5, "must be more than 0 and at most 604800 seconds"),
+        pytest.param(10**400, "must be more than 0 and at most 604800 seconds", id="int-beyond-float-range"),
+        pytest.param(
+            -(10**400), "must be more than 0 and at most 604800 seconds", id="negative-int-beyond-float-range"
+        ),
+        (True, "must be a number of seconds"),
+        (False, "must be a number of seconds"),
+        ("NaN", "must be a number of seconds"),
+        ("Infinity", "must be a number of seconds"),
+        ("3600", "must be a number of seconds"),
+        (None, "must be a number of seconds"),
+        ([3600], "must be a number of seconds"),
+        ({"s": 1}, "must be a number of seconds"),
+    ],
+)
+def test_bad_deadlines_are_rejected(value, error):
+    rejection = only_rejection(parse({"operation": name("abc"), "deadline_seconds": value}))
+    assert rejection.error.startswith("deadline_seconds: ")
+    assert error in rejection.error
+
+
+def test_a_float_overflowing_to_infinity_is_rejected():
+    body = '{"operation": "%s", "deadline_seconds": 1e400}' % name("abc")
+    assert "deadline_seconds: must be a number of seconds" in only_rejection(parse(body)).error
+
+
+@pytest.mark.parametrize("value", [0.001, 1, 3600, 604_800, 604_800.0])
+def test_deadlines_up_to_seven_days_are_accepted(value):
+    assert only_request(parse({"operation": name("abc"), "deadline_seconds": value})).deadline_s == float(value)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "k" * 257,
+        "key\nwith-newline",
+        "key\x00nul",
+        "key\x1b[31m",
+        "key\u202eRLO",
+        "key\u2028",
+        " leading",
+        "trailing ",
+        "\ttab",
+        123,
+        None,
+        True,
+        ["k"],
+    ],
+)
+def test_bad_idempotency_keys_are_rejected(key):
+    rejection = only_rejection(parse({"operation": name("abc"), "idempotency_key": key}))
+    assert rejection.error.startswith("idempotency_key: ")
+    # A bad explicit key is never reused as the rejection's own key.
+    assert rejection.idempotency_key == rejection_key(name("abc"))
+
+
+@pytest.mark.parametrize("key", ["k", "k" * 256, "has inner spaces", "a/b/c:d@e", "ключ-名前"])
+def test_good_idempotency_keys_are_used_verbatim(key):
+    assert only_request(parse({"operation": name("abc"), "idempotency_key": key})).idempotency_key == key
+
+
+@pytest.mark.parametrize("reason", ["r" * 1025, 5, None, ["why"]])
+def test_bad_reasons_are_rejected(reason):
+    assert only_rejection(parse({"operation": name("abc"), "reason": reason})).error.startswith("reason: ")
+
+
+def test_a_reason_of_1024_characters_is_accepted():
+    assert only_request(parse({"operation": name("abc"), "reason": "r" * 1024})).reason == "r" * 1024
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("location", "mars", "location: unknown location mars;"),
+        ("location", "EU", "location: unknown location EU;"),
+        ("location", None, "location: unknown location None;"),
+        ("api_version", "v3", "api_version: unknown API version v3"),
+        ("api_version", 1, "api_version: unknown API version 1"),
+    ],
+)
+def test_bad_locations_and_versions_in_an_object_are_rejected(field, value, error):
+    rejection = only_rejection(parse({"operation": name("abc"), field: value}))
+    assert rejection.error.startswith(error)
+
+
+# --- idempotency key defaults ------------------------------------------------------------------
+
+
+def test_the_default_key_is_the_identity_and_leaves_the_version_out():
+    keys = {only_request(parse({"operation": name("abc"), "api_version": v})).idempotency_key for v in VERSIONS}
+    assert keys == {identity("abc")}
+
+
+def test_the_default_key_follows_the_location():
+    assert only_request(parse({"operation": name("abc"), "location": "eu"})).idempotency_key == identity("abc", EU_HOST)
+    us = only_request(parse({"operation": name("abc"), "location": "us"})).idempotency_key
+    assert us == identity("abc", "securitycenter.us.rep.googleapis.com")
+
+
+def test_every_form_of_one_operation_gets_one_default_key():
+    forms = [name("abc"), f"//{GLOBAL_HOST}/{name('abc')}"]
+    forms += [f"https://{GLOBAL_HOST}/{v}/{name('abc')}" for v in VERSIONS]
+    assert {only_request(parse(form)).idempotency_key for form in forms} == {identity("abc")}
+
+
+def test_an_explicit_key_wins_over_the_attribute_and_the_default():
+    body = {"operation": name("abc"), "idempotency_key": "body-key"}
+    assert only_request(parse(body, {"idempotency_key": "attr-key"})).idempotency_key == "body-key"
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def test_a_batch_mixes_names_and_objects():
+    body = {
+        "operations": [
+            name("a"),
+            {"operation": name("b"), "location": "eu", "reason": "why", "deadline_seconds": 60},
+            f"https://securitycenter.us.rep.googleapis.com/v1/{name('c')}",
+            {"operation": name("d"), "idempotency_key": "own-key"},
+        ]
+    }
+    parsed = parse(body)
+    assert parsed.rejections == [] and parsed.ignored is None
+    a, b, c, d = parsed.requests
+    assert a.ref == OperationRef(ORG, "a") and a.idempotency_key == identity("a")
+    assert b.ref == OperationRef(ORG, "b", "eu") and (b.reason, b.deadline_s) == ("why", 60.0)
+    assert b.idempotency_key == identity("b", EU_HOST)
+    assert c.ref == OperationRef(ORG, "c", "us", "v1")
+    assert d.idempotency_key == "own-key"
+
+
+def test_batch_level_fields_are_defaults_that_items_override():
+    body = {
+        "operations": [name("a"), {"operation": name("b"), "location": "us", "reason": "mine", "deadline_seconds": 9}],
+        "location": "eu",
+        "api_version": "v2",
+        "reason": "batch reason",
+        "deadline_seconds": 120,
+    }
+    a, b = parse(body).requests
+    assert (a.ref.location, a.ref.api_version, a.reason, a.deadline_s) == ("eu", "v2", "batch reason", 120.0)
+    assert (b.ref.location, b.ref.api_version, b.reason, b.deadline_s) == ("us", "v2", "mine", 9.0)
+
+
+def test_a_url_in_a_batch_is_not_contradicted_by_batch_defaults():
+    body = {"operations": [f"https://{EU_HOST}/v1/{name('a')}"], "location": "us", "api_version": "v2"}
+    assert only_request(parse(body)).ref == OperationRef(ORG, "a", "eu", "v1")
+
+
+def test_a_batch_level_key_is_combined_with_each_identity():
+    body = {"operations": [name("a"), {"operation": name("b"), "location": "eu"}], "idempotency_key": "batch-7"}
+    keys = [request.idempotency_key for request in parse(body).requests]
+    assert keys == [f"batch-7/{identity('a')}", f"batch-7/{identity('b', EU_HOST)}"]
+
+
+def test_a_bad_item_in_a_batch_is_rejected_and_the_rest_act():
+    body = {"operations": [name("a"), "organizations/x/operations/b", 42, None, ["x"], {"reason": "no op"}, name("c")]}
+    parsed = parse(body)
+    assert names_of(parsed) == [name("a"), name("c")]
+    offending_and_errors = [(r.offending, r.error) for r in parsed.rejections]
+    assert offending_and_errors == [
+        ("organizations/x/operations/b", "organization must be 1-32 digits"),
+        ("42", "each operation must be a name or an object"),
+        ("null", "each operation must be a name or an object"),
+        ('["x"]', "each operation must be a name or an object"),
+        ('{"reason": "no op"}', "request object has no 'operation'"),
+    ]
+
+
+def test_a_batch_of_a_hundred_is_accepted():
+    parsed = parse({"operations": [name(f"op-{i}") for i in range(100)]})
+    assert len(parsed.requests) == 100 and parsed.rejections == []
+
+
+def test_a_batch_over_the_bound_is_rejected_whole_without_rejections():
+    parsed = parse({"operations": [name(f"op-{i}") for i in range(101)]})
+    assert_ignored(parsed, "batch of 101 operations exceeds the limit of 100")
+
+
+def test_an_oversized_batch_of_invalid_items_still_yields_no_rejections():
+    parsed = parse({"operations": ["bad"] * 101})
+    assert_ignored(parsed, "exceeds the limit of 100")
+
+
+@pytest.mark.parametrize("operations", [[], {}, name("a"), None, 7])
+def test_operations_must_be_a_non_empty_list(operations):
+    assert_ignored(parse({"operations": operations}), "'operations' must be a non-empty list")
+
+
+def test_a_batch_with_an_unknown_field_is_set_aside_whole():
+    assert_ignored(parse({"operations": [name("a")], "priority": "high"}), "batch has unknown field 'priority'")
+
+
+def test_a_batch_with_a_bad_default_is_set_aside_whole():
+    assert_ignored(parse({"operations": [name("a")], "location": "mars"}), "batch location: unknown location")
+    assert_ignored(parse({"operations": [name("a")], "deadline_seconds": 0}), "batch deadline_seconds:")
+
+
+# --- Pub/Sub attributes ------------------------------------------------------------------------
+
+
+def test_attributes_apply_to_a_bare_name():
+    request = only_request(parse(name("abc"), {"idempotency_key": "attr-key", "location": "eu", "api_version": "v2"}))
+    assert request.ref == OperationRef(ORG, "abc", "eu", "v2")
+    assert request.idempotency_key == "attr-key"
+
+
+def test_the_body_overrides_attributes():
+    body = {"operation": name("abc"), "location": "us", "api_version": "v1", "idempotency_key": "body-key"}
+    request = only_request(parse(body, {"idempotency_key": "attr-key", "location": "eu", "api_version": "v2"}))
+    assert request.ref == OperationRef(ORG, "abc", "us", "v1")
+    assert request.idempotency_key == "body-key"
+
+
+def test_a_url_overrides_attributes_without_contradiction():
+    url = f"https://{EU_HOST}/v1/{name('abc')}"
+    request = only_request(parse(url, {"location": "us", "api_version": "v2"}))
+    assert request.ref == OperationRef(ORG, "abc", "eu", "v1")
+
+
+def test_batch_level_fields_override_attributes():
+    body = {"operations": [name("a")], "location": "us"}
+    assert only_request(parse(body, {"location": "eu", "api_version": "v2"})).ref == OperationRef(ORG, "a", "us", "v2")
+
+
+def test_a_message_key_on_a_batch_is_combined_so_items_never_collide():
+    body = {"operations": [name("a"), name("b"), {"operation": name("a"), "location": "eu"}, {"operation": name("c")}]}
+    keys = [r.idempotency_key for r in parse(body, {"idempotency_key": "msg-key"}).requests]
+    assert keys == [
+        f"msg-key/{identity('a')}",
+        f"msg-key/{identity('b')}",
+        f"msg-key/{identity('a', EU_HOST)}",
+        f"msg-key/{identity('c')}",
+    ]
+    assert len(set(keys)) == 4
+
+
+def test_a_message_key_on_multi_line_text_is_combined_too():
+    keys = [r.idempotency_key for r in parse(f"{name('a')}\n{name('b')}", {"idempotency_key": "k"}).requests]
+    assert keys == [f"k/{identity('a')}", f"k/{identity('b')}"]
+
+
+def test_an_item_key_in_a_batch_wins_over_the_message_key():
+    body = {"operations": [{"operation": name("a"), "idempotency_key": "own"}, name("b")]}
+    keys = [r.idempotency_key for r in parse(body, {"idempotency_key": "msg"}).requests]
+    assert keys == ["own", f"msg/{identity('b')}"]
+
+
+def test_unrelated_attributes_are_ignored():
+    request = only_request(parse(name("abc"), {"googclient_schemaencoding": "JSON", "origin": "x\n"}))
+    assert request.idempotency_key == identity("abc")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "error"),
+    [
+        ({"location": "mars"}, "attribute location: unknown location mars;"),
+        ({"location": ""}, "attribute location: unknown location"),
+        ({"api_version": "v9"}, "attribute api_version: unknown API version v9"),
+        ({"idempotency_key": "bad\nkey"}, "attribute idempotency_key: must not contain control characters"),
+        ({"idempotency_key": "k" * 257}, "attribute idempotency_key: must be a string of 1-256 characters"),
+        ({"idempotency_key": ""}, "attribute idempotency_key: must be a string of 1-256 characters"),
+    ],
+)
+def test_an_invalid_attribute_rejects_every_item(attributes, error):
+    body = {"operations": [name("a"), {"operation": name("b"), "location": "eu", "idempotency_key": "own"}, "junk"]}
+    parsed = parse(body, attributes)
+    assert parsed.requests == [] and parsed.ignored is None
+    assert [r.offending for r in parsed.rejections] == [name("a"), name("b"), "junk"]
+    assert all(r.error.startswith(error) for r in parsed.rejections), [r.error for r in parsed.rejections]
+
+
+def test_an_invalid_attribute_rejects_a_bare_name():
+    rejection = only_rejection(parse(name("abc"), {"location": "mars"}))
+    assert rejection.offending == name("abc")
+    assert rejection.location == "global"
+
+
+def test_an_invalid_attribute_rejects_what_an_open_incident_names():
+    rejection = only_rejection(parse(incident("alert-incident-open.json"), {"api_version": "v0"}, message_id="m-5"))
+    assert rejection.offending == "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23"
+    assert rejection.source == Source(SourceKind.ALERT, message_id="m-5", incident_id="0.mtdi83m6w8ao")
+
+
+def test_rejections_carry_the_location_and_version_the_message_asked_for():
+    rejection = only_rejection(parse("bad", {"location": "eu", "api_version": "v2"}))
+    assert (rejection.location, rejection.api_version) == ("eu", "v2")
+
+
+# --- allow-list --------------------------------------------------------------------------------
+
+
+def test_the_allow_list_passes_listed_parents_and_rejects_the_rest():
+    body = "\n".join([name("a", "111"), name("b", "222"), name("c", "333")])
+    parsed = parse(body, allowed=("organizations/111", "organizations/333"))
+    assert names_of(parsed) == [name("a", "111"), name("c", "333")]
+    (rejection,) = parsed.rejections
+    assert rejection.offending == name("b", "222")
+    assert rejection.error == "organizations/222 is not in OPCANCEL_ALLOWED_PARENTS"
+    assert rejection.idempotency_key == identity("b", org="222")
+
+
+def test_the_allow_list_rejection_keeps_the_request_location_version_and_key():
+    url = f"https://{EU_HOST}/v2/{name('a', '222')}"
+    rejection = only_rejection(parse({"operation": url, "idempotency_key": "k"}, allowed=("organizations/111",)))
+    assert (rejection.location, rejection.api_version, rejection.idempotency_key) == ("eu", "v2", "k")
+    assert rejection.offending == name("a", "222")
+
+
+def test_the_allow_list_is_an_exact_match_not_a_prefix():
+    parsed = parse(name("a", "1111"), allowed=("organizations/111",))
+    assert "is not in OPCANCEL_ALLOWED_PARENTS" in only_rejection(parsed).error
+
+
+def test_no_allow_list_allows_everything():
+    assert names_of(parse(name("a", "999"), allowed=None)) == [name("a", "999")]
+
+
+def test_the_allow_list_applies_to_incidents():
+    parsed = parse(incident("alert-incident-open.json"), allowed=("organizations/1",))
+    assert "organizations/123456789 is not in OPCANCEL_ALLOWED_PARENTS" in only_rejection(parsed).error
+
+
+# --- malformed payloads ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe\xfd", b"organizations/1/operations/\xc3", b"\xed\xa0\x80"])
+def test_a_body_that_is_not_utf8_is_set_aside(data):
+    assert_ignored(parse(data), "body is not UTF-8 text")
+
+
+@pytest.mark.parametrize("data", [b"", b"   ", b"\n\r\n\t"])
+def test_an_empty_body_is_set_aside(data):
+    assert_ignored(parse(data), "body is empty")
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"operation": ', "{not json}", '{"operation": "organizations/1/operations/a",}', "{'operation': 'x'}", "[1,"],
+)
+def test_invalid_json_is_set_aside(body):
+    assert_ignored(parse(body), "body is not valid JSON")
+
+
+@pytest.mark.parametrize("body", ["[]", json.dumps([name("a")]), json.dumps([{"operation": name("a")}])])
+def test_a_json_array_is_set_aside(body):
+    assert_ignored(parse(body), "a JSON body must be an object")
+
+
+@pytest.mark.parametrize("depth", [10_000, 100_000])
+def test_deeply_nested_json_is_set_aside(depth):
+    assert_ignored(parse('{"operation":' + "[" * depth + "]" * depth + "}"), "body is not valid JSON")
+    assert_ignored(parse('{"a":' * depth + "1" + "}" * depth), "body is not valid JSON")
+
+
+def test_moderately_nested_json_items_are_rejected_not_raised():
+    nested = "[" * 500 + "]" * 500
+    rejection = only_rejection(parse('{"operations": [' + nested + "]}"))
+    assert rejection.error == "each operation must be a name or an object"
+    assert len(rejection.offending) <= 256
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_standard_json_constants_are_refused(constant):
+    body = '{"operation": "%s", "deadline_seconds": %s}' % (name("a"), constant)
+    assert_ignored(parse(body), f"{constant} is not valid JSON")
+
+
+def test_a_body_over_one_mebibyte_is_set_aside_unread():
+    data = (name("a") + "\n").encode() * (MAX_BODY_BYTES // 20)
+    assert len(data) > MAX_BODY_BYTES == 1024 * 1024
+    assert_ignored(parse(data), f"body is {len(data)} bytes; the limit is 1048576")
+
+
+def test_a_body_of_exactly_one_mebibyte_is_read():
+    data = name("a").encode().ljust(MAX_BODY_BYTES, b" ")
+    assert len(data) == MAX_BODY_BYTES
+    assert names_of(parse(data)) == [name("a")]
+
+
+def test_a_huge_json_body_is_set_aside_unread():
+    body = json.dumps({"operation": name("a"), "reason": "r" * MAX_BODY_BYTES})
+    assert_ignored(parse(body), "the limit is 1048576")
+
+
+# --- Cloud Monitoring incidents ----------------------------------------------------------------
+
+OPEN_OP = "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23"
+
+
+def test_an_open_incident_cancels_the_operation_its_documentation_names():
+    request = only_request(parse(incident("alert-incident-open.json"), message_id="m-42"))
+    assert request.ref == OperationRef("123456789", "9c5fa5e5-e368-439a-baa4-08c17b77ec23", "global", "v1beta1")
+    assert request.idempotency_key == f"incident/0.mtdi83m6w8ao/{GLOBAL_HOST}/{OPEN_OP}"
+    assert request.source == Source(SourceKind.ALERT, message_id="m-42", incident_id="0.mtdi83m6w8ao")
+
+
+def test_a_closed_incident_is_ignored_as_a_legitimate_no_op():
+    parsed = parse(incident("alert-incident-closed.json"))
+    assert_ignored(parsed, "incident state is 'closed'; only open incidents act", unusable=False)
+
+
+@pytest.mark.parametrize("state", ["closed", "OPEN", None, 1, "acknowledged"])
+def test_only_the_open_state_acts(state):
+    body = incident("alert-incident-open.json")
+    body["incident"]["state"] = state
+    assert_ignored(parse(body), "only open incidents act", unusable=False)
+
+
+def test_incident_labels_compose_the_operation_name():
+    request = only_request(parse(incident("alert-incident-labels.json")))
+    assert request.ref.name == "organizations/123456789/operations/op-42"
+    key = f"incident/0.labels0example/{GLOBAL_HOST}/organizations/123456789/operations/op-42"
+    assert request.idempotency_key == key
+    assert request.source.kind is SourceKind.ALERT
+    assert request.source.incident_id == "0.labels0example"
+
+
+@pytest.mark.parametrize("path", [("resource", "labels"), ("policy_user_labels",)])
+def test_resource_and_policy_labels_compose_names_too(path):
+    body = incident("alert-incident-labels.json")
+    body["incident"]["metric"]["labels"] = {}
+    target = body["incident"]
+    for step in path:
+        target = target.setdefault(step, {})
+    target.update({"organization_id": "5", "operation_id": "from-labels"})
+    assert only_request(parse(body)).ref.name == "organizations/5/operations/from-labels"
+
+
+def test_one_label_of_the_pair_is_not_enough():
+    body = incident("alert-incident-labels.json")
+    body["incident"]["metric"]["labels"] = {"operation_id": "op-42"}
+    assert_ignored(parse(body), "names no operation", unusable=False)
+
+
+def test_the_default_incident_key_includes_the_incident_id():
+    first = incident("alert-incident-open.json")
+    second = incident("alert-incident-open.json")
+    second["incident"]["incident_id"] = "0.another"
+    keys = {only_request(parse(body)).idempotency_key for body in (first, second)}
+    assert keys == {f"incident/0.mtdi83m6w8ao/{GLOBAL_HOST}/{OPEN_OP}", f"incident/0.another/{GLOBAL_HOST}/{OPEN_OP}"}
+
+
+def test_several_names_make_several_requests_with_distinct_keys():
+    body = incident("alert-incident-labels.json")
+    body["incident"]["documentation"] = {
+        "subject": f"[ALERT] {name('from-subject')} is stuck",
+        "content": (
+            f"Cancel {name('one')} and https://{EU_HOST}/v2/{name('two')}.\n"
+            f"Also //securitycenter.googleapis.com/{name('three')}; and {name('one')} again."
+        ),
+    }
+    parsed = parse(body)
+    assert parsed.rejections == [] and parsed.ignored is None
+    refs = [r.ref for r in parsed.requests]
+    assert refs == [
+        OperationRef(ORG, "from-subject"),
+        OperationRef(ORG, "one"),
+        OperationRef(ORG, "two", "eu", "v2"),
+        OperationRef(ORG, "three"),
+        OperationRef("123456789", "op-42"),
+    ]
+    keys = [r.idempotency_key for r in parsed.requests]
+    assert len(set(keys)) == len(keys)
+    assert all(key.startswith("incident/0.labels0example/") for key in keys)
+    assert keys[2] == f"incident/0.labels0example/{EU_HOST}/{name('two')}"
+
+
+def test_a_name_at_the_end_of_a_sentence_loses_only_the_full_stop():
+    body = incident("alert-incident-open.json")
+    body["incident"]["documentation"]["content"] = f"Please cancel {name('abc')}."
+    assert only_request(parse(body)).ref.name == name("abc")
+
+
+def test_an_open_incident_naming_nothing_is_ignored_as_a_legitimate_no_op():
+    body = incident("alert-incident-labels.json")
+    body["incident"]["metric"]["labels"] = {}
+    assert_ignored(parse(body), "open incident names no operation", unusable=False)
+
+
+def test_labels_composing_an_invalid_name_are_rejected():
+    body = incident("alert-incident-labels.json")
+    body["incident"]["metric"]["labels"] = {"organization_id": "123", "operation_id": "../../x"}
+    rejection = only_rejection(parse(body))
+    assert rejection.offending == "organizations/123/operations/../../x"
+    assert rejection.source.incident_id == "0.labels0example"
+
+
+def test_a_message_key_wins_over_the_incident_default():
+    assert only_request(parse(incident("alert-incident-open.json"), {"idempotency_key": "k"})).idempotency_key == "k"
+
+
+def test_attribute_location_and_version_apply_to_incident_names():
+    request = only_request(parse(incident("alert-incident-open.json"), {"location": "eu", "api_version": "v2"}))
+    assert (request.ref.location, request.ref.api_version) == ("eu", "v2")
+    assert request.idempotency_key == f"incident/0.mtdi83m6w8ao/{EU_HOST}/{OPEN_OP}"
+
+
+@pytest.mark.parametrize("incident_id", [None, "", "   ", 7, "i" * 257])
+def test_an_open_incident_without_a_usable_id_is_set_aside(incident_id):
+    body = incident("alert-incident-open.json")
+    body["incident"]["incident_id"] = incident_id
+    assert_ignored(parse(body), "open incident has no usable incident_id")
+
+
+def test_an_incident_id_with_control_characters_is_escaped():
+    body = incident("alert-incident-open.json")
+    body["incident"]["incident_id"] = "0.abc\n\x1b"
+    request = only_request(parse(body))
+    assert request.source.incident_id == "0.abc\\n\\x1b"
+    assert "\n" not in request.idempotency_key and "\x1b" not in request.idempotency_key
+
+
+@pytest.mark.parametrize("value", [None, "open", [], 3])
+def test_an_incident_that_is_not_an_object_is_set_aside(value):
+    assert_ignored(parse({"version": "1.2", "incident": value}), "'incident' must be an object")
+
+
+def test_an_incident_naming_over_a_hundred_operations_is_set_aside():
+    body = incident("alert-incident-open.json")
+    body["incident"]["documentation"]["content"] = " ".join(name(f"op-{i}") for i in range(101))
+    assert_ignored(parse(body), "incident names 101 operations; the limit is 100")
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+def a_check(**changes) -> CheckRequest:
+    fields = {
+        "ref": OperationRef(ORG, "abc", "eu", "v1"),
+        "idempotency_key": "incident/0.x/" + identity("abc", EU_HOST),
+        "attempt": 3,
+        "due_at": 1_790_000_005.25,
+        "deadline_at": 1_790_003_600.0,
+        "requested_at": 1_790_000_000.125,
+        "source": Source(SourceKind.ALERT, message_id="m-1", incident_id="0.x"),
+    }
+    fields.update(changes)
+    return CheckRequest(**fields)
+
+
+def as_message(data: bytes, attributes: dict[str, str] | None = None) -> InboundMessage:
+    return InboundMessage(data=data, attributes=attributes or {}, message_id="c-1")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        Source(SourceKind.ALERT, message_id="m-1", incident_id="0.x"),
+        Source(SourceKind.PUBSUB, message_id="m-1"),
+        Source(SourceKind.HTTP),
+        Source(SourceKind.CLI),
+    ],
+)
+def test_a_check_round_trips(source):
+    check = a_check(source=source)
+    data, attributes = check_message(check)
+    message = as_message(data, attributes)
+    assert is_check(message)
+    assert parse_check(message) == check
+
+
+def test_a_check_round_trips_for_every_location_and_version():
+    for location in LOCATIONS:
+        for version in VERSIONS:
+            check = a_check(ref=OperationRef(ORG, "abc", location, version))
+            assert parse_check(as_message(*check_message(check))) == check
+
+
+def test_only_the_check_attribute_marks_a_check():
+    data, attributes = check_message(a_check())
+    assert not is_check(as_message(data))
+    assert not is_check(as_message(data, {"opcancel_kind": "result"}))
+
+
+def tampered(**edits) -> InboundMessage:
+    data, attributes = check_message(a_check())
+    body = json.loads(data)
+    for key, value in edits.items():
+        if value is _DROP:
+            del body[key]
+        else:
+            body[key] = value
+    return as_message(json.dumps(body).encode(), attributes)
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("edits", "error"),
+    [
+        ({"extra": 1}, "does not have exactly the check fields"),
+        ({"attempt": _DROP}, "does not have exactly the check fields"),
+        ({"source": _DROP}, "does not have exactly the check fields"),
+        ({"operation": f"https://{EU_HOST}/v1/{name('abc')}"}, "check messages carry relative names"),
+        ({"operation": name("abc") + "/../x"}, "operation names must be"),
+        ({"operation": "organizations/1/operations/a%2F"}, "operation id must be"),
+        ({"operation": 7}, "operation must be a string"),
+        ({"location": "mars"}, "unknown location"),
+        ({"api_version": "v9"}, "unknown API version"),
+        ({"attempt": 0}, "positive integer"),
+        ({"attempt": -1}, "positive integer"),
+        ({"attempt": 100_001}, "positive integer"),
+        ({"attempt": True}, "positive integer"),
+        ({"attempt": 1.0}, "positive integer"),
+        ({"attempt": "3"}, "positive integer"),
+        ({"due_at": "yesterday"}, "RFC 3339 UTC"),
+        ({"due_at": "2026-11-23T19:13:55.749+02:00"}, "RFC 3339 UTC"),
+        ({"deadline_at": 1790000000}, "RFC 3339 UTC"),
+        ({"requested_at": None}, "RFC 3339 UTC"),
+        ({"idempotency_key": "bad\nkey"}, "control characters"),
+        ({"idempotency_key": "k" * 257}, "1-256 characters"),
+        ({"idempotency_key": ""}, "1-256 characters"),
+        ({"source": "pubsub"}, "check source is malformed"),
+        ({"source": {}}, "check source is malformed"),
+        ({"source": {"kind": "pubsub", "extra": "x"}}, "check source is malformed"),
+        ({"source": {"kind": "email"}}, "check source kind is unknown"),
+        ({"source": {"kind": "pubsub", "message_id": 5}}, "check source message_id is malformed"),
+        ({"source": {"kind": "alert", "incident_id": "i" * 257}}, "check source incident_id is malformed"),
+    ],
+)
+def test_a_tampered_check_is_refused(edits, error):
+    with pytest.raises(InvalidRequest) as caught:
+        parse_check(tampered(**edits))
+    assert error in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xff", b"not json", b"[]", b'"check"', b"null", b'{"a":' * 5000, b'{"attempt": NaN}'],
+)
+def test_a_check_that_is_not_a_json_object_is_refused(data):
+    with pytest.raises(InvalidRequest):
+        parse_check(as_message(data, {"opcancel_kind": "check"}))
+
+
+# --- property: nothing a publisher sends can make parsing raise ---------------------------------
+
+_ID_ALPHABET = st.sampled_from(list("abcXYZ019._~-") + ["/", "%2F", "?", "#", ":", " ", "\n", "\x00", "é", "а", ".."])
+_names = st.builds(
+    lambda prefix, org, op_id: f"{prefix}organizations/{org}/operations/{op_id}",
+    st.sampled_from(
+        [
+            "",
+            "//securitycenter.googleapis.com/",
+            "https://securitycenter.googleapis.com/v1/",
+            "https://securitycenter.eu.rep.googleapis.com/v2/",
+            "https://securitycenter.global.rep.googleapis.com/v1/",
+            "https://evil.com/v1/",
+            "http://securitycenter.googleapis.com/v1/",
+            " ",
+        ]
+    ),
+    st.one_of(st.from_regex(r"[0-9]{1,33}", fullmatch=True), st.text(max_size=5)),
+    st.one_of(st.lists(_ID_ALPHABET, min_size=0, max_size=140).map("".join), st.text(max_size=20)),
+)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    _names,
+    st.sampled_from([*LOCATIONS, *VERSIONS, "mars", "v9", 10**400]),
+)
+_json_values = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5), st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+_field_names = st.sampled_from(
+    ["operation", "location", "api_version", "idempotency_key", "reason", "deadline_seconds", "bogus"]
+)
+_deadlines = st.one_of(
+    st.integers(), st.floats(), st.sampled_from([10**400, -(10**400), 0, 604_800, 604_801, True, "NaN"])
+)
+_request_objects = st.one_of(
+    st.dictionaries(_field_names, st.one_of(_names, _scalars), max_size=6),
+    st.fixed_dictionaries(
+        {"operation": _names},
+        optional={
+            "location": st.sampled_from([*LOCATIONS, "mars", None]),
+            "api_version": st.sampled_from([*VERSIONS, "v9", 1]),
+            "idempotency_key": st.text(max_size=8),
+            "reason": st.one_of(st.text(max_size=8), st.integers()),
+            "deadline_seconds": _deadlines,
+        },
+    ),
+)
+_bodies = st.one_of(
+    st.binary(max_size=512),
+    st.text(max_size=512).map(lambda text: text.encode("utf-8", "surrogatepass")),
+    st.lists(_names, max_size=5).map(lambda lines: "\n".join(lines).encode()),
+    _request_objects.map(lambda body: json.dumps(body).encode()),
+    st.fixed_dictionaries(
+        {"operations": st.lists(st.one_of(_names, _request_objects, _json_values), max_size=6)},
+        optional={"idempotency_key": _scalars, "location": _scalars, "api_version": _scalars, "extra": _scalars},
+    ).map(lambda body: json.dumps(body).encode()),
+    st.fixed_dictionaries(
+        {
+            "incident": st.fixed_dictionaries(
+                {
+                    "state": st.sampled_from(["open", "closed", None]),
+                    "incident_id": st.one_of(st.text(max_size=10), _scalars),
+                    "documentation": st.fixed_dictionaries({"content": st.lists(_names, max_size=4).map(" ".join)}),
+                    "metric": st.fixed_dictionaries(
+                        {
+                            "labels": st.dictionaries(
+                                st.sampled_from(["organization_id", "operation_id"]), st.text(max_size=12)
+                            )
+                        }
+                    ),
+                }
+            )
+        }
+    ).map(lambda body: json.dumps(body).encode()),
+    _json_values.map(lambda value: json.dumps(value).encode()),
+)
+_attributes = st.dictionaries(
+    st.sampled_from(["idempotency_key", "location", "api_version", "other"]),
+    st.one_of(st.sampled_from([*LOCATIONS, *VERSIONS, "k-1"]), st.text(max_size=20)),
+    max_size=4,
+)
+
+
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=_bodies,
+    attributes=_attributes,
+    allowed=st.sampled_from([None, ("organizations/0",), ("organizations/1",)]),
+)
+def test_no_body_makes_parsing_raise_and_every_request_is_well_formed(data, attributes, allowed):
+    parsed = parse_message(
+        InboundMessage(data=data, attributes=attributes, message_id="p-1"),
+        default_version="v1beta1",
+        allowed_parents=allowed,
+    )
+    if parsed.ignored is not None:
+        assert parsed.requests == [] and parsed.rejections == []
+    for request in parsed.requests:
+        assert NAME_PATTERN.fullmatch(request.ref.name), request.ref.name
+        assert request.ref.operation_id not in (".", "..")
+        assert request.ref.location in LOCATIONS and request.ref.api_version in VERSIONS
+        assert 0 < len(request.idempotency_key)
+        assert allowed is None or request.ref.parent in allowed
+        assert request.deadline_s is None or 0 < request.deadline_s <= 7 * 24 * 3600
+    for rejection in parsed.rejections:
+        assert len(rejection.offending) <= 256
+        assert rejection.error
+        assert rejection.idempotency_key

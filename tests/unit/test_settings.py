@@ -1,0 +1,375 @@
+"""``Settings.from_env``: defaults, every variable, and a start-up failure naming the variable for each bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from function import PollingPolicy, Settings
+from function.errors import ConfigError
+
+WEEK = 7 * 24 * 3600
+
+
+def bad(environ: dict[str, str], variable: str) -> str:
+    """``from_env`` must fail naming ``variable``; returns the message."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(environ)
+    assert caught.value.variable == variable
+    message = str(caught.value)
+    assert message.startswith(f"{variable}: ")
+    return message
+
+
+# --- defaults ----------------------------------------------------------------------------------
+
+
+def test_an_empty_environment_gives_the_documented_defaults():
+    settings = Settings.from_env({})
+    assert settings.project is None
+    assert settings.results_topic == "opcancel-results"
+    assert settings.checks_topic == "opcancel-checks"
+    assert settings.api_endpoint is None
+    assert settings.api_version == "v1beta1"
+    assert settings.auth == "adc"
+    assert settings.allowed_parents is None
+    assert settings.polling == PollingPolicy(initial_delay_s=5.0, multiplier=2.0, max_delay_s=300.0, deadline_s=3600.0)
+    assert settings.pubsub_emulator_host is None
+    assert settings.firestore_emulator_host is None
+    assert settings.on_cloud is False
+
+
+def test_locally_the_store_defaults_to_the_embedded_one():
+    settings = Settings.from_env({})
+    assert settings.store == "sqlite"
+    assert settings.sqlite_path == ".opcancel/idempotency.sqlite3"
+
+
+def test_on_cloud_the_store_defaults_to_firestore():
+    settings = Settings.from_env({"K_SERVICE": "opcancel"})
+    assert settings.on_cloud is True
+    assert settings.store == "firestore"
+
+
+def test_an_explicit_store_wins_on_cloud():
+    assert Settings.from_env({"K_SERVICE": "opcancel", "OPCANCEL_STORE": "memory"}).store == "memory"
+
+
+def test_an_empty_k_service_is_not_cloud():
+    settings = Settings.from_env({"K_SERVICE": ""})
+    assert (settings.on_cloud, settings.store) == (False, "sqlite")
+
+
+def test_blank_values_count_as_unset():
+    blank = {
+        name: "  "
+        for name in (
+            "GOOGLE_CLOUD_PROJECT",
+            "OPCANCEL_RESULTS_TOPIC",
+            "OPCANCEL_CHECKS_TOPIC",
+            "OPCANCEL_API_ENDPOINT",
+            "OPCANCEL_API_VERSION",
+            "OPCANCEL_AUTH",
+            "OPCANCEL_STORE",
+            "OPCANCEL_CHECK_INITIAL_DELAY_S",
+            "OPCANCEL_CHECK_MULTIPLIER",
+            "OPCANCEL_CHECK_MAX_DELAY_S",
+            "OPCANCEL_CHECK_DEADLINE_S",
+        )
+    }
+    assert Settings.from_env(blank) == Settings.from_env({})
+
+
+# --- each variable -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("project", ["sec-ops-prod", "my-project-123", "example.com:my-project"])
+def test_google_cloud_project(project):
+    assert Settings.from_env({"GOOGLE_CLOUD_PROJECT": project}).project == project
+
+
+def test_topics():
+    settings = Settings.from_env({"OPCANCEL_RESULTS_TOPIC": "results.v1", "OPCANCEL_CHECKS_TOPIC": "Checks_~+%-x"})
+    assert (settings.results_topic, settings.checks_topic) == ("results.v1", "Checks_~+%-x")
+
+
+def test_a_topic_id_of_255_characters_is_accepted():
+    topic = "t" * 255
+    assert Settings.from_env({"OPCANCEL_RESULTS_TOPIC": topic}).results_topic == topic
+
+
+def test_values_are_stripped():
+    settings = Settings.from_env({"OPCANCEL_RESULTS_TOPIC": "  results \n", "OPCANCEL_API_VERSION": " v2 "})
+    assert (settings.results_topic, settings.api_version) == ("results", "v2")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("http://localhost:8080/", "http://localhost:8080"),
+        ("https://private.example.com/scc/", "https://private.example.com/scc"),
+        ("http://[::1]:9000", "http://[::1]:9000"),
+        ("https://securitycenter.googleapis.com", "https://securitycenter.googleapis.com"),
+    ],
+)
+def test_api_endpoint(value, expected):
+    assert Settings.from_env({"OPCANCEL_API_ENDPOINT": value}).api_endpoint == expected
+
+
+@pytest.mark.parametrize("version", ["v1beta1", "v1p1beta1", "v1", "v2"])
+def test_api_version(version):
+    assert Settings.from_env({"OPCANCEL_API_VERSION": version}).api_version == version
+
+
+@pytest.mark.parametrize("auth", ["adc", "anonymous"])
+def test_auth(auth):
+    assert Settings.from_env({"OPCANCEL_AUTH": auth}).auth == auth
+
+
+@pytest.mark.parametrize("store", ["firestore", "memory", "sqlite"])
+def test_store(store):
+    assert Settings.from_env({"OPCANCEL_STORE": store}).store == store
+
+
+def test_sqlite_path():
+    assert Settings.from_env({"OPCANCEL_SQLITE_PATH": "/tmp/x.db"}).sqlite_path == "/tmp/x.db"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("organizations/123", ("organizations/123",)),
+        ("organizations/1,organizations/2", ("organizations/1", "organizations/2")),
+        (" organizations/1 , organizations/2 ,", ("organizations/1", "organizations/2")),
+    ],
+)
+def test_allowed_parents(value, expected):
+    assert Settings.from_env({"OPCANCEL_ALLOWED_PARENTS": value}).allowed_parents == expected
+
+
+def test_the_polling_policy_takes_fractional_seconds():
+    settings = Settings.from_env(
+        {
+            "OPCANCEL_CHECK_INITIAL_DELAY_S": "0.05",
+            "OPCANCEL_CHECK_MULTIPLIER": "1.5",
+            "OPCANCEL_CHECK_MAX_DELAY_S": "0.2",
+            "OPCANCEL_CHECK_DEADLINE_S": "2.5",
+        }
+    )
+    assert settings.polling == PollingPolicy(initial_delay_s=0.05, multiplier=1.5, max_delay_s=0.2, deadline_s=2.5)
+
+
+def test_the_deadline_may_be_seven_days():
+    assert Settings.from_env({"OPCANCEL_CHECK_DEADLINE_S": str(WEEK)}).polling.deadline_s == WEEK
+
+
+def test_max_delay_may_equal_initial_delay():
+    settings = Settings.from_env({"OPCANCEL_CHECK_INITIAL_DELAY_S": "7", "OPCANCEL_CHECK_MAX_DELAY_S": "7"})
+    assert settings.polling.max_delay_s == settings.polling.initial_delay_s == 7
+
+
+def test_emulator_hosts_are_passed_through():
+    environ = {"PUBSUB_EMULATOR_HOST": "localhost:8085", "FIRESTORE_EMULATOR_HOST": "localhost:8086"}
+    settings = Settings.from_env(environ)
+    assert (settings.pubsub_emulator_host, settings.firestore_emulator_host) == ("localhost:8085", "localhost:8086")
+
+
+def test_lease_and_record_ttl():
+    settings = Settings.from_env({"OPCANCEL_LEASE_S": "30", "OPCANCEL_RECORD_TTL_S": "86400"})
+    assert (settings.lease_s, settings.record_ttl_s) == (30.0, 86400.0)
+
+
+# --- bad values fail start-up naming the variable -----------------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["OPCANCEL_RESULTS_TOPIC", "OPCANCEL_CHECKS_TOPIC"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ab",
+        "t" * 256,
+        "1topic",
+        "-topic",
+        "goog-topic",
+        "GOOGtopic",
+        "has space",
+        "projects/p/topics/t",
+        "topic/x",
+        "tópico",
+        "top\nic",
+        "topic#1",
+        "topic?x",
+    ],
+)
+def test_bad_topic_ids(variable, value):
+    assert "is not a Pub/Sub topic id" in bad({variable: value}, variable)
+
+
+@pytest.mark.parametrize("value", ["My_Project", "UPPER", "project id", "p/q", "projects/p", "p\x00"])
+def test_bad_project_ids(value):
+    assert "is not a Google Cloud project id" in bad({"GOOGLE_CLOUD_PROJECT": value}, "GOOGLE_CLOUD_PROJECT")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "localhost:8080",
+        "127.0.0.1",
+        "ftp://host",
+        "file:///etc/passwd",
+        "http://",
+        "https://",
+        "https:///path",
+        "https://host?x=1",
+        "https://host/#frag",
+        "https://host:notaport",
+        "https://host:99999",
+        "http://[::1",
+        "https://exa mple.com",
+        "https://ho\nst",
+        "https://host/\x00",
+        "https://host:0",
+        "//host",
+    ],
+)
+def test_bad_endpoint_urls(value):
+    assert "is not an http(s) base URL" in bad({"OPCANCEL_API_ENDPOINT": value}, "OPCANCEL_API_ENDPOINT")
+
+
+@pytest.mark.parametrize("value", ["https://user:secret@host", "https://user@host", "https://:secret@host:8080/p"])
+def test_endpoints_with_credentials_are_refused_without_echoing_them(value):
+    message = bad({"OPCANCEL_API_ENDPOINT": value}, "OPCANCEL_API_ENDPOINT")
+    assert "without credentials" in message
+    assert "secret" not in message and "user" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OPCANCEL_API_VERSION", "v3"),
+        ("OPCANCEL_API_VERSION", "V1"),
+        ("OPCANCEL_API_VERSION", "v1beta"),
+        ("OPCANCEL_AUTH", "none"),
+        ("OPCANCEL_AUTH", "ADC"),
+        ("OPCANCEL_AUTH", "service-account"),
+        ("OPCANCEL_STORE", "redis"),
+        ("OPCANCEL_STORE", "Firestore"),
+        ("OPCANCEL_STORE", "postgres"),
+    ],
+)
+def test_unknown_choices(variable, value):
+    message = bad({variable: value}, variable)
+    assert f"{value!r} is not one of" in message
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "OPCANCEL_CHECK_INITIAL_DELAY_S",
+        "OPCANCEL_CHECK_MAX_DELAY_S",
+        "OPCANCEL_CHECK_DEADLINE_S",
+        "OPCANCEL_CHECK_MULTIPLIER",
+        "OPCANCEL_LEASE_S",
+        "OPCANCEL_RECORD_TTL_S",
+    ],
+)
+@pytest.mark.parametrize("value", ["five", "5s", "1,5", "0x10", "--1", "1e", "½"])
+def test_non_numeric_polling_values(variable, value):
+    assert "is not a number" in bad({variable: value}, variable)
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "OPCANCEL_CHECK_INITIAL_DELAY_S",
+        "OPCANCEL_CHECK_MAX_DELAY_S",
+        "OPCANCEL_CHECK_DEADLINE_S",
+        "OPCANCEL_CHECK_MULTIPLIER",
+        "OPCANCEL_LEASE_S",
+        "OPCANCEL_RECORD_TTL_S",
+    ],
+)
+@pytest.mark.parametrize("value", ["-1", "-0.001", "inf", "-inf", "Infinity", "nan", "NaN", "1e999"])
+def test_negative_and_non_finite_polling_values(variable, value):
+    assert "is outside" in bad({variable: value}, variable)
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["OPCANCEL_CHECK_INITIAL_DELAY_S", "OPCANCEL_CHECK_MAX_DELAY_S", "OPCANCEL_CHECK_DEADLINE_S", "OPCANCEL_LEASE_S"],
+)
+@pytest.mark.parametrize("value", ["0", "0.0", "-0"])
+def test_zero_seconds_are_refused(variable, value):
+    assert "must be a positive number of seconds" in bad({variable: value}, variable)
+
+
+@pytest.mark.parametrize("value", ["0.5", "0.99", "10.01", "100"])
+def test_the_multiplier_is_between_1_and_10(value):
+    assert "outside 1..10" in bad({"OPCANCEL_CHECK_MULTIPLIER": value}, "OPCANCEL_CHECK_MULTIPLIER")
+
+
+@pytest.mark.parametrize("value", ["1", "10", "2.5"])
+def test_multiplier_bounds_are_inclusive(value):
+    assert Settings.from_env({"OPCANCEL_CHECK_MULTIPLIER": value}).polling.multiplier == float(value)
+
+
+def test_max_delay_smaller_than_initial_delay_is_refused():
+    message = bad(
+        {"OPCANCEL_CHECK_INITIAL_DELAY_S": "10", "OPCANCEL_CHECK_MAX_DELAY_S": "9.5"}, "OPCANCEL_CHECK_MAX_DELAY_S"
+    )
+    assert "OPCANCEL_CHECK_INITIAL_DELAY_S" in message
+
+
+def test_the_default_max_delay_is_checked_against_a_larger_initial_delay():
+    bad({"OPCANCEL_CHECK_INITIAL_DELAY_S": "301"}, "OPCANCEL_CHECK_MAX_DELAY_S")
+
+
+@pytest.mark.parametrize("value", [str(WEEK + 1), str(WEEK + 0.5), "1e7"])
+def test_a_deadline_over_seven_days_is_refused(value):
+    assert "outside 0..604800" in bad({"OPCANCEL_CHECK_DEADLINE_S": value}, "OPCANCEL_CHECK_DEADLINE_S")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "organizations/abc",
+        "organizations/",
+        "organizations/1/",
+        "organizations/1 organizations/2",
+        "organizations/1;organizations/2",
+        "folders/123",
+        "projects/p",
+        "123",
+        "Organizations/1",
+        "organizations/１",
+        "organizations/" + "1" * 33,
+        "organizations/1,organizations/x",
+        "organizations/*",
+    ],
+)
+def test_bad_allowed_parents(value):
+    message = bad({"OPCANCEL_ALLOWED_PARENTS": value}, "OPCANCEL_ALLOWED_PARENTS")
+    assert "is not of the form organizations/DIGITS" in message
+
+
+@pytest.mark.parametrize("value", [",", " , ,"])
+def test_an_allow_list_naming_no_parent_is_refused(value):
+    assert "names no parent" in bad({"OPCANCEL_ALLOWED_PARENTS": value}, "OPCANCEL_ALLOWED_PARENTS")
+
+
+def test_the_first_bad_variable_is_reported_even_with_others_good():
+    environ = {"GOOGLE_CLOUD_PROJECT": "sec-ops-prod", "OPCANCEL_AUTH": "adc", "OPCANCEL_STORE": "mongo"}
+    bad(environ, "OPCANCEL_STORE")
+
+
+# --- the polling policy ------------------------------------------------------------------------
+
+
+def test_delays_grow_by_the_multiplier_and_are_capped():
+    policy = PollingPolicy(initial_delay_s=5.0, multiplier=2.0, max_delay_s=60.0, deadline_s=600.0)
+    assert [policy.delay_before(attempt) for attempt in range(0, 7)] == [5, 5, 10, 20, 40, 60, 60]
+
+
+def test_huge_attempt_numbers_do_not_overflow():
+    policy = PollingPolicy(initial_delay_s=1.0, multiplier=10.0, max_delay_s=300.0, deadline_s=WEEK)
+    assert policy.delay_before(100_000) == 300.0
