@@ -55,10 +55,17 @@ class AnonymousAuth:
 
 
 class DefaultCredentialsAuth:
-    """Application Default Credentials, loaded on first use and refreshed before they expire."""
+    """Application Default Credentials, loaded on first use and refreshed before they expire.
 
-    def __init__(self) -> None:
+    With ``on_cloud``, failing to find credentials is transient: there they come
+    from the metadata server, and a moment's outage must not end requests for good.
+    """
+
+    def __init__(self, *, on_cloud: bool = False, find: Callable[..., tuple[Any, Any]] | None = None) -> None:
         self._credentials: Any = None
+        self._on_cloud = on_cloud
+        #: ``google.auth.default`` unless a test passes its own.
+        self._find = find
         self._lock = threading.Lock()
 
     def headers(self) -> dict[str, str]:
@@ -79,8 +86,10 @@ class DefaultCredentialsAuth:
             import google.auth.exceptions
 
             try:
-                self._credentials, _ = google.auth.default(scopes=[SCOPE])
+                self._credentials, _ = (self._find or google.auth.default)(scopes=[SCOPE])
             except google.auth.exceptions.DefaultCredentialsError as problem:
+                if self._on_cloud:
+                    raise ApiUnavailable(f"no credentials from the metadata server yet: {problem}") from None
                 raise ApiRejected(
                     Outcome.PERMISSION_DENIED.value,
                     f"no Google credentials ({problem}); use OPCANCEL_AUTH=anonymous only against a simulator",
@@ -124,7 +133,7 @@ class OperationsClient:
         self._auth = auth
         self._clock = clock
         self._log = log
-        self._endpoint = endpoint
+        self._endpoint = endpoint.rstrip("/") if endpoint else None
         self._http = httpx.Client(transport=transport, timeout=timeout_s, follow_redirects=False)
         self._max_attempts = max_attempts
         self._base_delay_s = base_delay_s

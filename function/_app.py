@@ -40,7 +40,7 @@ def build_publisher(settings: Settings) -> Publisher:
 
 
 def build_auth(settings: Settings) -> Authenticator:
-    return DefaultCredentialsAuth() if settings.auth == "adc" else AnonymousAuth()
+    return DefaultCredentialsAuth(on_cloud=settings.on_cloud) if settings.auth == "adc" else AnonymousAuth()
 
 
 def build_api(

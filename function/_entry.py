@@ -4,7 +4,8 @@ This is the only place that decides. For events, returning acknowledges and
 raising ``RedeliveryRequested`` (an HTTP 503 to the push endpoint) makes Pub/Sub
 redeliver; it is raised only when an item hit transient trouble. For HTTP,
 transient trouble answers 503 with ``Retry-After``; everything else answers 202
-with each item's fate, or 400/405/413/415 when the body cannot be used at all.
+with each item's fate (or why nothing in it could be acted on), or 400/405/413/415
+when the body cannot be read at all.
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ class Runtime:
             return _answer(415, {"error": str(problem)})
         report = self._service.handle(message)
         if report.ignored is not None:
-            return _answer(400 if report.unusable else 202, {"error" if report.unusable else "ignored": report.ignored})
+            if report.unreadable:
+                return _answer(400, {"error": report.ignored})
+            # Readable but naming nothing to act on: per the SPEC, only an unreadable body is a 400.
+            return _answer(202, {"accepted": [], "rejected": [], "ignored": report.ignored})
         body: dict[str, list[dict[str, object]]] = {"accepted": [], "rejected": []}
         for item in report.items:
             group = {ItemStatus.REJECTED: "rejected", ItemStatus.RETRY: "retry"}.get(item.status, "accepted")

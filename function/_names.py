@@ -20,7 +20,8 @@ SERVICE = "securitycenter.googleapis.com"
 MAX_NAME_LENGTH = 512
 MAX_OFFENDING_LENGTH = 256
 
-_ORG = re.compile(r"[0-9]{1,32}")
+# Organization ids have no leading zero, so 0123 and 123 cannot name one organization twice.
+_ORG = re.compile(r"[1-9][0-9]{0,31}")
 _OP_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _FULL_RESOURCE_PREFIX = f"//{SERVICE}/"
 _URL = re.compile(r"https://(?P<host>[^/]*)/(?P<version>[^/]*)/(?P<rest>.*)", re.DOTALL)
@@ -117,7 +118,7 @@ def _parse_relative(path: str) -> ParsedName:
         raise InvalidRequest("operation names must be organizations/ORG/operations/ID")
     organization, operation_id = segments[1], segments[3]
     if not _ORG.fullmatch(organization):
-        raise InvalidRequest("organization must be 1-32 digits")
+        raise InvalidRequest("organization must be 1-32 digits without a leading zero")
     if not _OP_ID.fullmatch(operation_id):
         raise InvalidRequest("operation id must be 1-128 characters of A-Z a-z 0-9 . _ ~ -")
     if operation_id in (".", ".."):

@@ -55,8 +55,10 @@ class Parsed:
     rejections: list[Rejection] = field(default_factory=list)
     #: Why the message as a whole was set aside, when it was.
     ignored: str | None = None
-    #: True when ``ignored`` is the body's fault (unreadable or malformed), not a legitimate no-op.
-    unusable: bool = False
+    #: The body could not be read at all: empty, too large, not UTF-8, or broken JSON.
+    unreadable: bool = False
+    #: Set aside as a matter of course (a closed incident), not because of a mistake.
+    routine: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,15 +84,16 @@ def parse_message(
     try:
         return parser.parse()
     except _Ignored as ignored:
-        return Parsed(ignored=str(ignored), unusable=ignored.unusable)
+        return Parsed(ignored=str(ignored), unreadable=ignored.unreadable, routine=ignored.routine)
 
 
 class _Ignored(Exception):
     """The message as a whole names nothing to act on."""
 
-    def __init__(self, reason: str, *, unusable: bool = True) -> None:
+    def __init__(self, reason: str, *, unreadable: bool = False, routine: bool = False) -> None:
         super().__init__(reason)
-        self.unusable = unusable
+        self.unreadable = unreadable
+        self.routine = routine
 
 
 class _MessageParser:
@@ -129,13 +132,13 @@ class _MessageParser:
     def _text(self) -> str:
         data = self._message.data
         if len(data) > MAX_BODY_BYTES:
-            raise _Ignored(f"body is {len(data)} bytes; the limit is {MAX_BODY_BYTES}")
+            raise _Ignored(f"body is {len(data)} bytes; the limit is {MAX_BODY_BYTES}", unreadable=True)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise _Ignored("body is not UTF-8 text") from None
+            raise _Ignored("body is not UTF-8 text", unreadable=True) from None
         if not text.strip():
-            raise _Ignored("body is empty")
+            raise _Ignored("body is empty", unreadable=True)
         return text
 
     def _attribute_defaults(self) -> _Defaults:
@@ -161,7 +164,7 @@ class _MessageParser:
         try:
             body = json.loads(text, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as problem:
-            raise _Ignored(f"body is not valid JSON: {escape_text(str(problem), 120)}") from None
+            raise _Ignored(f"body is not valid JSON: {escape_text(str(problem), 120)}", unreadable=True) from None
         if not isinstance(body, dict):
             raise _Ignored("a JSON body must be an object")
         if "incident" in body:
@@ -193,13 +196,13 @@ class _MessageParser:
             raise _Ignored("'incident' must be an object")
         state = incident.get("state")
         if state != "open":
-            raise _Ignored(f"incident state is {escape_text(str(state), 32)!r}; only open incidents act", unusable=False)
+            raise _Ignored(f"incident state is {escape_text(str(state), 32)!r}; only open incidents act", routine=True)
         incident_id = incident.get("incident_id")
         if not isinstance(incident_id, str) or not incident_id.strip() or len(incident_id) > MAX_KEY_LENGTH:
             raise _Ignored("open incident has no usable incident_id")
         names = list(dict.fromkeys(_names_in_incident(incident)))
         if not names:
-            raise _Ignored("open incident names no operation in its documentation or labels", unusable=False)
+            raise _Ignored("open incident names no operation in its documentation or labels", routine=True)
         if len(names) > MAX_BATCH:
             raise _Ignored(f"incident names {len(names)} operations; the limit is {MAX_BATCH}")
         return names, None, escape_text(incident_id.strip())

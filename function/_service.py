@@ -57,9 +57,9 @@ class ItemReport:
 @dataclass(frozen=True)
 class Report:
     items: tuple[ItemReport, ...] = ()
-    #: Set when the message as a whole was set aside; see ``Parsed.ignored``.
+    #: Set when the message as a whole was set aside; see ``Parsed``.
     ignored: str | None = None
-    unusable: bool = False
+    unreadable: bool = False
 
     @property
     def must_retry(self) -> bool:
@@ -91,9 +91,9 @@ class Opcancel:
             message, default_version=self._settings.api_version, allowed_parents=self._settings.allowed_parents
         )
         if parsed.ignored is not None:
-            log = self._log.warning if parsed.unusable else self._log.info
+            log = self._log.info if parsed.routine else self._log.warning
             log(f"message set aside: {parsed.ignored}", event="message_ignored", reason=parsed.ignored, message_id=message.message_id)
-            return Report(ignored=parsed.ignored, unusable=parsed.unusable)
+            return Report(ignored=parsed.ignored, unreadable=parsed.unreadable)
         items = [self._guarded(r.offending, r.idempotency_key, lambda r=r: self._reject(r)) for r in parsed.rejections]
         items += [
             self._guarded(r.ref.name, r.idempotency_key, lambda r=r: self._run_request(r)) for r in parsed.requests

@@ -17,7 +17,7 @@ _TOPIC_ID = re.compile(r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
 _PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[a-z0-9.:-]{1,100}")
 _DATABASE_ID = re.compile(r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]")
 _COLLECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
-_PARENT = re.compile(r"organizations/[0-9]{1,32}")
+_PARENT = re.compile(r"organizations/[1-9][0-9]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -165,9 +165,12 @@ class _Reader:
         return value.rstrip("/")
 
     def parents(self, name: str) -> tuple[str, ...] | None:
-        value = self._raw(name)
-        if value is None:
+        if name not in self._environ:
             return None
+        value = self._environ[name].strip()
+        # Set but blank is most likely a templating slip; allowing everything would fail open.
+        if not value:
+            raise ConfigError(name, "is set but empty; unset it to allow every organization")
         parents = tuple(part.strip() for part in value.split(",") if part.strip())
         for parent in parents:
             if not _PARENT.fullmatch(parent):

@@ -226,8 +226,6 @@ def test_http_duplicate_reports_the_first_outcome(on_http):
         ({"data": b"", "content_type": "application/json"}, 400, "body is empty"),
         ({"data": b"{not json", "content_type": "application/json"}, 400, "not valid JSON"),
         ({"data": b"\xff\xfe", "content_type": "text/plain"}, 400, "not UTF-8"),
-        ({"json": {"operations": [NAME] * 101}}, 400, "exceeds the limit of 100"),
-        ({"json": {"hello": "world"}}, 400, "names no operation"),
         ({"data": b"<x/>", "content_type": "application/xml"}, 415, "is not application/json"),
         ({"data": b"x" * (1024 * 1024 + 1), "content_type": "text/plain"}, 413, "larger than"),
     ],
@@ -237,6 +235,24 @@ def test_http_unusable_bodies_get_a_clear_error(on_http, kwargs, status, error):
     response = http_client.post("/", **kwargs)
     assert response.status_code == status
     assert error in response.get_json()["error"]
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"operations": [NAME] * 101}, "exceeds the limit of 100"),
+        ({"hello": "world"}, "names no operation"),
+        ({"operations": [NAME], "priority": "high"}, "unknown field 'priority'"),
+    ],
+)
+def test_http_readable_bodies_naming_nothing_are_accepted_with_the_reason(on_http, body, reason):
+    http_client, rig = on_http
+    response = http_client.post("/", json=body)
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert answer["accepted"] == [] and answer["rejected"] == []
+    assert reason in answer["ignored"]
     assert rig.simulator.calls == [] and rig.publisher.messages == []
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 import httpx
 import pytest
 
-from function import AnonymousAuth, CancelAnswer, Logger, OperationRef, OperationsClient, Outcome
+from function import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, Logger, OperationRef, OperationsClient, Outcome
 from function._names import LOCATIONS
 from function._settings import VERSIONS
 from function.errors import ApiRejected, ApiUnavailable
@@ -575,3 +575,22 @@ def test_close_closes_the_connection_pool():
     harness.client.close()
     with pytest.raises(RuntimeError):
         harness.client.cancel(REF)
+
+
+def _no_credentials(**_: object):
+    import google.auth.exceptions
+
+    raise google.auth.exceptions.DefaultCredentialsError("Your default credentials were not found.")
+
+
+def test_missing_credentials_locally_end_as_permission_denied_with_a_hint():
+    auth = DefaultCredentialsAuth(find=_no_credentials)
+    with pytest.raises(ApiRejected) as refusal:
+        auth.headers()
+    assert refusal.value.outcome == "PERMISSION_DENIED"
+    assert "OPCANCEL_AUTH=anonymous" in str(refusal.value)
+
+
+def test_missing_credentials_on_cloud_are_transient():
+    with pytest.raises(ApiUnavailable, match="metadata server"):
+        DefaultCredentialsAuth(on_cloud=True, find=_no_credentials).headers()

@@ -195,7 +195,7 @@ def test_names_with_the_wrong_segments_are_rejected(text):
     ["", "abc", "12a", "-1", "+1", "1.0", "1e3", " 1", "0x1f", "1" * 33, "１２３", "١٢٣", "¹²³", "%31"],
 )
 def test_organizations_must_be_1_to_32_ascii_digits(organization):
-    assert "organization must be 1-32 digits" in rejected(f"organizations/{organization}/operations/{OP}")
+    assert "organization must be 1-32 digits without a leading zero" in rejected(f"organizations/{organization}/operations/{OP}")
 
 
 @pytest.mark.parametrize(
@@ -464,3 +464,8 @@ def test_escape_text_bounds_after_escaping():
 def test_escape_text_takes_a_limit():
     assert escape_text("abcdef", 4) == "abc…"
     assert escape_text("abcd", 4) == "abcd"
+
+
+@pytest.mark.parametrize("organization", ["0", "0123", "00"])
+def test_organizations_with_a_leading_zero_are_rejected(organization):
+    assert "without a leading zero" in rejected(f"organizations/{organization}/operations/{OP}")

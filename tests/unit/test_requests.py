@@ -67,10 +67,11 @@ def only_rejection(parsed: Parsed):
     return rejection
 
 
-def assert_ignored(parsed: Parsed, reason: str, *, unusable: bool = True) -> None:
+def assert_ignored(parsed: Parsed, reason: str, *, unreadable: bool = False, routine: bool = False) -> None:
     assert parsed.requests == [] and parsed.rejections == []
     assert parsed.ignored is not None and reason in parsed.ignored, parsed.ignored
-    assert parsed.unusable is unusable
+    assert parsed.unreadable is unreadable
+    assert parsed.routine is routine
 
 
 def rejection_key(offending: str) -> str:
@@ -433,7 +434,7 @@ def test_a_bad_item_in_a_batch_is_rejected_and_the_rest_act():
     assert names_of(parsed) == [name("a"), name("c")]
     offending_and_errors = [(r.offending, r.error) for r in parsed.rejections]
     assert offending_and_errors == [
-        ("organizations/x/operations/b", "organization must be 1-32 digits"),
+        ("organizations/x/operations/b", "organization must be 1-32 digits without a leading zero"),
         ("42", "each operation must be a name or an object"),
         ("null", "each operation must be a name or an object"),
         ('["x"]', "each operation must be a name or an object"),
@@ -600,12 +601,12 @@ def test_the_allow_list_applies_to_incidents():
 
 @pytest.mark.parametrize("data", [b"\xff\xfe\xfd", b"organizations/1/operations/\xc3", b"\xed\xa0\x80"])
 def test_a_body_that_is_not_utf8_is_set_aside(data):
-    assert_ignored(parse(data), "body is not UTF-8 text")
+    assert_ignored(parse(data), "body is not UTF-8 text", unreadable=True)
 
 
 @pytest.mark.parametrize("data", [b"", b"   ", b"\n\r\n\t"])
 def test_an_empty_body_is_set_aside(data):
-    assert_ignored(parse(data), "body is empty")
+    assert_ignored(parse(data), "body is empty", unreadable=True)
 
 
 @pytest.mark.parametrize(
@@ -613,7 +614,7 @@ def test_an_empty_body_is_set_aside(data):
     ['{"operation": ', "{not json}", '{"operation": "organizations/1/operations/a",}', "{'operation': 'x'}", "[1,"],
 )
 def test_invalid_json_is_set_aside(body):
-    assert_ignored(parse(body), "body is not valid JSON")
+    assert_ignored(parse(body), "body is not valid JSON", unreadable=True)
 
 
 @pytest.mark.parametrize("body", ["[]", json.dumps([name("a")]), json.dumps([{"operation": name("a")}])])
@@ -623,8 +624,8 @@ def test_a_json_array_is_set_aside(body):
 
 @pytest.mark.parametrize("depth", [10_000, 100_000])
 def test_deeply_nested_json_is_set_aside(depth):
-    assert_ignored(parse('{"operation":' + "[" * depth + "]" * depth + "}"), "body is not valid JSON")
-    assert_ignored(parse('{"a":' * depth + "1" + "}" * depth), "body is not valid JSON")
+    assert_ignored(parse('{"operation":' + "[" * depth + "]" * depth + "}"), "body is not valid JSON", unreadable=True)
+    assert_ignored(parse('{"a":' * depth + "1" + "}" * depth), "body is not valid JSON", unreadable=True)
 
 
 def test_moderately_nested_json_items_are_rejected_not_raised():
@@ -637,13 +638,13 @@ def test_moderately_nested_json_items_are_rejected_not_raised():
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_non_standard_json_constants_are_refused(constant):
     body = '{"operation": "%s", "deadline_seconds": %s}' % (name("a"), constant)
-    assert_ignored(parse(body), f"{constant} is not valid JSON")
+    assert_ignored(parse(body), f"{constant} is not valid JSON", unreadable=True)
 
 
 def test_a_body_over_one_mebibyte_is_set_aside_unread():
     data = (name("a") + "\n").encode() * (MAX_BODY_BYTES // 20)
     assert len(data) > MAX_BODY_BYTES == 1024 * 1024
-    assert_ignored(parse(data), f"body is {len(data)} bytes; the limit is 1048576")
+    assert_ignored(parse(data), f"body is {len(data)} bytes; the limit is 1048576", unreadable=True)
 
 
 def test_a_body_of_exactly_one_mebibyte_is_read():
@@ -654,7 +655,7 @@ def test_a_body_of_exactly_one_mebibyte_is_read():
 
 def test_a_huge_json_body_is_set_aside_unread():
     body = json.dumps({"operation": name("a"), "reason": "r" * MAX_BODY_BYTES})
-    assert_ignored(parse(body), "the limit is 1048576")
+    assert_ignored(parse(body), "the limit is 1048576", unreadable=True)
 
 
 # --- Cloud Monitoring incidents ----------------------------------------------------------------
@@ -671,14 +672,14 @@ def test_an_open_incident_cancels_the_operation_its_documentation_names():
 
 def test_a_closed_incident_is_ignored_as_a_legitimate_no_op():
     parsed = parse(incident("alert-incident-closed.json"))
-    assert_ignored(parsed, "incident state is 'closed'; only open incidents act", unusable=False)
+    assert_ignored(parsed, "incident state is 'closed'; only open incidents act", routine=True)
 
 
 @pytest.mark.parametrize("state", ["closed", "OPEN", None, 1, "acknowledged"])
 def test_only_the_open_state_acts(state):
     body = incident("alert-incident-open.json")
     body["incident"]["state"] = state
-    assert_ignored(parse(body), "only open incidents act", unusable=False)
+    assert_ignored(parse(body), "only open incidents act", routine=True)
 
 
 def test_incident_labels_compose_the_operation_name():
@@ -704,7 +705,7 @@ def test_resource_and_policy_labels_compose_names_too(path):
 def test_one_label_of_the_pair_is_not_enough():
     body = incident("alert-incident-labels.json")
     body["incident"]["metric"]["labels"] = {"operation_id": "op-42"}
-    assert_ignored(parse(body), "names no operation", unusable=False)
+    assert_ignored(parse(body), "names no operation", routine=True)
 
 
 def test_the_default_incident_key_includes_the_incident_id():
@@ -749,7 +750,7 @@ def test_a_name_at_the_end_of_a_sentence_loses_only_the_full_stop():
 def test_an_open_incident_naming_nothing_is_ignored_as_a_legitimate_no_op():
     body = incident("alert-incident-labels.json")
     body["incident"]["metric"]["labels"] = {}
-    assert_ignored(parse(body), "open incident names no operation", unusable=False)
+    assert_ignored(parse(body), "open incident names no operation", routine=True)
 
 
 def test_labels_composing_an_invalid_name_are_rejected():

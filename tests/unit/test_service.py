@@ -250,7 +250,8 @@ def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
 
 def test_a_closed_incident_makes_no_call_and_no_result(rig):
     report = rig.send((DATA_DIR / "alert-incident-closed.json").read_bytes())
-    assert report.ignored and not report.unusable
+    assert report.ignored and not report.unreadable
+    assert [line['severity'] for line in rig.logs()] == ['INFO']
     assert rig.simulator.calls == [] and rig.publisher.messages == []
 
 

@@ -373,3 +373,9 @@ def test_delays_grow_by_the_multiplier_and_are_capped():
 def test_huge_attempt_numbers_do_not_overflow():
     policy = PollingPolicy(initial_delay_s=1.0, multiplier=10.0, max_delay_s=300.0, deadline_s=WEEK)
     assert policy.delay_before(100_000) == 300.0
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_set_but_blank_allow_list_fails_closed(blank):
+    with pytest.raises(ConfigError, match="OPCANCEL_ALLOWED_PARENTS: is set but empty"):
+        Settings.from_env({"OPCANCEL_ALLOWED_PARENTS": blank})
