@@ -7,12 +7,12 @@ import httpx
 from ._api import AnonymousAuth, Authenticator, DefaultCredentialsAuth, OperationsClient
 from ._clock import Clock, SystemClock
 from ._firestore import FirestoreStore
-from .errors import ConfigError
 from ._log import Logger
 from ._pubsub import Publisher, PubSubPublisher
 from ._service import Opcancel
 from ._settings import Settings
 from ._store import IdempotencyStore, MemoryStore, SqliteStore
+from .errors import ConfigError
 
 
 def build_store(settings: Settings, *, auth: Authenticator) -> IdempotencyStore:

@@ -15,7 +15,8 @@ import binascii
 import json
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from werkzeug.exceptions import ServiceUnavailable
 
@@ -110,8 +111,8 @@ class Runtime:
             raise UnusableEvent("body is empty")
         media_type = (request.mimetype or "").lower()
         if "ce-specversion" in request.headers or media_type == "application/cloudevents+json":
-            from cloudevents.http import from_http
             from cloudevents.exceptions import GenericException
+            from cloudevents.http import from_http
 
             try:
                 event = from_http(dict(request.headers), data)
@@ -192,5 +193,7 @@ def _retry_summary(report: Report) -> str:
     return f"{len(retried)} of {len(report.items)} items hit transient trouble: {retried[0].detail}"
 
 
-def _answer(status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None) -> tuple[str, int, dict[str, str]]:
+def _answer(
+    status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None
+) -> tuple[str, int, dict[str, str]]:
     return json.dumps(body, ensure_ascii=False), status, {"Content-Type": "application/json", **(headers or {})}

@@ -11,8 +11,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from .errors import InvalidRequest
 from ._settings import VERSIONS
+from .errors import InvalidRequest
 
 GLOBAL = "global"
 LOCATIONS = (GLOBAL, "me-central2", "us", "eu")
@@ -91,7 +91,9 @@ def parse_name(text: str) -> ParsedName:
 def _parse_url(name: str) -> ParsedName:
     match = _URL.fullmatch(name)
     if not match:
-        raise InvalidRequest("URLs must look like https://securitycenter.googleapis.com/VERSION/organizations/ORG/operations/ID")
+        raise InvalidRequest(
+            "URLs must look like https://securitycenter.googleapis.com/VERSION/organizations/ORG/operations/ID"
+        )
     host = match["host"]
     if host == SERVICE:
         location = GLOBAL
@@ -134,7 +136,9 @@ def check_location(value: object) -> str:
 
 def check_version(value: object) -> str:
     if value not in VERSIONS:
-        raise InvalidRequest(f"unknown API version {escape_text(str(value), 40)}; expected one of {', '.join(VERSIONS)}")
+        raise InvalidRequest(
+            f"unknown API version {escape_text(str(value), 40)}; expected one of {', '.join(VERSIONS)}"
+        )
     return str(value)
 
 

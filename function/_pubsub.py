@@ -47,4 +47,3 @@ class PubSubPublisher:
                     batch_settings=pubsub_v1.types.BatchSettings(max_latency=self._MAX_LATENCY_S, max_messages=100)
                 )
             return self._client
-

@@ -12,12 +12,11 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from ._clock import parse_time
-from .errors import InvalidRequest
-from ._settings import MAX_DEADLINE_S
 from ._model import CancelRequest, CheckRequest, InboundMessage, Rejection, Source, SourceKind
 from ._names import (
     GLOBAL,
@@ -28,6 +27,8 @@ from ._names import (
     escape_text,
     parse_name,
 )
+from ._settings import MAX_DEADLINE_S
+from .errors import InvalidRequest
 
 MAX_BATCH = 100
 MAX_BODY_BYTES = 1024 * 1024
@@ -39,7 +40,17 @@ CHECK_KIND = "check"
 _REQUEST_FIELDS = frozenset({"operation", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
 _BATCH_FIELDS = frozenset({"operations", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
 _CHECK_FIELDS = frozenset(
-    {"operation", "location", "api_version", "idempotency_key", "attempt", "due_at", "deadline_at", "requested_at", "source"}
+    {
+        "operation",
+        "location",
+        "api_version",
+        "idempotency_key",
+        "attempt",
+        "due_at",
+        "deadline_at",
+        "requested_at",
+        "source",
+    }
 )
 # Names inside free text (incident documentation). Trailing dots are sentence punctuation, not ids.
 _NAME_IN_TEXT = re.compile(
@@ -299,7 +310,9 @@ def parse_check(message: InboundMessage) -> CheckRequest:
     name = parse_name(body["operation"])
     if name.location is not None:
         raise InvalidRequest("check messages carry relative names")
-    ref = OperationRef(name.organization, name.operation_id, check_location(body["location"]), check_version(body["api_version"]))
+    ref = OperationRef(
+        name.organization, name.operation_id, check_location(body["location"]), check_version(body["api_version"])
+    )
     attempt = body["attempt"]
     if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= 100_000:
         raise InvalidRequest("check attempt must be a positive integer")
@@ -356,7 +369,9 @@ def _object_defaults(body: Mapping[str, Any]) -> _Defaults:
     return _Defaults(
         location=_field("location", check_location, body["location"]) if "location" in body else None,
         api_version=_field("api_version", check_version, body["api_version"]) if "api_version" in body else None,
-        idempotency_key=_field("idempotency_key", _check_key, body["idempotency_key"]) if "idempotency_key" in body else None,
+        idempotency_key=_field("idempotency_key", _check_key, body["idempotency_key"])
+        if "idempotency_key" in body
+        else None,
         reason=_field("reason", _check_reason, body["reason"]) if "reason" in body else None,
         deadline_s=_field("deadline_seconds", _check_deadline, body["deadline_seconds"])
         if "deadline_seconds" in body

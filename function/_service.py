@@ -7,14 +7,15 @@ point decides.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ._api import CancelAnswer, OperationsApi
 from ._clock import Clock, format_time
-from ._core import check_message, next_due, outcome_of, operation_error, payload_hash, result_message, result_to_json
-from .errors import ApiRejected, CheckNotDue, InvalidRequest, StaleFence, TransientError
+from ._core import check_message, next_due, operation_error, outcome_of, payload_hash, result_message, result_to_json
 from ._log import Logger
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef
@@ -22,6 +23,7 @@ from ._pubsub import Publisher
 from ._requests import is_check, parse_check, parse_message
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
+from .errors import ApiRejected, CheckNotDue, InvalidRequest, StaleFence, TransientError
 
 
 class ItemStatus(enum.Enum):
@@ -92,7 +94,12 @@ class Opcancel:
         )
         if parsed.ignored is not None:
             log = self._log.info if parsed.routine else self._log.warning
-            log(f"message set aside: {parsed.ignored}", event="message_ignored", reason=parsed.ignored, message_id=message.message_id)
+            log(
+                f"message set aside: {parsed.ignored}",
+                event="message_ignored",
+                reason=parsed.ignored,
+                message_id=message.message_id,
+            )
             return Report(ignored=parsed.ignored, unreadable=parsed.unreadable)
         items = [self._guarded(r.offending, r.idempotency_key, lambda r=r: self._reject(r)) for r in parsed.rejections]
         items += [
@@ -112,7 +119,9 @@ class Opcancel:
                 idempotency_key=key,
                 retry_after_s=trouble.retry_after,
             )
-            return ItemReport(operation or "", ItemStatus.RETRY, key, detail=str(trouble), retry_after=trouble.retry_after)
+            return ItemReport(
+                operation or "", ItemStatus.RETRY, key, detail=str(trouble), retry_after=trouble.retry_after
+            )
         except StaleFence as fenced:
             self._log.warning(
                 "a newer worker took this key over; leaving the work to it",
@@ -137,7 +146,11 @@ class Opcancel:
                 idempotency_key=key,
             )
             return self._publish_unstored(
-                ref.name, key, request.source, ref.location, ref.api_version,
+                ref.name,
+                key,
+                request.source,
+                ref.location,
+                ref.api_version,
                 "idempotency_key is already bound to a different operation",
             )
         if claim.status is not ClaimStatus.ACQUIRED:
@@ -146,8 +159,12 @@ class Opcancel:
         assert record is not None
         if claim.resumed:
             self._log.notice(
-                "resuming work a dead worker left", event="takeover", operation=ref.name, idempotency_key=key,
-                state=record.state.value, fence=record.fence,
+                "resuming work a dead worker left",
+                event="takeover",
+                operation=ref.name,
+                idempotency_key=key,
+                state=record.state.value,
+                fence=record.fence,
             )
         if record.state is State.RESULT_READY:
             return self._publish_result(record)
@@ -189,7 +206,9 @@ class Opcancel:
         try:
             operation = self._api.get(ref)
         except ApiRejected as refusal:
-            record = self._ready(record, ref, source, Outcome(refusal.outcome), str(refusal), None, checks=record.checks + 1)
+            record = self._ready(
+                record, ref, source, Outcome(refusal.outcome), str(refusal), None, checks=record.checks + 1
+            )
             return self._publish_result(record)
         except TransientError as trouble:
             self._release(record, trouble)
@@ -235,7 +254,9 @@ class Opcancel:
             due_at=format_time(check.due_at),
             deadline_at=format_time(deadline_at),
         )
-        return ItemReport(ref.name, ItemStatus.ACCEPTED, record.key, detail=f"check {attempt} due {format_time(check.due_at)}")
+        return ItemReport(
+            ref.name, ItemStatus.ACCEPTED, record.key, detail=f"check {attempt} due {format_time(check.due_at)}"
+        )
 
     # Checks
 
@@ -252,12 +273,16 @@ class Opcancel:
         if allowed is not None and ref.parent not in allowed:
             self._log.warning(
                 "check for a parent outside OPCANCEL_ALLOWED_PARENTS dropped",
-                event="check_not_allowed", operation=ref.name, idempotency_key=key,
+                event="check_not_allowed",
+                operation=ref.name,
+                idempotency_key=key,
             )
             return ItemReport(ref.name, ItemStatus.REJECTED, key, detail="parent not allowed")
         now = self._clock.now()
         if now < check.due_at:
-            raise CheckNotDue(f"check {check.attempt} is due at {format_time(check.due_at)}", retry_after=check.due_at - now)
+            raise CheckNotDue(
+                f"check {check.attempt} is due at {format_time(check.due_at)}", retry_after=check.due_at - now
+            )
         claim = self._store.claim_check(key, payload_hash(ref.identity), check.attempt, now=now)
         if claim.status is not ClaimStatus.ACQUIRED:
             return self._duplicate(ref.name, key, claim, attempt=check.attempt)
@@ -292,15 +317,29 @@ class Opcancel:
             self._publish_result(record)
         elif claim.status is ClaimStatus.MISMATCH:
             self._publish_unstored(
-                rejection.offending, rejection.idempotency_key, rejection.source,
-                rejection.location, rejection.api_version, rejection.error,
+                rejection.offending,
+                rejection.idempotency_key,
+                rejection.source,
+                rejection.location,
+                rejection.api_version,
+                rejection.error,
             )
-        return ItemReport(rejection.offending, ItemStatus.REJECTED, rejection.idempotency_key, Outcome.REJECTED.value, rejection.error)
+        return ItemReport(
+            rejection.offending, ItemStatus.REJECTED, rejection.idempotency_key, Outcome.REJECTED.value, rejection.error
+        )
 
     def _ready_rejection(self, record: Record, rejection: Rejection) -> Record:
         result = self._result(
-            rejection.offending, rejection.location, rejection.api_version, record.key, rejection.source,
-            Outcome.REJECTED, rejection.error, None, checks=0, requested_at=record.requested_at,
+            rejection.offending,
+            rejection.location,
+            rejection.api_version,
+            record.key,
+            rejection.source,
+            Outcome.REJECTED,
+            rejection.error,
+            None,
+            checks=0,
+            requested_at=record.requested_at,
         )
         return self._store.update(record, now=self._clock.now(), state=State.RESULT_READY, result=result)
 
@@ -317,20 +356,46 @@ class Opcancel:
     ) -> Record:
         """Store the result before publishing it, so a republish after a crash is byte-identical."""
         result = self._result(
-            ref.name, ref.location, ref.api_version, record.key, source, outcome, error, operation,
-            checks=checks, requested_at=record.requested_at,
+            ref.name,
+            ref.location,
+            ref.api_version,
+            record.key,
+            source,
+            outcome,
+            error,
+            operation,
+            checks=checks,
+            requested_at=record.requested_at,
         )
         return self._store.update(record, now=self._clock.now(), state=State.RESULT_READY, result=result, checks=checks)
 
     def _result(
-        self, operation: str, location: str, api_version: str, key: str, source: Source, outcome: Outcome,
-        error: str | None, final: dict[str, Any] | None, *, checks: int, requested_at: float,
+        self,
+        operation: str,
+        location: str,
+        api_version: str,
+        key: str,
+        source: Source,
+        outcome: Outcome,
+        error: str | None,
+        final: dict[str, Any] | None,
+        *,
+        checks: int,
+        requested_at: float,
     ) -> dict[str, Any]:
         return result_to_json(
             Result(
-                operation=operation, location=location, api_version=api_version, outcome=outcome,
-                idempotency_key=key, requested_at=requested_at, finished_at=self._clock.now(), checks=checks,
-                final_operation=final, error=error, source=source,
+                operation=operation,
+                location=location,
+                api_version=api_version,
+                outcome=outcome,
+                idempotency_key=key,
+                requested_at=requested_at,
+                finished_at=self._clock.now(),
+                checks=checks,
+                final_operation=final,
+                error=error,
+                source=source,
             )
         )
 
@@ -338,7 +403,9 @@ class Opcancel:
         result = record.result
         assert result is not None
         try:
-            self._publisher.publish_all(self._settings.results_topic, [result_message(result, project=self._settings.project)])
+            self._publisher.publish_all(
+                self._settings.results_topic, [result_message(result, project=self._settings.project)]
+            )
         except TransientError as trouble:
             self._release(record, trouble)
             raise
@@ -352,13 +419,21 @@ class Opcancel:
     ) -> ItemReport:
         """A REJECTED result that cannot own the key (another operation holds it): its ce-id still dedupes."""
         now = self._clock.now()
-        result = self._result(operation, location, api_version, key, source, Outcome.REJECTED, error, None, checks=0, requested_at=now)
-        self._publisher.publish_all(self._settings.results_topic, [result_message(result, project=self._settings.project)])
+        result = self._result(
+            operation, location, api_version, key, source, Outcome.REJECTED, error, None, checks=0, requested_at=now
+        )
+        self._publisher.publish_all(
+            self._settings.results_topic, [result_message(result, project=self._settings.project)]
+        )
         self._log_result(result)
         return ItemReport(operation, ItemStatus.REJECTED, key, Outcome.REJECTED.value, error)
 
     def _log_result(self, result: dict[str, Any]) -> None:
-        log = self._log.notice if result["outcome"] in (Outcome.CANCELLED.value, Outcome.COMPLETED.value) else self._log.warning
+        log = (
+            self._log.notice
+            if result["outcome"] in (Outcome.CANCELLED.value, Outcome.COMPLETED.value)
+            else self._log.warning
+        )
         log(
             f"result {result['outcome']} published",
             event="result_published",
@@ -373,7 +448,11 @@ class Opcancel:
     def _duplicate(self, operation: str, key: str, claim: Claim, *, attempt: int | None = None) -> ItemReport:
         record = claim.record
         outcome = record.result["outcome"] if record is not None and record.result else None
-        status = ItemStatus.DUPLICATE if claim.status in (ClaimStatus.FINISHED, ClaimStatus.CHAIN_RUNNING) else ItemStatus.SKIPPED
+        status = (
+            ItemStatus.DUPLICATE
+            if claim.status in (ClaimStatus.FINISHED, ClaimStatus.CHAIN_RUNNING)
+            else ItemStatus.SKIPPED
+        )
         self._log.info(
             f"nothing to do: {claim.status.value}",
             event=claim.status.value,
@@ -388,8 +467,6 @@ class Opcancel:
         """Hand the key back at once so the redelivery is not held off until the lease runs out."""
         now = self._clock.now()
         not_before = now + trouble.retry_after if trouble.retry_after else 0.0
-        try:
+        # If the release fails the lease runs out by itself; the redelivery only waits longer.
+        with contextlib.suppress(TransientError, StaleFence):
             self._store.release(record, now=now, not_before=not_before)
-        except (TransientError, StaleFence):
-            # The lease runs out by itself; the redelivery only waits longer.
-            pass

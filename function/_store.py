@@ -292,5 +292,7 @@ class SqliteStore(IdempotencyStore):
 
     def _delete_if_version(self, key: str, expected_version: int) -> bool:
         with self._lock:
-            cursor = self._connection.execute("DELETE FROM records WHERE key = ? AND version = ?", (key, expected_version))
+            cursor = self._connection.execute(
+                "DELETE FROM records WHERE key = ? AND version = ?", (key, expected_version)
+            )
         return cursor.rowcount == 1

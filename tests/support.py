@@ -11,8 +11,18 @@ from typing import Any
 import httpx
 
 from devkit.simulator import Simulator
-from function import AnonymousAuth, InboundMessage, Logger, MemoryStore, Opcancel, OperationsClient, Settings
-from function import PollingPolicy, SourceKind, parse_time
+from function import (
+    AnonymousAuth,
+    InboundMessage,
+    Logger,
+    MemoryStore,
+    Opcancel,
+    OperationsClient,
+    PollingPolicy,
+    Settings,
+    SourceKind,
+    parse_time,
+)
 from function.errors import PublishFailed
 
 
@@ -102,7 +112,12 @@ class Rig:
             jitter=lambda: 0.5,
         )
         self.service = Opcancel(
-            settings=self.settings, api=self.api, publisher=self.publisher, store=self.store, clock=self.clock, log=self.log
+            settings=self.settings,
+            api=self.api,
+            publisher=self.publisher,
+            store=self.store,
+            clock=self.clock,
+            log=self.log,
         )
 
     def send(self, body: str | bytes, attributes: dict[str, str] | None = None, message_id: str = "m-1"):

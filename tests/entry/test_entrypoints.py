@@ -39,7 +39,9 @@ def on_http():
     return load_wired("on_http", "http")
 
 
-def pubsub_event(data: bytes, attributes: dict[str, str] | None = None, message_id: str = "2070443601311540") -> CloudEvent:
+def pubsub_event(
+    data: bytes, attributes: dict[str, str] | None = None, message_id: str = "2070443601311540"
+) -> CloudEvent:
     return CloudEvent(
         {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": TOPIC_SOURCE, "id": message_id},
         {
@@ -112,7 +114,9 @@ def test_a_legacy_background_event_is_converted_by_the_framework(on_event):
 
 def test_http_accepts_the_legacy_background_event_sample(on_http):
     http_client, rig = on_http
-    response = http_client.post("/", data=(DATA_DIR / "legacy-background-event.json").read_bytes(), content_type="application/json")
+    response = http_client.post(
+        "/", data=(DATA_DIR / "legacy-background-event.json").read_bytes(), content_type="application/json"
+    )
     assert response.status_code == 202
     assert rig.publisher.results()[0]["source"] == {"kind": "pubsub", "message_id": "1215011316659232"}
 
@@ -150,7 +154,10 @@ def test_an_early_check_is_deferred_by_a_503(on_event):
     ("data", "reason"),
     [
         ({"subscription": "s", "message": {"data": "***not base64***", "messageId": "1"}}, "not valid base64"),
-        ({"subscription": "s", "message": {"data": "", "attributes": {"a": 1}, "messageId": "1"}}, "strings to strings"),
+        (
+            {"subscription": "s", "message": {"data": "", "attributes": {"a": 1}, "messageId": "1"}},
+            "strings to strings",
+        ),
         ({"nothing": "here"}, "without a message"),
         ("just a string", "without a message"),
     ],
@@ -178,7 +185,9 @@ def test_an_unusable_message_body_is_acknowledged_and_logged(on_event, payload, 
 
 def test_another_cloudevent_type_carries_the_request_as_its_data(on_event):
     event_client, rig = on_event
-    event = CloudEvent({"type": "com.example.cancel.requested", "source": "//example", "id": "e-1"}, {"operation": NAME})
+    event = CloudEvent(
+        {"type": "com.example.cancel.requested", "source": "//example", "id": "e-1"}, {"operation": NAME}
+    )
     assert post_event(event_client, event).status_code == 200
     (result,) = rig.publisher.results()
     assert result["source"] == {"kind": "http", "message_id": "e-1"}
@@ -189,7 +198,13 @@ def test_another_cloudevent_type_carries_the_request_as_its_data(on_event):
 
 def test_http_json_request_answers_202_with_each_items_fate(on_http):
     http_client, rig = on_http
-    body = {"operations": [NAME, "organizations/1/operations/bad%2Fid", {"operation": "organizations/1/operations/missing-1"}]}
+    body = {
+        "operations": [
+            NAME,
+            "organizations/1/operations/bad%2Fid",
+            {"operation": "organizations/1/operations/missing-1"},
+        ]
+    }
     response = http_client.post("/", json=body)
     assert response.status_code == 202
     answer = response.get_json()
@@ -265,7 +280,9 @@ def test_http_only_accepts_post(on_http):
 
 def test_http_closed_incident_is_accepted_as_nothing_to_do(on_http):
     http_client, rig = on_http
-    response = http_client.post("/", data=(DATA_DIR / "alert-incident-closed.json").read_bytes(), content_type="application/json")
+    response = http_client.post(
+        "/", data=(DATA_DIR / "alert-incident-closed.json").read_bytes(), content_type="application/json"
+    )
     assert response.status_code == 202
     assert "only open incidents act" in response.get_json()["ignored"]
 
@@ -297,7 +314,9 @@ def test_http_malformed_cloudevent_is_a_400(on_http):
 
 def test_http_accepts_a_raw_pubsub_push_body(on_http):
     http_client, rig = on_http
-    response = http_client.post("/", data=(DATA_DIR / "pubsub-push-body.json").read_bytes(), content_type="application/json")
+    response = http_client.post(
+        "/", data=(DATA_DIR / "pubsub-push-body.json").read_bytes(), content_type="application/json"
+    )
     assert response.status_code == 202
     assert rig.publisher.results()[0]["source"] == {"kind": "pubsub", "message_id": "17"}
 
@@ -326,7 +345,9 @@ def test_main_serves_and_warns_when_every_parent_is_allowed(monkeypatch, capsys)
     warning = json.loads(capsys.readouterr().out.splitlines()[0])
     assert warning["event"] == "allow_all_parents" and warning["severity"] == "WARNING"
     assert client.get("/").status_code == 405
-    response = client.post("/", data=(DATA_DIR / "alert-incident-closed.json").read_bytes(), content_type="application/json")
+    response = client.post(
+        "/", data=(DATA_DIR / "alert-incident-closed.json").read_bytes(), content_type="application/json"
+    )
     assert response.status_code == 202
 
 

@@ -9,6 +9,7 @@ handler, as a killed process would, leaving leases held and nothing released.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import multiprocessing
 import threading
@@ -76,7 +77,10 @@ class CrashingStore(IdempotencyStore):
 
 def pubsub_event(data: bytes, attributes: dict[str, str] | None = None, message_id: str = "1") -> CloudEvent:
     return CloudEvent(
-        {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub.googleapis.com/projects/p/topics/t"},
+        {
+            "type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "source": "//pubsub.googleapis.com/projects/p/topics/t",
+        },
         {"message": {"data": base64.b64encode(data).decode(), "attributes": attributes or {}, "messageId": message_id}},
     )
 
@@ -162,7 +166,9 @@ def test_concurrent_deliveries_in_threads_cancel_once(make_store):
 
     def worker(index: int) -> None:
         barrier.wait()
-        fates.append(deliver(pipeline.runtime, pubsub_event(b"organizations/1/operations/plain", message_id=str(index))))
+        fates.append(
+            deliver(pipeline.runtime, pubsub_event(b"organizations/1/operations/plain", message_id=str(index)))
+        )
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -211,11 +217,13 @@ def _deliver_in_process(store_spec: dict[str, Any], endpoint: str, message_id: s
 
     settings = Settings(project="p", store=store_spec["kind"])
     publisher = MemoryPublisher()
-    log = Logger(open("/dev/null", "w"))
+    log = Logger(io.StringIO())
     clock = SystemClock()
     service = Opcancel(
         settings=settings,
-        api=OperationsClient(auth=AnonymousAuth(), clock=clock, log=log, endpoint=endpoint, transport=httpx.HTTPTransport()),
+        api=OperationsClient(
+            auth=AnonymousAuth(), clock=clock, log=log, endpoint=endpoint, transport=httpx.HTTPTransport()
+        ),
         publisher=publisher,
         store=open_store(store_spec),
         clock=clock,

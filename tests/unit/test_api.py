@@ -5,12 +5,21 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import httpx
 import pytest
 
-from function import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, Logger, OperationRef, OperationsClient, Outcome
+from function import (
+    AnonymousAuth,
+    CancelAnswer,
+    DefaultCredentialsAuth,
+    Logger,
+    OperationRef,
+    OperationsClient,
+    Outcome,
+)
 from function._names import LOCATIONS
 from function._settings import VERSIONS
 from function.errors import ApiRejected, ApiUnavailable

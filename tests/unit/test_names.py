@@ -195,7 +195,9 @@ def test_names_with_the_wrong_segments_are_rejected(text):
     ["", "abc", "12a", "-1", "+1", "1.0", "1e3", " 1", "0x1f", "1" * 33, "１２３", "١٢٣", "¹²³", "%31"],
 )
 def test_organizations_must_be_1_to_32_ascii_digits(organization):
-    assert "organization must be 1-32 digits without a leading zero" in rejected(f"organizations/{organization}/operations/{OP}")
+    assert "organization must be 1-32 digits without a leading zero" in rejected(
+        f"organizations/{organization}/operations/{OP}"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1019,7 +1019,7 @@ def test_no_body_makes_parsing_raise_and_every_request_is_well_formed(data, attr
         assert NAME_PATTERN.fullmatch(request.ref.name), request.ref.name
         assert request.ref.operation_id not in (".", "..")
         assert request.ref.location in LOCATIONS and request.ref.api_version in VERSIONS
-        assert 0 < len(request.idempotency_key)
+        assert len(request.idempotency_key) > 0
         assert allowed is None or request.ref.parent in allowed
         assert request.deadline_s is None or 0 < request.deadline_s <= 7 * 24 * 3600
     for rejection in parsed.rejections:

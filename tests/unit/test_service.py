@@ -55,7 +55,7 @@ def test_each_api_behaviour_ends_in_its_outcome(rig, op_id, outcome, checks):
 
 def test_the_result_event_is_a_binary_mode_cloudevent_with_every_field(rig):
     rig.send(name("plain"), message_id="msg-7")
-    (data, attributes), = rig.publisher.on("opcancel-results")
+    ((data, attributes),) = rig.publisher.on("opcancel-results")
     key = f"securitycenter.googleapis.com/{name('plain')}"
     assert attributes == {
         "ce-specversion": "1.0",
@@ -251,7 +251,7 @@ def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
 def test_a_closed_incident_makes_no_call_and_no_result(rig):
     report = rig.send((DATA_DIR / "alert-incident-closed.json").read_bytes())
     assert report.ignored and not report.unreadable
-    assert [line['severity'] for line in rig.logs()] == ['INFO']
+    assert [line["severity"] for line in rig.logs()] == ["INFO"]
     assert rig.simulator.calls == [] and rig.publisher.messages == []
 
 
@@ -317,8 +317,11 @@ def test_a_failed_check_publish_is_retried_without_a_second_cancel(rig):
 
 
 def test_a_live_holder_makes_a_duplicate_wait(rig):
-    rig.store.claim_request(f"securitycenter.googleapis.com/{name('plain')}", payload_hash(
-        f"securitycenter.googleapis.com/{name('plain')}"), now=rig.clock.now())
+    rig.store.claim_request(
+        f"securitycenter.googleapis.com/{name('plain')}",
+        payload_hash(f"securitycenter.googleapis.com/{name('plain')}"),
+        now=rig.clock.now(),
+    )
     report = rig.send(name("plain"))
     assert report.must_retry
     assert report.items[0].detail == "another worker holds the key"

@@ -79,7 +79,9 @@ def test_the_old_holder_is_fenced_off_after_a_takeover(store):
 
 def test_updates_keep_state_and_bump_the_version(store):
     record = store.claim_request("k", "h", now=NOW).record
-    updated = store.update(record, now=NOW + 5, state=State.CANCEL_SENT, cancel_accepted_at=NOW + 5, deadline_at=NOW + 99)
+    updated = store.update(
+        record, now=NOW + 5, state=State.CANCEL_SENT, cancel_accepted_at=NOW + 5, deadline_at=NOW + 99
+    )
     assert updated.version == record.version + 1
     assert updated.expire_at == NOW + 5 + TTL
     released = store.release(updated, now=NOW + 6)
@@ -166,7 +168,9 @@ def test_backend_failures_surface_as_store_unavailable():
 def test_sqlite_records_survive_a_restart(tmp_path):
     path = str(tmp_path / "nested" / "store.sqlite3")
     record = SqliteStore(path, lease_s=LEASE, ttl_s=TTL).claim_request("k", "h", now=NOW).record
-    SqliteStore(path, lease_s=LEASE, ttl_s=TTL).update(record, now=NOW, state=State.FINISHED, result={"outcome": "FAILED"})
+    SqliteStore(path, lease_s=LEASE, ttl_s=TTL).update(
+        record, now=NOW, state=State.FINISHED, result={"outcome": "FAILED"}
+    )
     claim = SqliteStore(path, lease_s=LEASE, ttl_s=TTL).claim_request("k", "h", now=NOW + 1)
     assert claim.status is ClaimStatus.FINISHED
     assert claim.record.result == {"outcome": "FAILED"}
@@ -191,7 +195,6 @@ def test_sqlite_claims_across_processes_have_one_winner(tmp_path):
     for worker in workers:
         worker.join(timeout=60)
     assert sorted(results.get(timeout=5) for _ in workers) == ["acquired"] + ["busy"] * 3
-
 
 
 class LostResponses(MemoryStore):
