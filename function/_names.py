@@ -8,7 +8,6 @@ so neither can add a path segment, a query or a fragment.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from ._settings import VERSIONS
@@ -146,7 +145,9 @@ def escape_text(text: str, limit: int = MAX_OFFENDING_LENGTH) -> str:
     """Make untrusted text safe to log and to echo: control and format characters escaped, bounded."""
     pieces = []
     for char in text:
-        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+        # Not only control characters: format (bidi overrides), unassigned, private-use and
+        # separator characters can disguise text in a console, so everything non-printable goes.
+        if not char.isprintable():
             pieces.append(char.encode("unicode_escape", "backslashreplace").decode("ascii"))
         else:
             pieces.append(char)
