@@ -88,7 +88,7 @@ class Opcancel:
 
     def handle(self, message: InboundMessage) -> Report:
         if is_check(message):
-            return Report((self._guarded(message.message_id, "check", lambda: self._run_check(message)),))
+            return Report((self._check_message(message),))
         parsed = parse_message(
             message, default_version=self._settings.api_version, allowed_parents=self._settings.allowed_parents
         )
@@ -260,14 +260,20 @@ class Opcancel:
 
     # Checks
 
-    def _run_check(self, message: InboundMessage) -> ItemReport:
+    def _check_message(self, message: InboundMessage) -> ItemReport:
         try:
             check = parse_check(message)
         except InvalidRequest as problem:
             self._log.warning(
-                f"malformed check message dropped: {problem}", event="check_malformed", message_id=message.message_id
+                f"malformed check message dropped: {problem}",
+                event="check_malformed",
+                reason=str(problem),
+                message_id=message.message_id,
             )
             return ItemReport("", ItemStatus.REJECTED, detail=str(problem))
+        return self._guarded(check.ref.name, check.idempotency_key, lambda: self._run_check(check))
+
+    def _run_check(self, check: CheckRequest) -> ItemReport:
         ref, key = check.ref, check.idempotency_key
         allowed = self._settings.allowed_parents
         if allowed is not None and ref.parent not in allowed:
