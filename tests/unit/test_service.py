@@ -153,6 +153,8 @@ def test_an_early_check_is_deferred_without_touching_the_api(rig):
     assert report.must_retry
     assert report.items[0].retry_after == pytest.approx(5)
     assert len(rig.simulator.calls) == calls
+    (deferred,) = [line for line in rig.logs() if line["event"] == "retry_later"]
+    assert (deferred["reason"], deferred["operation"]) == ("check_not_due", name("slow-1-a"))
     rig.clock.advance(5)
     assert not rig.service.handle(check).must_retry
     assert only_result(rig)["outcome"] == "CANCELLED"
