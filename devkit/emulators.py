@@ -41,7 +41,7 @@ class Emulator:
             raise EmulatorUnavailable(f"gcloud is not installed, so the {kind} emulator cannot run")
         self.kind = kind
         self.host = f"127.0.0.1:{free_port()}"
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - kept for the emulator's life, closed in stop()
         command = [gcloud, *_COMMANDS[kind], f"--host-port={self.host}"]
         if kind == "pubsub":
             command.append(f"--project={project}")
