@@ -16,6 +16,11 @@ from the command line:
     unsupported-...  cancel answers 501 UNIMPLEMENTED
     invalid-...      cancel answers 400 INVALID_ARGUMENT
 
+``GET /{version}/organizations/{org}/operations`` lists the operations touched
+so far, ``default_page_size`` (100) at a time unless ``pageSize`` asks for
+fewer (at most 1000), following ``pageToken``/``nextPageToken``; ``filter``
+understands ``done=true`` and ``done=false``.
+
 Control endpoints under ``/_simulator/``: ``POST faults`` with
 ``{"status": 503, "count": 2, "retry_delay": "30s"}`` makes the next calls
 fail; ``GET calls`` lists every API call seen; ``POST reset`` forgets all.
@@ -27,9 +32,11 @@ import argparse
 import json
 import re
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
-from typing import Any, Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 VERSIONS = ("v1beta1", "v1p1beta1", "v1", "v2")
@@ -38,6 +45,10 @@ _OPERATION_PATH = re.compile(
 )
 _LIST_PATH = re.compile(r"/(?P<version>[^/]+)/(?P<parent>organizations/[0-9]+)/operations")
 _SLOW = re.compile(r"slow-([0-9]+)-")
+_DONE_FILTER = re.compile(r"\s*done\s*=\s*(true|false)\s*")
+_PAGE_TOKEN = re.compile(r"page-([0-9]{1,9})")
+_PAGE_SIZE = re.compile(r"[0-9]{1,9}")
+MAX_PAGE_SIZE = 1000
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
     409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
@@ -77,12 +88,14 @@ class Call:
     method: str
     path: str
     authorized: bool
+    query: str = ""
 
 
 @dataclass
 class Simulator:
     operations: dict[str, SimulatedOperation] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    default_page_size: int = 100
     _faults: list[tuple[int, str | None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -93,7 +106,8 @@ class Simulator:
             if path.startswith("/_simulator/"):
                 status, body = self._control(method, path[len("/_simulator/") :], environ)
             else:
-                self.calls.append(Call(method, path, bool(environ.get("HTTP_AUTHORIZATION"))))
+                query = environ.get("QUERY_STRING", "")
+                self.calls.append(Call(method, path, bool(environ.get("HTTP_AUTHORIZATION")), query))
                 status, body = self._api(method, path, environ)
         payload = json.dumps(body).encode("utf-8")
         start_response(
@@ -138,10 +152,39 @@ class Simulator:
             return 405, _error(400, "use GET")
         listing = _LIST_PATH.fullmatch(path)
         if listing and listing["version"] in VERSIONS and method == "GET":
-            prefix = listing["parent"] + "/operations/"
-            found = [op.body() for name, op in sorted(self.operations.items()) if name.startswith(prefix)]
-            return 200, {"operations": found}
+            return self._list(listing["parent"], environ.get("QUERY_STRING", ""))
         return 404, _error(404, f"no such method or resource: {path}")
+
+    def _list(self, parent: str, query_string: str) -> tuple[int, Any]:
+        query = {key: values[-1] for key, values in parse_qs(query_string, keep_blank_values=True).items()}
+        size_text = query.get("pageSize") or "0"
+        if not _PAGE_SIZE.fullmatch(size_text):
+            return 400, _error(400, "pageSize must be a non-negative integer")
+        size = min(int(size_text), MAX_PAGE_SIZE) or self.default_page_size
+        token = query.get("pageToken") or "page-0"
+        offset = _PAGE_TOKEN.fullmatch(token)
+        if offset is None:
+            return 400, _error(400, "invalid pageToken")
+        wanted = None
+        if query.get("filter"):
+            done = _DONE_FILTER.fullmatch(query["filter"])
+            if done is None:
+                return 400, _error(400, "the simulator's filter understands only done=true and done=false")
+            wanted = done.group(1) == "true"
+        prefix = parent + "/operations/"
+        found = [
+            op.body()
+            for name, op in sorted(self.operations.items())
+            if name.startswith(prefix) and (wanted is None or op.done is wanted)
+        ]
+        start = int(offset.group(1))
+        body: dict[str, Any] = {}
+        # As the real API does in proto3 JSON, an empty list and the last page's token are left out.
+        if found[start : start + size]:
+            body["operations"] = found[start : start + size]
+        if start + size < len(found):
+            body["nextPageToken"] = f"page-{start + size}"
+        return 200, body
 
     def _operation(self, name: str) -> SimulatedOperation:
         if name not in self.operations:

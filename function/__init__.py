@@ -8,9 +8,9 @@ Modules are private; import from here.
 from . import errors
 from ._api import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, OperationsClient
 from ._app import build_api, build_auth, build_publisher, build_service, build_store
-from ._firestore import FirestoreStore
 from ._clock import SystemClock, format_time, parse_time
 from ._entry import RedeliveryRequested, Runtime, message_from_cloud_event
+from ._firestore import FirestoreStore
 from ._log import Logger
 from ._model import InboundMessage, Outcome, SourceKind
 from ._names import OperationRef, parse_name

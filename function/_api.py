@@ -11,15 +11,16 @@ import enum
 import random
 import re
 import threading
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import httpx
 
 from ._clock import Clock
-from .errors import ApiRejected, ApiUnavailable
 from ._log import Logger
 from ._model import Outcome
-from ._names import OperationRef
+from ._names import GLOBAL, OperationRef, check_location, check_version, host_for, parse_parent
+from .errors import ApiRejected, ApiUnavailable
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
@@ -146,14 +147,14 @@ class OperationsClient:
         return f"{base}/{ref.api_version}/{ref.name}"
 
     def cancel(self, ref: OperationRef) -> CancelAnswer:
-        response = self._send("POST", self.url(ref) + ":cancel", ref, json_body={})
+        response = self._send("POST", self.url(ref) + ":cancel", ref.name, json_body={})
         if response.status_code == 400 and _rpc_status(response) == "FAILED_PRECONDITION":
             return CancelAnswer.ALREADY_DONE
         self._raise_for_error(response)
         return CancelAnswer.ACCEPTED
 
     def get(self, ref: OperationRef) -> dict[str, Any]:
-        response = self._send("GET", self.url(ref), ref)
+        response = self._send("GET", self.url(ref), ref.name)
         self._raise_for_error(response)
         body = _json_object(response)
         # Every Operation names itself; a nameless object (a proxy's or wrong endpoint's JSON) would
@@ -162,17 +163,50 @@ class OperationsClient:
             raise ApiUnavailable(f"get answered {response.status_code} with a body that is not an Operation")
         return body
 
+    def list(
+        self,
+        parent: str,
+        *,
+        location: str = GLOBAL,
+        api_version: str = "v1beta1",
+        filter: str | None = None,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ``parent``'s operations, and the token of the next page (None on the last)."""
+        # Validated here too, not only by callers: nothing reaches a URL unvalidated.
+        parent = parse_parent(parent)
+        base = self._endpoint or f"https://{host_for(check_location(location))}"
+        url = f"{base}/{check_version(api_version)}/{parent}/operations"
+        query = {"filter": filter, "pageSize": page_size, "pageToken": page_token}
+        params = {key: str(value) for key, value in query.items() if value is not None}
+        response = self._send("GET", url, parent, params=params)
+        self._raise_for_error(response)
+        body = _json_object(response)
+        operations = body.get("operations", []) if body is not None else None
+        token = body.get("nextPageToken") if body is not None else None
+        if (
+            not isinstance(operations, list)
+            or not all(isinstance(operation, dict) for operation in operations)
+            or not isinstance(token, (str, type(None)))
+        ):
+            raise ApiUnavailable(f"list answered {response.status_code} with a body that is not a list of Operations")
+        # proto3 JSON leaves an empty token out or sends "": either way the last page.
+        return operations, token or None
+
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, method: str, url: str, ref: OperationRef, *, json_body: Any = None) -> httpx.Response:
+    def _send(
+        self, method: str, url: str, target: str, *, json_body: Any = None, params: dict[str, str] | None = None
+    ) -> httpx.Response:
         started = self._clock.now()
         refreshed = False
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = self._http.request(method, url, json=json_body, headers=self._auth.headers())
+                response = self._http.request(method, url, json=json_body, params=params, headers=self._auth.headers())
             # RequestError, not only TransportError: a body that fails to decode (bad gzip) is
             # the same kind of transient trouble and must surface as ApiUnavailable.
             except httpx.RequestError as problem:
@@ -190,11 +224,11 @@ class OperationsClient:
             if attempt >= self._max_attempts or self._clock.now() - started + delay > self._retry_budget_s:
                 if response is not None:
                     return response
-                raise ApiUnavailable(f"{method} {ref.name}: {failure} after {attempt} attempts")
+                raise ApiUnavailable(f"{method} {target}: {failure} after {attempt} attempts")
             self._log.info(
                 "retrying an Operations API call",
                 event="api_retry",
-                operation=ref.name,
+                operation=target,
                 method=method,
                 failure=failure,
                 attempt=attempt,

@@ -127,6 +127,15 @@ def _parse_relative(path: str) -> ParsedName:
     return ParsedName(organization, operation_id)
 
 
+def parse_parent(text: str) -> str:
+    """Parse ``organizations/ORG``, the parent whose operations ``list`` reads, or raise ``InvalidRequest``."""
+    parent = text.strip()
+    organization = parent.removeprefix("organizations/")
+    if organization == parent or not _ORG.fullmatch(organization):
+        raise InvalidRequest("parents must be organizations/ORG, the organization 1-32 digits without a leading zero")
+    return parent
+
+
 def check_location(value: object) -> str:
     if value not in LOCATIONS:
         raise InvalidRequest(f"unknown location {escape_text(str(value), 40)}; expected one of {', '.join(LOCATIONS)}")

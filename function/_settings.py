@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -40,6 +40,7 @@ class Settings:
     project: str | None = None
     results_topic: str = "opcancel-results"
     checks_topic: str = "opcancel-checks"
+    requests_topic: str = "opcancel-requests"
     api_endpoint: str | None = None
     api_version: str = "v1beta1"
     auth: str = "adc"
@@ -74,6 +75,7 @@ class Settings:
             project=reader.optional("GOOGLE_CLOUD_PROJECT", _PROJECT_ID, "a Google Cloud project id"),
             results_topic=reader.topic("OPCANCEL_RESULTS_TOPIC", "opcancel-results"),
             checks_topic=reader.topic("OPCANCEL_CHECKS_TOPIC", "opcancel-checks"),
+            requests_topic=reader.topic("OPCANCEL_REQUESTS_TOPIC", "opcancel-requests"),
             api_endpoint=reader.endpoint("OPCANCEL_API_ENDPOINT"),
             api_version=reader.choice("OPCANCEL_API_VERSION", VERSIONS, "v1beta1"),
             auth=reader.choice("OPCANCEL_AUTH", ("adc", "anonymous"), "adc"),

@@ -1,0 +1,508 @@
+"""The operator command line, ``python -m function``: cancel, get, list, publish.
+
+It follows the function's rules: every name goes through the request parser
+(the same accepted forms, the same rejections, the same allow-list) before
+anything reaches the network, outcomes come from ``outcome_of``, and the API
+client is the function's own, retries included. ``cancel`` calls the API
+directly, with no idempotency store and no checks topic; ``publish`` hands a
+request to the deployed function instead.
+
+``main`` is the only place that reads the environment. Commands take their
+clients from click's context object, so tests pass their own as ``obj``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import click
+
+from ._api import Authenticator, OperationsClient
+from ._app import build_api, build_auth
+from ._clock import Clock, SystemClock, format_time
+from ._core import next_due, operation_error, outcome_of
+from ._log import Logger
+from ._model import CancelRequest, InboundMessage, Outcome, Rejection, Source, SourceKind
+from ._names import GLOBAL, LOCATIONS, escape_text, parse_parent
+from ._pubsub import Publisher, PubSubPublisher
+from ._requests import Parsed, parse_message
+from ._settings import MAX_DEADLINE_S, VERSIONS, PollingPolicy, Settings
+from .errors import ApiRejected, ApiUnavailable, ConfigError, InvalidRequest, PublishFailed
+
+_NO_CREDENTIALS = (
+    "no Google credentials: run `gcloud auth application-default login`, "
+    "or set OPCANCEL_AUTH=anonymous to use the local simulator"
+)
+_NO_PUBSUB_CREDENTIALS = (
+    "no Google credentials for Pub/Sub: run `gcloud auth application-default login`, "
+    "or set PUBSUB_EMULATOR_HOST to use the Pub/Sub emulator"
+)
+# API text echoed to a terminal is escaped like request text, but may run longer than a name.
+_ECHO_LIMIT = 1024
+
+
+class Exit(enum.IntEnum):
+    """Exit statuses. 1 is left to crashes and Ctrl-C, 2 to click's usage errors."""
+
+    OK = 0
+    COMPLETED = 3
+    FAILED = 4
+    TIMED_OUT = 5
+    NOT_FOUND = 6
+    PERMISSION_DENIED = 7
+    UNSUPPORTED = 8
+    REJECTED = 9
+    API_UNAVAILABLE = 10
+    NO_CREDENTIALS = 11
+    BAD_CONFIGURATION = 12
+    PUBLISH_FAILED = 13
+
+
+def exit_for(outcome: Outcome) -> Exit:
+    return Exit.OK if outcome is Outcome.CANCELLED else Exit[outcome.name]
+
+
+class CliFailure(click.ClickException):
+    """Shown by click as one ``Error: ...`` line on stderr, then exits with ``status``."""
+
+    def __init__(self, message: str, status: Exit) -> None:
+        super().__init__(message)
+        self.exit_code = status
+
+
+@dataclass(frozen=True)
+class CliClients:
+    """What the commands work with: ``main`` builds the real ones; tests pass theirs as click's ``obj``."""
+
+    settings: Settings
+    auth: Authenticator
+    api: OperationsClient
+    clock: Clock
+    #: None without GOOGLE_CLOUD_PROJECT; only ``publish`` needs it.
+    publisher: Publisher | None = None
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as problem:
+        click.echo(f"Error: {problem}", err=True)
+        sys.exit(Exit.BAD_CONFIGURATION)
+    clock = SystemClock()
+    auth = build_auth(settings)
+    clients = CliClients(
+        settings=settings,
+        auth=auth,
+        # stdout carries the command's output, so the client's retry logs go to stderr.
+        api=build_api(settings, auth=auth, clock=clock, log=Logger(sys.stderr)),
+        clock=clock,
+        publisher=PubSubPublisher(settings.project) if settings.project else None,
+    )
+    cli.main(prog_name="python -m function", obj=clients)
+
+
+_EPILOG = """\b
+Exit status:
+   0  CANCELLED; for cancel without --wait, also: cancel accepted, not done yet;
+      for get, list and publish: success
+   2  usage error
+   3  COMPLETED
+   4  FAILED
+   5  TIMED_OUT
+   6  NOT_FOUND
+   7  PERMISSION_DENIED
+   8  UNSUPPORTED
+   9  REJECTED: a bad name, a parent outside OPCANCEL_ALLOWED_PARENTS,
+      or another 4xx from the API
+  10  the API stayed unavailable (429, 5xx, timeouts) after retries
+  11  no usable Google credentials
+  12  bad configuration (an environment variable)
+  13  the publish to Pub/Sub was not confirmed
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
+def cli() -> None:
+    """Cancel and inspect Security Command Center long-running operations.
+
+    Configured by the function's environment: OPCANCEL_API_ENDPOINT,
+    OPCANCEL_AUTH, OPCANCEL_API_VERSION, OPCANCEL_ALLOWED_PARENTS, the
+    OPCANCEL_CHECK_* polling policy, GOOGLE_CLOUD_PROJECT and
+    OPCANCEL_REQUESTS_TOPIC.
+    """
+
+
+class _Seconds(click.ParamType):
+    """A finite number of seconds in (0, 7 days]; click's FloatRange lets nan and inf through."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or not 0 < seconds <= MAX_DEADLINE_S:
+            self.fail(f"{value!r} is not more than 0 and at most {MAX_DEADLINE_S} seconds (7 days)", param, ctx)
+        return seconds
+
+
+_SECONDS = _Seconds()
+_location = click.option(
+    "--location", type=click.Choice(LOCATIONS), help="API location [default: global, or the one a URL names]"
+)
+_api_version = click.option(
+    "--api-version",
+    type=click.Choice(VERSIONS),
+    help="API version [default: OPCANCEL_API_VERSION, or the one a URL names]",
+)
+_as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+@cli.command()
+@click.argument("name")
+@_location
+@_api_version
+@click.option("--wait", is_flag=True, help="Follow the operation with get until it is done or --timeout passes.")
+@click.option(
+    "--interval",
+    type=_SECONDS,
+    help="Seconds between gets while waiting [default: the OPCANCEL_CHECK_* backoff]",
+)
+@click.option(
+    "--timeout",
+    type=_SECONDS,
+    help="Seconds from the cancel to TIMED_OUT while waiting [default: OPCANCEL_CHECK_DEADLINE_S]",
+)
+@_as_json
+@click.pass_obj
+def cancel(
+    clients: CliClients,
+    name: str,
+    location: str | None,
+    api_version: str | None,
+    wait: bool,
+    interval: float | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Cancel operation NAME, then report what get shows.
+
+    NAME is organizations/ORG/operations/ID, its full resource name, or its
+    https:// URL. With --wait, exits 0 only once the operation is CANCELLED.
+    """
+    if not wait and (interval is not None or timeout is not None):
+        raise click.UsageError("--interval and --timeout apply only with --wait")
+    requested_at = clients.clock.now()
+    parsed = _single(clients, name, location, api_version)
+    if isinstance(parsed, Rejection):
+        report = _Report(
+            parsed.offending, parsed.location, parsed.api_version, parsed.idempotency_key, parsed.source, requested_at
+        )
+        report.finish(Outcome.REJECTED, requested_at, parsed.error)
+    else:
+        _require_credentials(clients)
+        policy = _waiting_policy(clients.settings.polling, interval, timeout) if wait else None
+        report = _cancel(clients, parsed, requested_at, policy)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(report.describe())
+    sys.exit(exit_for(report.outcome) if report.outcome is not None else Exit.OK)
+
+
+@cli.command()
+@click.argument("name")
+@_location
+@_api_version
+@_as_json
+@click.pass_obj
+def get(clients: CliClients, name: str, location: str | None, api_version: str | None, as_json: bool) -> None:
+    """Show operation NAME: still running, or how it ended."""
+    parsed = _single(clients, name, location, api_version)
+    if isinstance(parsed, Rejection):
+        raise CliFailure(f"{parsed.offending}: {parsed.error}", Exit.REJECTED)
+    _require_credentials(clients)
+    try:
+        operation = clients.api.get(parsed.ref)
+    except ApiRejected as refusal:
+        raise CliFailure(_echo(f"{parsed.ref.name}: {refusal}"), exit_for(Outcome(refusal.outcome))) from None
+    except ApiUnavailable as trouble:
+        raise CliFailure(_echo(f"Operations API unavailable: {trouble}"), Exit.API_UNAVAILABLE) from None
+    click.echo(json.dumps(operation, indent=2) if as_json else _state_line(operation))
+
+
+@cli.command(name="list")
+@click.argument("parent")
+@_location
+@_api_version
+@click.option("--filter", "filter_", help="The API's filter expression, e.g. done=false.")
+@click.option("--page-size", type=click.IntRange(1, 1000), help="Operations per API call; every page is read anyway.")
+@_as_json
+@click.pass_obj
+def list_operations(
+    clients: CliClients,
+    parent: str,
+    location: str | None,
+    api_version: str | None,
+    filter_: str | None,
+    page_size: int | None,
+    as_json: bool,
+) -> None:
+    """List the operations under PARENT, following every page.
+
+    PARENT is organizations/ORG. Each line shows RUNNING or the outcome, then the name.
+    """
+    try:
+        parent = parse_parent(parent)
+    except InvalidRequest as problem:
+        raise CliFailure(f"{escape_text(parent)}: {problem}", Exit.REJECTED) from None
+    allowed = clients.settings.allowed_parents
+    if allowed is not None and parent not in allowed:
+        raise CliFailure(f"{parent} is not in OPCANCEL_ALLOWED_PARENTS", Exit.REJECTED)
+    _require_credentials(clients)
+    found: list[dict[str, Any]] = []
+    count = 0
+    token: str | None = None
+    seen_tokens: set[str] = set()
+    while True:
+        try:
+            operations, token = clients.api.list(
+                parent,
+                location=location or GLOBAL,
+                api_version=api_version or clients.settings.api_version,
+                filter=filter_,
+                page_size=page_size,
+                page_token=token,
+            )
+        except ApiRejected as refusal:
+            raise CliFailure(_echo(f"{parent}: {refusal}"), exit_for(Outcome(refusal.outcome))) from None
+        except ApiUnavailable as trouble:
+            raise CliFailure(_echo(f"Operations API unavailable: {trouble}"), Exit.API_UNAVAILABLE) from None
+        count += len(operations)
+        if as_json:
+            found.extend(operations)
+        else:
+            # Printed page by page, so a long listing shows up as it arrives.
+            for operation in operations:
+                click.echo(_state_line(operation))
+        if token is None:
+            break
+        # A server that hands back a token it gave before would keep this loop going for ever.
+        if token in seen_tokens:
+            raise CliFailure("the API repeated a page token; the listing is incomplete", Exit.API_UNAVAILABLE)
+        seen_tokens.add(token)
+    if as_json:
+        click.echo(json.dumps({"operations": found}, indent=2))
+    elif count == 0:
+        click.echo(f"no operations under {parent}", err=True)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@_location
+@_api_version
+@click.option("--idempotency-key", help="Key for the request; with several names, each gets KEY/its identity.")
+@_as_json
+@click.pass_obj
+def publish(
+    clients: CliClients,
+    names: tuple[str, ...],
+    location: str | None,
+    api_version: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Send a cancel request for NAMES to the requests topic.
+
+    The deployed function then cancels them and publishes the result events.
+    Every name is checked first; if any is rejected, nothing is published.
+    """
+    body = _request_body(names, location, api_version, idempotency_key)
+    # The bytes published are the bytes checked, so the function parses exactly what passed here.
+    parsed = _parse(clients, body)
+    if parsed.ignored is not None:
+        raise CliFailure(f"{parsed.ignored}; nothing published", Exit.REJECTED)
+    if parsed.rejections:
+        refused = "; ".join(f"{rejection.offending}: {rejection.error}" for rejection in parsed.rejections)
+        raise CliFailure(f"{refused}; nothing published", Exit.REJECTED)
+    project = clients.settings.project
+    if clients.publisher is None or project is None:
+        raise CliFailure("GOOGLE_CLOUD_PROJECT: is required to publish to the requests topic", Exit.BAD_CONFIGURATION)
+    topic = clients.settings.requests_topic
+    # Imported here: the other commands must not pay for google.auth, which they load only with ADC.
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        (message_id,) = clients.publisher.publish_all(topic, [(body, {})])
+    except DefaultCredentialsError:
+        raise CliFailure(_NO_PUBSUB_CREDENTIALS, Exit.NO_CREDENTIALS) from None
+    except PublishFailed as problem:
+        raise CliFailure(_echo(str(problem)), Exit.PUBLISH_FAILED) from None
+    path = f"projects/{project}/topics/{topic}"
+    if as_json:
+        click.echo(json.dumps({"topic": path, "message_id": message_id, "data": json.loads(body)}, indent=2))
+    else:
+        operations = ", ".join(request.ref.name for request in parsed.requests)
+        click.echo(f"published message {message_id} to {path}: {operations}")
+
+
+@dataclass
+class _Report:
+    """What ``cancel`` found, printed like a result event's data."""
+
+    operation: str
+    location: str
+    api_version: str
+    idempotency_key: str
+    source: Source
+    requested_at: float
+    #: None while the operation runs after a cancel without --wait.
+    outcome: Outcome | None = None
+    finished_at: float | None = None
+    checks: int = 0
+    final_operation: dict[str, Any] | None = None
+    error: str | None = None
+
+    def finish(self, outcome: Outcome, now: float, error: str | None) -> _Report:
+        self.outcome, self.finished_at, self.error = outcome, now, error
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation,
+            "location": self.location,
+            "api_version": self.api_version,
+            "outcome": self.outcome.value if self.outcome is not None else None,
+            "idempotency_key": self.idempotency_key,
+            "requested_at": format_time(self.requested_at),
+            "finished_at": format_time(self.finished_at) if self.finished_at is not None else None,
+            "checks": self.checks,
+            "final_operation": self.final_operation,
+            "error": self.error,
+            "source": self.source.to_json(),
+        }
+
+    def describe(self) -> str:
+        if self.outcome is None:
+            return f"cancel accepted for {self.operation}; still running (follow it with --wait, or get)"
+        line = f"{self.outcome.value} {self.operation}"
+        return _echo(f"{line}: {self.error}") if self.error else line
+
+
+def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, policy: PollingPolicy | None) -> _Report:
+    """Cancel, then get at once; with a ``policy``, keep getting until done or its deadline."""
+    ref, clock = request.ref, clients.clock
+    report = _Report(ref.name, ref.location, ref.api_version, request.idempotency_key, request.source, requested_at)
+    try:
+        clients.api.cancel(ref)
+    except ApiRejected as refusal:
+        return report.finish(Outcome(refusal.outcome), clock.now(), str(refusal))
+    except ApiUnavailable as trouble:
+        message = f"Operations API unavailable: {trouble}; the cancel may not have been sent, and is safe to repeat"
+        raise CliFailure(_echo(message), Exit.API_UNAVAILABLE) from None
+    accepted_at = clock.now()
+    progress = _progress(ref.name, accepted_at, clock)
+    if policy is not None:
+        progress(f"cancel accepted; waiting up to {_seconds(policy.deadline_s)}")
+    attempt = 0
+    while True:
+        try:
+            operation = clients.api.get(ref)
+        except ApiRejected as refusal:
+            report.checks += 1
+            return report.finish(Outcome(refusal.outcome), clock.now(), str(refusal))
+        except ApiUnavailable as trouble:
+            message = f"Operations API unavailable: {trouble}; the cancel was sent: follow it with get {ref.name}"
+            raise CliFailure(_echo(message), Exit.API_UNAVAILABLE) from None
+        report.checks += 1
+        report.final_operation = operation
+        now = clock.now()
+        outcome = outcome_of(operation)
+        if outcome is not None:
+            return report.finish(outcome, now, operation_error(operation) if outcome is Outcome.FAILED else None)
+        if policy is None:
+            return report
+        deadline_at = accepted_at + policy.deadline_s
+        if now >= deadline_at:
+            return report.finish(
+                Outcome.TIMED_OUT, now, f"operation still running at the deadline {format_time(deadline_at)}"
+            )
+        attempt += 1
+        due = next_due(policy, attempt, now=now, deadline_at=deadline_at)
+        progress(f"get {report.checks}: still running; next get in {_seconds(due - now)}")
+        clock.sleep(due - now)
+
+
+def _waiting_policy(policy: PollingPolicy, interval: float | None, timeout: float | None) -> PollingPolicy:
+    if interval is not None:
+        policy = replace(policy, initial_delay_s=interval, multiplier=1.0, max_delay_s=interval)
+    if timeout is not None:
+        policy = replace(policy, deadline_s=timeout)
+    return policy
+
+
+def _seconds(value: float) -> str:
+    return f"{round(value, 2):g}s"
+
+
+def _progress(name: str, started: float, clock: Clock) -> Callable[[str], None]:
+    # On stderr, so that --json output stays one parseable document.
+    return lambda line: click.echo(f"[{clock.now() - started:7.1f}s] {name}: {line}", err=True)
+
+
+def _request_body(
+    names: tuple[str, ...], location: str | None, api_version: str | None, idempotency_key: str | None = None
+) -> bytes:
+    """A request in the SPEC's JSON format; a JSON string keeps a newline in a name from splitting it in two."""
+    body: dict[str, Any] = {"operation": names[0]} if len(names) == 1 else {"operations": list(names)}
+    for field, value in (("location", location), ("api_version", api_version), ("idempotency_key", idempotency_key)):
+        if value is not None:
+            body[field] = value
+    return json.dumps(body).encode("utf-8")
+
+
+def _parse(clients: CliClients, body: bytes) -> Parsed:
+    return parse_message(
+        InboundMessage(data=body, kind=SourceKind.CLI),
+        default_version=clients.settings.api_version,
+        allowed_parents=clients.settings.allowed_parents,
+    )
+
+
+def _single(clients: CliClients, name: str, location: str | None, api_version: str | None) -> CancelRequest | Rejection:
+    parsed = _parse(clients, _request_body((name,), location, api_version))
+    if parsed.ignored is not None:
+        raise CliFailure(parsed.ignored, Exit.REJECTED)
+    return parsed.requests[0] if parsed.requests else parsed.rejections[0]
+
+
+def _require_credentials(clients: CliClients) -> None:
+    """Load credentials before the first call, so missing ones read as that and not as an API refusal."""
+    try:
+        clients.auth.headers()
+    except ApiRejected:
+        raise CliFailure(_NO_CREDENTIALS, Exit.NO_CREDENTIALS) from None
+    except ApiUnavailable as trouble:
+        message = f"{trouble}: run `gcloud auth application-default login` to renew them"
+        raise CliFailure(_echo(message), Exit.NO_CREDENTIALS) from None
+
+
+def _state_line(operation: dict[str, Any]) -> str:
+    outcome = outcome_of(operation)
+    line = f"{outcome.value if outcome is not None else 'RUNNING':<9} {operation.get('name')}"
+    if outcome is Outcome.FAILED:
+        line += f"  ({operation_error(operation)})"
+    return _echo(line)
+
+
+def _echo(text: str) -> str:
+    """Text from the API or the operator, made safe for a terminal: control characters escaped."""
+    return escape_text(text, _ECHO_LIMIT)

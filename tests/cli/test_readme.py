@@ -1,0 +1,99 @@
+"""The README's CLI and alerting examples, run as written: copy-paste must work."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+from function import InboundMessage, SourceKind
+from function._cli import Exit
+from function._requests import parse_message
+from tests.cli.test_cli import ROOT, Rig
+from tests.support import DATA_DIR
+
+README = (ROOT / "README.md").read_text()
+MODULE = ".venv/bin/python -m function "
+
+
+def section(title: str) -> str:
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+
+
+def test_every_exit_status_is_documented():
+    cli_section = section("The operator CLI")
+    for status in Exit:
+        assert re.search(rf"^\| `{status.value}` \|", cli_section, re.MULTILINE), status
+
+
+def test_the_cli_examples_do_what_their_comments_say():
+    commands = []
+    for block in blocks(section("The operator CLI"), "sh"):
+        for line in block.splitlines():
+            if MODULE in line:
+                command, _, comment = line.partition(MODULE)[2].partition("#")
+                commands.append((shlex.split(command), comment.strip()))
+    assert len(commands) >= 8
+    rig = Rig()
+    for args, comment in commands:
+        calls = len(rig.simulator.calls)
+        result = rig.run(*args)
+        status = re.search(r"exit ([0-9]+)", comment)
+        assert result.exit_code == (int(status.group(1)) if status else 0), (args, result.output)
+        outcome = re.match(r"[A-Z_]{6,}", comment)
+        if outcome:
+            shown = json.loads(result.stdout)["outcome"] if "--json" in args else result.stdout
+            assert outcome.group(0) in shown, (args, result.output)
+        if "no call made" in comment:
+            assert len(rig.simulator.calls) == calls
+
+
+def test_the_one_command_start_is_the_one_the_tests_run():
+    assert (
+        "OPCANCEL_API_ENDPOINT=http://127.0.0.1:8090 OPCANCEL_AUTH=anonymous "
+        ".venv/bin/python -m function cancel organizations/1/operations/slow-2-x --wait"
+    ) in section("The operator CLI")
+
+
+def test_the_alerting_policy_documentation_names_the_operation_for_opcancel():
+    (policy_text,) = blocks(section("Alerting policies"), "json")
+    policy = json.loads(policy_text)
+    (condition,) = policy["conditions"]
+    extractors = condition["conditionMatchedLog"]["labelExtractors"]
+    assert set(extractors) == {"organization_id", "operation_id"}
+    assert policy["alertStrategy"]["notificationRateLimit"]["period"]
+    labels = {"organization_id": "123456789", "operation_id": "9c5fa5e5-e368-439a-baa4-08c17b77ec23"}
+
+    def render(template: str) -> str:
+        return re.sub(r"\$\{log\.extracted_label\.([a-z_]+)\}", lambda match: labels[match.group(1)], template)
+
+    incident = json.loads((DATA_DIR / "alert-incident-open.json").read_text())
+    incident["incident"]["documentation"] = {
+        "content": render(policy["documentation"]["content"]),
+        "mime_type": policy["documentation"]["mimeType"],
+        "subject": render(policy["documentation"]["subject"]),
+    }
+    parsed = parse_message(
+        InboundMessage(json.dumps(incident).encode(), message_id="m-1"), default_version="v1beta1", allowed_parents=None
+    )
+    (request,) = parsed.requests
+    name = "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23"
+    assert request.ref.name == name
+    assert request.idempotency_key == f"incident/0.mtdi83m6w8ao/securitycenter.googleapis.com/{name}"
+    assert request.source.kind is SourceKind.ALERT
+    assert parsed.rejections == []
+
+
+def test_the_alerting_commands_wire_the_channel_the_grant_and_the_policy():
+    (commands,) = blocks(section("Alerting policies"), "sh")
+    assert "gcloud beta monitoring channels create" in commands
+    assert "--type=pubsub" in commands
+    assert "--channel-labels=topic=projects/$PROJECT_ID/topics/opcancel-requests" in commands
+    assert "service-$PROJECT_NUMBER@gcp-sa-monitoring-notification.iam.gserviceaccount.com" in commands
+    assert "--role=roles/pubsub.publisher" in commands
+    assert "gcloud alpha monitoring policies create" in commands
+    assert "--policy-from-file=opcancel-policy.json" in commands
