@@ -111,7 +111,9 @@ class Opcancel:
         try:
             return work()
         except TransientError as trouble:
-            self._log.warning(
+            # A deferred check is the delay working as designed, not trouble worth a warning.
+            log = self._log.info if isinstance(trouble, CheckNotDue) else self._log.warning
+            log(
                 f"will retry: {trouble}",
                 event="retry_later",
                 reason=trouble.reason,
