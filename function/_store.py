@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import KeyBusy, StaleFence, StoreUnavailable
 
@@ -94,6 +94,8 @@ class IdempotencyStore(abc.ABC):
 
     #: Attempts at a claim lost to a concurrent write before giving up as busy.
     _CLAIM_ROUNDS = 5
+    #: Attempts at one write whose store call failed or went unanswered.
+    _WRITE_ATTEMPTS = 3
 
     def __init__(self, *, lease_s: float, ttl_s: float) -> None:
         self._lease_s = lease_s
@@ -121,7 +123,7 @@ class IdempotencyStore(abc.ABC):
                     requested_at=now,
                     expire_at=now + self._ttl_s,
                 )
-                if self._guard(self._create, record):
+                if self._written(lambda: self._create(record), record):
                     return Claim(ClaimStatus.ACQUIRED, record)
                 continue
             settled = self._settled(current, payload_hash, now)
@@ -153,7 +155,7 @@ class IdempotencyStore(abc.ABC):
     def update(self, held: Record, *, now: float, **changes: Any) -> Record:
         """Write ``changes`` if ``held`` is still the current version; else ``StaleFence``."""
         record = dataclasses.replace(held, **changes, version=held.version + 1, expire_at=now + self._ttl_s)
-        if not self._guard(self._replace, record, held.version):
+        if not self._written(lambda: self._replace(record, held.version), record):
             raise StaleFence(f"fence {held.fence} was taken over")
         return record
 
@@ -181,7 +183,7 @@ class IdempotencyStore(abc.ABC):
             version=current.version + 1,
             expire_at=now + self._ttl_s,
         )
-        return record if self._guard(self._replace, record, current.version) else None
+        return record if self._written(lambda: self._replace(record, current.version), record) else None
 
     def _read(self, key: str, now: float) -> Record | None:
         record = self._guard(self._load, key)
@@ -191,6 +193,24 @@ class IdempotencyStore(abc.ABC):
                 return None
             return self._guard(self._load, key)
         return record
+
+    def _written(self, write: Callable[[], bool], intended: Record) -> bool:
+        """Run a conditional write, retrying a failed or unanswered attempt a few times at once.
+
+        A retry after an attempt whose answer was lost finds its precondition gone, because
+        the attempt landed: a refusal after a failure is checked against what was meant to be
+        written, so a lost answer costs neither the write nor a second cancel after it.
+        """
+        failure: Exception | None = None
+        for _ in range(self._WRITE_ATTEMPTS):
+            try:
+                if write():
+                    return True
+            except Exception as problem:
+                failure = problem
+                continue
+            return failure is not None and self._guard(self._load, intended.key) == intended
+        raise StoreUnavailable(f"idempotency store failed: {type(failure).__name__}: {failure}") from failure
 
     @staticmethod
     def _guard(operation: Any, *args: Any) -> Any:

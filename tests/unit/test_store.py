@@ -227,26 +227,31 @@ class LostResponses(MemoryStore):
         return self._answer(super()._replace(record, expected_version))
 
 
-def test_a_lost_create_response_holds_the_key_until_the_lease_runs_out():
+def test_a_lost_create_response_is_recovered_by_checking_what_landed():
     store = LostResponses()
     store.lose = 1
-    with pytest.raises(StoreUnavailable, match="response lost"):
-        store.claim_request("k", "h", now=NOW)
-    # The write did land: a redelivery finds the key held, and takes it over once the lease is gone.
+    claim = store.claim_request("k", "h", now=NOW)
+    assert claim.status is ClaimStatus.ACQUIRED and claim.record.fence == 1
     with pytest.raises(KeyBusy):
         store.claim_request("k", "h", now=NOW + 1)
-    claim = store.claim_request("k", "h", now=NOW + LEASE + 1)
-    assert claim.status is ClaimStatus.ACQUIRED and claim.resumed and claim.record.fence == 2
 
 
-def test_a_lost_update_response_fences_off_the_writer_that_lost_it():
+def test_a_lost_update_response_is_recovered_and_a_stale_writer_still_fenced():
     store = LostResponses()
     record = store.claim_request("k", "h", now=NOW).record
     store.lose = 1
-    with pytest.raises(StoreUnavailable):
-        store.update(record, now=NOW, state=State.CANCEL_SENT)
-    # The writer cannot know its write landed; retrying with its old version is refused, never doubled.
+    updated = store.update(record, now=NOW, state=State.CANCEL_SENT)
+    assert updated.state is State.CANCEL_SENT
+    # The old version is gone for good: writing from it again is refused, never applied twice.
     with pytest.raises(StaleFence):
         store.update(record, now=NOW, state=State.CANCEL_SENT)
-    claim = store.claim_request("k", "h", now=NOW + LEASE + 1)
-    assert claim.record.state is State.CANCEL_SENT
+
+
+def test_a_store_that_keeps_failing_is_unavailable_after_bounded_attempts():
+    store = LostResponses()
+    store.lose = 3
+    with pytest.raises(StoreUnavailable, match="response lost"):
+        store.claim_request("k", "h", now=NOW)
+    # All three attempts were the same create; the first landed, so the key is held.
+    with pytest.raises(KeyBusy):
+        store.claim_request("k", "h", now=NOW + 1)
