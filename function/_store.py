@@ -18,12 +18,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import functools
 import json
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import KeyBusy, StaleFence, StoreUnavailable
 
@@ -123,7 +125,7 @@ class IdempotencyStore(abc.ABC):
                     requested_at=now,
                     expire_at=now + self._ttl_s,
                 )
-                if self._written(lambda: self._create(record), record):
+                if self._written(functools.partial(self._create, record), record):
                     return Claim(ClaimStatus.ACQUIRED, record)
                 continue
             settled = self._settled(current, payload_hash, now)
@@ -155,7 +157,7 @@ class IdempotencyStore(abc.ABC):
     def update(self, held: Record, *, now: float, **changes: Any) -> Record:
         """Write ``changes`` if ``held`` is still the current version; else ``StaleFence``."""
         record = dataclasses.replace(held, **changes, version=held.version + 1, expire_at=now + self._ttl_s)
-        if not self._written(lambda: self._replace(record, held.version), record):
+        if not self._written(functools.partial(self._replace, record, held.version), record):
             raise StaleFence(f"fence {held.fence} was taken over")
         return record
 
@@ -183,7 +185,7 @@ class IdempotencyStore(abc.ABC):
             version=current.version + 1,
             expire_at=now + self._ttl_s,
         )
-        return record if self._written(lambda: self._replace(record, current.version), record) else None
+        return record if self._written(functools.partial(self._replace, record, current.version), record) else None
 
     def _read(self, key: str, now: float) -> Record | None:
         record = self._guard(self._load, key)

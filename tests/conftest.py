@@ -8,6 +8,7 @@ import pytest
 
 from devkit.emulators import Emulator, EmulatorUnavailable
 
+
 def _emulator(kind: str):
     try:
         return Emulator(kind)

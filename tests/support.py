@@ -1,4 +1,4 @@
-"""Test doubles for the ports that have no real local counterpart here, and a service factory."""
+"""Test doubles for the ports that have no real local counterpart here, a service rig, and store factories."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import httpx
 from devkit.simulator import Simulator
 from function import (
     AnonymousAuth,
+    FirestoreStore,
     InboundMessage,
     Logger,
     MemoryStore,
@@ -21,6 +22,7 @@ from function import (
     PollingPolicy,
     Settings,
     SourceKind,
+    SqliteStore,
     parse_time,
 )
 from function.errors import PublishFailed
@@ -141,3 +143,19 @@ class Rig:
 
     def logs(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+
+
+def open_store(spec: dict[str, Any], *, lease_s: float = 60.0, ttl_s: float = 8 * 24 * 3600.0):
+    """A store from a picklable spec, so worker processes can open the same one."""
+    if spec["kind"] == "memory":
+        return MemoryStore(lease_s=lease_s, ttl_s=ttl_s)
+    if spec["kind"] == "sqlite":
+        return SqliteStore(spec["path"], lease_s=lease_s, ttl_s=ttl_s)
+    return FirestoreStore(
+        project=spec["project"],
+        lease_s=lease_s,
+        ttl_s=ttl_s,
+        auth=AnonymousAuth(),
+        collection=spec["collection"],
+        emulator_host=spec["emulator_host"],
+    )

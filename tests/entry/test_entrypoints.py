@@ -112,15 +112,6 @@ def test_a_legacy_background_event_is_converted_by_the_framework(on_event):
     assert result["source"]["message_id"] == "1215011316659232"
 
 
-def test_http_accepts_the_legacy_background_event_sample(on_http):
-    http_client, rig = on_http
-    response = http_client.post(
-        "/", data=(DATA_DIR / "legacy-background-event.json").read_bytes(), content_type="application/json"
-    )
-    assert response.status_code == 202
-    assert rig.publisher.results()[0]["source"] == {"kind": "pubsub", "message_id": "1215011316659232"}
-
-
 def test_duplicate_deliveries_through_the_entry_point_cancel_once(on_event):
     event_client, rig = on_event
     for message_id in ("1", "2", "3", "4"):
@@ -312,13 +303,15 @@ def test_http_malformed_cloudevent_is_a_400(on_http):
     assert "malformed CloudEvent" in response.get_json()["error"]
 
 
-def test_http_accepts_a_raw_pubsub_push_body(on_http):
+@pytest.mark.parametrize(
+    ("sample", "message_id"),
+    [("pubsub-push-body.json", "17"), ("legacy-background-event.json", "1215011316659232")],
+)
+def test_http_accepts_pubsub_push_bodies_and_legacy_background_events(on_http, sample, message_id):
     http_client, rig = on_http
-    response = http_client.post(
-        "/", data=(DATA_DIR / "pubsub-push-body.json").read_bytes(), content_type="application/json"
-    )
+    response = http_client.post("/", data=(DATA_DIR / sample).read_bytes(), content_type="application/json")
     assert response.status_code == 202
-    assert rig.publisher.results()[0]["source"] == {"kind": "pubsub", "message_id": "17"}
+    assert rig.publisher.results()[0]["source"] == {"kind": "pubsub", "message_id": message_id}
 
 
 # main.py itself

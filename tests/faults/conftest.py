@@ -2,7 +2,7 @@ import uuid
 
 import pytest
 
-from tests.faults.stores import open_store
+from tests.support import open_store
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])

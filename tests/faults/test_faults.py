@@ -15,13 +15,25 @@ import multiprocessing
 import threading
 from typing import Any
 
+import httpx
 import pytest
 from cloudevents.http import CloudEvent
 
 from devkit.simulator import Simulator, serve
-from function import RedeliveryRequested, Runtime, State
+from function import (
+    AnonymousAuth,
+    Logger,
+    Opcancel,
+    OperationsClient,
+    RedeliveryRequested,
+    Runtime,
+    Settings,
+    State,
+    SystemClock,
+    parse_time,
+)
 from function._store import IdempotencyStore
-from tests.support import Rig
+from tests.support import MemoryPublisher, Rig, open_store
 
 NAME = "organizations/123456789/operations/slow-1-fault"
 
@@ -126,8 +138,6 @@ class Pipeline:
 
 
 def _due(data: bytes) -> float:
-    from function import parse_time
-
     return parse_time(json.loads(data)["due_at"])
 
 
@@ -209,12 +219,6 @@ def test_a_store_outage_is_retried_and_nothing_is_acknowledged():
 
 def _deliver_in_process(store_spec: dict[str, Any], endpoint: str, message_id: str, results) -> None:
     """One worker process: its own service, the shared store and simulator, its own publisher."""
-    import httpx
-
-    from function import AnonymousAuth, Logger, Opcancel, OperationsClient, Settings, SystemClock
-    from tests.faults.stores import open_store
-    from tests.support import MemoryPublisher
-
     settings = Settings(project="p", store=store_spec["kind"])
     publisher = MemoryPublisher()
     log = Logger(io.StringIO())

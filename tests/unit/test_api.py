@@ -347,7 +347,7 @@ def test_default_jitter_stays_within_bounds_and_varies():
         with pytest.raises(ApiUnavailable):
             harness.client.cancel(REF)
         assert len(harness.clock.slept) == 3
-        for delay, ceiling in zip(harness.clock.slept, [0.25, 0.5, 1.0]):
+        for delay, ceiling in zip(harness.clock.slept, [0.25, 0.5, 1.0], strict=True):
             assert ceiling / 2 <= delay <= ceiling
         seen.update(harness.clock.slept)
     assert len(seen) > 3, "delays should be jittered, not fixed"

@@ -293,7 +293,7 @@ def test_bad_deadlines_are_rejected(value, error):
 
 
 def test_a_float_overflowing_to_infinity_is_rejected():
-    body = '{"operation": "%s", "deadline_seconds": 1e400}' % name("abc")
+    body = '{"operation": "' + name("abc") + '", "deadline_seconds": 1e400}'
     assert "deadline_seconds: must be a number of seconds" in only_rejection(parse(body)).error
 
 
@@ -637,7 +637,7 @@ def test_moderately_nested_json_items_are_rejected_not_raised():
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_non_standard_json_constants_are_refused(constant):
-    body = '{"operation": "%s", "deadline_seconds": %s}' % (name("a"), constant)
+    body = '{"operation": "' + name("a") + '", "deadline_seconds": ' + constant + "}"
     assert_ignored(parse(body), f"{constant} is not valid JSON", unreadable=True)
 
 

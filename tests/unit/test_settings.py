@@ -262,33 +262,23 @@ def test_unknown_choices(variable, value):
     assert f"{value!r} is not one of" in message
 
 
-@pytest.mark.parametrize(
-    "variable",
-    [
-        "OPCANCEL_CHECK_INITIAL_DELAY_S",
-        "OPCANCEL_CHECK_MAX_DELAY_S",
-        "OPCANCEL_CHECK_DEADLINE_S",
-        "OPCANCEL_CHECK_MULTIPLIER",
-        "OPCANCEL_LEASE_S",
-        "OPCANCEL_RECORD_TTL_S",
-    ],
-)
+NUMERIC_VARIABLES = [
+    "OPCANCEL_CHECK_INITIAL_DELAY_S",
+    "OPCANCEL_CHECK_MAX_DELAY_S",
+    "OPCANCEL_CHECK_DEADLINE_S",
+    "OPCANCEL_CHECK_MULTIPLIER",
+    "OPCANCEL_LEASE_S",
+    "OPCANCEL_RECORD_TTL_S",
+]
+
+
+@pytest.mark.parametrize("variable", NUMERIC_VARIABLES)
 @pytest.mark.parametrize("value", ["five", "5s", "1,5", "0x10", "--1", "1e", "½"])
 def test_non_numeric_polling_values(variable, value):
     assert "is not a number" in bad({variable: value}, variable)
 
 
-@pytest.mark.parametrize(
-    "variable",
-    [
-        "OPCANCEL_CHECK_INITIAL_DELAY_S",
-        "OPCANCEL_CHECK_MAX_DELAY_S",
-        "OPCANCEL_CHECK_DEADLINE_S",
-        "OPCANCEL_CHECK_MULTIPLIER",
-        "OPCANCEL_LEASE_S",
-        "OPCANCEL_RECORD_TTL_S",
-    ],
-)
+@pytest.mark.parametrize("variable", NUMERIC_VARIABLES)
 @pytest.mark.parametrize("value", ["-1", "-0.001", "inf", "-inf", "Infinity", "nan", "NaN", "1e999"])
 def test_negative_and_non_finite_polling_values(variable, value):
     assert "is outside" in bad({variable: value}, variable)

@@ -7,9 +7,10 @@ import threading
 
 import pytest
 
-from function import AnonymousAuth, FirestoreStore, MemoryStore, SqliteStore, State
+from function import MemoryStore, SqliteStore, State
 from function._store import ClaimStatus
 from function.errors import KeyBusy, StaleFence, StoreUnavailable
+from tests.support import open_store
 
 LEASE = 60.0
 TTL = 3600.0
@@ -19,18 +20,12 @@ NOW = 1_000_000.0
 @pytest.fixture(params=["memory", "sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
 def store(request, tmp_path):
     if request.param == "memory":
-        return MemoryStore(lease_s=LEASE, ttl_s=TTL)
-    if request.param == "sqlite":
-        return SqliteStore(str(tmp_path / "store.sqlite3"), lease_s=LEASE, ttl_s=TTL)
-    spec = request.getfixturevalue("firestore_spec")
-    return FirestoreStore(
-        project=spec["project"],
-        lease_s=LEASE,
-        ttl_s=TTL,
-        auth=AnonymousAuth(),
-        collection=spec["collection"],
-        emulator_host=spec["emulator_host"],
-    )
+        spec = {"kind": "memory"}
+    elif request.param == "sqlite":
+        spec = {"kind": "sqlite", "path": str(tmp_path / "store.sqlite3")}
+    else:
+        spec = request.getfixturevalue("firestore_spec")
+    return open_store(spec, lease_s=LEASE, ttl_s=TTL)
 
 
 def test_first_claim_acquires_a_fresh_record(store):
