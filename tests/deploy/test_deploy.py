@@ -1,0 +1,831 @@
+"""deploy.sh against a recording fake gcloud (tests/deploy/fake_gcloud.py), its dry run against the
+real gcloud's argument parser, and shellcheck.
+
+The fake keeps the project's state in a JSON file between runs, so a fresh deploy, a re-run and a
+destroy are run one after the other against the same "cloud" and their exact calls compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy.sh"
+FAKE = Path(__file__).with_name("fake_gcloud.py")
+PROJECT = "opcancel-test"
+REGION = "europe-west1"
+PARENTS = "organizations/123,organizations/456"
+BASE = ("--project", PROJECT, "--region", REGION)
+FUNCTION_SA = f"opcancel-function@{PROJECT}.iam.gserviceaccount.com"
+TRIGGER_SA = f"opcancel-trigger@{PROJECT}.iam.gserviceaccount.com"
+PUBSUB_AGENT = "serviceAccount:service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com"
+READ_VERBS = {"describe", "list", "get-iam-policy", "list-testable-permissions"}
+
+# The exact calls of a first deploy with two organizations; DIGEST stands for the source-and-config
+# digest in each function's label, which changes with every edit of the function's code.
+ENV_VARS = (
+    f"^@^GOOGLE_CLOUD_PROJECT={PROJECT}@OPCANCEL_STORE=firestore@OPCANCEL_FIRESTORE_COLLECTION=opcancel-idempotency"
+    "@OPCANCEL_CHECKS_TOPIC=opcancel-checks@OPCANCEL_RESULTS_TOPIC=opcancel-results@OPCANCEL_LEASE_S=600"
+    f"@OPCANCEL_ALLOWED_PARENTS={PARENTS}"
+)
+POLICY = "--flatten=bindings[].members --format=value(bindings.role)"
+FRESH_DEPLOY = f"""
+projects describe {PROJECT} --format=value(projectNumber)
+iam list-testable-permissions //cloudresourcemanager.googleapis.com/organizations/123 --format=value(name,customRolesSupportLevel)
+services list --enabled --project={PROJECT} --format=value(config.name)
+services enable cloudfunctions.googleapis.com run.googleapis.com eventarc.googleapis.com pubsub.googleapis.com firestore.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com securitycenter.googleapis.com iam.googleapis.com --project={PROJECT}
+pubsub topics describe opcancel-requests --project={PROJECT} --format=value(name)
+pubsub topics create opcancel-requests --project={PROJECT}
+pubsub topics describe opcancel-checks --project={PROJECT} --format=value(name)
+pubsub topics create opcancel-checks --project={PROJECT}
+pubsub topics describe opcancel-results --project={PROJECT} --format=value(name)
+pubsub topics create opcancel-results --project={PROJECT}
+pubsub topics describe opcancel-dead-letter --project={PROJECT} --format=value(name)
+pubsub topics create opcancel-dead-letter --project={PROJECT}
+pubsub subscriptions describe opcancel-dead-letter --project={PROJECT} --format=value(name)
+pubsub subscriptions create opcancel-dead-letter --project={PROJECT} --topic=opcancel-dead-letter --message-retention-duration=7d --expiration-period=never
+iam service-accounts describe {FUNCTION_SA} --project={PROJECT} --format=value(email)
+iam service-accounts create opcancel-function --project={PROJECT} '--display-name=opcancel function (opcancel)'
+iam service-accounts describe {TRIGGER_SA} --project={PROJECT} --format=value(email)
+iam service-accounts create opcancel-trigger --project={PROJECT} '--display-name=opcancel Eventarc trigger (opcancel)'
+firestore databases describe --project={PROJECT} --database=(default) --format=value(type)
+firestore databases create --project={PROJECT} --database=(default) --location={REGION} --type=firestore-native
+firestore fields ttls list --project={PROJECT} --database=(default) --collection-group=opcancel-idempotency --format=value(name)
+firestore fields ttls update expire_at --project={PROJECT} --database=(default) --collection-group=opcancel-idempotency --enable-ttl --async
+projects get-iam-policy {PROJECT} POLICY 'roles/datastore.user' serviceAccount:{FUNCTION_SA}
+projects add-iam-policy-binding {PROJECT} --member=serviceAccount:{FUNCTION_SA} --role=roles/datastore.user --condition=None
+pubsub topics get-iam-policy opcancel-checks --project={PROJECT} POLICY roles/pubsub.publisher serviceAccount:{FUNCTION_SA}
+pubsub topics add-iam-policy-binding opcancel-checks --project={PROJECT} --member=serviceAccount:{FUNCTION_SA} --role=roles/pubsub.publisher
+pubsub topics get-iam-policy opcancel-results --project={PROJECT} POLICY roles/pubsub.publisher serviceAccount:{FUNCTION_SA}
+pubsub topics add-iam-policy-binding opcancel-results --project={PROJECT} --member=serviceAccount:{FUNCTION_SA} --role=roles/pubsub.publisher
+pubsub topics get-iam-policy opcancel-dead-letter --project={PROJECT} POLICY roles/pubsub.publisher {PUBSUB_AGENT}
+pubsub topics add-iam-policy-binding opcancel-dead-letter --project={PROJECT} --member={PUBSUB_AGENT} --role=roles/pubsub.publisher
+iam service-accounts get-iam-policy {TRIGGER_SA} --project={PROJECT} POLICY roles/iam.serviceAccountTokenCreator {PUBSUB_AGENT}
+iam service-accounts add-iam-policy-binding {TRIGGER_SA} --project={PROJECT} --member={PUBSUB_AGENT} --role=roles/iam.serviceAccountTokenCreator
+iam roles describe opcancel_operation_canceller --organization=123 --format=value(deleted,includedPermissions.list())
+iam roles create opcancel_operation_canceller --organization=123 '--title=opcancel operation canceller' '--description=Cancel and get long-running operations, for the opcancel deployment opcancel in {PROJECT}' --permissions=securitycenter.operations.cancel,securitycenter.operations.get --stage=GA --quiet
+organizations get-iam-policy 123 POLICY organizations/123/roles/opcancel_operation_canceller serviceAccount:{FUNCTION_SA}
+organizations add-iam-policy-binding 123 --member=serviceAccount:{FUNCTION_SA} --role=organizations/123/roles/opcancel_operation_canceller --condition=None
+iam roles describe opcancel_operation_canceller --organization=456 --format=value(deleted,includedPermissions.list())
+iam roles create opcancel_operation_canceller --organization=456 '--title=opcancel operation canceller' '--description=Cancel and get long-running operations, for the opcancel deployment opcancel in {PROJECT}' --permissions=securitycenter.operations.cancel,securitycenter.operations.get --stage=GA --quiet
+organizations get-iam-policy 456 POLICY organizations/456/roles/opcancel_operation_canceller serviceAccount:{FUNCTION_SA}
+organizations add-iam-policy-binding 456 --member=serviceAccount:{FUNCTION_SA} --role=organizations/456/roles/opcancel_operation_canceller --condition=None
+functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS)
+functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy)
+functions deploy opcancel-requests --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_event --trigger-topic=opcancel-requests --trigger-service-account={TRIGGER_SA} --retry --ingress-settings=internal-only --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --set-env-vars={ENV_VARS} --update-labels=opcancel_deploy=DIGEST --quiet
+functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy)
+functions deploy opcancel-checks --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_event --trigger-topic=opcancel-checks --trigger-service-account={TRIGGER_SA} --retry --ingress-settings=internal-only --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --set-env-vars={ENV_VARS} --update-labels=opcancel_deploy=DIGEST --quiet
+functions describe opcancel-http --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy)
+functions deploy opcancel-http --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_http --trigger-http --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --set-env-vars={ENV_VARS} --update-labels=opcancel_deploy=DIGEST --quiet
+run services get-iam-policy opcancel-requests --project={PROJECT} --region={REGION} POLICY roles/run.invoker serviceAccount:{TRIGGER_SA}
+functions add-invoker-policy-binding opcancel-requests --project={PROJECT} --region={REGION} --member=serviceAccount:{TRIGGER_SA}
+functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(eventTrigger.trigger)
+eventarc triggers describe projects/{PROJECT}/locations/{REGION}/triggers/opcancel-requests-12 --project={PROJECT} --format=value(transport.pubsub.subscription)
+pubsub subscriptions describe SUBSCRIPTION-requests --project={PROJECT} --format=value(retryPolicy.minimumBackoff,retryPolicy.maximumBackoff,deadLetterPolicy.deadLetterTopic,deadLetterPolicy.maxDeliveryAttempts)
+pubsub subscriptions update SUBSCRIPTION-requests --project={PROJECT} --min-retry-delay=5s --max-retry-delay=300s --dead-letter-topic=projects/{PROJECT}/topics/opcancel-dead-letter --max-delivery-attempts=100
+pubsub subscriptions get-iam-policy SUBSCRIPTION-requests --project={PROJECT} POLICY roles/pubsub.subscriber {PUBSUB_AGENT}
+pubsub subscriptions add-iam-policy-binding SUBSCRIPTION-requests --project={PROJECT} --member={PUBSUB_AGENT} --role=roles/pubsub.subscriber
+run services get-iam-policy opcancel-checks --project={PROJECT} --region={REGION} POLICY roles/run.invoker serviceAccount:{TRIGGER_SA}
+functions add-invoker-policy-binding opcancel-checks --project={PROJECT} --region={REGION} --member=serviceAccount:{TRIGGER_SA}
+functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 --format=value(eventTrigger.trigger)
+eventarc triggers describe projects/{PROJECT}/locations/{REGION}/triggers/opcancel-checks-15 --project={PROJECT} --format=value(transport.pubsub.subscription)
+pubsub subscriptions describe SUBSCRIPTION-checks --project={PROJECT} --format=value(retryPolicy.minimumBackoff,retryPolicy.maximumBackoff,deadLetterPolicy.deadLetterTopic,deadLetterPolicy.maxDeliveryAttempts)
+pubsub subscriptions update SUBSCRIPTION-checks --project={PROJECT} --min-retry-delay=5s --max-retry-delay=300s --dead-letter-topic=projects/{PROJECT}/topics/opcancel-dead-letter --max-delivery-attempts=100
+pubsub subscriptions get-iam-policy SUBSCRIPTION-checks --project={PROJECT} POLICY roles/pubsub.subscriber {PUBSUB_AGENT}
+pubsub subscriptions add-iam-policy-binding SUBSCRIPTION-checks --project={PROJECT} --member={PUBSUB_AGENT} --role=roles/pubsub.subscriber
+"""
+
+DESTROY = f"""
+functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS)
+functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(name)
+functions delete opcancel-requests --project={PROJECT} --region={REGION} --gen2 --quiet
+functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 --format=value(name)
+functions delete opcancel-checks --project={PROJECT} --region={REGION} --gen2 --quiet
+functions describe opcancel-http --project={PROJECT} --region={REGION} --gen2 --format=value(name)
+functions delete opcancel-http --project={PROJECT} --region={REGION} --gen2 --quiet
+pubsub subscriptions describe opcancel-dead-letter --project={PROJECT} --format=value(name)
+pubsub subscriptions delete opcancel-dead-letter --project={PROJECT}
+pubsub topics describe opcancel-requests --project={PROJECT} --format=value(name)
+pubsub topics delete opcancel-requests --project={PROJECT}
+pubsub topics describe opcancel-checks --project={PROJECT} --format=value(name)
+pubsub topics delete opcancel-checks --project={PROJECT}
+pubsub topics describe opcancel-results --project={PROJECT} --format=value(name)
+pubsub topics delete opcancel-results --project={PROJECT}
+pubsub topics describe opcancel-dead-letter --project={PROJECT} --format=value(name)
+pubsub topics delete opcancel-dead-letter --project={PROJECT}
+organizations get-iam-policy 123 POLICY organizations/123/roles/opcancel_operation_canceller serviceAccount:{FUNCTION_SA}
+organizations remove-iam-policy-binding 123 --member=serviceAccount:{FUNCTION_SA} --role=organizations/123/roles/opcancel_operation_canceller --all
+iam roles describe opcancel_operation_canceller --organization=123 --format=value(deleted,includedPermissions.list())
+iam roles delete opcancel_operation_canceller --organization=123 --quiet
+organizations get-iam-policy 456 POLICY organizations/456/roles/opcancel_operation_canceller serviceAccount:{FUNCTION_SA}
+organizations remove-iam-policy-binding 456 --member=serviceAccount:{FUNCTION_SA} --role=organizations/456/roles/opcancel_operation_canceller --all
+iam roles describe opcancel_operation_canceller --organization=456 --format=value(deleted,includedPermissions.list())
+iam roles delete opcancel_operation_canceller --organization=456 --quiet
+projects get-iam-policy {PROJECT} POLICY roles/datastore.user serviceAccount:{FUNCTION_SA}
+projects remove-iam-policy-binding {PROJECT} --member=serviceAccount:{FUNCTION_SA} --role=roles/datastore.user --all
+iam service-accounts describe {FUNCTION_SA} --project={PROJECT} --format=value(email)
+iam service-accounts delete {FUNCTION_SA} --project={PROJECT} --quiet
+iam service-accounts describe {TRIGGER_SA} --project={PROJECT} --format=value(email)
+iam service-accounts delete {TRIGGER_SA} --project={PROJECT} --quiet
+"""
+
+
+def expected(script: str, subscriptions: dict[str, str] | None = None) -> list[list[str]]:
+    """The calls in ``script``: POLICY ROLE MEMBER stands for a get-iam-policy's flatten, filter and format."""
+    calls = []
+    for line in script.strip().splitlines():
+        words = shlex.split(line)
+        if "POLICY" in words:
+            at = words.index("POLICY")
+            role, member = words[at + 1 : at + 3]
+            flatten, format_ = POLICY.split()
+            words[at : at + 3] = [flatten, f'--filter=bindings.role="{role}" AND bindings.members="{member}"', format_]
+        for placeholder, value in (subscriptions or {}).items():
+            words = [word.replace(placeholder, value) for word in words]
+        calls.append(words)
+    return calls
+
+
+def is_read(call: list[str]) -> bool:
+    return any(word in READ_VERBS for word in call if not word.startswith("--"))
+
+
+def without_digests(calls: list[list[str]]) -> list[list[str]]:
+    return [[re.sub(r"(opcancel_deploy=)[0-9a-f]{32}$", r"\1DIGEST", word) for word in call] for call in calls]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    calls: list[list[str]]
+    sleeps: list[str]
+
+
+class FakeCloud:
+    """A bin directory with the fake gcloud and a fake sleep, and the fake's state file."""
+
+    def __init__(self, root: Path) -> None:
+        self.bin = root / "bin"
+        self.bin.mkdir()
+        self.state_file = root / "state.json"
+        self.log = root / "calls.jsonl"
+        (self.bin / "gcloud").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{FAKE}" "$@"\n')
+        (self.bin / "sleep").write_text('#!/bin/sh\necho "$@" >> "$FAKE_GCLOUD_LOG.sleep"\n')
+        for tool in self.bin.iterdir():
+            tool.chmod(0o755)
+        self.state = {
+            "project": PROJECT,
+            "project_number": "123456789012",
+            "testable_permissions": {
+                "securitycenter.operations.cancel": "",
+                "securitycenter.operations.get": "",
+                "securitycenter.findings.setState": "TESTING",
+                "resourcemanager.organizations.setIamPolicy": "NOT_SUPPORTED",
+            },
+        }
+
+    @property
+    def state(self) -> dict:
+        return json.loads(self.state_file.read_text())
+
+    @state.setter
+    def state(self, value: dict) -> None:
+        self.state_file.write_text(json.dumps(value))
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        for log in (self.log, Path(f"{self.log}.sleep")):
+            log.write_text("")
+        environment = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("OPCANCEL_", "CLOUDSDK_")) and key != "GOOGLE_CLOUD_PROJECT"
+        }
+        environment.update(
+            PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            FAKE_GCLOUD_STATE=str(self.state_file),
+            FAKE_GCLOUD_LOG=str(self.log),
+            **(env or {}),
+        )
+        process = subprocess.run(
+            [str(DEPLOY), *args], capture_output=True, text=True, env=environment, timeout=120, check=False
+        )
+        calls = [json.loads(line) for line in self.log.read_text().splitlines()]
+        sleeps = Path(f"{self.log}.sleep").read_text().split()
+        return Result(process.returncode, process.stdout, process.stderr, calls, sleeps)
+
+    def deploy(self, *extra: str) -> Result:
+        result = self.run(*BASE, "--allowed-parents", PARENTS, *extra)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    def subscriptions(self) -> dict[str, str]:
+        resources = self.state["resources"]
+        return {
+            f"SUBSCRIPTION-{kind}": resources[key]["transport"]["pubsub"]["subscription"]
+            for key in resources
+            if key.startswith("trigger/")
+            for kind in ("requests", "checks")
+            if f"/triggers/opcancel-{kind}-" in key
+        }
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> FakeCloud:
+    return FakeCloud(tmp_path)
+
+
+# --- a fresh deploy, a re-run, a destroy ------------------------------------------------------------
+
+
+def test_a_fresh_deploy_makes_exactly_these_calls(cloud):
+    result = cloud.deploy()
+
+    assert without_digests(result.calls) == expected(FRESH_DEPLOY, cloud.subscriptions())
+    assert "Send a first request with: gcloud pubsub topics publish opcancel-requests" in result.stderr
+    assert not result.sleeps
+
+
+def test_a_fresh_deploy_leaves_the_deployment_the_readme_describes(cloud):
+    cloud.deploy()
+
+    state = cloud.state
+    resources = state["resources"]
+    assert sorted(key for key in resources if key.startswith("topic/")) == [
+        "topic/opcancel-checks",
+        "topic/opcancel-dead-letter",
+        "topic/opcancel-requests",
+        "topic/opcancel-results",
+    ]
+    for role in (
+        "role/organizations/123/roles/opcancel_operation_canceller",
+        "role/organizations/456/roles/opcancel_operation_canceller",
+    ):
+        assert resources[role]["includedPermissions"] == [
+            "securitycenter.operations.cancel",
+            "securitycenter.operations.get",
+        ]
+    requests = resources[f"function/{REGION}/opcancel-requests"]
+    assert requests["serviceConfig"]["environmentVariables"] == {
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "OPCANCEL_STORE": "firestore",
+        "OPCANCEL_FIRESTORE_COLLECTION": "opcancel-idempotency",
+        "OPCANCEL_CHECKS_TOPIC": "opcancel-checks",
+        "OPCANCEL_RESULTS_TOPIC": "opcancel-results",
+        "OPCANCEL_LEASE_S": "600",
+        "OPCANCEL_ALLOWED_PARENTS": PARENTS,
+    }
+    for subscription in cloud.subscriptions().values():
+        settings = resources[f"subscription/{subscription.rpartition('/')[2]}"]
+        assert settings["retryPolicy"] == {"minimumBackoff": "5s", "maximumBackoff": "300s"}
+        assert settings["deadLetterPolicy"] == {
+            "deadLetterTopic": f"projects/{PROJECT}/topics/opcancel-dead-letter",
+            "maxDeliveryAttempts": 100,
+        }
+    function_sa = f"serviceAccount:{FUNCTION_SA}"
+    assert sorted(map(tuple, state["bindings"])) == sorted(
+        [
+            (f"project/{PROJECT}", "roles/datastore.user", function_sa),
+            ("topic/opcancel-checks", "roles/pubsub.publisher", function_sa),
+            ("topic/opcancel-results", "roles/pubsub.publisher", function_sa),
+            ("topic/opcancel-dead-letter", "roles/pubsub.publisher", PUBSUB_AGENT),
+            (f"serviceaccount/{TRIGGER_SA}", "roles/iam.serviceAccountTokenCreator", PUBSUB_AGENT),
+            ("organization/123", "organizations/123/roles/opcancel_operation_canceller", function_sa),
+            ("organization/456", "organizations/456/roles/opcancel_operation_canceller", function_sa),
+            (f"function/{REGION}/opcancel-requests", "roles/run.invoker", f"serviceAccount:{TRIGGER_SA}"),
+            (f"function/{REGION}/opcancel-checks", "roles/run.invoker", f"serviceAccount:{TRIGGER_SA}"),
+            *[
+                (f"subscription/{name.rpartition('/')[2]}", "roles/pubsub.subscriber", PUBSUB_AGENT)
+                for name in cloud.subscriptions().values()
+            ],
+        ]
+    )
+
+
+def test_a_re_run_only_reads_and_changes_nothing(cloud):
+    fresh = cloud.deploy()
+    before = cloud.state
+
+    again = cloud.deploy()
+
+    assert all(is_read(call) for call in again.calls), [call for call in again.calls if not is_read(call)]
+    assert again.calls == [call for call in fresh.calls if is_read(call)]
+    assert cloud.state == before
+    assert "+ gcloud" not in again.stderr
+
+
+def test_a_destroy_removes_what_deploy_created_and_nothing_else(cloud):
+    cloud.deploy()
+
+    result = cloud.run(*BASE, "--allowed-parents", PARENTS, "--destroy")
+
+    assert result.returncode == 0, result.stderr
+    assert result.calls == expected(DESTROY)
+    state = cloud.state
+    assert state["bindings"] == []
+    # IAM keeps a deleted custom role's id for weeks (a redeploy undeletes it); the database stays.
+    assert state["resources"] == {
+        "database/(default)": {"type": "FIRESTORE_NATIVE", "locationId": REGION},
+        "ttl/(default)/opcancel-idempotency/expire_at": {
+            "name": f"projects/{PROJECT}/databases/(default)/collectionGroups/opcancel-idempotency/fields/expire_at",
+            "ttlConfig": {"state": "CREATING"},
+        },
+        "role/organizations/123/roles/opcancel_operation_canceller": {
+            "name": "organizations/123/roles/opcancel_operation_canceller",
+            "includedPermissions": ["securitycenter.operations.cancel", "securitycenter.operations.get"],
+            "deleted": True,
+        },
+        "role/organizations/456/roles/opcancel_operation_canceller": {
+            "name": "organizations/456/roles/opcancel_operation_canceller",
+            "includedPermissions": ["securitycenter.operations.cancel", "securitycenter.operations.get"],
+            "deleted": True,
+        },
+    }
+    assert "Kept: the Firestore database" in result.stderr
+
+
+def test_a_second_destroy_only_reads(cloud):
+    cloud.deploy()
+    cloud.run(*BASE, "--destroy")
+
+    again = cloud.run(*BASE, "--destroy")
+
+    assert again.returncode == 0, again.stderr
+    assert all(is_read(call) for call in again.calls)
+
+
+def test_destroy_finds_the_organizations_in_the_deployed_function(cloud):
+    cloud.deploy()
+
+    result = cloud.run(*BASE, "--destroy")
+
+    assert result.returncode == 0, result.stderr
+    assert result.calls == expected(DESTROY)
+
+
+def test_destroy_leaves_other_topics_and_bindings_alone(cloud):
+    cloud.deploy()
+    state = cloud.state
+    state["resources"]["topic/someone-elses"] = {"name": f"projects/{PROJECT}/topics/someone-elses"}
+    state["bindings"].append([f"project/{PROJECT}", "roles/datastore.user", "user:alice@example.com"])
+    cloud.state = state
+
+    assert cloud.run(*BASE, "--destroy").returncode == 0
+
+    assert "topic/someone-elses" in cloud.state["resources"]
+    assert cloud.state["bindings"] == [[f"project/{PROJECT}", "roles/datastore.user", "user:alice@example.com"]]
+
+
+# --- changes between runs -----------------------------------------------------------------------------
+
+
+def test_narrowing_the_organizations_revokes_the_dropped_one(cloud):
+    cloud.deploy()
+
+    result = cloud.run(*BASE, "--allowed-parents", "organizations/123")
+
+    assert result.returncode == 0, result.stderr
+    changes = [call[:3] for call in result.calls if not is_read(call)]
+    assert ["organizations", "remove-iam-policy-binding", "456"] in changes
+    assert ["iam", "roles", "delete"] in changes
+    assert [
+        "organization/123",
+        "organizations/123/roles/opcancel_operation_canceller",
+        f"serviceAccount:{FUNCTION_SA}",
+    ] in cloud.state["bindings"]
+    assert not [binding for binding in cloud.state["bindings"] if binding[0] == "organization/456"]
+    assert cloud.state["resources"]["role/organizations/456/roles/opcancel_operation_canceller"]["deleted"]
+    # The functions' environment changed, so all three are redeployed.
+    assert [call[:3] for call in result.calls if call[:2] == ["functions", "deploy"]] == [
+        ["functions", "deploy", "opcancel-requests"],
+        ["functions", "deploy", "opcancel-checks"],
+        ["functions", "deploy", "opcancel-http"],
+    ]
+
+
+def test_a_redeploy_after_destroy_undeletes_the_custom_roles(cloud):
+    cloud.deploy()
+    cloud.run(*BASE, "--destroy")
+
+    result = cloud.deploy()
+
+    verbs = [call[:3] for call in result.calls if call[:2] == ["iam", "roles"]]
+    assert ["iam", "roles", "undelete"] in verbs
+    assert ["iam", "roles", "create"] not in verbs
+    assert "deleted" not in cloud.state["resources"]["role/organizations/123/roles/opcancel_operation_canceller"]
+
+
+def test_a_role_whose_permissions_drifted_is_updated(cloud):
+    cloud.deploy()
+    state = cloud.state
+    state["resources"]["role/organizations/123/roles/opcancel_operation_canceller"]["includedPermissions"] = [
+        "securitycenter.operations.get",
+        "securitycenter.findings.setState",
+    ]
+    cloud.state = state
+
+    result = cloud.deploy()
+
+    assert [call for call in result.calls if not is_read(call)] == [
+        [
+            "iam",
+            "roles",
+            "update",
+            "opcancel_operation_canceller",
+            "--organization=123",
+            "--permissions=securitycenter.operations.cancel,securitycenter.operations.get",
+            "--quiet",
+        ]
+    ]
+
+
+def test_only_a_function_that_is_not_active_is_redeployed(cloud):
+    cloud.deploy()
+    state = cloud.state
+    state["resources"][f"function/{REGION}/opcancel-checks"]["state"] = "FAILED"
+    cloud.state = state
+
+    result = cloud.deploy()
+
+    assert [call[:3] for call in result.calls if not is_read(call)] == [["functions", "deploy", "opcancel-checks"]]
+
+
+def test_without_allowed_parents_nothing_is_granted_at_any_organization(cloud):
+    result = cloud.run(*BASE)
+
+    assert result.returncode == 0, result.stderr
+    assert not [call for call in result.calls if call[0] == "organizations" or call[:2] == ["iam", "roles"]]
+    assert not [call for call in result.calls if "list-testable-permissions" in call]
+    environment = cloud.state["resources"][f"function/{REGION}/opcancel-requests"]["serviceConfig"]
+    assert "OPCANCEL_ALLOWED_PARENTS" not in environment["environmentVariables"]
+    assert "will accept every organization" in result.stderr
+
+
+def test_a_custom_name_prefixes_every_resource(cloud):
+    result = cloud.run(*BASE, "--name", "sec-ops")
+
+    assert result.returncode == 0, result.stderr
+    names = {key.split("/", 1)[1] for key in cloud.state["resources"] if not key.startswith(("trigger/", "database/"))}
+    assert names == {
+        "sec-ops-requests",
+        "sec-ops-checks",
+        "sec-ops-results",
+        "sec-ops-dead-letter",
+        f"sec-ops-function@{PROJECT}.iam.gserviceaccount.com",
+        f"sec-ops-trigger@{PROJECT}.iam.gserviceaccount.com",
+        "(default)/sec-ops-idempotency/expire_at",
+        f"{REGION}/sec-ops-requests",
+        f"{REGION}/sec-ops-checks",
+        f"{REGION}/sec-ops-http",
+    } | {name.rpartition("/")[2] for name in cloud.state["resources"] if name.startswith("subscription/eventarc-")}
+    environment = cloud.state["resources"][f"function/{REGION}/sec-ops-http"]["serviceConfig"]["environmentVariables"]
+    assert environment["OPCANCEL_FIRESTORE_COLLECTION"] == "sec-ops-idempotency"
+
+
+# --- failures ---------------------------------------------------------------------------------------
+
+
+def test_a_permission_iam_does_not_know_stops_before_any_change(cloud):
+    result = cloud.run(*BASE, "--allowed-parents", PARENTS, "--role-permissions", "securitycenter.operations.nope")
+
+    assert result.returncode == 1
+    assert "IAM does not know the permission securitycenter.operations.nope at organizations/123" in result.stderr
+    assert all(is_read(call) for call in result.calls)
+
+
+def test_a_permission_custom_roles_cannot_hold_stops_before_any_change(cloud):
+    result = cloud.run(
+        *BASE, "--allowed-parents", PARENTS, "--role-permissions", "resourcemanager.organizations.setIamPolicy"
+    )
+
+    assert result.returncode == 1
+    assert "cannot be used in a custom role" in result.stderr
+    assert all(is_read(call) for call in result.calls)
+
+
+def test_a_datastore_mode_database_is_refused(cloud):
+    state = cloud.state
+    state["resources"] = {"database/(default)": {"type": "DATASTORE_MODE"}}
+    cloud.state = state
+
+    result = cloud.run(*BASE)
+
+    assert result.returncode == 1
+    assert "needs Firestore in Native mode" in result.stderr
+    assert not [call for call in result.calls if "firestore" in call and "create" in call]
+
+
+def test_a_binding_refused_while_a_new_account_propagates_is_retried(cloud):
+    state = cloud.state
+    state["failures"] = [
+        {
+            "argv": ["add-iam-policy-binding", "opcancel-checks"],
+            "times": 1,
+            "message": "INVALID_ARGUMENT: Service account opcancel-function does not exist.",
+        }
+    ]
+    cloud.state = state
+
+    result = cloud.run(*BASE)
+
+    assert result.returncode == 0, result.stderr
+    assert result.sleeps == ["10"]
+    tries = [
+        call for call in result.calls if call[:4] == ["pubsub", "topics", "add-iam-policy-binding", "opcancel-checks"]
+    ]
+    assert len(tries) == 2
+
+
+def test_a_binding_that_keeps_failing_fails_the_run(cloud):
+    state = cloud.state
+    state["failures"] = [
+        {"argv": ["add-iam-policy-binding", "opcancel-checks"], "times": 9, "message": "PERMISSION_DENIED"}
+    ]
+    cloud.state = state
+
+    result = cloud.run(*BASE)
+
+    assert result.returncode == 1
+    assert result.sleeps == ["10", "20", "30"]
+    assert "deploy.sh: failed: gcloud pubsub topics add-iam-policy-binding opcancel-checks" in result.stderr
+    assert not [call for call in result.calls if call[:2] == ["functions", "deploy"]]
+
+
+def test_a_failed_create_stops_the_run(cloud):
+    state = cloud.state
+    state["failures"] = [{"argv": ["topics", "create", "opcancel-results"], "times": 1, "message": "PERMISSION_DENIED"}]
+    cloud.state = state
+
+    result = cloud.run(*BASE)
+
+    assert result.returncode == 1
+    assert "deploy.sh: failed: gcloud pubsub topics create opcancel-results" in result.stderr
+    assert result.calls[-1][:4] == ["pubsub", "topics", "create", "opcancel-results"]
+
+
+# --- arguments and environment ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ((), {}, "no project: pass --project or set OPCANCEL_PROJECT or GOOGLE_CLOUD_PROJECT"),
+        (("--project", PROJECT), {}, "no region: pass --region or set OPCANCEL_REGION"),
+        (("--project", "Bad_Project", "--region", REGION), {}, "'Bad_Project' is not a project id"),
+        (("--project", "abc", "--region", REGION), {}, "'abc' is not a project id"),
+        (("--project", PROJECT, "--region", "Europe West"), {}, "'Europe West' is not a region"),
+        (("--project", PROJECT, "--region", "europe-west"), {}, "'europe-west' is not a region"),
+        (
+            (*BASE, "--allowed-parents", "organizations/12x"),
+            {},
+            "'organizations/12x' is not of the form organizations/DIGITS",
+        ),
+        ((*BASE, "--allowed-parents", "organizations/0123"), {}, "'organizations/0123' is not of the form"),
+        ((*BASE, "--allowed-parents", "folders/1"), {}, "'folders/1' is not of the form organizations/DIGITS"),
+        ((*BASE, "--allowed-parents", "organizations/1 organizations/2"), {}, "is not of the form"),
+        ((*BASE, "--allowed-parents", " , "), {}, "allowed parents are set but empty"),
+        (BASE, {"OPCANCEL_ALLOWED_PARENTS": ""}, "allowed parents are set but empty"),
+        ((*BASE, "--name", "Opcancel"), {}, "'Opcancel' is not a usable name"),
+        ((*BASE, "--name", "a-name-that-is-far-too-long"), {}, "is not a usable name"),
+        ((*BASE, "--firestore-location", "EU"), {}, "'EU' is not a Firestore location"),
+        ((*BASE, "--role-permissions", "cancel"), {}, "'cancel' is not an IAM permission"),
+        ((*BASE, "--role-permissions", ","), {}, "the custom role needs at least one permission"),
+        (("--project", "--region", REGION), {}, "--project needs a value"),
+        (("--project",), {}, "--project needs a value"),
+        ((*BASE, "--allowed-parent", "organizations/1"), {}, "unknown argument '--allowed-parent'"),
+        ((*BASE, "extra"), {}, "unknown argument 'extra'"),
+        (BASE, {"OPCANCEL_DRY_RUN": "yes"}, "OPCANCEL_DRY_RUN must be 1, true, 0 or false"),
+    ],
+)
+def test_bad_arguments_fail_before_anything_runs(cloud, args, env, message):
+    result = cloud.run(*args, env=env)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "--help" in result.stderr
+    assert result.calls == []
+
+
+def test_help_describes_every_option_and_runs_nothing(cloud):
+    result = cloud.run("--help")
+
+    assert result.returncode == 0
+    for option in (
+        "--project",
+        "--region",
+        "--allowed-parents",
+        "--name",
+        "--firestore-location",
+        "--role-permissions",
+        "--dry-run",
+        "--destroy",
+        "OPCANCEL_PROJECT",
+        "GOOGLE_CLOUD_PROJECT",
+        "OPCANCEL_REGION",
+        "OPCANCEL_ALLOWED_PARENTS",
+        "OPCANCEL_NAME",
+        "OPCANCEL_DRY_RUN",
+    ):
+        assert option in result.stdout
+    assert result.calls == []
+
+
+def test_every_setting_can_come_from_the_environment(cloud):
+    result = cloud.run(
+        env={
+            "OPCANCEL_PROJECT": PROJECT,
+            "OPCANCEL_REGION": REGION,
+            "OPCANCEL_ALLOWED_PARENTS": PARENTS,
+            "OPCANCEL_NAME": "opcancel",
+            "OPCANCEL_FIRESTORE_LOCATION": "eur3",
+            "OPCANCEL_ROLE_PERMISSIONS": "securitycenter.operations.get, securitycenter.operations.cancel",
+        }
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert cloud.state["resources"]["database/(default)"]["locationId"] == "eur3"
+    assert without_digests(result.calls)[:3] == expected(FRESH_DEPLOY)[:3]
+
+
+def test_google_cloud_project_is_the_fallback_and_flags_win(cloud):
+    environment = {"GOOGLE_CLOUD_PROJECT": "another-project", "OPCANCEL_REGION": "us-central1"}
+
+    assert cloud.run("--region", REGION, "--dry-run", env=environment).stdout.startswith(
+        "gcloud projects describe another-project "
+    )
+    environment["OPCANCEL_PROJECT"] = "third-project"
+    assert " --project=third-project" in cloud.run("--dry-run", env=environment).stdout
+    flagged = cloud.run("--project", PROJECT, "--region", REGION, "--dry-run", env=environment)
+    assert f"--region={REGION} " in flagged.stdout
+    assert "third-project" not in flagged.stdout
+
+
+def test_the_allowed_parents_are_trimmed_and_deduplicated(cloud):
+    result = cloud.run(*BASE, "--allowed-parents", " organizations/456 ,organizations/123,,organizations/456 ")
+
+    assert result.returncode == 0, result.stderr
+    environment = cloud.state["resources"][f"function/{REGION}/opcancel-requests"]["serviceConfig"]
+    assert environment["environmentVariables"]["OPCANCEL_ALLOWED_PARENTS"] == "organizations/456,organizations/123"
+
+
+# --- the dry run ------------------------------------------------------------------------------------
+
+
+def dry_run_lines(cloud: FakeCloud, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    result = cloud.run(*args, "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.calls == [], "a dry run must not run gcloud"
+    return result.stdout.splitlines()
+
+
+def test_a_dry_run_prints_the_fresh_deploy_and_runs_nothing(cloud):
+    lines = dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS)
+
+    assert all(line.startswith("gcloud ") for line in lines)
+    printed = [shlex.split(line)[1:] for line in lines]
+    # The same commands a real fresh deploy runs, with what only a real run can read as placeholders.
+    fresh = cloud.deploy()
+    placeholders = {
+        "<project-number>": "123456789012",
+        "<trigger of opcancel-requests>": f"projects/{PROJECT}/locations/{REGION}/triggers/opcancel-requests-12",
+        "<trigger of opcancel-checks>": f"projects/{PROJECT}/locations/{REGION}/triggers/opcancel-checks-15",
+        **{
+            f"<subscription of opcancel-{kind}>": name
+            for kind, name in (
+                ("requests", cloud.subscriptions()["SUBSCRIPTION-requests"]),
+                ("checks", cloud.subscriptions()["SUBSCRIPTION-checks"]),
+            )
+        },
+    }
+    resolved = []
+    for call in printed:
+        for placeholder, value in placeholders.items():
+            call = [word.replace(placeholder, value) for word in call]
+        resolved.append(call)
+    assert resolved == fresh.calls
+
+
+def test_the_dry_run_can_be_asked_for_in_the_environment(cloud):
+    lines = dry_run_lines(cloud, *BASE, env={"OPCANCEL_DRY_RUN": "1"})
+
+    assert lines[0] == f"gcloud projects describe {PROJECT} '--format=value(projectNumber)'"
+
+
+def test_a_destroy_dry_run_prints_every_removal_and_runs_nothing(cloud):
+    lines = dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS, "--destroy")
+
+    assert [shlex.split(line)[1:] for line in lines] == expected(DESTROY)
+
+
+def test_dry_run_lines_are_shell_quoted(cloud):
+    lines = dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS)
+
+    ttl_update = next(line for line in lines if " ttls update " in line)
+    assert "'--database=(default)'" in ttl_update
+    filter_word = next(word for line in lines for word in shlex.split(line) if word.startswith("--filter="))
+    assert filter_word.count('"') == 4
+
+
+# --- gcloud's own parser, shellcheck, .gcloudignore ---------------------------------------------------
+
+GCLOUD = shutil.which("gcloud")
+PARSE_ERROR = re.compile(
+    r"unrecognized arguments|argument [^ ]+: |Invalid choice|invalid choice|is not a valid|"
+    r"must be specified|expected one argument|ambiguous option",
+)
+PARSED = re.compile(r"You do not currently have an active account selected|gcloud auth login|credentials", re.I)
+
+
+def isolated_gcloud_environment(config: Path) -> dict[str, str]:
+    """No credentials, no metadata server, and a dead proxy: nothing can reach Google."""
+    (config / "gce").write_text("False")
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CLOUDSDK_", "GOOGLE_", "GCE_")) and key not in ("HTTP_PROXY", "HTTPS_PROXY")
+    }
+    environment.update(
+        CLOUDSDK_CONFIG=str(config),
+        CLOUDSDK_CORE_DISABLE_PROMPTS="1",
+        CLOUDSDK_CORE_CHECK_GCE_METADATA="false",
+        CLOUDSDK_CORE_DISABLE_USAGE_REPORTING="true",
+        CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK="true",
+        CLOUDSDK_SURVEY_DISABLE_PROMPTS="true",
+        CLOUDSDK_PROXY_TYPE="http",
+        CLOUDSDK_PROXY_ADDRESS="127.0.0.1",
+        CLOUDSDK_PROXY_PORT="9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+    )
+    return environment
+
+
+@pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed: the dry run's commands cannot be parsed")
+def test_every_dry_run_command_passes_gcloud_s_own_parser(cloud, tmp_path):
+    lines = dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS)
+    lines += dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS, "--destroy")
+    commands = list(dict.fromkeys(lines))
+    config = tmp_path / "gcloud-config"
+    config.mkdir()
+    environment = isolated_gcloud_environment(config)
+
+    def parse(line: str) -> tuple[str, int, str]:
+        words = shlex.split(line)
+        process = subprocess.run(
+            [GCLOUD, *words[1:]], capture_output=True, text=True, env=environment, timeout=120, check=False
+        )
+        return line, process.returncode, process.stderr
+
+    with ThreadPoolExecutor(max_workers=max(2, min(8, (os.cpu_count() or 2) * 2))) as pool:
+        outcomes = list(pool.map(parse, commands))
+
+    refused = [
+        f"{line}\n  -> exit {code}: {stderr.strip()[:400]}"
+        for line, code, stderr in outcomes
+        if code == 0 or code == 2 or PARSE_ERROR.search(stderr) or not PARSED.search(stderr)
+    ]
+    assert not refused, "gcloud did not stop at authentication for:\n" + "\n".join(refused)
+
+
+@pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed: its upload listing cannot be checked")
+def test_only_what_the_function_runs_is_uploaded(tmp_path):
+    config = tmp_path / "gcloud-config"
+    config.mkdir()
+    process = subprocess.run(
+        [GCLOUD, "meta", "list-files-for-upload", str(ROOT)],
+        capture_output=True,
+        text=True,
+        env=isolated_gcloud_environment(config),
+        timeout=120,
+        check=True,
+    )
+
+    uploaded = set(process.stdout.split())
+    # deploy.sh's digest of the source lists the same files, so a change to any of them redeploys.
+    digested = {"main.py", "requirements.txt"} | {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "function").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+    assert uploaded == digested
+
+
+@pytest.mark.skipif(
+    shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)"
+)
+def test_deploy_sh_passes_shellcheck():
+    process = subprocess.run(["shellcheck", str(DEPLOY)], capture_output=True, text=True, check=False)
+
+    assert process.returncode == 0, process.stdout + process.stderr
