@@ -97,8 +97,9 @@ class Rig:
         settings: Settings | None = None,
         simulator: Simulator | None = None,
         transport: httpx.BaseTransport | None = None,
+        clock: FakeClock | None = None,
     ) -> None:
-        self.clock = FakeClock()
+        self.clock = clock or FakeClock()
         self.simulator = simulator or Simulator()
         self.publisher = MemoryPublisher()
         self.stream = io.StringIO()

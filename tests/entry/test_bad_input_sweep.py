@@ -65,7 +65,10 @@ attributes = st.dictionaries(
 
 def event(data: bytes, attrs: dict[str, str]) -> CloudEvent:
     return CloudEvent(
-        {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub.googleapis.com/projects/p/topics/t"},
+        {
+            "type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "source": "//pubsub.googleapis.com/projects/p/topics/t",
+        },
         {"message": {"data": base64.b64encode(data).decode(), "attributes": attrs, "messageId": "sweep"}},
     )
 

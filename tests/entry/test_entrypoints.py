@@ -112,6 +112,29 @@ def test_a_legacy_background_event_is_converted_by_the_framework(on_event):
     assert result["source"]["message_id"] == "1215011316659232"
 
 
+@pytest.mark.parametrize(
+    ("sample", "operations"),
+    [
+        ("alert-incident-open.json", ["organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23"]),
+        ("alert-incident-labels.json", ["organizations/123456789/operations/op-42"]),
+        ("alert-incident-closed.json", []),
+    ],
+)
+def test_monitoring_incidents_through_on_event(on_event, sample, operations):
+    event_client, rig = on_event
+    data = (DATA_DIR / sample).read_bytes()
+    assert post_event(event_client, pubsub_event(data, message_id="alert-1")).status_code == 200
+    results = rig.publisher.results()
+    assert [r["operation"] for r in results] == operations
+    assert [c.path.split("/v1beta1/")[1] for c in rig.simulator.cancel_calls()] == [f"{o}:cancel" for o in operations]
+    incident_id = json.loads(data)["incident"]["incident_id"]
+    for result in results:
+        assert result["source"] == {"kind": "alert", "message_id": "alert-1", "incident_id": incident_id}
+        assert (
+            result["idempotency_key"] == f"incident/{incident_id}/securitycenter.googleapis.com/{result['operation']}"
+        )
+
+
 def test_duplicate_deliveries_through_the_entry_point_cancel_once(on_event):
     event_client, rig = on_event
     for message_id in ("1", "2", "3", "4"):

@@ -33,7 +33,7 @@ from function import (
     parse_time,
 )
 from function._store import IdempotencyStore
-from tests.support import MemoryPublisher, Rig, open_store
+from tests.support import FakeClock, MemoryPublisher, Rig, open_store
 
 NAME = "organizations/123456789/operations/slow-1-fault"
 
@@ -167,6 +167,35 @@ def test_a_crash_after_each_step_then_redelivery_gives_one_cancel_and_one_result
     assert len(pipeline.distinct_results()) == 1
     assert json.loads(published[0][0])["outcome"] == "CANCELLED"
     assert len(published) == (2 if crash == ("before", State.FINISHED) else 1)
+
+
+def test_a_zombie_whose_lease_was_taken_over_has_its_writes_refused(make_store):
+    """Two workers share the store, the API and the clock; the first hangs on its cancel past its lease."""
+    store, simulator, clock = make_store(), Simulator(), FakeClock()
+    passthrough = httpx.WSGITransport(app=simulator)
+    request = pubsub_event(b"organizations/1/operations/plain")
+    takeover: list[str] = []
+
+    def stalled_cancel(call: httpx.Request) -> httpx.Response:
+        if call.url.path.endswith(":cancel") and not takeover:
+            takeover.append("stalled")
+            clock.advance(store.lease_s + 1)
+            takeover.append(deliver(second, request))  # Pub/Sub redelivers to another instance
+        return passthrough.handle_request(call)
+
+    zombie_rig = Rig(store=store, simulator=simulator, clock=clock, transport=httpx.MockTransport(stalled_cancel))
+    second_rig = Rig(store=store, simulator=simulator, clock=clock, transport=passthrough)
+    zombie, second = Runtime(zombie_rig.service, log=zombie_rig.log), Runtime(second_rig.service, log=second_rig.log)
+
+    assert deliver(zombie, request) == "retry"
+    assert takeover == ["stalled", "ack"]
+    (fenced,) = [line for line in zombie_rig.logs() if line.get("event") == "fenced_off"]
+    assert fenced["idempotency_key"] == "securitycenter.googleapis.com/organizations/1/operations/plain"
+    assert zombie_rig.publisher.messages == []
+    assert [r["outcome"] for r in second_rig.publisher.results()] == ["CANCELLED"]
+    # The zombie's own redelivery then finds the key finished and adds nothing.
+    assert deliver(zombie, request) == "ack"
+    assert zombie_rig.publisher.messages == []
 
 
 def test_concurrent_deliveries_in_threads_cancel_once(make_store):

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from function import MemoryStore, SqliteStore, State
+from function import IdempotencyStore, MemoryStore, SqliteStore, State
 from function._store import ClaimStatus
 from function.errors import KeyBusy, StaleFence, StoreUnavailable
 from tests.support import open_store
@@ -202,11 +202,12 @@ def test_sqlite_claims_across_processes_have_one_winner(tmp_path):
     assert sorted(results.get(timeout=5) for _ in workers) == ["acquired"] + ["busy"] * 3
 
 
-class LostResponses(MemoryStore):
-    """Writes land, but the next ``lose`` answers are lost on the way back, as over a flaky network."""
+class LostResponses(IdempotencyStore):
+    """Any backend whose writes land but whose next ``lose`` answers are lost, as over a flaky network."""
 
-    def __init__(self) -> None:
-        super().__init__(lease_s=LEASE, ttl_s=TTL)
+    def __init__(self, backend: IdempotencyStore) -> None:
+        super().__init__(lease_s=backend.lease_s, ttl_s=backend.ttl_s)
+        self._backend = backend
         self.lose = 0
 
     def _answer(self, written: bool) -> bool:
@@ -215,15 +216,21 @@ class LostResponses(MemoryStore):
             raise TimeoutError("response lost")
         return written
 
+    def _load(self, key):
+        return self._backend._load(key)
+
     def _create(self, record):
-        return self._answer(super()._create(record))
+        return self._answer(self._backend._create(record))
 
     def _replace(self, record, expected_version):
-        return self._answer(super()._replace(record, expected_version))
+        return self._answer(self._backend._replace(record, expected_version))
+
+    def _delete_if_version(self, key, expected_version):
+        return self._backend._delete_if_version(key, expected_version)
 
 
-def test_a_lost_create_response_is_recovered_by_checking_what_landed():
-    store = LostResponses()
+def test_a_lost_create_response_is_recovered_by_checking_what_landed(store):
+    store = LostResponses(store)
     store.lose = 1
     claim = store.claim_request("k", "h", now=NOW)
     assert claim.status is ClaimStatus.ACQUIRED and claim.record.fence == 1
@@ -231,8 +238,8 @@ def test_a_lost_create_response_is_recovered_by_checking_what_landed():
         store.claim_request("k", "h", now=NOW + 1)
 
 
-def test_a_lost_update_response_is_recovered_and_a_stale_writer_still_fenced():
-    store = LostResponses()
+def test_a_lost_update_response_is_recovered_and_a_stale_writer_still_fenced(store):
+    store = LostResponses(store)
     record = store.claim_request("k", "h", now=NOW).record
     store.lose = 1
     updated = store.update(record, now=NOW, state=State.CANCEL_SENT)
@@ -242,8 +249,8 @@ def test_a_lost_update_response_is_recovered_and_a_stale_writer_still_fenced():
         store.update(record, now=NOW, state=State.CANCEL_SENT)
 
 
-def test_a_store_that_keeps_failing_is_unavailable_after_bounded_attempts():
-    store = LostResponses()
+def test_a_store_that_keeps_failing_is_unavailable_after_bounded_attempts(store):
+    store = LostResponses(store)
     store.lose = 3
     with pytest.raises(StoreUnavailable, match="response lost"):
         store.claim_request("k", "h", now=NOW)
