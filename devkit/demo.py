@@ -9,21 +9,28 @@ then the result events pulled from the results topic, and stops everything.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 
 from devkit.emulators import EmulatorUnavailable
-from devkit.local_stack import TOPICS, LocalStack
+from devkit.local_stack import TOPICS, LocalStack, StackFailed
 
 SAMPLE = "organizations/123456789/operations/slow-1-demo"
 INSTALL_HINT = (
-    "The demo needs Google's Pub/Sub emulator and Java: `gcloud components install pubsub-emulator`, "
-    "or the Debian package google-cloud-cli-pubsub-emulator, plus a JRE (e.g. openjdk-17-jre-headless)."
+    "The demo needs Google's Pub/Sub emulator, which comes with the Google Cloud CLI "
+    "(https://cloud.google.com/sdk/docs/install), and a Java runtime. Add the emulator with "
+    "`gcloud components install pubsub-emulator`, or, where the CLI came from apt, "
+    "`sudo apt-get install google-cloud-cli-pubsub-emulator default-jre-headless`."
 )
 
 
 def main(names: list[str]) -> int:
     names = names or [SAMPLE]
+    # The emulator and the function run in process groups of their own, out of reach of a Ctrl-C or a
+    # closed terminal; turning those into an exception lets the stack stop them on the way out.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     print("Starting the Operations API simulator, the Pub/Sub emulator and the function...", flush=True)
     try:
         with LocalStack() as stack:
@@ -31,6 +38,16 @@ def main(names: list[str]) -> int:
     except EmulatorUnavailable as reason:
         print(f"Cannot start: {reason}\n{INSTALL_HINT}", file=sys.stderr)
         return 1
+    except StackFailed as failure:
+        print(f"Cannot start: {failure}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nInterrupted; everything the demo started is stopped.", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(stack: LocalStack, names: list[str]) -> int:

@@ -34,6 +34,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop_group(process: subprocess.Popen, *, grace_s: float = 15.0) -> None:
+    """SIGTERM the group ``process`` leads (it must have been started with ``start_new_session``), then SIGKILL."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=grace_s)
+    # The leader may exit before its children (gcloud before Java, gunicorn's master before a worker);
+    # the group outlives it, and its id cannot be reused while any member is left.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 class Emulator:
     def __init__(self, kind: str, *, project: str = "opcancel-local", timeout_s: float = 90.0) -> None:
         gcloud = shutil.which("gcloud")
@@ -48,9 +65,11 @@ class Emulator:
         self._process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
+        self._stopped = False
         try:
             self._wait_until_ready(timeout_s)
-        except EmulatorUnavailable:
+        except BaseException:
+            # Ctrl-C while waiting included: the caller never gets an object to stop.
             self.stop()
             raise
 
@@ -64,6 +83,7 @@ class Emulator:
             if self._process.poll() is not None:
                 raise EmulatorUnavailable(f"the {self.kind} emulator exited early: {self._output()}")
             try:
+                # Both answer GET / with 200 "Ok" once they serve; the port opens a moment before that.
                 with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as answer:
                     if answer.status == 200:
                         return
@@ -76,18 +96,10 @@ class Emulator:
         return self._log.read().decode("utf-8", "replace")[-600:]
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait(timeout=15)
-        # gcloud may exit before its Java child; the group signal reaches whatever is left.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signal.SIGKILL)
+        if self._stopped:
+            return
+        self._stopped = True
+        stop_group(self._process)
         self._log.close()
 
     def __enter__(self) -> Emulator:

@@ -2,6 +2,14 @@
 and Google's Pub/Sub emulator with push subscriptions delivering requests and checks to the function.
 
 Used by ``./demo.sh`` and by the emulator test tier, so both exercise the same wiring a deployment has.
+
+On the emulator's redelivery (measured with gcloud 528, Pub/Sub emulator 2025.06): a push answered
+with an error is redelivered about 1 s later, every time, when the subscription has no retry
+policy. A retry policy is honoured only coarsely: the first retry still comes after 1 s, later
+ones after roughly ``minimum_backoff`` + 2 s, never sooner than 3 s, so sub-second backoffs do
+nothing. The subscriptions here therefore have no retry policy: an early check is redelivered
+about a second later, which is the fastest the emulator offers. Refusals do not slow other
+messages on the same subscription, and it pushes about two messages at a time.
 """
 
 from __future__ import annotations
@@ -15,15 +23,28 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
-from devkit.emulators import Emulator, EmulatorUnavailable, free_port
+from devkit.emulators import Emulator, free_port, stop_group
 from devkit.simulator import Simulator, serve
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROJECT = "opcancel-local"
 TOPICS = {"requests": "opcancel-requests", "checks": "opcancel-checks", "results": "opcancel-results"}
-RESULTS_SUBSCRIPTION = "opcancel-results-pull"
+#: Pull subscriptions the stack reads: every result, and a copy of every check message (the push one consumes them).
+PULL_SUBSCRIPTIONS = {"results": "opcancel-results-pull", "checks": "opcancel-checks-tap"}
+#: Slow enough that the demo shows a check refused as early and redelivered.
+DEMO_POLLING = {
+    "OPCANCEL_CHECK_INITIAL_DELAY_S": "1",
+    "OPCANCEL_CHECK_MULTIPLIER": "2",
+    "OPCANCEL_CHECK_MAX_DELAY_S": "4",
+    "OPCANCEL_CHECK_DEADLINE_S": "30",
+}
+
+
+class StackFailed(Exception):
+    """The function did not start: a failure of this project, never a reason to skip."""
 
 
 class LocalStack:
@@ -31,15 +52,10 @@ class LocalStack:
 
     def __init__(self, *, polling: dict[str, str] | None = None, workdir: str | None = None) -> None:
         self.simulator = Simulator()
-        self._polling = polling or {
-            "OPCANCEL_CHECK_INITIAL_DELAY_S": "1",
-            "OPCANCEL_CHECK_MULTIPLIER": "2",
-            "OPCANCEL_CHECK_MAX_DELAY_S": "4",
-            "OPCANCEL_CHECK_DEADLINE_S": "30",
-        }
+        self._polling = polling or DEMO_POLLING
         self._workdir = workdir
-        self._started: list[Any] = []
-        self._saved_emulator_host: str | None = None
+        #: How to stop each thing started, in the order started.
+        self._stops: list[Callable[[], None]] = []
 
     def __enter__(self) -> LocalStack:
         try:
@@ -54,28 +70,31 @@ class LocalStack:
 
     def _start(self) -> None:
         server = serve(self.simulator)
-        self._started.append(server)
+        self._stops.append(lambda: (server.shutdown(), server.server_close()))
         self.api_endpoint = f"http://127.0.0.1:{server.server_address[1]}"
         self.pubsub = Emulator("pubsub", project=PROJECT)
-        self._started.append(self.pubsub)
+        self._stops.append(self.pubsub.stop)
         # The Google clients in this process (topic admin, publish, pull) find the emulator this way.
-        self._saved_emulator_host = os.environ.get("PUBSUB_EMULATOR_HOST")
+        saved = os.environ.get("PUBSUB_EMULATOR_HOST")
         os.environ["PUBSUB_EMULATOR_HOST"] = self.pubsub.host
+        self._stops.append(lambda: _restore_env("PUBSUB_EMULATOR_HOST", saved))
         from google.cloud import pubsub_v1
 
         self.publisher = pubsub_v1.PublisherClient()
         self.subscriber = pubsub_v1.SubscriberClient()
+        self._stops.append(self._close_clients)
         self._start_function()
         self._wire_topics()
 
     def _start_function(self) -> None:
         directory = self._workdir or tempfile.mkdtemp(prefix="opcancel-")
         self.function_log_path = pathlib.Path(directory) / "function.log"
-        self._function_log = open(self.function_log_path, "wb")  # noqa: SIM115 - closed in stop()
         port = free_port()
         self.function_url = f"http://127.0.0.1:{port}"
+        # Only the settings below: an OPCANCEL_* variable left in the developer's shell must not change the run.
+        inherited = {name: value for name, value in os.environ.items() if not name.startswith("OPCANCEL_")}
         env = {
-            **os.environ,
+            **inherited,
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "PUBSUB_EMULATOR_HOST": self.pubsub.host,
             "OPCANCEL_API_ENDPOINT": self.api_endpoint,
@@ -92,26 +111,30 @@ class LocalStack:
             "--source", str(ROOT / "main.py"), "--target", "on_event", "--signature-type", "cloudevent",
             "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
-        self._function = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._function_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        self._started.append(self._function)
+        with open(self.function_log_path, "wb") as log:
+            # Its own group: functions-framework runs gunicorn, a master and a worker, stopped together;
+            # and a Ctrl-C meant for the demo reaches only the demo, which then stops everything in order.
+            self._function = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        self._stops.append(lambda: stop_group(self._function, grace_s=10))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self._function.poll() is not None:
-                raise EmulatorUnavailable(f"the function exited at start-up:\n{self.function_output()}")
+                raise StackFailed(f"the function exited at start-up:\n{self.function_output()}")
             try:
-                urllib.request.urlopen(self.function_url, timeout=1)
-                return
+                # Any answer means it serves; a cloudevent target answers a GET with 405 without running.
+                with urllib.request.urlopen(self.function_url, timeout=1):
+                    return
             except urllib.error.HTTPError:
-                return  # it answered, so it is serving
+                return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
-        raise EmulatorUnavailable("the function did not start within 30 s")
+        raise StackFailed(f"the function did not start within 30 s:\n{self.function_output()}")
 
     def _wire_topics(self) -> None:
         from google.cloud.pubsub_v1 import types
-        from google.protobuf import duration_pb2
 
         for topic in TOPICS.values():
             self.publisher.create_topic(name=self.publisher.topic_path(PROJECT, topic))
@@ -122,29 +145,32 @@ class LocalStack:
                     "topic": self.publisher.topic_path(PROJECT, TOPICS[kind]),
                     "push_config": types.PushConfig(push_endpoint=f"{self.function_url}/"),
                     "ack_deadline_seconds": 30,
-                    "retry_policy": types.RetryPolicy(
-                        minimum_backoff=duration_pb2.Duration(seconds=1),
-                        maximum_backoff=duration_pb2.Duration(seconds=2),
-                    ),
                 }
             )
-        self.subscriber.create_subscription(
-            name=self.subscriber.subscription_path(PROJECT, RESULTS_SUBSCRIPTION),
-            topic=self.publisher.topic_path(PROJECT, TOPICS["results"]),
-        )
+        for kind, subscription in PULL_SUBSCRIPTIONS.items():
+            self.subscriber.create_subscription(
+                name=self.subscriber.subscription_path(PROJECT, subscription),
+                topic=self.publisher.topic_path(PROJECT, TOPICS[kind]),
+            )
 
     def publish(self, data: str | bytes, **attributes: str) -> str:
+        """One message on the requests topic, as ``gcloud pubsub topics publish`` sends it; its message id."""
         payload = data.encode() if isinstance(data, str) else data
         topic = self.publisher.topic_path(PROJECT, TOPICS["requests"])
         return self.publisher.publish(topic, payload, **attributes).result(timeout=30)
 
     def pull_results(self, count: int, *, timeout_s: float = 60.0, settle_s: float = 0.0) -> list[dict[str, Any]]:
-        """Wait for ``count`` result events (and ``settle_s`` more for any extra); each as attributes and data."""
-        subscription = self.subscriber.subscription_path(PROJECT, RESULTS_SUBSCRIPTION)
-        results: list[dict[str, Any]] = []
+        return self.pull("results", count, timeout_s=timeout_s, settle_s=settle_s)
+
+    def pull(self, kind: str, count: int, *, timeout_s: float = 60.0, settle_s: float = 0.0) -> list[dict[str, Any]]:
+        """Wait for ``count`` messages on the ``kind`` topic (and ``settle_s`` more for any extra), acknowledged;
+        each as its attributes and JSON data."""
+        subscription = self.subscriber.subscription_path(PROJECT, PULL_SUBSCRIPTIONS[kind])
+        messages: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
         settle_until: float | None = None
         while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+            # return_immediately: the emulator otherwise holds an empty pull open for seconds.
             answer = self.subscriber.pull(
                 request={"subscription": subscription, "max_messages": 100, "return_immediately": True}, timeout=10
             )
@@ -153,17 +179,16 @@ class LocalStack:
                     request={"subscription": subscription, "ack_ids": [m.ack_id for m in answer.received_messages]}
                 )
             for received in answer.received_messages:
-                results.append(
+                messages.append(
                     {"attributes": dict(received.message.attributes), "data": json.loads(received.message.data)}
                 )
-            if len(results) >= count and settle_until is None:
+            if len(messages) >= count and settle_until is None:
                 settle_until = time.monotonic() + settle_s
             if not answer.received_messages:
                 time.sleep(0.2)
-        return results
+        return messages
 
     def function_output(self) -> str:
-        self._function_log.flush()
         return self.function_log_path.read_text(errors="replace")
 
     def function_logs(self) -> list[dict[str, Any]]:
@@ -177,24 +202,26 @@ class LocalStack:
                     continue
         return lines
 
+    def _close_clients(self) -> None:
+        self.publisher.stop()
+        self.publisher.transport.close()
+        self.subscriber.close()
+
     def stop(self) -> None:
-        for thing in reversed(self._started):
-            if isinstance(thing, subprocess.Popen):
-                thing.terminate()
-                try:
-                    thing.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    thing.kill()
-                    thing.wait(timeout=10)
-            elif isinstance(thing, Emulator):
-                thing.stop()
-            else:
-                thing.shutdown()
-                thing.server_close()
-        self._started.clear()
-        if hasattr(self, "_function_log"):
-            self._function_log.close()
-        if self._saved_emulator_host is None:
-            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-        else:
-            os.environ["PUBSUB_EMULATOR_HOST"] = self._saved_emulator_host
+        """Stop everything started, newest first; safe to call more than once."""
+        # A second Ctrl-C may interrupt one step; the others still run, so nothing is left behind.
+        first: BaseException | None = None
+        while self._stops:
+            try:
+                self._stops.pop()()
+            except BaseException as problem:
+                first = first or problem
+        if first is not None:
+            raise first
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

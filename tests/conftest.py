@@ -1,33 +1,26 @@
-"""Shared fixtures: Google's emulators, started once per session where gcloud exists; the tier summary."""
+"""Shared fixtures: Google's Firestore emulator, started once per session where gcloud exists (the e2e
+tier brings its own Pub/Sub emulator, in ``devkit.local_stack``); the tier summary."""
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 import pytest
 
 from devkit.emulators import Emulator, EmulatorUnavailable
 
 
-def _emulator(kind: str):
-    try:
-        return Emulator(kind)
-    except EmulatorUnavailable as reason:
-        pytest.skip(str(reason))
-
-
 @pytest.fixture(scope="session")
 def firestore_emulator():
-    emulator = _emulator("firestore")
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture(scope="session")
-def pubsub_emulator():
-    emulator = _emulator("pubsub")
-    yield emulator
-    emulator.stop()
+    try:
+        emulator = Emulator("firestore")
+    except EmulatorUnavailable as reason:
+        pytest.skip(str(reason))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
 
 
 @pytest.fixture
@@ -43,20 +36,33 @@ def firestore_spec(firestore_emulator):
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """Which tiers ran, and why an emulator tier was skipped: CI's log must say so."""
-    tiers: dict[str, dict[str, int]] = {}
-    skip_reasons: dict[str, str] = {}
-    for outcome in ("passed", "failed", "skipped", "error"):
+    counts: dict[str, Counter[str]] = {}
+    reasons: dict[str, list[str]] = {}
+    for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed"):
         for report in terminalreporter.stats.get(outcome, []):
-            parts = (getattr(report, "nodeid", "") or "").split("/")
+            nodeid = getattr(report, "nodeid", "") or ""
+            if not nodeid:
+                continue  # a collection-wide warning or error, not a test
+            parts = nodeid.split("/")
             tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"
-            if "emulator" in getattr(report, "keywords", {}):
+            if "emulator" in report.keywords:
                 tier += " (emulator)"
-                if outcome == "skipped" and isinstance(report.longrepr, tuple):
-                    skip_reasons.setdefault(tier, report.longrepr[2].removeprefix("Skipped: "))
-            tiers.setdefault(tier, {}).setdefault(outcome, 0)
-            tiers[tier][outcome] += 1
+            counts.setdefault(tier, Counter())[outcome] += 1
+            if outcome == "skipped" and isinstance(report.longrepr, tuple):
+                reason = report.longrepr[2].removeprefix("Skipped: ")
+                if reason not in reasons.setdefault(tier, []):
+                    reasons[tier].append(reason)
+    if not counts:
+        return
     terminalreporter.section("test tiers")
-    for tier in sorted(tiers):
-        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(tiers[tier].items()))
-        reason = f"  <- skipped: {skip_reasons[tier]}" if tier in skip_reasons else ""
-        terminalreporter.write_line(f"{tier:24} {counts}{reason}")
+    for tier in sorted(counts):
+        tally = counts[tier]
+        ran = sum(n for outcome, n in tally.items() if outcome != "skipped")
+        done = ", ".join(f"{n} {outcome}" for outcome, n in sorted(tally.items()) if outcome != "skipped")
+        if not ran:
+            line = f"skipped ({tally['skipped']}): " + "; ".join(reasons.get(tier, ["no reason given"]))
+        elif tally["skipped"]:
+            line = f"ran ({done}), {tally['skipped']} skipped: " + "; ".join(reasons.get(tier, []))
+        else:
+            line = f"ran ({done})"
+        terminalreporter.write_line(f"{tier:20} {line}", red=bool(tally["failed"] or tally["error"]))

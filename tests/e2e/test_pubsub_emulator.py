@@ -1,5 +1,9 @@
 """End to end: main.py under functions-framework, Google's Pub/Sub emulator pushing requests and checks
-to it, the Operations API simulator answering, and result events pulled back from the results topic."""
+to it, the Operations API simulator answering, and result events pulled back from the results topic.
+
+One stack serves the module; every test uses operation names of its own, and messages read from the
+shared pull subscriptions are kept in ``stack.seen`` so a test never loses another's.
+"""
 
 from __future__ import annotations
 
@@ -15,38 +19,55 @@ from function._core import RESULT_EVENT_TYPE, event_id
 pytestmark = pytest.mark.emulator
 
 ORG = "organizations/123456789"
+# Checks fall due before the emulator's one-second redelivery, so each early check is refused once.
+POLLING = {
+    "OPCANCEL_CHECK_INITIAL_DELAY_S": "0.5",
+    "OPCANCEL_CHECK_MULTIPLIER": "2",
+    "OPCANCEL_CHECK_MAX_DELAY_S": "1",
+    "OPCANCEL_CHECK_DEADLINE_S": "20",
+}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     try:
-        with LocalStack(workdir=str(tmp_path_factory.mktemp("stack"))) as running:
-            running.seen = []
-            yield running
+        running = LocalStack(polling=POLLING, workdir=str(tmp_path_factory.mktemp("stack"))).__enter__()
     except EmulatorUnavailable as reason:
         pytest.skip(str(reason))
+    running.seen = {"results": [], "checks": []}
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
-def results_for(stack: LocalStack, operation: str, *, count: int = 1, settle_s: float = 1.5) -> list[dict]:
-    """Results for ``operation``, once ``count`` arrived and no more came for ``settle_s``.
-
-    Results of other operations can arrive meanwhile; they stay in ``stack.seen`` for their own tests.
-    """
+def messages_for(
+    stack: LocalStack, operation: str, *, kind: str = "results", count: int = 1, settle_s: float = 1.5
+) -> list[dict]:
+    """The ``kind`` messages for ``operation``, once ``count`` arrived and no more came for ``settle_s``."""
 
     def matching() -> list[dict]:
-        return [result for result in stack.seen if result["data"]["operation"] == operation]
+        return [message for message in stack.seen[kind] if message["data"]["operation"] == operation]
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 30
     while len(matching()) < count and time.monotonic() < deadline:
-        stack.seen.extend(stack.pull_results(1, timeout_s=deadline - time.monotonic()))
-    stack.seen.extend(stack.pull_results(10**6, timeout_s=settle_s))
+        stack.seen[kind].extend(stack.pull(kind, 1, timeout_s=deadline - time.monotonic()))
+    stack.seen[kind].extend(stack.pull(kind, 10**6, timeout_s=settle_s))
     return matching()
 
 
-def test_a_bare_name_published_with_gcloud_semantics_gives_one_cancelled_result(stack):
+def log_lines(stack: LocalStack, operation: str, event: str | None = None) -> list[dict]:
+    return [
+        line
+        for line in stack.function_logs()
+        if line.get("operation") == operation and (event is None or line.get("event") == event)
+    ]
+
+
+def test_a_bare_name_published_as_gcloud_does_gives_one_cancelled_result(stack):
     name = f"{ORG}/operations/e2e-plain"
     message_id = stack.publish(name)
-    (result,) = results_for(stack, name)
+    (result,) = messages_for(stack, name)
     key = f"securitycenter.googleapis.com/{name}"
     attributes, data = result["attributes"], result["data"]
     assert attributes["ce-specversion"] == "1.0"
@@ -56,32 +77,53 @@ def test_a_bare_name_published_with_gcloud_semantics_gives_one_cancelled_result(
     assert attributes["ce-time"] == data["finished_at"]
     assert attributes["content-type"] == "application/json"
     assert (attributes["outcome"], attributes["operation"]) == ("CANCELLED", name)
+    assert data["operation"] == name
+    assert (data["location"], data["api_version"]) == ("global", "v1beta1")
     assert data["outcome"] == "CANCELLED"
     assert data["idempotency_key"] == key
+    assert data["requested_at"] <= data["finished_at"]
     assert data["checks"] == 1
     assert data["error"] is None
     assert data["source"] == {"kind": "pubsub", "message_id": message_id}
     assert data["final_operation"]["error"]["code"] == 1
+    assert len(stack.simulator.cancel_calls(name)) == 1
 
 
-def test_delayed_checks_are_deferred_by_redelivery_until_the_operation_is_cancelled(stack):
+def test_delayed_checks_travel_the_checks_topic_and_early_ones_wait_for_redelivery(stack):
     name = f"{ORG}/operations/slow-2-e2e"
     stack.publish(name)
-    (result,) = results_for(stack, name)
+    (result,) = messages_for(stack, name)
     assert result["data"]["outcome"] == "CANCELLED"
     assert result["data"]["checks"] == 3
-    events = [line for line in stack.function_logs() if line.get("operation") == name]
-    scheduled = [line["attempt"] for line in events if line.get("event") == "check_scheduled"]
-    assert scheduled == [1, 2]
-    assert any(line.get("reason") == "check_not_due" for line in events)
+
+    checks = messages_for(stack, name, kind="checks", count=2, settle_s=0)
+    assert [check["attributes"]["attempt"] for check in checks] == ["1", "2"]
+    # Self-contained: everything a check needs travels with it.
+    first = checks[0]["data"]
+    assert first["idempotency_key"] == f"securitycenter.googleapis.com/{name}"
+    assert first["requested_at"] < first["due_at"] < first["deadline_at"]
+    assert first["source"]["kind"] == "pubsub"
+
+    assert [line["attempt"] for line in log_lines(stack, name, "check_scheduled")] == [1, 2]
+    deferred = [line for line in log_lines(stack, name, "retry_later") if line["reason"] == "check_not_due"]
+    assert deferred, "no check arrived early, so redelivery was not exercised"
+    assert len(stack.simulator.cancel_calls(name)) == 1
 
 
-def test_duplicate_publishes_cancel_once_and_report_once(stack):
+def test_the_same_request_published_five_times_cancels_once_and_reports_once(stack):
     name = f"{ORG}/operations/slow-1-dup"
     for _ in range(5):
         stack.publish(name)
-    results = results_for(stack, name, settle_s=4)
-    assert len(results) == 1
+    messages_for(stack, name, settle_s=0)
+    # Every copy after the first is acknowledged as a duplicate (some after a redelivery, when they
+    # arrived while the first held the key); only then can no further result come.
+    deadline = time.monotonic() + 20
+    duplicates: list[dict] = []
+    while len(duplicates) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        duplicates = [line for line in log_lines(stack, name) if line.get("event") in ("chain_running", "finished")]
+    assert len(duplicates) == 4
+    assert len(messages_for(stack, name, settle_s=0.5)) == 1
     assert len(stack.simulator.cancel_calls(name)) == 1
 
 
@@ -89,19 +131,20 @@ def test_an_invalid_name_gives_one_rejected_result_and_no_api_call(stack):
     calls_before = len(stack.simulator.calls)
     text = f"{ORG}/operations/../../x"
     stack.publish(text)
-    (result,) = results_for(stack, text)
+    (result,) = messages_for(stack, text)
     assert result["attributes"]["outcome"] == "REJECTED"
+    assert result["data"]["outcome"] == "REJECTED"
     assert result["data"]["error"] == "operation names must be organizations/ORG/operations/ID"
     assert len(stack.simulator.calls) == calls_before
 
 
-def test_a_json_batch_with_attributes_reports_each_item(stack):
+def test_a_json_batch_with_a_message_key_reports_each_item(stack):
     names = [f"{ORG}/operations/batch-a", f"{ORG}/operations/missing-b"]
     body = json.dumps({"operations": [names[0], {"operation": names[1], "location": "eu"}]})
     stack.publish(body, idempotency_key="batch-e2e")
     outcomes = {}
-    for name in names:
-        (result,) = results_for(stack, name)
+    for name, settle_s in zip(names, (0, 1.5), strict=True):
+        (result,) = messages_for(stack, name, settle_s=settle_s)
         outcomes[name] = (result["data"]["outcome"], result["data"]["idempotency_key"], result["data"]["location"])
     assert outcomes == {
         names[0]: ("CANCELLED", f"batch-e2e/securitycenter.googleapis.com/{names[0]}", "global"),
@@ -112,9 +155,8 @@ def test_a_json_batch_with_attributes_reports_each_item(stack):
 def test_a_poison_message_is_acknowledged_not_redelivered(stack):
     stack.publish(b"\xff\xfe not text")
     stack.publish(b'{"operation": ')
-    stack.seen.extend(stack.pull_results(10**6, timeout_s=3))
-    ignored = [line for line in stack.function_logs() if line.get("event") == "message_ignored"]
-    reasons = [line["reason"] for line in ignored]
-    # Each was handled exactly once: acknowledged, so Pub/Sub did not push it again.
+    # Long enough for the emulator's one-second redelivery to have shown itself twice.
+    time.sleep(2.5)
+    reasons = [line["reason"] for line in stack.function_logs() if line.get("event") == "message_ignored"]
     assert reasons.count("body is not UTF-8 text") == 1
     assert sum(reason.startswith("body is not valid JSON") for reason in reasons) == 1
