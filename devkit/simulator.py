@@ -23,13 +23,18 @@ understands ``done=true`` and ``done=false``.
 
 Control endpoints under ``/_simulator/``: ``POST faults`` with
 ``{"status": 503, "count": 2, "retry_delay": "30s"}`` makes the next calls
-fail; ``GET calls`` lists every API call seen; ``POST reset`` forgets all.
+fail; ``POST fault-rate`` with ``{"rate": 0.2, "statuses": [503, 429],
+"retry_delay": "1s", "seed": 7}`` makes that share of all later calls fail at
+random (before they take effect), until a rate of 0; ``GET calls`` lists every
+API call seen; ``GET operations`` lists every operation with the number of
+cancels it accepted while running; ``POST reset`` forgets all.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -66,6 +71,8 @@ class SimulatedOperation:
     name: str
     done: bool = False
     cancel_requested: bool = False
+    #: Cancels answered 200 while the operation ran: more than one means it was cancelled twice.
+    accepted_cancels: int = 0
     gets_after_cancel: int = 0
     error: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
@@ -97,6 +104,10 @@ class Simulator:
     calls: list[Call] = field(default_factory=list)
     default_page_size: int = 100
     _faults: list[tuple[int, str | None]] = field(default_factory=list)
+    _fault_rate: float = 0.0
+    _fault_statuses: tuple[int, ...] = (503,)
+    _fault_retry_delay: str | None = None
+    _random: random.Random = field(default_factory=random.Random)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -124,13 +135,40 @@ class Simulator:
         with self._lock:
             self._faults.extend([(status, retry_delay)] * count)
 
+    def set_fault_rate(
+        self, rate: float, *, statuses: Iterable[int] = (503,), retry_delay: str | None = None, seed: int | None = None
+    ) -> None:
+        with self._lock:
+            self._set_fault_rate(rate, tuple(statuses), retry_delay, seed)
+
+    def _set_fault_rate(self, rate: float, statuses: tuple[int, ...], retry_delay: str | None, seed: int | None) -> None:
+        if not 0.0 <= rate <= 1.0 or not statuses:
+            raise ValueError("rate must be within 0..1, with at least one status")
+        self._fault_rate, self._fault_statuses, self._fault_retry_delay = rate, statuses, retry_delay
+        self._random.seed(seed)
+
     def _control(self, method: str, command: str, environ: dict[str, Any]) -> tuple[int, Any]:
         if method == "GET" and command == "calls":
             return 200, {"calls": [c.__dict__ for c in self.calls]}
+        if method == "GET" and command == "operations":
+            return 200, {"operations": [{**op.body(), "accepted_cancels": op.accepted_cancels} for op in self.operations.values()]}
         if method == "POST" and command == "reset":
             self.operations.clear()
             self.calls.clear()
             self._faults.clear()
+            self._fault_rate = 0.0
+            return 200, {}
+        if method == "POST" and command == "fault-rate":
+            request = _read_json(environ)
+            try:
+                self._set_fault_rate(
+                    float(request.get("rate", 0.0)),
+                    tuple(int(status) for status in request.get("statuses", [503])),
+                    request.get("retry_delay"),
+                    request.get("seed"),
+                )
+            except (TypeError, ValueError) as problem:
+                return 400, _error(400, f"bad fault-rate request: {problem}")
             return 200, {}
         if method == "POST" and command == "faults":
             request = _read_json(environ)
@@ -142,6 +180,10 @@ class Simulator:
         if self._faults:
             status, retry_delay = self._faults.pop(0)
             return status, _error(status, "injected fault", retry_delay=retry_delay)
+        if self._fault_rate and self._random.random() < self._fault_rate:
+            status = self._random.choice(self._fault_statuses)
+            retry_delay = self._fault_retry_delay if status == 429 else None
+            return status, _error(status, "injected random fault", retry_delay=retry_delay)
         match = _OPERATION_PATH.fullmatch(path)
         if match and match["version"] in VERSIONS:
             operation = self._operation(match["name"])
@@ -204,6 +246,7 @@ class Simulator:
         if operation.done:
             return 400, _error(400, "Operation has already finished.", status_name="FAILED_PRECONDITION")
         operation.cancel_requested = True
+        operation.accepted_cancels += 1
         return 200, {}
 
     def _get(self, operation: SimulatedOperation) -> tuple[int, Any]:

@@ -276,45 +276,58 @@ class MemoryStore(IdempotencyStore):
 
 
 class SqliteStore(IdempotencyStore):
-    """Embedded and durable: survives restarts, and is safe across processes on one machine."""
+    """Embedded and durable: survives restarts, and is safe across processes on one machine.
+
+    The connection is opened per process on first use: gunicorn imports ``main.py``
+    in its master and forks the workers, and SQLite forbids using a connection
+    across ``fork()``.
+    """
 
     def __init__(self, path: str, *, lease_s: float, ttl_s: float) -> None:
         super().__init__(lease_s=lease_s, ttl_s=ttl_s)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        # Autocommit: every statement below is one atomic conditional write by itself.
-        self._connection = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._connection: sqlite3.Connection | None = None
+        self._owner_pid = 0
         self._lock = threading.Lock()
+
+    def _execute(self, statement: str, parameters: tuple[Any, ...]) -> tuple[int, list[Any]]:
+        """Rows changed, and rows read."""
         with self._lock:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute(
-                "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, version INTEGER NOT NULL, body TEXT NOT NULL)"
-            )
+            if self._owner_pid != os.getpid():
+                # Autocommit: every statement below is one atomic conditional write by itself.
+                self._connection = sqlite3.connect(
+                    self._path, timeout=10.0, isolation_level=None, check_same_thread=False
+                )
+                self._connection.execute("PRAGMA journal_mode=WAL")
+                self._connection.execute(
+                    "CREATE TABLE IF NOT EXISTS records"
+                    " (key TEXT PRIMARY KEY, version INTEGER NOT NULL, body TEXT NOT NULL)"
+                )
+                self._owner_pid = os.getpid()
+            assert self._connection is not None
+            cursor = self._connection.execute(statement, parameters)
+            # Fetched under the lock: the connection is shared by the process's threads.
+            return cursor.rowcount, cursor.fetchall()
 
     def _load(self, key: str) -> Record | None:
-        with self._lock:
-            row = self._connection.execute("SELECT body FROM records WHERE key = ?", (key,)).fetchone()
-        return None if row is None else Record.from_json(json.loads(row[0]))
+        _, rows = self._execute("SELECT body FROM records WHERE key = ?", (key,))
+        return Record.from_json(json.loads(rows[0][0])) if rows else None
 
     def _create(self, record: Record) -> bool:
-        with self._lock:
-            cursor = self._connection.execute(
-                "INSERT OR IGNORE INTO records (key, version, body) VALUES (?, ?, ?)",
-                (record.key, record.version, json.dumps(record.to_json())),
-            )
-        return cursor.rowcount == 1
+        changed, _ = self._execute(
+            "INSERT OR IGNORE INTO records (key, version, body) VALUES (?, ?, ?)",
+            (record.key, record.version, json.dumps(record.to_json())),
+        )
+        return changed == 1
 
     def _replace(self, record: Record, expected_version: int) -> bool:
-        with self._lock:
-            cursor = self._connection.execute(
-                "UPDATE records SET version = ?, body = ? WHERE key = ? AND version = ?",
-                (record.version, json.dumps(record.to_json()), record.key, expected_version),
-            )
-        return cursor.rowcount == 1
+        changed, _ = self._execute(
+            "UPDATE records SET version = ?, body = ? WHERE key = ? AND version = ?",
+            (record.version, json.dumps(record.to_json()), record.key, expected_version),
+        )
+        return changed == 1
 
     def _delete_if_version(self, key: str, expected_version: int) -> bool:
-        with self._lock:
-            cursor = self._connection.execute(
-                "DELETE FROM records WHERE key = ? AND version = ?", (key, expected_version)
-            )
-        return cursor.rowcount == 1
+        changed, _ = self._execute("DELETE FROM records WHERE key = ? AND version = ?", (key, expected_version))
+        return changed == 1

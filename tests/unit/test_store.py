@@ -202,6 +202,35 @@ def test_sqlite_claims_across_processes_have_one_winner(tmp_path):
     assert sorted(results.get(timeout=5) for _ in workers) == ["acquired"] + ["busy"] * 3
 
 
+def _claim_in_forked_child(store: SqliteStore, results) -> None:
+    try:
+        results.put(store.claim_request("forked", "h", now=NOW).status.value)
+    except Exception as problem:
+        results.put(f"{type(problem).__name__}: {problem}")
+
+
+def test_a_sqlite_store_made_before_a_fork_opens_its_own_connection_in_each_child(tmp_path):
+    # As gunicorn does: main.py (and the store) is built in the master, then workers fork.
+    path = tmp_path / "store.sqlite3"
+    store = SqliteStore(str(path), lease_s=LEASE, ttl_s=TTL)
+    assert not path.exists(), "no connection may be opened before first use, so none is carried across fork"
+    assert store.claim_request("parent", "h", now=NOW).status is ClaimStatus.ACQUIRED
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    children = [context.Process(target=_claim_in_forked_child, args=(store, results)) for _ in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=60)
+    assert sorted(results.get(timeout=5) for _ in children) == [
+        "KeyBusy: another worker holds the key",
+        "KeyBusy: another worker holds the key",
+        "acquired",
+    ]
+    with pytest.raises(KeyBusy):
+        store.claim_request("forked", "h", now=NOW)
+
+
 class LostResponses(IdempotencyStore):
     """Any backend whose writes land but whose next ``lose`` answers are lost, as over a flaky network."""
 

@@ -1,0 +1,62 @@
+"""The simulator's chaos controls: a seeded random fault rate, and the count of accepted cancels."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from devkit.simulator import Simulator
+
+NAME = "organizations/1/operations/op"
+
+
+def client(simulator: Simulator) -> httpx.Client:
+    return httpx.Client(transport=httpx.WSGITransport(app=simulator), base_url="http://simulator.test")
+
+
+def test_a_fault_rate_fails_that_share_of_calls_before_they_take_effect():
+    simulator = Simulator()
+    with client(simulator) as http:
+        assert http.post("/_simulator/fault-rate", json={"rate": 0.5, "statuses": [503, 429], "retry_delay": "2s", "seed": 3}).status_code == 200
+        statuses = [http.post(f"/v1/{NAME}-{i}:cancel", json={}).status_code for i in range(400)]
+        assert 150 < statuses.count(200) < 250
+        assert {503, 429} == set(statuses) - {200}
+        refused = http.post(f"/v1/{NAME}-x:cancel", json={})
+        while refused.status_code != 429:
+            refused = http.post(f"/v1/{NAME}-x:cancel", json={})
+        assert refused.json()["error"]["details"][0]["retryDelay"] == "2s"
+        failed = [i for i, status in enumerate(statuses) if status != 200]
+        operations = {op["name"]: op for op in http.get("/_simulator/operations").json()["operations"]}
+        # A refused call never reached the operation: it was not even created.
+        assert all(f"{NAME}-{i}" not in operations for i in failed)
+        http.post("/_simulator/fault-rate", json={"rate": 0})
+        assert all(http.get(f"/v1/{NAME}-{i}").status_code == 200 for i in range(20))
+
+
+def test_the_same_seed_gives_the_same_faults():
+    def run() -> list[int]:
+        simulator = Simulator()
+        simulator.set_fault_rate(0.3, statuses=(503,), seed=11)
+        with client(simulator) as http:
+            return [http.get(f"/v1/{NAME}").status_code for _ in range(50)]
+
+    assert run() == run()
+    assert 503 in run()
+
+
+def test_accepted_cancels_count_only_cancels_of_a_running_operation():
+    simulator = Simulator()
+    with client(simulator) as http:
+        http.post(f"/v1/{NAME}:cancel", json={})
+        http.post(f"/v1/{NAME}:cancel", json={})
+        http.get(f"/v1/{NAME}")
+        assert http.post(f"/v1/{NAME}:cancel", json={}).status_code == 400
+        (operation,) = http.get("/_simulator/operations").json()["operations"]
+    assert operation["accepted_cancels"] == 2
+    assert operation["done"] is True
+
+
+@pytest.mark.parametrize("body", [{"rate": 2}, {"rate": 0.1, "statuses": []}, {"rate": "x"}])
+def test_a_bad_fault_rate_is_refused(body):
+    with client(Simulator()) as http:
+        assert http.post("/_simulator/fault-rate", json=body).status_code == 400
