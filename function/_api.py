@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import httpx
 
 from ._clock import Clock
+from ._http import auth_request
 from ._log import Logger
 from ._model import Outcome
 from ._names import GLOBAL, OperationRef, check_location, check_version, host_for, parse_parent
@@ -60,13 +61,23 @@ class DefaultCredentialsAuth:
 
     With ``on_cloud``, failing to find credentials is transient: there they come
     from the metadata server, and a moment's outage must not end requests for good.
+    Tokens are refreshed over ``transport`` (the process's shared one), not
+    google-auth's ``requests`` transport, whose import alone costs ~100 ms.
     """
 
-    def __init__(self, *, on_cloud: bool = False, find: Callable[..., tuple[Any, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_cloud: bool = False,
+        find: Callable[..., tuple[Any, Any]] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self._credentials: Any = None
         self._on_cloud = on_cloud
         #: ``google.auth.default`` unless a test passes its own.
         self._find = find
+        self._transport = transport
+        self._request: Any = None
         self._lock = threading.Lock()
 
     def headers(self) -> dict[str, str]:
@@ -98,13 +109,13 @@ class DefaultCredentialsAuth:
                 ) from None
         return self._credentials
 
-    @staticmethod
-    def _refresh_locked(credentials: Any) -> None:
+    def _refresh_locked(self, credentials: Any) -> None:
         import google.auth.exceptions
-        import google.auth.transport.requests
 
+        if self._request is None:
+            self._request = auth_request(self._transport)
         try:
-            credentials.refresh(google.auth.transport.requests.Request())
+            credentials.refresh(self._request)
         except google.auth.exceptions.GoogleAuthError as problem:
             raise ApiUnavailable(f"could not refresh credentials: {type(problem).__name__}") from None
 

@@ -1,4 +1,4 @@
-"""Wiring: the real adapters chosen by the settings, each created once per process."""
+"""Wiring: the real adapters chosen by the settings, each created once per process over one HTTP stack."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import httpx
 
 from ._api import AnonymousAuth, Authenticator, DefaultCredentialsAuth, OperationsClient
 from ._clock import Clock, SystemClock
-from ._firestore import FirestoreStore
+from ._http import SharedTransport
 from ._log import Logger
 from ._pubsub import Publisher, PubSubPublisher
 from ._service import Opcancel
@@ -15,13 +15,18 @@ from ._store import IdempotencyStore, MemoryStore, SqliteStore
 from .errors import ConfigError
 
 
-def build_store(settings: Settings, *, auth: Authenticator) -> IdempotencyStore:
+def build_store(
+    settings: Settings, *, auth: Authenticator, transport: httpx.BaseTransport | None = None
+) -> IdempotencyStore:
     if settings.store == "memory":
         return MemoryStore(lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
     if settings.store == "sqlite":
         return SqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
     if settings.project is None:
         raise ConfigError("GOOGLE_CLOUD_PROJECT", "is required for the firestore store")
+    # Imported only when chosen: local runs never load it.
+    from ._firestore import FirestoreStore
+
     return FirestoreStore(
         project=settings.project,
         lease_s=settings.lease_s,
@@ -30,17 +35,24 @@ def build_store(settings: Settings, *, auth: Authenticator) -> IdempotencyStore:
         database=settings.firestore_database,
         collection=settings.firestore_collection,
         emulator_host=settings.firestore_emulator_host,
+        transport=transport,
     )
 
 
-def build_publisher(settings: Settings) -> Publisher:
+def build_publisher(
+    settings: Settings, *, auth: Authenticator, clock: Clock, transport: httpx.BaseTransport | None = None
+) -> Publisher:
     if settings.project is None:
         raise ConfigError("GOOGLE_CLOUD_PROJECT", "is required to publish checks and results to Pub/Sub")
-    return PubSubPublisher(settings.project)
+    return PubSubPublisher(
+        settings.project, auth=auth, clock=clock, emulator_host=settings.pubsub_emulator_host, transport=transport
+    )
 
 
-def build_auth(settings: Settings) -> Authenticator:
-    return DefaultCredentialsAuth(on_cloud=settings.on_cloud) if settings.auth == "adc" else AnonymousAuth()
+def build_auth(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> Authenticator:
+    if settings.auth == "adc":
+        return DefaultCredentialsAuth(on_cloud=settings.on_cloud, transport=transport)
+    return AnonymousAuth()
 
 
 def build_api(
@@ -52,13 +64,14 @@ def build_api(
 def build_service(settings: Settings, *, log: Logger | None = None) -> Opcancel:
     log = log or Logger()
     clock = SystemClock()
-    # One credential cache serves the Operations API and Firestore: both use the cloud-platform scope.
-    auth = build_auth(settings)
+    transport = SharedTransport()
+    # One credential cache serves the Operations API, Pub/Sub and Firestore: all use the cloud-platform scope.
+    auth = build_auth(settings, transport=transport)
     return Opcancel(
         settings=settings,
-        api=build_api(settings, auth=auth, clock=clock, log=log),
-        publisher=build_publisher(settings),
-        store=build_store(settings, auth=auth),
+        api=build_api(settings, auth=auth, clock=clock, log=log, transport=transport),
+        publisher=build_publisher(settings, auth=auth, clock=clock, transport=transport),
+        store=build_store(settings, auth=auth, transport=transport),
         clock=clock,
         log=log,
     )

@@ -25,13 +25,14 @@ from typing import Any
 import click
 
 from ._api import Authenticator, OperationsClient
-from ._app import build_api, build_auth
+from ._app import build_api, build_auth, build_publisher
 from ._clock import Clock, SystemClock, format_time
 from ._core import next_due, operation_error, outcome_of
 from ._log import Logger
 from ._model import CancelRequest, InboundMessage, Outcome, Rejection, Source, SourceKind
 from ._names import GLOBAL, LOCATIONS, escape_text, parse_parent
-from ._pubsub import Publisher, PubSubPublisher
+from ._http import SharedTransport
+from ._pubsub import Publisher
 from ._requests import Parsed, parse_message
 from ._settings import MAX_DEADLINE_S, VERSIONS, PollingPolicy, Settings
 from .errors import ApiRejected, ApiUnavailable, ConfigError, InvalidRequest, PublishFailed
@@ -96,14 +97,15 @@ def main() -> None:
         click.echo(f"Error: {problem}", err=True)
         sys.exit(Exit.BAD_CONFIGURATION)
     clock = SystemClock()
-    auth = build_auth(settings)
+    transport = SharedTransport()
+    auth = build_auth(settings, transport=transport)
     clients = CliClients(
         settings=settings,
         auth=auth,
         # stdout carries the command's output, so the client's retry logs go to stderr.
-        api=build_api(settings, auth=auth, clock=clock, log=Logger(sys.stderr)),
+        api=build_api(settings, auth=auth, clock=clock, log=Logger(sys.stderr), transport=transport),
         clock=clock,
-        publisher=PubSubPublisher(settings.project) if settings.project else None,
+        publisher=build_publisher(settings, auth=auth, clock=clock, transport=transport) if settings.project else None,
     )
     cli.main(prog_name="python -m function", obj=clients)
 

@@ -1,15 +1,29 @@
-"""The publisher port and its google-cloud-pubsub adapter.
+"""The publisher port and its adapter: Pub/Sub's REST ``topics.publish`` over the process's httpx stack.
 
 Every publish is awaited before the function returns: a Cloud Function's CPU
 is throttled once it answers, so an unawaited publish can be lost.
+
+Why REST and not ``google-cloud-pubsub``'s ``PublisherClient``: opcancel
+publishes one or two messages per request and waits for them, so the client's
+batching thread buys nothing, while importing it and opening its gRPC channel
+cost about 300 ms of every cold start (bench/RESULTS.md). One ``:publish`` call
+carries all the messages for a topic, as the client's batch would.
 """
 
 from __future__ import annotations
 
-import threading
+import base64
+import random
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import PublishFailed
+import httpx
+
+from ._api import Authenticator
+from ._clock import Clock
+from .errors import OpcancelError, PublishFailed
+
+_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class Publisher(Protocol):
@@ -18,32 +32,88 @@ class Publisher(Protocol):
 
 
 class PubSubPublisher:
-    """One ``PublisherClient`` per process, created on first use because importing it costs ~0.4 s."""
+    """Publishes to ``projects/{project}/topics/{topic}``; with ``emulator_host``, to the emulator, unauthenticated.
 
-    #: Latency over batching: one request usually publishes one or two messages, and we wait on them.
-    _MAX_LATENCY_S = 0.001
+    A refused or unanswered publish is retried a few times at once (as Google's client
+    does for UNAVAILABLE and the like) within ``budget_s``; a 401 refreshes credentials
+    once. After that it is ``PublishFailed``, and the message is redelivered.
+    """
 
-    def __init__(self, project: str, *, timeout_s: float = 20.0) -> None:
-        self._project = project
-        self._timeout_s = timeout_s
-        self._client: Any = None
-        self._lock = threading.Lock()
+    def __init__(
+        self,
+        project: str,
+        *,
+        auth: Authenticator,
+        clock: Clock,
+        emulator_host: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout_s: float = 10.0,
+        attempts: int = 3,
+        budget_s: float = 15.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        base = f"http://{emulator_host}" if emulator_host else "https://pubsub.googleapis.com"
+        self._topics = f"{base}/v1/projects/{project}/topics"
+        self._auth = auth
+        self._emulated = emulator_host is not None
+        self._clock = clock
+        self._http = httpx.Client(transport=transport, timeout=timeout_s, follow_redirects=False)
+        self._attempts = attempts
+        self._budget_s = budget_s
+        self._jitter = jitter
 
     def publish_all(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str]:
-        client = self._get_client()
-        path = client.topic_path(self._project, topic)
-        try:
-            futures = [client.publish(path, data, **attributes) for data, attributes in messages]
-            return [future.result(timeout=self._timeout_s) for future in futures]
-        except Exception as problem:
-            raise PublishFailed(f"publish to {topic} failed: {type(problem).__name__}: {problem}") from problem
+        body = {
+            "messages": [
+                {"data": base64.b64encode(data).decode("ascii"), "attributes": attributes}
+                for data, attributes in messages
+            ]
+        }
+        answer = self._send(f"{self._topics}/{topic}:publish", body, topic)
+        ids = answer.get("messageIds")
+        if not isinstance(ids, list) or len(ids) != len(messages) or not all(isinstance(i, str) for i in ids):
+            raise PublishFailed(f"publish to {topic} answered without one message id per message")
+        return ids
 
-    def _get_client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                from google.cloud import pubsub_v1
+    def close(self) -> None:
+        self._http.close()
 
-                self._client = pubsub_v1.PublisherClient(
-                    batch_settings=pubsub_v1.types.BatchSettings(max_latency=self._MAX_LATENCY_S, max_messages=100)
-                )
-            return self._client
+    def _send(self, url: str, body: dict[str, Any], topic: str) -> dict[str, Any]:
+        started = self._clock.now()
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                headers = {} if self._emulated else self._auth.headers()
+            except OpcancelError as problem:
+                # No credentials just now: the message comes again later.
+                raise PublishFailed(f"publish to {topic} failed: {problem}") from problem
+            try:
+                response = self._http.post(url, json=body, headers=headers)
+            except httpx.RequestError as problem:
+                failure = type(problem).__name__
+            else:
+                if response.status_code == 401 and not refreshed and not self._emulated and self._auth.refresh():
+                    refreshed = True
+                    continue
+                if 200 <= response.status_code < 300:
+                    answer = _json_object(response)
+                    if answer is None:
+                        raise PublishFailed(f"publish to {topic} answered {response.status_code} without JSON")
+                    return answer
+                failure = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code not in _RETRYABLE_STATUS:
+                    raise PublishFailed(f"publish to {topic} failed: {failure}")
+            delay = 0.1 * 2 ** (attempt - 1) * (0.5 + self._jitter() / 2)
+            if attempt >= self._attempts or self._clock.now() - started + delay > self._budget_s:
+                raise PublishFailed(f"publish to {topic} failed after {attempt} attempts: {failure}")
+            self._clock.sleep(delay)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

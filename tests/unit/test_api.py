@@ -20,6 +20,7 @@ from function import (
     OperationsClient,
     Outcome,
 )
+from function._api import SCOPE
 from function._names import LOCATIONS
 from function._settings import VERSIONS
 from function.errors import ApiRejected, ApiUnavailable
@@ -603,3 +604,63 @@ def test_missing_credentials_locally_end_as_permission_denied_with_a_hint():
 def test_missing_credentials_on_cloud_are_transient():
     with pytest.raises(ApiUnavailable, match="metadata server"):
         DefaultCredentialsAuth(on_cloud=True, find=_no_credentials).headers()
+
+
+class TokenEndpoint:
+    """Google's token endpoint and the metadata server, as httpx.MockTransport handlers see them."""
+
+    def __init__(self, *, fail_with: Exception | None = None) -> None:
+        self.requests: list[httpx.Request] = []
+        self.fail_with = fail_with
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if request.url.path.endswith("/service-accounts/default/"):
+            return httpx.Response(200, json={"email": "fn@p.iam.gserviceaccount.com", "scopes": [SCOPE]})
+        tokens = sum(1 for seen in self.requests if not seen.url.path.endswith("/default/"))
+        return httpx.Response(200, json={"access_token": f"token-{tokens}", "expires_in": 3600})
+
+
+def test_user_credentials_refresh_over_the_shared_transport_not_requests():
+    import google.oauth2.credentials
+
+    endpoint = TokenEndpoint()
+    credentials = google.oauth2.credentials.Credentials(
+        token=None, refresh_token="refresh-me", client_id="id", client_secret="s", token_uri="https://oauth2.test/token"
+    )
+    auth = DefaultCredentialsAuth(find=lambda **_: (credentials, None), transport=httpx.MockTransport(endpoint))
+    assert auth.headers() == {"authorization": "Bearer token-1"}
+    assert auth.headers() == {"authorization": "Bearer token-1"}, "a valid token is reused"
+    assert auth.refresh() and auth.headers() == {"authorization": "Bearer token-2"}
+    (first, _) = endpoint.requests
+    assert (first.method, str(first.url)) == ("POST", "https://oauth2.test/token")
+    assert b"refresh_token=refresh-me" in first.content
+
+
+def test_metadata_server_credentials_refresh_over_the_shared_transport():
+    import google.auth.compute_engine
+
+    endpoint = TokenEndpoint()
+    auth = DefaultCredentialsAuth(
+        on_cloud=True,
+        find=lambda **_: (google.auth.compute_engine.Credentials(), None),
+        transport=httpx.MockTransport(endpoint),
+    )
+    assert auth.headers() == {"authorization": "Bearer token-1"}
+    token_request = endpoint.requests[-1]
+    assert token_request.url.path == "/computeMetadata/v1/instance/service-accounts/default/token"
+    assert all(request.headers["metadata-flavor"] == "Google" for request in endpoint.requests)
+
+
+def test_a_token_endpoint_that_cannot_be_reached_is_transient():
+    import google.oauth2.credentials
+
+    endpoint = TokenEndpoint(fail_with=httpx.ConnectError("refused"))
+    credentials = google.oauth2.credentials.Credentials(
+        token=None, refresh_token="r", client_id="id", client_secret="s", token_uri="https://oauth2.test/token"
+    )
+    auth = DefaultCredentialsAuth(find=lambda **_: (credentials, None), transport=httpx.MockTransport(endpoint))
+    with pytest.raises(ApiUnavailable, match="could not refresh credentials"):
+        auth.headers()

@@ -1,0 +1,190 @@
+"""What every benchmark stands on: the simulator and Pub/Sub emulator as separate processes, functions
+started under functions-framework exactly as Cloud Functions starts them, and push bodies shaped as the
+emulator sends them."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from devkit.emulators import Emulator, free_port, stop_group
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PROJECT = "opcancel-bench"
+RESULTS_TOPIC = "opcancel-results"
+CHECKS_TOPIC = "opcancel-checks"
+ORG = "organizations/123456789"
+
+#: The functions measured: (source file, target).
+FUNCTIONS = {
+    "bare": ROOT / "bench" / "functions" / "bare.py",
+    "floor": ROOT / "bench" / "functions" / "floor.py",
+    "official": ROOT / "bench" / "functions" / "official.py",
+    "opcancel": ROOT / "main.py",
+}
+
+
+class Services:
+    """The Operations API simulator (its own process, so it never shares a GIL with what it answers) and
+    Google's Pub/Sub emulator with the topics the functions publish to."""
+
+    def __init__(self) -> None:
+        self._stops: list[Any] = []
+
+    def __enter__(self) -> Services:
+        try:
+            port = free_port()
+            self.api_endpoint = f"http://127.0.0.1:{port}"
+            self._simulator = subprocess.Popen(
+                [sys.executable, "-m", "devkit.simulator", "--port", str(port)],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+            self._stops.append(lambda: stop_group(self._simulator, grace_s=5))
+            _wait_for(f"{self.api_endpoint}/_simulator/calls")
+            self.pubsub = Emulator("pubsub", project=PROJECT)
+            self._stops.append(self.pubsub.stop)
+            for topic in (RESULTS_TOPIC, CHECKS_TOPIC):
+                request = urllib.request.Request(
+                    f"http://{self.pubsub.host}/v1/projects/{PROJECT}/topics/{topic}", method="PUT"
+                )
+                urllib.request.urlopen(request, timeout=10).close()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        while self._stops:
+            with contextlib.suppress(Exception):
+                self._stops.pop()()
+
+    def simulator(self, method: str, command: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.api_endpoint}/_simulator/{command}", data=data, method=method)
+        request.add_header("content-type", "application/json")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+
+    def environment(self, workdir: pathlib.Path, **extra: str) -> dict[str, str]:
+        """What every function is started with: the local endpoints, anonymous auth, an embedded store."""
+        inherited = {name: value for name, value in os.environ.items() if not name.startswith("OPCANCEL_")}
+        return {
+            **inherited,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "PUBSUB_EMULATOR_HOST": self.pubsub.host,
+            "OPCANCEL_API_ENDPOINT": self.api_endpoint,
+            "OPCANCEL_AUTH": "anonymous",
+            "OPCANCEL_STORE": "sqlite",
+            "OPCANCEL_SQLITE_PATH": str(workdir / "idempotency.sqlite3"),
+            "OPCANCEL_RESULTS_TOPIC": RESULTS_TOPIC,
+            "OPCANCEL_CHECKS_TOPIC": CHECKS_TOPIC,
+            "OPCANCEL_ALLOWED_PARENTS": ORG,
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+
+
+def function_command(source: pathlib.Path, port: int) -> list[str]:
+    """As the Python runtime starts a function: functions-framework's gunicorn server, one worker."""
+    return [
+        sys.executable, "-m", "functions_framework", "--source", str(source), "--target", "on_event",
+        "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def running_function(source: pathlib.Path, env: dict[str, str], *, log: pathlib.Path) -> Iterator[RunningFunction]:
+    port = free_port()
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            function_command(source, port), cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        function = RunningFunction(process, port)
+        function.wait_until_serving(log)
+        yield function
+    finally:
+        stop_group(process, grace_s=5)
+
+
+class RunningFunction:
+    def __init__(self, process: subprocess.Popen, port: int) -> None:
+        self.process = process
+        self.port = port
+
+    def wait_until_serving(self, log: pathlib.Path, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the function exited at start-up:\n{log.read_text(errors='replace')[-2000:]}")
+            with contextlib.suppress(OSError):
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection.request("GET", "/")
+                connection.getresponse().read()
+                connection.close()
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the function did not start within {timeout_s:.0f} s")
+
+    def worker_pids(self) -> list[int]:
+        """gunicorn's workers: the children of the master that functions-framework runs."""
+        children = pathlib.Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+
+def push_body(name: str, *, message_id: str, attributes: dict[str, str] | None = None) -> bytes:
+    """A request as the Pub/Sub emulator pushes it: the raw push body, which functions-framework converts."""
+    return json.dumps(
+        {
+            "message": {
+                "data": base64.b64encode(name.encode()).decode(),
+                "messageId": message_id,
+                "attributes": attributes or {},
+                "publishTime": "2026-12-01T00:00:00.000Z",
+            },
+            "subscription": f"projects/{PROJECT}/subscriptions/opcancel-requests-push",
+        }
+    ).encode()
+
+
+PUSH_HEADERS = {"content-type": "application/json"}
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's high-water resident set (VmHWM), in KiB."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for {pid}")
+
+
+def _wait_for(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    index = max(0, min(len(sorted_values) - 1, round(fraction * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]

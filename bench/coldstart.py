@@ -1,0 +1,92 @@
+"""Cold start: from spawning the function's process until its first request is fully handled.
+
+The request is a push body naming a fresh operation, sent as soon as the port accepts a connection, as
+Cloud Run holds the first request until the instance listens. For opcancel and the official-client
+implementation "handled" means the cancel and get were answered and the result publish confirmed by
+the Pub/Sub emulator: both return only then. Runs are interleaved, so drift on the machine spreads
+over every function alike.
+"""
+
+from __future__ import annotations
+
+import http.client
+import pathlib
+import subprocess
+import time
+from dataclasses import dataclass
+
+from bench._harness import (
+    FUNCTIONS,
+    ORG,
+    PUSH_HEADERS,
+    ROOT,
+    Services,
+    free_port,
+    function_command,
+    median,
+    push_body,
+    stop_group,
+)
+
+MEASURED = ("bare", "opcancel", "official")
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    runs: dict[str, list[float]]
+
+    def median_ms(self, name: str) -> float:
+        return median(self.runs[name]) * 1000
+
+
+def measure(services: Services, workdir: pathlib.Path, *, runs: int) -> ColdStart:
+    times: dict[str, list[float]] = {name: [] for name in MEASURED}
+    # A first, unrecorded start of each writes its bytecode caches, as a deployment's build does.
+    for round_number in range(runs + 1):
+        for name in MEASURED:
+            elapsed = _one(services, workdir, name, f"cold-{name}-{round_number}")
+            if round_number:
+                times[name].append(elapsed)
+    return ColdStart(times)
+
+
+def _one(services: Services, workdir: pathlib.Path, name: str, operation_id: str) -> float:
+    run_dir = workdir / operation_id
+    run_dir.mkdir()
+    env = services.environment(run_dir)
+    port = free_port()
+    body = push_body(f"{ORG}/operations/{operation_id}", message_id=operation_id)
+    log = run_dir / "function.log"
+    with open(log, "wb") as output:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            function_command(FUNCTIONS[name], port), cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        status = _first_request(process, port, body, log)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop_group(process, grace_s=5)
+    if not 200 <= status < 300:
+        raise RuntimeError(f"{name} answered its first request with {status}:\n{log.read_text()[-2000:]}")
+    return elapsed
+
+
+def _first_request(process: subprocess.Popen, port: int, body: bytes, log: pathlib.Path) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the function exited at start-up:\n{log.read_text()[-2000:]}")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            connection.request("POST", "/", body, PUSH_HEADERS)
+        except ConnectionRefusedError:
+            connection.close()
+            # Short, so the first moment it listens is caught; a connect attempt costs microseconds.
+            time.sleep(0.002)
+            continue
+        status = connection.getresponse().status
+        connection.close()
+        return status
+    raise RuntimeError("the function did not answer within 60 s")

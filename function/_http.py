@@ -1,0 +1,94 @@
+"""One HTTP stack per process, shared by the Operations API client, the Pub/Sub publisher, the
+Firestore store and credential refreshes.
+
+Measured on a cold start (see bench/RESULTS.md): building a TLS context from certifi's bundle costs
+about 30 ms, once per ``httpx.Client`` that builds its own; importing google-auth's ``requests``
+transport for token refreshes costs about 100 ms. So the process keeps one transport, which sets TLS
+up on its first ``https`` request (a local run against the simulator and emulators never needs it),
+and google-auth refreshes tokens over that same transport.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+
+#: httpcore writes a request's headers and body separately; without this, Nagle's algorithm holds the
+#: body until the server's delayed ACK, adding ~40 ms to every POST (measured against the emulators).
+_SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+class SharedTransport(httpx.BaseTransport):
+    """Connection pools for every client in the process; TLS is set up on the first ``https`` request."""
+
+    def __init__(self) -> None:
+        # For http:// URLs only, which carry no TLS to verify.
+        self._plain = httpx.HTTPTransport(verify=False, socket_options=_SOCKET_OPTIONS)
+        self._tls: httpx.HTTPTransport | None = None
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "https":
+            return self._tls_transport().handle_request(request)
+        return self._plain.handle_request(request)
+
+    def _tls_transport(self) -> httpx.HTTPTransport:
+        with self._lock:
+            if self._tls is None:
+                self._tls = httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS)
+            return self._tls
+
+    def close(self) -> None:
+        self._plain.close()
+        with self._lock:
+            if self._tls is not None:
+                self._tls.close()
+
+
+def auth_request(transport: httpx.BaseTransport | None = None) -> Any:
+    """A ``google.auth.transport.Request`` over httpx, for google-auth's token refreshes."""
+    import google.auth.exceptions
+    import google.auth.transport
+
+    class _Response(google.auth.transport.Response):
+        def __init__(self, response: httpx.Response) -> None:
+            self._response = response
+
+        @property
+        def status(self) -> int:
+            return self._response.status_code
+
+        @property
+        def headers(self) -> Mapping[str, str]:
+            return self._response.headers
+
+        @property
+        def data(self) -> bytes:
+            return self._response.content
+
+    class _Request(google.auth.transport.Request):
+        def __init__(self) -> None:
+            self._http = httpx.Client(transport=transport, follow_redirects=False)
+
+        def __call__(
+            self,
+            url: str,
+            method: str = "GET",
+            body: bytes | None = None,
+            headers: Mapping[str, str] | None = None,
+            timeout: float | None = None,
+            **kwargs: Any,
+        ) -> _Response:
+            try:
+                response = self._http.request(method, url, content=body, headers=headers, timeout=timeout or 120.0)
+            except httpx.HTTPError as problem:
+                # google-auth retries and reports only its own TransportError.
+                raise google.auth.exceptions.TransportError(f"{type(problem).__name__}: {problem}") from problem
+            return _Response(response)
+
+    return _Request()
