@@ -11,6 +11,7 @@ from ._app import build_api, build_auth, build_publisher, build_service, build_s
 from ._clock import SystemClock, format_time, parse_time
 from ._entry import RedeliveryRequested, Runtime, message_from_cloud_event
 from ._firestore import FirestoreStore
+from ._http import SharedTransport
 from ._log import Logger
 from ._model import InboundMessage, Outcome, SourceKind
 from ._names import OperationRef, parse_name
@@ -40,6 +41,7 @@ __all__ = [
     "Report",
     "Runtime",
     "Settings",
+    "SharedTransport",
     "SourceKind",
     "SqliteStore",
     "State",

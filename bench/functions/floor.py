@@ -1,5 +1,6 @@
 """The floor for warm load: the Operations API calls and the result publish opcancel makes for one
-request, with the same clients, and nothing else (no validation, no idempotency, no logging)."""
+request, with the same clients built the same way, and nothing else (no validation, no idempotency
+store, no logging)."""
 
 import base64
 import json
@@ -7,13 +8,14 @@ import os
 
 import functions_framework
 
-from function import AnonymousAuth, Logger, OperationRef, OperationsClient, PubSubPublisher, SystemClock
+from function import Logger, OperationRef, Settings, SharedTransport, SystemClock, build_api, build_auth, build_publisher
 
-api = OperationsClient(
-    auth=AnonymousAuth(), clock=SystemClock(), log=Logger(), endpoint=os.environ["OPCANCEL_API_ENDPOINT"]
-)
-publisher = PubSubPublisher(os.environ["GOOGLE_CLOUD_PROJECT"])
-RESULTS_TOPIC = os.environ["OPCANCEL_RESULTS_TOPIC"]
+settings = Settings.from_env(os.environ)
+transport = SharedTransport()
+clock = SystemClock()
+auth = build_auth(settings, transport=transport)
+api = build_api(settings, auth=auth, clock=clock, log=Logger(), transport=transport)
+publisher = build_publisher(settings, auth=auth, clock=clock, transport=transport)
 
 
 @functions_framework.cloud_event
@@ -23,4 +25,5 @@ def on_event(cloud_event):
     ref = OperationRef(organization, operation_id)
     api.cancel(ref)
     operation = api.get(ref)
-    publisher.publish_all(RESULTS_TOPIC, [(json.dumps({"operation": name, "final_operation": operation}).encode(), {})])
+    result = json.dumps({"operation": name, "final_operation": operation}).encode()
+    publisher.publish_all(settings.results_topic, [(result, {})])

@@ -1,0 +1,139 @@
+"""Warm load: requests per second and p50/p99 latency at several concurrencies, and the peak memory of
+one instance, through functions-framework with the simulator answering at once.
+
+Each client thread keeps one connection open, as Pub/Sub's push does, and sends push bodies naming a
+fresh operation each time, so every request is a real cancel: claim, cancel, get (done at once),
+publish the result to the Pub/Sub emulator, finish. All functions run side by side and are loaded in
+turn, round after round, so drift on the machine spreads over all of them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import pathlib
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from bench._harness import (
+    FUNCTIONS,
+    ORG,
+    PUSH_HEADERS,
+    Services,
+    median,
+    peak_rss_kib,
+    percentile,
+    push_body,
+    running_function,
+)
+
+MEASURED = ("bare", "floor", "opcancel")
+
+
+@dataclass(frozen=True)
+class Load:
+    requests: int
+    errors: int
+    seconds: float
+    latencies_s: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def p(self, fraction: float) -> float:
+        return percentile(self.latencies_s, fraction)
+
+
+@dataclass(frozen=True)
+class WarmResults:
+    #: function -> concurrency -> one Load per round.
+    loads: dict[str, dict[int, list[Load]]]
+    #: function -> (master's peak RSS, worker's peak RSS) in KiB, after every round.
+    peak_rss_kib: dict[str, tuple[int, int]]
+
+    def median_rps(self, name: str, concurrency: int) -> float:
+        return median([load.rps for load in self.loads[name][concurrency]])
+
+    def median_p(self, name: str, concurrency: int, fraction: float) -> float:
+        return median([load.p(fraction) for load in self.loads[name][concurrency]])
+
+    def errors(self, name: str) -> int:
+        return sum(load.errors for by_concurrency in self.loads[name].values() for load in by_concurrency)
+
+
+def measure(
+    services: Services, workdir: pathlib.Path, *, concurrencies: tuple[int, ...], rounds: int, seconds: float
+) -> WarmResults:
+    names = itertools.count()
+    loads: dict[str, dict[int, list[Load]]] = {name: {c: [] for c in concurrencies} for name in MEASURED}
+    with ExitStack() as stack:
+        functions = {}
+        for name in MEASURED:
+            directory = workdir / f"warm-{name}"
+            directory.mkdir()
+            functions[name] = stack.enter_context(
+                running_function(FUNCTIONS[name], services.environment(directory), log=directory / "function.log")
+            )
+        for name, function in functions.items():
+            # Unrecorded: connections, caches and the emulator's JIT warm up.
+            _load(function.port, concurrency=8, seconds=min(seconds, 2.0), names=names, prefix=name)
+        for _ in range(rounds):
+            for concurrency in concurrencies:
+                for name, function in functions.items():
+                    loads[name][concurrency].append(
+                        _load(function.port, concurrency=concurrency, seconds=seconds, names=names, prefix=name)
+                    )
+        peaks = {}
+        for name, function in functions.items():
+            (worker,) = function.worker_pids()
+            peaks[name] = (peak_rss_kib(function.process.pid), peak_rss_kib(worker))
+    return WarmResults(loads, peaks)
+
+
+def _load(port: int, *, concurrency: int, seconds: float, names: itertools.count, prefix: str) -> Load:
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine: list[float] = []
+        failed = 0
+        start.wait()
+        while time.perf_counter() < stop_at[0]:
+            operation_id = f"warm-{prefix}-{next(names)}"
+            body = push_body(f"{ORG}/operations/{operation_id}", message_id=operation_id)
+            began = time.perf_counter()
+            try:
+                connection.request("POST", "/", body, PUSH_HEADERS)
+                response = connection.getresponse()
+                response.read()
+                ok = 200 <= response.status < 300
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                ok = False
+            if ok:
+                mine.append(time.perf_counter() - began)
+            else:
+                failed += 1
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+            errors[0] += failed
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    stop_at[0] = time.perf_counter() + seconds
+    began = time.perf_counter()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    return Load(len(latencies), errors[0], elapsed, sorted(latencies))
