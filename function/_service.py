@@ -8,6 +8,7 @@ point decides.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,17 +172,43 @@ class Opcancel:
         if record.state is State.RESULT_READY:
             return self._publish_result(record)
         if record.state is State.CLAIMED:
+            if claim.resumed:
+                record = self._get_before_cancel(record, request)
+                if record.state is State.RESULT_READY:
+                    return self._publish_result(record)
             record = self._cancel(record, request)
             if record.state is State.RESULT_READY:
                 return self._publish_result(record)
         return self._check(record, ref, request.source)
+
+    def _get_before_cancel(self, record: Record, request: CancelRequest) -> Record:
+        """On a key taken back before any cancel was recorded, look first: the earlier holder may have
+        died after the API accepted its cancel, and if the operation is done a second cancel is not needed.
+        Returns the record with its result ready, or with this ``get`` counted, to go on to cancel."""
+        ref = request.ref
+        try:
+            operation = self._api.get(ref)
+        except ApiRejected as refusal:
+            return self._ready(
+                record, ref, request.source, Outcome(refusal.outcome), str(refusal), None, checks=record.checks + 1
+            )
+        except TransientError as trouble:
+            self._release(record, trouble)
+            raise
+        outcome = outcome_of(operation)
+        if outcome is None:
+            return dataclasses.replace(record, checks=record.checks + 1)
+        error = operation_error(operation) if outcome is Outcome.FAILED else None
+        return self._ready(record, ref, request.source, outcome, error, operation, checks=record.checks + 1)
 
     def _cancel(self, record: Record, request: CancelRequest) -> Record:
         ref = request.ref
         try:
             answer = self._api.cancel(ref)
         except ApiRejected as refusal:
-            return self._ready(record, ref, request.source, Outcome(refusal.outcome), str(refusal), None)
+            return self._ready(
+                record, ref, request.source, Outcome(refusal.outcome), str(refusal), None, checks=record.checks
+            )
         except TransientError as trouble:
             self._release(record, trouble)
             raise

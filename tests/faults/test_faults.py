@@ -169,6 +169,30 @@ def test_a_crash_after_each_step_then_redelivery_gives_one_cancel_and_one_result
     assert len(published) == (2 if crash == ("before", State.FINISHED) else 1)
 
 
+def test_a_crash_between_the_cancel_answer_and_its_record_gets_no_second_cancel_once_the_operation_is_done(
+    make_store,
+):
+    pipeline = Pipeline(make_store(), ("before", State.CANCEL_SENT))
+    name = "organizations/123456789/operations/quick-fault"
+    assert pipeline.until_acknowledged(pubsub_event(name.encode())) == ["crash", "ack"]
+    # The taker-over looks before it cancels: the first cancel has done its work.
+    assert [c.method for c in pipeline.rig.simulator.calls] == ["POST", "GET"]
+    (result,) = pipeline.rig.publisher.results()
+    assert (result["outcome"], result["checks"]) == ("CANCELLED", 1)
+
+
+def test_a_crash_between_the_cancel_answer_and_its_record_cancels_again_while_the_operation_runs(make_store):
+    """At least once, not at most once: nothing says whether the dead worker's cancel got through, and a
+    cancel never sent would leave the operation running; a second cancel of a cancelling operation is harmless."""
+    pipeline = Pipeline(make_store(), ("before", State.CANCEL_SENT))
+    pipeline.until_acknowledged(pubsub_event(NAME.encode()))
+    pipeline.drain_checks()
+    assert [c.method for c in pipeline.rig.simulator.calls][:4] == ["POST", "GET", "POST", "GET"]
+    (result,) = pipeline.rig.publisher.results()
+    assert result["outcome"] == "CANCELLED"
+    assert result["checks"] == sum(1 for c in pipeline.rig.simulator.calls if c.method == "GET")
+
+
 def test_a_zombie_whose_lease_was_taken_over_has_its_writes_refused(make_store):
     """Two workers share the store, the API and the clock; the first hangs on its cancel past its lease."""
     store, simulator, clock = make_store(), Simulator(), FakeClock()

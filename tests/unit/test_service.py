@@ -342,6 +342,51 @@ def test_a_dead_holder_after_a_recorded_cancel_is_resumed_without_a_second_cance
     assert [line["fence"] for line in rig.logs() if line["event"] == "takeover"] == [2]
 
 
+def claimed_by_a_dead_holder(rig: Rig, op_id: str) -> None:
+    """The key was claimed and its holder died before recording any cancel."""
+    key = f"securitycenter.googleapis.com/{name(op_id)}"
+    rig.store.claim_request(key, payload_hash(key), now=rig.clock.now())
+    rig.clock.advance(rig.settings.lease_s + 1)
+
+
+def test_a_dead_holders_cancel_that_got_through_is_not_sent_again():
+    rig = Rig()
+    claimed_by_a_dead_holder(rig, "plain")
+    # What the dead holder managed before it died: the API accepted its cancel.
+    with httpx.Client(transport=httpx.WSGITransport(app=rig.simulator), base_url="http://sim") as http:
+        http.post(f"/v1beta1/{name('plain')}:cancel", json={})
+    assert not rig.send(name("plain")).must_retry
+    assert len(rig.simulator.cancel_calls()) == 1
+    result = only_result(rig)
+    assert (result["outcome"], result["checks"]) == ("CANCELLED", 1)
+
+
+@pytest.mark.parametrize(("op_id", "outcome"), [("done-a", "COMPLETED"), ("missing-a", "NOT_FOUND"), ("denied-a", "PERMISSION_DENIED")])
+def test_a_resumed_claim_that_finds_the_operation_ended_or_refused_makes_no_cancel(rig, op_id, outcome):
+    claimed_by_a_dead_holder(rig, op_id)
+    rig.send(name(op_id))
+    assert rig.simulator.cancel_calls() == []
+    result = only_result(rig)
+    assert (result["outcome"], result["checks"]) == (outcome, 1)
+
+
+def test_a_resumed_claim_that_finds_the_operation_running_cancels_and_counts_every_get(rig):
+    claimed_by_a_dead_holder(rig, "slow-1-a")
+    rig.send(name("slow-1-a"))
+    rig.run_checks()
+    assert [c.method for c in rig.simulator.calls] == ["GET", "POST", "GET", "GET"]
+    assert only_result(rig)["checks"] == 3
+
+
+def test_a_resumed_claim_whose_look_fails_asks_for_redelivery_and_frees_the_key(rig):
+    claimed_by_a_dead_holder(rig, "plain")
+    rig.simulator.inject(503, count=4)
+    assert rig.send(name("plain")).must_retry
+    assert rig.simulator.cancel_calls() == []
+    assert not rig.send(name("plain")).must_retry
+    assert len(rig.simulator.cancel_calls()) == 1
+
+
 def test_a_zombie_is_fenced_off_when_its_lease_was_taken_over():
     simulator = Simulator()
     passthrough = httpx.WSGITransport(app=simulator)
