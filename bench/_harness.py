@@ -32,6 +32,7 @@ FUNCTIONS = {
     "floor": ROOT / "bench" / "functions" / "floor.py",
     "official": ROOT / "bench" / "functions" / "official.py",
     "opcancel": ROOT / "main.py",
+    "chaos": ROOT / "bench" / "functions" / "chaos.py",
 }
 
 
@@ -168,6 +169,15 @@ def peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmHWM for {pid}")
+
+
+def private_kib(pid: int) -> int:
+    """Memory only this process maps (Private_Clean + Private_Dirty), in KiB: what it adds beside its children."""
+    total = 0
+    for line in pathlib.Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total
 
 
 def _wait_for(url: str, timeout_s: float = 30.0) -> None:

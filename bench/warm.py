@@ -25,6 +25,7 @@ from bench._harness import (
     median,
     peak_rss_kib,
     percentile,
+    private_kib,
     push_body,
     running_function,
 )
@@ -51,8 +52,8 @@ class Load:
 class WarmResults:
     #: function -> concurrency -> one Load per round.
     loads: dict[str, dict[int, list[Load]]]
-    #: function -> (master's peak RSS, worker's peak RSS) in KiB, after every round.
-    peak_rss_kib: dict[str, tuple[int, int]]
+    #: function -> (worker's peak RSS, master's private memory) in KiB, after every round.
+    memory_kib: dict[str, tuple[int, int]]
 
     def median_rps(self, name: str, concurrency: int) -> float:
         return median([load.rps for load in self.loads[name][concurrency]])
@@ -89,7 +90,7 @@ def measure(
         peaks = {}
         for name, function in functions.items():
             (worker,) = function.worker_pids()
-            peaks[name] = (peak_rss_kib(function.process.pid), peak_rss_kib(worker))
+            peaks[name] = (peak_rss_kib(worker), private_kib(function.process.pid))
     return WarmResults(loads, peaks)
 
 

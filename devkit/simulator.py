@@ -96,6 +96,8 @@ class Call:
     path: str
     authorized: bool
     query: str = ""
+    #: Answered with an injected fault, without reaching any operation.
+    injected: bool = False
 
 
 @dataclass
@@ -117,9 +119,9 @@ class Simulator:
             if path.startswith("/_simulator/"):
                 status, body = self._control(method, path[len("/_simulator/") :], environ)
             else:
-                query = environ.get("QUERY_STRING", "")
-                self.calls.append(Call(method, path, bool(environ.get("HTTP_AUTHORIZATION")), query))
-                status, body = self._api(method, path, environ)
+                call = Call(method, path, bool(environ.get("HTTP_AUTHORIZATION")), environ.get("QUERY_STRING", ""))
+                self.calls.append(call)
+                status, body = self._fault(call) or self._api(method, path, environ)
         payload = json.dumps(body).encode("utf-8")
         start_response(
             f"{status} {_REASONS.get(status, 'Status')}",
@@ -176,14 +178,18 @@ class Simulator:
             return 200, {}
         return 404, _error(404, f"no simulator control {command!r}")
 
-    def _api(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, Any]:
+    def _fault(self, call: Call) -> tuple[int, Any] | None:
         if self._faults:
             status, retry_delay = self._faults.pop(0)
-            return status, _error(status, "injected fault", retry_delay=retry_delay)
-        if self._fault_rate and self._random.random() < self._fault_rate:
+        elif self._fault_rate and self._random.random() < self._fault_rate:
             status = self._random.choice(self._fault_statuses)
             retry_delay = self._fault_retry_delay if status == 429 else None
-            return status, _error(status, "injected random fault", retry_delay=retry_delay)
+        else:
+            return None
+        call.injected = True
+        return status, _error(status, "injected fault", retry_delay=retry_delay)
+
+    def _api(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, Any]:
         match = _OPERATION_PATH.fullmatch(path)
         if match and match["version"] in VERSIONS:
             operation = self._operation(match["name"])

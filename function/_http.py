@@ -1,16 +1,14 @@
 """One HTTP stack per process, shared by the Operations API client, the Pub/Sub publisher, the
 Firestore store and credential refreshes.
 
-Measured on a cold start (see bench/RESULTS.md): building a TLS context from certifi's bundle costs
-about 30 ms, once per ``httpx.Client`` that builds its own; importing google-auth's ``requests``
-transport for token refreshes costs about 100 ms. So the process keeps one transport, which sets TLS
-up on its first ``https`` request (a local run against the simulator and emulators never needs it),
-and google-auth refreshes tokens over that same transport.
+Measured on a cold start (bench/RESULTS.md): building a TLS context from certifi's bundle costs
+30-50 ms, once per ``httpx.Client`` that builds its own. So the process keeps one transport, which
+sets TLS up on its first ``https`` request (a local run against the simulator and emulators never
+needs it), and google-auth refreshes tokens over that same transport and its connection pool.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -18,17 +16,12 @@ from typing import Any
 import httpx
 
 
-#: httpcore writes a request's headers and body separately; without this, Nagle's algorithm holds the
-#: body until the server's delayed ACK, adding ~40 ms to every POST (measured against the emulators).
-_SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-
-
 class SharedTransport(httpx.BaseTransport):
     """Connection pools for every client in the process; TLS is set up on the first ``https`` request."""
 
     def __init__(self) -> None:
         # For http:// URLs only, which carry no TLS to verify.
-        self._plain = httpx.HTTPTransport(verify=False, socket_options=_SOCKET_OPTIONS)
+        self._plain = httpx.HTTPTransport(verify=False)
         self._tls: httpx.HTTPTransport | None = None
         self._lock = threading.Lock()
 
@@ -40,7 +33,7 @@ class SharedTransport(httpx.BaseTransport):
     def _tls_transport(self) -> httpx.HTTPTransport:
         with self._lock:
             if self._tls is None:
-                self._tls = httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS)
+                self._tls = httpx.HTTPTransport()
             return self._tls
 
     def close(self) -> None:

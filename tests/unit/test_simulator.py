@@ -26,6 +26,8 @@ def test_a_fault_rate_fails_that_share_of_calls_before_they_take_effect():
             refused = http.post(f"/v1/{NAME}-x:cancel", json={})
         assert refused.json()["error"]["details"][0]["retryDelay"] == "2s"
         failed = [i for i, status in enumerate(statuses) if status != 200]
+        calls = http.get("/_simulator/calls").json()["calls"]
+        assert [i for i, call in enumerate(calls[:400]) if call["injected"]] == failed
         operations = {op["name"]: op for op in http.get("/_simulator/operations").json()["operations"]}
         # A refused call never reached the operation: it was not even created.
         assert all(f"{NAME}-{i}" not in operations for i in failed)

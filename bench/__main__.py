@@ -1,0 +1,96 @@
+"""``bench/run``: every benchmark and the chaos run, side by side with their baselines; writes RESULTS.md.
+
+Usage: ``bench/run [--quick] [--only coldstart,warm,cost,chaos] [--output PATH]``. ``--quick`` runs
+each part briefly, to check the harness, not to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import tempfile
+import time
+
+from bench import chaos, coldstart, cost, warm
+from bench._harness import ROOT, Services
+from bench.report import write_report
+
+PARTS = ("coldstart", "warm", "cost", "chaos")
+FULL = {
+    "cold_runs": 11,
+    "warm_rounds": 3,
+    "warm_seconds": 5.0,
+    "concurrencies": (1, 8, 32),
+    "chaos_seeds": (1, 2, 3),
+    "chaos_operations": 100,
+}
+QUICK = {
+    "cold_runs": 1,
+    "warm_rounds": 1,
+    "warm_seconds": 0.5,
+    "concurrencies": (1, 8),
+    "chaos_seeds": (1,),
+    "chaos_operations": 10,
+}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="brief runs that check the harness")
+    parser.add_argument("--only", default=",".join(PARTS), help="comma list of parts to run")
+    parser.add_argument("--output", type=pathlib.Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args(argv)
+    parts = [part.strip() for part in args.only.split(",") if part.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    plan = QUICK if args.quick else FULL
+    found: dict[str, object] = {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="opcancel-bench-") as scratch:
+        workdir = pathlib.Path(scratch)
+        if "coldstart" in parts or "warm" in parts:
+            with Services() as services:
+                if "coldstart" in parts:
+                    _say("cold start")
+                    found["coldstart"] = coldstart.measure(services, workdir, runs=plan["cold_runs"])
+                if "warm" in parts:
+                    _say("warm load")
+                    found["warm"] = warm.measure(
+                        services,
+                        workdir,
+                        concurrencies=plan["concurrencies"],
+                        rounds=plan["warm_rounds"],
+                        seconds=plan["warm_seconds"],
+                    )
+        if "cost" in parts:
+            _say("cost per cancellation")
+            found["cost"] = cost.measure(workdir)
+        if "chaos" in parts:
+            found["chaos"] = []
+            for seed in plan["chaos_seeds"]:
+                _say(f"chaos, seed {seed}")
+                run_dir = workdir / f"chaos-{seed}"
+                run_dir.mkdir()
+                found["chaos"].append(
+                    (seed, chaos.run(run_dir, operations=plan["chaos_operations"], duplicates=10, seed=seed))
+                )
+    write_report(
+        args.output,
+        found,
+        plan=plan,
+        quick=args.quick,
+        command=" ".join(["bench/run", *argv]),
+        elapsed_s=time.monotonic() - started,
+    )
+    _say(f"wrote {args.output}")
+    return 0
+
+
+def _say(what: str) -> None:
+    print(f"bench: {what}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,279 @@
+"""The chaos run: many duplicate requests through Google's Pub/Sub emulator into a function whose every
+dependency misbehaves, and whose workers die, then an account of every request.
+
+- Requests: ``operations`` operations, each published ``duplicates`` times, shuffled, to the requests
+  topic; a push subscription delivers them (and the checks) to functions-framework running
+  ``bench/functions/chaos.py`` with several gunicorn workers sharing one SQLite store.
+- Faults: the simulator answers ``api_fault_rate`` of all calls with 503 or 429 (before they take
+  effect); ``failure_rate`` of store writes and publishes fail (half after taking effect); any API
+  answer, write or publish kills the worker with probability ``crash_rate``; and a killer SIGKILLs a
+  random worker every one to three seconds. gunicorn starts a new one each time, as Cloud Run would.
+- Account: operations cancelled more than once (the simulator counts cancels it accepted while the
+  operation ran), requests without exactly one distinct result (by ``ce-id``, with the outcome the
+  operation's kind calls for), request messages never acknowledged, and the time until all is done.
+
+One window cannot be closed: a worker that dies after the API accepted its cancel and before the store
+recorded it leaves nothing that says the cancel got through. The next worker looks first (no second
+cancel if the operation is done), but an operation still running is cancelled again: at least once,
+since a cancel never sent would leave it running. Such second cancels are counted apart, attributed to
+the crash that caused them; every other one is a defect.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pathlib
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from bench._harness import FUNCTIONS, ORG, PROJECT, RESULTS_TOPIC, CHECKS_TOPIC, Services, running_function
+
+REQUESTS_TOPIC = "opcancel-requests"
+#: Operation kinds, their share of the operations, and the outcome each must end in.
+KINDS = (("chaos", 0.5, "CANCELLED"), ("slow-2-chaos", 0.3, "CANCELLED"), ("completes-chaos", 0.1, "COMPLETED"), ("fails-chaos", 0.1, "FAILED"))
+
+
+@dataclass
+class ChaosReport:
+    operations: int
+    requests: int
+    cancelled_more_than_once: int
+    #: Of those, the ones whose worker was killed between the cancel's answer and its record.
+    cancelled_again_after_a_crash_in_the_window: int
+    without_one_result: int
+    wrong_outcome: int
+    lost: int
+    drain_s: float
+    drained: bool
+    results_published: int
+    distinct_results: int
+    kills: int
+    api_calls: int
+    api_faults: int
+    faults: collections.Counter = field(default_factory=collections.Counter)
+    outcomes: collections.Counter = field(default_factory=collections.Counter)
+
+    @property
+    def clean(self) -> bool:
+        unexplained = self.cancelled_more_than_once - self.cancelled_again_after_a_crash_in_the_window
+        return self.drained and not (unexplained or self.without_one_result or self.wrong_outcome or self.lost)
+
+
+def run(
+    workdir: pathlib.Path,
+    *,
+    operations: int = 100,
+    duplicates: int = 10,
+    api_fault_rate: float = 0.2,
+    failure_rate: float = 0.1,
+    crash_rate: float = 0.01,
+    workers: int = 3,
+    seed: int = 1,
+    timeout_s: float = 600.0,
+) -> ChaosReport:
+    rng = random.Random(seed)
+    names = _operation_names(operations)
+    with Services() as services:
+        services.simulator(
+            "POST", "fault-rate", {"rate": api_fault_rate, "statuses": [503, 429], "retry_delay": "1s", "seed": seed}
+        )
+        env = services.environment(
+            workdir,
+            WORKERS=str(workers),
+            OPCANCEL_LEASE_S="10",
+            OPCANCEL_CHECK_INITIAL_DELAY_S="0.5",
+            OPCANCEL_CHECK_MULTIPLIER="2",
+            OPCANCEL_CHECK_MAX_DELAY_S="2",
+            OPCANCEL_CHECK_DEADLINE_S="300",
+            CHAOS_STORE_FAILURES=str(failure_rate),
+            CHAOS_PUBLISH_FAILURES=str(failure_rate),
+            CHAOS_CRASH_RATE=str(crash_rate),
+            CHAOS_SEED=str(seed),
+        )
+        log = workdir / "function.log"
+        with running_function(FUNCTIONS["chaos"], env, log=log) as function:
+            pubsub = _PubSub(services.pubsub.host, f"http://127.0.0.1:{function.port}/")
+            try:
+                killer = _Killer(function, rng)
+                messages = [name for name in names for _ in range(duplicates)]
+                rng.shuffle(messages)
+                started = time.monotonic()
+                killer.start()
+                sent = pubsub.publish_requests(messages)
+                results, acked, drained = _drain(pubsub, log, names, set(sent), started + timeout_s)
+                drain_s = time.monotonic() - started
+                killer.stop()
+                # Anything still in flight (a duplicate result) has a moment to show up.
+                results += pubsub.pull_results(settle_s=3.0)
+            finally:
+                pubsub.close()
+        operations_seen = services.simulator("GET", "operations")["operations"]
+        calls = services.simulator("GET", "calls")["calls"]
+    return _account(names, sent, results, acked, operations_seen, calls, log, killer.kills, drain_s, drained)
+
+
+def _operation_names(count: int) -> list[str]:
+    names = []
+    for index in range(count):
+        share = index / count
+        for prefix, weight, _ in KINDS:
+            if share < weight:
+                break
+            share -= weight
+        names.append(f"{ORG}/operations/{prefix}-{index}")
+    return names
+
+
+def _expected_outcome(name: str) -> str:
+    operation_id = name.rsplit("/", 1)[1]
+    return next(outcome for prefix, _, outcome in KINDS if operation_id.startswith(prefix + "-") and operation_id[len(prefix) + 1 :].isdigit())
+
+
+class _PubSub:
+    """Topics, push subscriptions to the function, and a pull subscription on the results, with Google's client."""
+
+    def __init__(self, host: str, push_endpoint: str) -> None:
+        os.environ["PUBSUB_EMULATOR_HOST"] = host
+        from google.cloud import pubsub_v1
+
+        self._publisher = pubsub_v1.PublisherClient()
+        self._subscriber = pubsub_v1.SubscriberClient()
+        self._publisher.create_topic(name=self._topic(REQUESTS_TOPIC))
+        for topic in (REQUESTS_TOPIC, CHECKS_TOPIC):
+            self._subscriber.create_subscription(
+                request={
+                    "name": self._subscription(f"{topic}-push"),
+                    "topic": self._topic(topic),
+                    "push_config": pubsub_v1.types.PushConfig(push_endpoint=push_endpoint),
+                    "ack_deadline_seconds": 30,
+                }
+            )
+        self._results = self._subscription("results-pull")
+        self._subscriber.create_subscription(name=self._results, topic=self._topic(RESULTS_TOPIC))
+
+    def _topic(self, topic: str) -> str:
+        return f"projects/{PROJECT}/topics/{topic}"
+
+    def _subscription(self, name: str) -> str:
+        return f"projects/{PROJECT}/subscriptions/{name}"
+
+    def publish_requests(self, names: list[str]) -> dict[str, str]:
+        """Publish every name as one message, as ``gcloud pubsub topics publish`` does; message id -> name."""
+        futures = [(self._publisher.publish(self._topic(REQUESTS_TOPIC), name.encode()), name) for name in names]
+        return {future.result(timeout=60): name for future, name in futures}
+
+    def pull_results(self, *, settle_s: float = 0.0) -> list[dict]:
+        results = []
+        until = time.monotonic() + settle_s
+        while True:
+            answer = self._subscriber.pull(
+                request={"subscription": self._results, "max_messages": 500, "return_immediately": True}, timeout=30
+            )
+            received = answer.received_messages
+            if received:
+                self._subscriber.acknowledge(request={"subscription": self._results, "ack_ids": [m.ack_id for m in received]})
+            results += [{"attributes": dict(m.message.attributes), "data": json.loads(m.message.data)} for m in received]
+            if not received:
+                if time.monotonic() >= until:
+                    return results
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self._publisher.stop()
+        self._subscriber.close()
+        os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+
+
+class _Killer(threading.Thread):
+    """SIGKILLs a random gunicorn worker every one to three seconds until stopped."""
+
+    def __init__(self, function, rng: random.Random) -> None:
+        super().__init__(daemon=True)
+        self._function = function
+        self._rng = rng
+        self._stopped = threading.Event()
+        self.kills = 0
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._rng.uniform(1.0, 3.0)):
+            workers = self._function.worker_pids()
+            if workers:
+                try:
+                    os.kill(self._rng.choice(workers), signal.SIGKILL)
+                    self.kills += 1
+                except ProcessLookupError:
+                    pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join()
+
+
+def _drain(
+    pubsub: _PubSub, log: pathlib.Path, names: list[str], sent: set[str], deadline: float
+) -> tuple[list[dict], set[str], bool]:
+    """Until every operation has a result and every request message was acknowledged, or the deadline."""
+    results: list[dict] = []
+    while time.monotonic() < deadline:
+        results += pubsub.pull_results()
+        acked = _acknowledged(log)
+        finished = {result["data"]["operation"] for result in results}
+        if sent <= acked and finished >= set(names):
+            return results, acked, True
+        time.sleep(0.5)
+    return results, _acknowledged(log), False
+
+
+def _log_lines(log: pathlib.Path) -> list[dict]:
+    lines = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a killed worker
+    return lines
+
+
+def _acknowledged(log: pathlib.Path) -> set[str]:
+    return {line["message_id"] for line in _log_lines(log) if line.get("event") == "chaos_acked" and "message_id" in line}
+
+
+def _account(names, sent, results, acked, operations_seen, calls, log, kills, drain_s, drained) -> ChaosReport:
+    by_operation: dict[str, set[str]] = collections.defaultdict(set)
+    outcomes: dict[str, set[str]] = collections.defaultdict(set)
+    for result in results:
+        operation = result["data"]["operation"]
+        by_operation[operation].add(result["attributes"]["ce-id"])
+        outcomes[operation].add(result["data"]["outcome"])
+    requests_per_name = collections.Counter(sent.values())
+    without_one = sum(count for name, count in requests_per_name.items() if len(by_operation[name]) != 1)
+    wrong = sum(1 for name in names if outcomes[name] and outcomes[name] != {_expected_outcome(name)})
+    fault_lines = [line for line in _log_lines(log) if line.get("event") == "chaos_fault"]
+    faults = collections.Counter(f"{line['where']} ({line['when']})" for line in fault_lines)
+    crashed_in_window = {line.get("operation") for line in fault_lines if line["where"] == "after the cancel's answer"}
+    cancelled_twice = {op["name"] for op in operations_seen if op["accepted_cancels"] > 1}
+    injected = sum(1 for call in calls if call.get("injected"))
+    return ChaosReport(
+        operations=len(names),
+        requests=len(sent),
+        cancelled_more_than_once=len(cancelled_twice),
+        cancelled_again_after_a_crash_in_the_window=len(cancelled_twice & crashed_in_window),
+        without_one_result=without_one,
+        wrong_outcome=wrong,
+        lost=len(set(sent) - acked),
+        drain_s=drain_s,
+        drained=drained,
+        results_published=len(results),
+        distinct_results=len({result["attributes"]["ce-id"] for result in results}),
+        kills=kills,
+        api_calls=len(calls),
+        api_faults=injected,
+        faults=faults,
+        outcomes=collections.Counter(result["data"]["outcome"] for result in {r["attributes"]["ce-id"]: r for r in results}.values()),
+    )

@@ -1,0 +1,133 @@
+"""Cost per cancellation, counted: Operations API calls, Pub/Sub publishes and idempotency store reads
+and writes for each kind of request, through the real pipeline (simulator in-process, the SQLite store,
+a fake clock that jumps to each check's due time)."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import pathlib
+from dataclasses import dataclass
+
+import httpx
+
+from devkit.simulator import Simulator
+from function import (
+    AnonymousAuth,
+    InboundMessage,
+    Logger,
+    Opcancel,
+    OperationsClient,
+    Settings,
+    SourceKind,
+    SqliteStore,
+    parse_time,
+)
+from function._requests import is_check
+
+ORG = "organizations/123456789"
+CHECKS_TOPIC = "opcancel-checks"
+
+#: (scenario, what is delivered): each message is delivered once, and its checks after it.
+SCENARIOS = (
+    ("cancelled at once (the immediate get shows it done)", [f"{ORG}/operations/cost-a"]),
+    ("cancelled after 2 delayed checks", [f"{ORG}/operations/slow-2-cost-b"]),
+    ("the same request delivered 3 times", [f"{ORG}/operations/cost-c"] * 3),
+    ("already finished: cancel refused as done, get reports it", [f"{ORG}/operations/done-cost-d"]),
+    ("rejected: a hostile name", [f"{ORG}/operations/../../v1/projects"]),
+    ("a batch of 10 operations", [json.dumps({"operations": [f"{ORG}/operations/cost-e{i}" for i in range(10)]})]),
+)
+
+
+@dataclass(frozen=True)
+class Cost:
+    scenario: str
+    operations: int
+    api_calls: collections.Counter
+    publish_calls: int
+    messages: collections.Counter
+    store_reads: int
+    store_writes: int
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.current = 1_790_000_000.0
+
+    def now(self) -> float:
+        return self.current
+
+    def sleep(self, seconds: float) -> None:
+        self.current += seconds
+
+
+class _CountingStore(SqliteStore):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads = 0
+        self.writes = 0
+
+    def _load(self, key):
+        self.reads += 1
+        return super()._load(key)
+
+    def _create(self, record):
+        self.writes += 1
+        return super()._create(record)
+
+    def _replace(self, record, expected_version):
+        self.writes += 1
+        return super()._replace(record, expected_version)
+
+    def _delete_if_version(self, key, expected_version):
+        self.writes += 1
+        return super()._delete_if_version(key, expected_version)
+
+
+class _CountingPublisher:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.messages: collections.Counter = collections.Counter()
+        self.pending_checks: list[tuple[bytes, dict[str, str]]] = []
+
+    def publish_all(self, topic, messages):
+        self.calls += 1
+        self.messages[topic] += len(messages)
+        if topic == CHECKS_TOPIC:
+            self.pending_checks += messages
+        return [str(self.calls)] * len(messages)
+
+
+def measure(workdir: pathlib.Path) -> list[Cost]:
+    return [_scenario(workdir / f"cost-{index}.sqlite3", title, bodies) for index, (title, bodies) in enumerate(SCENARIOS)]
+
+
+def _scenario(path: pathlib.Path, title: str, bodies: list[str]) -> Cost:
+    simulator, clock = Simulator(), _Clock()
+    settings = Settings(project="opcancel-bench", store="sqlite", sqlite_path=str(path))
+    store = _CountingStore(str(path), lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
+    publisher = _CountingPublisher()
+    log = Logger(io.StringIO())
+    api = OperationsClient(
+        auth=AnonymousAuth(), clock=clock, log=log, endpoint="http://simulator.test",
+        transport=httpx.WSGITransport(app=simulator),
+    )  # fmt: skip
+    service = Opcancel(settings=settings, api=api, publisher=publisher, store=store, clock=clock, log=log)
+    for number, body in enumerate(bodies):
+        _deliver(service, InboundMessage(data=body.encode(), message_id=f"m-{number}", kind=SourceKind.PUBSUB))
+        while publisher.pending_checks:
+            data, attributes = publisher.pending_checks.pop(0)
+            clock.current = max(clock.current, parse_time(json.loads(data)["due_at"]))
+            check = InboundMessage(data=data, attributes=attributes, message_id="check", kind=SourceKind.PUBSUB)
+            assert is_check(check)
+            _deliver(service, check)
+    calls = collections.Counter("cancel" if call.path.endswith(":cancel") else "get" for call in simulator.calls)
+    operations = len({call.path.removesuffix(":cancel") for call in simulator.calls}) or 1
+    return Cost(title, operations, calls, publisher.calls, publisher.messages, store.reads, store.writes)
+
+
+def _deliver(service: Opcancel, message: InboundMessage) -> None:
+    report = service.handle(message)
+    if report.must_retry:
+        raise RuntimeError(f"a cost scenario needed a redelivery: {report}")

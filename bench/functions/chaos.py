@@ -1,0 +1,148 @@
+"""opcancel for the chaos run: the real pipeline with faulty adapters injected around the real ones.
+
+``CHAOS_STORE_FAILURES`` and ``CHAOS_PUBLISH_FAILURES`` are the share of store writes and publishes
+that fail, half of them before taking effect and half after (the write lands or the message goes out,
+but the answer is lost). ``CHAOS_CRASH_RATE`` is the chance that the worker process dies on the spot
+after any API answer, store write or publish. Every fault is logged as ``chaos_fault``, and every
+delivery the function acknowledges as ``chaos_acked``, so the run can account for each message.
+"""
+
+import os
+import random
+import threading
+
+import functions_framework
+
+from function import (
+    Logger,
+    Opcancel,
+    OperationsClient,
+    PubSubPublisher,
+    Runtime,
+    Settings,
+    SharedTransport,
+    SqliteStore,
+    SystemClock,
+    build_auth,
+)
+from function.errors import PublishFailed
+
+log = Logger()
+settings = Settings.from_env(os.environ)
+STORE_FAILURES = float(os.environ["CHAOS_STORE_FAILURES"])
+PUBLISH_FAILURES = float(os.environ["CHAOS_PUBLISH_FAILURES"])
+CRASH_RATE = float(os.environ["CHAOS_CRASH_RATE"])
+SEED = int(os.environ["CHAOS_SEED"])
+
+
+class Dice:
+    """Seeded per worker process: gunicorn forks the workers from one master, which would share a sequence."""
+
+    def __init__(self) -> None:
+        self._random: random.Random | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def roll(self) -> float:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._random = random.Random(f"{SEED}-{os.getpid()}")
+                self._pid = os.getpid()
+            return self._random.random()
+
+    def fault(self, where: str, rate: float) -> str | None:
+        """None, or whether the fault strikes ``before`` or ``after`` the real work."""
+        if self.roll() >= rate:
+            return None
+        when = "before" if self.roll() < 0.5 else "after"
+        log.warning("injected fault", event="chaos_fault", where=where, when=when)
+        return when
+
+    def maybe_crash(self, where: str, operation: str | None = None) -> None:
+        if self.roll() < CRASH_RATE:
+            log.warning("worker dies here", event="chaos_fault", where=where, when="crash", operation=operation)
+            os._exit(70)
+
+
+dice = Dice()
+
+
+class FaultySqliteStore(SqliteStore):
+    def _write(self, where: str, write):
+        fault = dice.fault(f"store {where}", STORE_FAILURES)
+        if fault == "before":
+            raise OSError("injected: the write never reached the store")
+        written = write()
+        dice.maybe_crash(f"after store {where}")
+        if fault == "after":
+            raise TimeoutError("injected: the write landed but its answer was lost")
+        return written
+
+    def _create(self, record):
+        return self._write("create", lambda: super(FaultySqliteStore, self)._create(record))
+
+    def _replace(self, record, expected_version):
+        return self._write("replace", lambda: super(FaultySqliteStore, self)._replace(record, expected_version))
+
+
+class FaultyPublisher:
+    def __init__(self, inner: PubSubPublisher) -> None:
+        self._inner = inner
+
+    def publish_all(self, topic, messages):
+        fault = dice.fault(f"publish to {topic}", PUBLISH_FAILURES)
+        if fault == "before":
+            raise PublishFailed(f"publish to {topic} failed: injected before sending")
+        ids = self._inner.publish_all(topic, messages)
+        dice.maybe_crash(f"after publish to {topic}")
+        if fault == "after":
+            raise PublishFailed(f"publish to {topic} failed: injected, sent but unconfirmed")
+        return ids
+
+
+class CrashingApi:
+    def __init__(self, inner: OperationsClient) -> None:
+        self._inner = inner
+
+    def cancel(self, ref):
+        answer = self._inner.cancel(ref)
+        dice.maybe_crash("after the cancel's answer", ref.name)
+        return answer
+
+    def get(self, ref):
+        operation = self._inner.get(ref)
+        dice.maybe_crash("after a get's answer", ref.name)
+        return operation
+
+
+clock = SystemClock()
+transport = SharedTransport()
+auth = build_auth(settings, transport=transport)
+service = Opcancel(
+    settings=settings,
+    # Retry budgets kept well inside OPCANCEL_LEASE_S, as the deployment keeps its 540 s timeout inside 600 s:
+    # a live worker is never taken over, only a dead one.
+    api=CrashingApi(
+        OperationsClient(
+            auth=auth, clock=clock, log=log, endpoint=settings.api_endpoint, transport=transport,
+            max_attempts=3, retry_budget_s=2.0,
+        )
+    ),  # fmt: skip
+    publisher=FaultyPublisher(
+        PubSubPublisher(
+            settings.project, auth=auth, clock=clock, emulator_host=settings.pubsub_emulator_host,
+            transport=transport, budget_s=2.0,
+        )
+    ),  # fmt: skip
+    store=FaultySqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s),
+    clock=clock,
+    log=log,
+)
+runtime = Runtime(service, log=log)
+
+
+@functions_framework.cloud_event
+def on_event(cloud_event):
+    runtime.on_event(cloud_event)
+    message = cloud_event.data["message"]
+    log.info("acknowledged", event="chaos_acked", message_id=message.get("messageId"))
