@@ -43,7 +43,7 @@ class ChaosReport:
     operations: int
     requests: int
     cancelled_more_than_once: int
-    #: Of those, the ones whose worker was killed between the cancel's answer and its record.
+    #: Of those, the ones whose first cancel was answered and never recorded: the worker died in between.
     cancelled_again_after_a_crash_in_the_window: int
     without_one_result: int
     wrong_outcome: int
@@ -57,6 +57,8 @@ class ChaosReport:
     api_faults: int
     faults: collections.Counter = field(default_factory=collections.Counter)
     outcomes: collections.Counter = field(default_factory=collections.Counter)
+    #: The operations cancelled more than once, for a look at the log.
+    cancelled_twice: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
@@ -138,6 +140,8 @@ class _PubSub:
     """Topics, push subscriptions to the function, and a pull subscription on the results, with Google's client."""
 
     def __init__(self, host: str, push_endpoint: str) -> None:
+        # Google's clients find the emulator only this way; the previous value comes back in close().
+        self._saved_host = os.environ.get("PUBSUB_EMULATOR_HOST")
         os.environ["PUBSUB_EMULATOR_HOST"] = host
         from google.cloud import pubsub_v1
 
@@ -186,7 +190,10 @@ class _PubSub:
     def close(self) -> None:
         self._publisher.stop()
         self._subscriber.close()
-        os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        if self._saved_host is None:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        else:
+            os.environ["PUBSUB_EMULATOR_HOST"] = self._saved_host
 
 
 class _Killer(threading.Thread):
@@ -256,7 +263,15 @@ def _account(names, sent, results, acked, operations_seen, calls, log, kills, dr
     wrong = sum(1 for name in names if outcomes[name] and outcomes[name] != {_expected_outcome(name)})
     fault_lines = [line for line in _log_lines(log) if line.get("event") == "chaos_fault"]
     faults = collections.Counter(f"{line['where']} ({line['when']})" for line in fault_lines)
-    crashed_in_window = {line.get("operation") for line in fault_lines if line["where"] == "after the cancel's answer"}
+    lines = _log_lines(log)
+    answered = collections.Counter(line["operation"] for line in lines if line.get("event") == "chaos_cancel_answered")
+    # The default key is the API host and the name.
+    recorded = collections.Counter(
+        line["key"].split("/", 1)[1] for line in lines if line.get("event") == "chaos_cancel_recorded"
+    )
+    # A cancel answered but never recorded: its worker died (killed, or crashed on purpose) or the store
+    # failed past its retries in between.
+    crashed_in_window = {name for name, count in answered.items() if count > recorded[name]}
     cancelled_twice = {op["name"] for op in operations_seen if op["accepted_cancels"] > 1}
     injected = sum(1 for call in calls if call.get("injected"))
     return ChaosReport(
@@ -276,4 +291,5 @@ def _account(names, sent, results, acked, operations_seen, calls, log, kills, dr
         api_faults=injected,
         faults=faults,
         outcomes=collections.Counter(result["data"]["outcome"] for result in {r["attributes"]["ce-id"]: r for r in results}.values()),
+        cancelled_twice=tuple(sorted(cancelled_twice)),
     )

@@ -39,11 +39,13 @@ class ColdStart:
         return median(self.runs[name]) * 1000
 
 
-def measure(services: Services, workdir: pathlib.Path, *, runs: int) -> ColdStart:
-    times: dict[str, list[float]] = {name: [] for name in MEASURED}
+def measure(
+    services: Services, workdir: pathlib.Path, *, runs: int, names: tuple[str, ...] = MEASURED
+) -> ColdStart:
+    times: dict[str, list[float]] = {name: [] for name in names}
     # A first, unrecorded start of each writes its bytecode caches, as a deployment's build does.
     for round_number in range(runs + 1):
-        for name in MEASURED:
+        for name in names:
             elapsed = _one(services, workdir, name, f"cold-{name}-{round_number}")
             if round_number:
                 times[name].append(elapsed)

@@ -66,13 +66,19 @@ class WarmResults:
 
 
 def measure(
-    services: Services, workdir: pathlib.Path, *, concurrencies: tuple[int, ...], rounds: int, seconds: float
+    services: Services,
+    workdir: pathlib.Path,
+    *,
+    concurrencies: tuple[int, ...],
+    rounds: int,
+    seconds: float,
+    functions_measured: tuple[str, ...] = MEASURED,
 ) -> WarmResults:
     names = itertools.count()
-    loads: dict[str, dict[int, list[Load]]] = {name: {c: [] for c in concurrencies} for name in MEASURED}
+    loads: dict[str, dict[int, list[Load]]] = {name: {c: [] for c in concurrencies} for name in functions_measured}
     with ExitStack() as stack:
         functions = {}
-        for name in MEASURED:
+        for name in functions_measured:
             directory = workdir / f"warm-{name}"
             directory.mkdir()
             functions[name] = stack.enter_context(

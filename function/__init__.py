@@ -10,7 +10,6 @@ from ._api import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, Operation
 from ._app import build_api, build_auth, build_publisher, build_service, build_store
 from ._clock import SystemClock, format_time, parse_time
 from ._entry import RedeliveryRequested, Runtime, message_from_cloud_event
-from ._firestore import FirestoreStore
 from ._http import SharedTransport
 from ._log import Logger
 from ._model import InboundMessage, Outcome, SourceKind
@@ -19,6 +18,17 @@ from ._pubsub import PubSubPublisher
 from ._service import ItemStatus, Opcancel, Report
 from ._settings import PollingPolicy, Settings
 from ._store import IdempotencyStore, MemoryStore, Record, SqliteStore, State
+
+
+
+def __getattr__(name: str):
+    # Imported on first use, so a function on another store never loads it (cold start).
+    if name == "FirestoreStore":
+        from ._firestore import FirestoreStore
+
+        return FirestoreStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AnonymousAuth",

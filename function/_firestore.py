@@ -5,9 +5,9 @@ Conditional writes go through ``:commit`` with an ``updateTime`` precondition
 
 Why REST and not ``google-cloud-firestore``: the store needs four calls (get,
 create-if-absent, update-if-unchanged, delete-if-unchanged), each one request
-with a precondition, while the official client costs 240-380 ms of imports on
-a cold start (about 50 ms on top of google-cloud-pubsub, which shares its gRPC
-stack) and a second connection stack. The figures are in the README.
+with a precondition, while the official client costs 240-400 ms of imports on
+a cold start and a gRPC stack beside the process's one httpx transport. The
+figures are in the README.
 
 Documents live in one collection, one per key, named by the key's SHA-256 (keys
 may contain ``/``). Each holds the record as JSON plus ``version`` and

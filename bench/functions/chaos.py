@@ -3,8 +3,10 @@
 ``CHAOS_STORE_FAILURES`` and ``CHAOS_PUBLISH_FAILURES`` are the share of store writes and publishes
 that fail, half of them before taking effect and half after (the write lands or the message goes out,
 but the answer is lost). ``CHAOS_CRASH_RATE`` is the chance that the worker process dies on the spot
-after any API answer, store write or publish. Every fault is logged as ``chaos_fault``, and every
-delivery the function acknowledges as ``chaos_acked``, so the run can account for each message.
+after any API answer, store write or publish. Every fault is logged as ``chaos_fault``, every
+delivery the function acknowledges as ``chaos_acked``, and each cancel's answer and its record in the
+store as ``chaos_cancel_answered`` and ``chaos_cancel_recorded``, so the run can account for each
+message and tell a second cancel that a worker's death between those two caused from any other.
 """
 
 import os
@@ -22,6 +24,7 @@ from function import (
     Settings,
     SharedTransport,
     SqliteStore,
+    State,
     SystemClock,
     build_auth,
 )
@@ -82,7 +85,13 @@ class FaultySqliteStore(SqliteStore):
         return self._write("create", lambda: super(FaultySqliteStore, self)._create(record))
 
     def _replace(self, record, expected_version):
-        return self._write("replace", lambda: super(FaultySqliteStore, self)._replace(record, expected_version))
+        return self._write("replace", lambda: self._replace_and_tell(record, expected_version))
+
+    def _replace_and_tell(self, record, expected_version):
+        written = super()._replace(record, expected_version)
+        if written and record.state is State.CANCEL_SENT:
+            log.info("cancel recorded", event="chaos_cancel_recorded", key=record.key)
+        return written
 
 
 class FaultyPublisher:
@@ -106,6 +115,7 @@ class CrashingApi:
 
     def cancel(self, ref):
         answer = self._inner.cancel(ref)
+        log.info("cancel answered", event="chaos_cancel_answered", operation=ref.name)
         dice.maybe_crash("after the cancel's answer", ref.name)
         return answer
 

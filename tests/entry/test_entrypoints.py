@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -13,6 +15,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from functions_framework import create_app
 
+from devkit.emulators import free_port
 from function import Logger, Runtime
 from function.errors import ConfigError
 from tests.support import DATA_DIR
@@ -378,3 +381,30 @@ def test_an_unexpected_failure_is_logged_and_raised_for_redelivery():
         runtime.on_event(pubsub_event(NAME.encode(), message_id="m-bug"))
     (line,) = [json.loads(text) for text in rig_log.getvalue().splitlines()]
     assert (line["severity"], line["event"], line["message_id"]) == ("ERROR", "unexpected_error", "m-bug")
+
+
+def test_main_loads_only_what_requirements_txt_installs_and_nothing_heavy(tmp_path):
+    """Cold start is mostly imports (bench/RESULTS.md): starting and serving a request must not pull in
+    Google's gRPC clients, which only the tests and the local stack use, or the Firestore store unasked."""
+    probe = (
+        "import sys, main\n"
+        "from function import InboundMessage\n"
+        "main.runtime._service.handle(InboundMessage(data=b'organizations/1/operations/../x'))\n"
+        "heavy = ('grpc', 'google.protobuf', 'google.cloud.pubsub_v1', 'google.api_core', 'requests', 'function._firestore')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    closed = f"127.0.0.1:{free_port()}"
+    env = {
+        "PATH": os.environ["PATH"],
+        # Nothing listens there: the request's result publish fails at once, without leaving the machine.
+        "PUBSUB_EMULATOR_HOST": closed,
+        "OPCANCEL_API_ENDPOINT": f"http://{closed}",
+        "GOOGLE_CLOUD_PROJECT": "local-project",
+        "OPCANCEL_STORE": "sqlite",
+        "OPCANCEL_SQLITE_PATH": str(tmp_path / "store.sqlite3"),
+        "OPCANCEL_ALLOWED_PARENTS": "organizations/1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
