@@ -31,11 +31,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from bench._harness import FUNCTIONS, ORG, PROJECT, RESULTS_TOPIC, CHECKS_TOPIC, Services, running_function
+from bench._harness import CHECKS_TOPIC, FUNCTIONS, ORG, PROJECT, RESULTS_TOPIC, Services, running_function
 
 REQUESTS_TOPIC = "opcancel-requests"
 #: Operation kinds, their share of the operations, and the outcome each must end in.
-KINDS = (("chaos", 0.5, "CANCELLED"), ("slow-2-chaos", 0.3, "CANCELLED"), ("completes-chaos", 0.1, "COMPLETED"), ("fails-chaos", 0.1, "FAILED"))
+KINDS = (
+    ("chaos", 0.5, "CANCELLED"),
+    ("slow-2-chaos", 0.3, "CANCELLED"),
+    ("completes-chaos", 0.1, "COMPLETED"),
+    ("fails-chaos", 0.1, "FAILED"),
+)
 
 
 @dataclass
@@ -120,20 +125,21 @@ def run(
 
 
 def _operation_names(count: int) -> list[str]:
-    names = []
-    for index in range(count):
-        share = index / count
-        for prefix, weight, _ in KINDS:
-            if share < weight:
-                break
-            share -= weight
-        names.append(f"{ORG}/operations/{prefix}-{index}")
-    return names
+    """``count`` names, their kinds in the shares ``KINDS`` gives."""
+    prefixes = []
+    for prefix, share, _ in KINDS:
+        prefixes += [prefix] * round(share * count)
+    prefixes = (prefixes + [KINDS[0][0]] * count)[:count]
+    return [f"{ORG}/operations/{prefix}-{index}" for index, prefix in enumerate(prefixes)]
 
 
 def _expected_outcome(name: str) -> str:
     operation_id = name.rsplit("/", 1)[1]
-    return next(outcome for prefix, _, outcome in KINDS if operation_id.startswith(prefix + "-") and operation_id[len(prefix) + 1 :].isdigit())
+    return next(
+        outcome
+        for prefix, _, outcome in KINDS
+        if operation_id.startswith(prefix + "-") and operation_id[len(prefix) + 1 :].isdigit()
+    )
 
 
 class _PubSub:
@@ -180,8 +186,12 @@ class _PubSub:
             )
             received = answer.received_messages
             if received:
-                self._subscriber.acknowledge(request={"subscription": self._results, "ack_ids": [m.ack_id for m in received]})
-            results += [{"attributes": dict(m.message.attributes), "data": json.loads(m.message.data)} for m in received]
+                self._subscriber.acknowledge(
+                    request={"subscription": self._results, "ack_ids": [m.ack_id for m in received]}
+                )
+            results += [
+                {"attributes": dict(m.message.attributes), "data": json.loads(m.message.data)} for m in received
+            ]
             if not received:
                 if time.monotonic() >= until:
                     return results
@@ -248,7 +258,9 @@ def _log_lines(log: pathlib.Path) -> list[dict]:
 
 
 def _acknowledged(log: pathlib.Path) -> set[str]:
-    return {line["message_id"] for line in _log_lines(log) if line.get("event") == "chaos_acked" and "message_id" in line}
+    return {
+        line["message_id"] for line in _log_lines(log) if line.get("event") == "chaos_acked" and "message_id" in line
+    }
 
 
 def _account(names, sent, results, acked, operations_seen, calls, log, kills, drain_s, drained) -> ChaosReport:
@@ -290,6 +302,8 @@ def _account(names, sent, results, acked, operations_seen, calls, log, kills, dr
         api_calls=len(calls),
         api_faults=injected,
         faults=faults,
-        outcomes=collections.Counter(result["data"]["outcome"] for result in {r["attributes"]["ce-id"]: r for r in results}.values()),
+        outcomes=collections.Counter(
+            result["data"]["outcome"] for result in {r["attributes"]["ce-id"]: r for r in results}.values()
+        ),
         cancelled_twice=tuple(sorted(cancelled_twice)),
     )

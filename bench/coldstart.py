@@ -39,9 +39,7 @@ class ColdStart:
         return median(self.runs[name]) * 1000
 
 
-def measure(
-    services: Services, workdir: pathlib.Path, *, runs: int, names: tuple[str, ...] = MEASURED
-) -> ColdStart:
+def measure(services: Services, workdir: pathlib.Path, *, runs: int, names: tuple[str, ...] = MEASURED) -> ColdStart:
     times: dict[str, list[float]] = {name: [] for name in names}
     # A first, unrecorded start of each writes its bytecode caches, as a deployment's build does.
     for round_number in range(runs + 1):

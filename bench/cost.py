@@ -100,7 +100,9 @@ class _CountingPublisher:
 
 
 def measure(workdir: pathlib.Path) -> list[Cost]:
-    return [_scenario(workdir / f"cost-{index}.sqlite3", title, bodies) for index, (title, bodies) in enumerate(SCENARIOS)]
+    return [
+        _scenario(workdir / f"cost-{index}.sqlite3", title, bodies) for index, (title, bodies) in enumerate(SCENARIOS)
+    ]
 
 
 def _scenario(path: pathlib.Path, title: str, bodies: list[str]) -> Cost:

@@ -55,14 +55,30 @@ _PAGE_TOKEN = re.compile(r"page-([0-9]{1,9})")
 _PAGE_SIZE = re.compile(r"[0-9]{1,9}")
 MAX_PAGE_SIZE = 1000
 _STATUS_NAMES = {
-    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-    409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
-    503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 _REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -143,7 +159,9 @@ class Simulator:
         with self._lock:
             self._set_fault_rate(rate, tuple(statuses), retry_delay, seed)
 
-    def _set_fault_rate(self, rate: float, statuses: tuple[int, ...], retry_delay: str | None, seed: int | None) -> None:
+    def _set_fault_rate(
+        self, rate: float, statuses: tuple[int, ...], retry_delay: str | None, seed: int | None
+    ) -> None:
         if not 0.0 <= rate <= 1.0 or not statuses:
             raise ValueError("rate must be within 0..1, with at least one status")
         self._fault_rate, self._fault_statuses, self._fault_retry_delay = rate, statuses, retry_delay
@@ -153,7 +171,11 @@ class Simulator:
         if method == "GET" and command == "calls":
             return 200, {"calls": [c.__dict__ for c in self.calls]}
         if method == "GET" and command == "operations":
-            return 200, {"operations": [{**op.body(), "accepted_cancels": op.accepted_cancels} for op in self.operations.values()]}
+            return 200, {
+                "operations": [
+                    {**op.body(), "accepted_cancels": op.accepted_cancels} for op in self.operations.values()
+                ]
+            }
         if method == "POST" and command == "reset":
             self.operations.clear()
             self.calls.clear()
@@ -174,7 +196,9 @@ class Simulator:
             return 200, {}
         if method == "POST" and command == "faults":
             request = _read_json(environ)
-            self._faults.extend([(int(request.get("status", 503)), request.get("retry_delay"))] * int(request.get("count", 1)))
+            self._faults.extend(
+                [(int(request.get("status", 503)), request.get("retry_delay"))] * int(request.get("count", 1))
+            )
             return 200, {}
         return 404, _error(404, f"no simulator control {command!r}")
 
@@ -280,8 +304,14 @@ def _kind(name: str) -> str:
     return operation_id.split("-", 1)[0] if "-" in operation_id else ""
 
 
-def _error(status: int, message: str, *, status_name: str | None = None, retry_delay: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": status, "message": message, "status": status_name or _STATUS_NAMES.get(status, "UNKNOWN")}
+def _error(
+    status: int, message: str, *, status_name: str | None = None, retry_delay: str | None = None
+) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "code": status,
+        "message": message,
+        "status": status_name or _STATUS_NAMES.get(status, "UNKNOWN"),
+    }
     if retry_delay:
         error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
     return {"error": error}

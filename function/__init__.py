@@ -20,7 +20,6 @@ from ._settings import PollingPolicy, Settings
 from ._store import IdempotencyStore, MemoryStore, Record, SqliteStore, State
 
 
-
 def __getattr__(name: str):
     # Imported on first use, so a function on another store never loads it (cold start).
     if name == "FirestoreStore":

@@ -28,10 +28,10 @@ from ._api import Authenticator, OperationsClient
 from ._app import build_api, build_auth, build_publisher
 from ._clock import Clock, SystemClock, format_time
 from ._core import next_due, operation_error, outcome_of
+from ._http import SharedTransport
 from ._log import Logger
 from ._model import CancelRequest, InboundMessage, Outcome, Rejection, Source, SourceKind
 from ._names import GLOBAL, LOCATIONS, escape_text, parse_parent
-from ._http import SharedTransport
 from ._pubsub import Publisher
 from ._requests import Parsed, parse_message
 from ._settings import MAX_DEADLINE_S, VERSIONS, PollingPolicy, Settings

@@ -81,12 +81,12 @@ class Settings:
             auth=reader.choice("OPCANCEL_AUTH", ("adc", "anonymous"), "adc"),
             store=reader.choice("OPCANCEL_STORE", STORES, "firestore" if on_cloud else "sqlite"),
             sqlite_path=environ.get("OPCANCEL_SQLITE_PATH") or ".opcancel/idempotency.sqlite3",
-            firestore_database=reader.optional(
-                "OPCANCEL_FIRESTORE_DATABASE", _DATABASE_ID, "a Firestore database id"
-            ) or "(default)",
+            firestore_database=reader.optional("OPCANCEL_FIRESTORE_DATABASE", _DATABASE_ID, "a Firestore database id")
+            or "(default)",
             firestore_collection=reader.optional(
                 "OPCANCEL_FIRESTORE_COLLECTION", _COLLECTION_ID, "a Firestore collection id"
-            ) or "opcancel-idempotency",
+            )
+            or "opcancel-idempotency",
             allowed_parents=reader.parents("OPCANCEL_ALLOWED_PARENTS"),
             polling=polling,
             lease_s=reader.seconds("OPCANCEL_LEASE_S", 600.0),

@@ -134,14 +134,23 @@ service = Opcancel(
     # a live worker is never taken over, only a dead one.
     api=CrashingApi(
         OperationsClient(
-            auth=auth, clock=clock, log=log, endpoint=settings.api_endpoint, transport=transport,
-            max_attempts=3, retry_budget_s=2.0,
+            auth=auth,
+            clock=clock,
+            log=log,
+            endpoint=settings.api_endpoint,
+            transport=transport,
+            max_attempts=3,
+            retry_budget_s=2.0,
         )
     ),  # fmt: skip
     publisher=FaultyPublisher(
         PubSubPublisher(
-            settings.project, auth=auth, clock=clock, emulator_host=settings.pubsub_emulator_host,
-            transport=transport, budget_s=2.0,
+            settings.project,
+            auth=auth,
+            clock=clock,
+            emulator_host=settings.pubsub_emulator_host,
+            transport=transport,
+            budget_s=2.0,
         )
     ),  # fmt: skip
     store=FaultySqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s),

@@ -8,7 +8,16 @@ import os
 
 import functions_framework
 
-from function import Logger, OperationRef, Settings, SharedTransport, SystemClock, build_api, build_auth, build_publisher
+from function import (
+    Logger,
+    OperationRef,
+    Settings,
+    SharedTransport,
+    SystemClock,
+    build_api,
+    build_auth,
+    build_publisher,
+)
 
 settings = Settings.from_env(os.environ)
 transport = SharedTransport()

@@ -87,7 +87,9 @@ def test_the_emulator_is_reached_over_plain_http_without_credentials():
     assert "authorization" not in request.headers
 
 
-@pytest.mark.parametrize("trouble", [httpx.Response(503), httpx.Response(429), httpx.ConnectError("refused"), httpx.ReadTimeout("slow")])
+@pytest.mark.parametrize(
+    "trouble", [httpx.Response(503), httpx.Response(429), httpx.ConnectError("refused"), httpx.ReadTimeout("slow")]
+)
 def test_transient_trouble_is_retried_at_once_with_backoff(trouble):
     topic = Topic(trouble, ids(1))
     clock = FakeClock()

@@ -361,7 +361,9 @@ def test_a_dead_holders_cancel_that_got_through_is_not_sent_again():
     assert (result["outcome"], result["checks"]) == ("CANCELLED", 1)
 
 
-@pytest.mark.parametrize(("op_id", "outcome"), [("done-a", "COMPLETED"), ("missing-a", "NOT_FOUND"), ("denied-a", "PERMISSION_DENIED")])
+@pytest.mark.parametrize(
+    ("op_id", "outcome"), [("done-a", "COMPLETED"), ("missing-a", "NOT_FOUND"), ("denied-a", "PERMISSION_DENIED")]
+)
 def test_a_resumed_claim_that_finds_the_operation_ended_or_refused_makes_no_cancel(rig, op_id, outcome):
     claimed_by_a_dead_holder(rig, op_id)
     rig.send(name(op_id))

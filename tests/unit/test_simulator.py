@@ -17,7 +17,12 @@ def client(simulator: Simulator) -> httpx.Client:
 def test_a_fault_rate_fails_that_share_of_calls_before_they_take_effect():
     simulator = Simulator()
     with client(simulator) as http:
-        assert http.post("/_simulator/fault-rate", json={"rate": 0.5, "statuses": [503, 429], "retry_delay": "2s", "seed": 3}).status_code == 200
+        assert (
+            http.post(
+                "/_simulator/fault-rate", json={"rate": 0.5, "statuses": [503, 429], "retry_delay": "2s", "seed": 3}
+            ).status_code
+            == 200
+        )
         statuses = [http.post(f"/v1/{NAME}-{i}:cancel", json={}).status_code for i in range(400)]
         assert 150 < statuses.count(200) < 250
         assert {503, 429} == set(statuses) - {200}

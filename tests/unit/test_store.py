@@ -189,17 +189,22 @@ def _claim_in_process(path: str, results) -> None:
         results.put("busy")
 
 
-def test_sqlite_claims_across_processes_have_one_winner(tmp_path):
-    path = str(tmp_path / "store.sqlite3")
-    SqliteStore(path, lease_s=LEASE, ttl_s=TTL)
-    context = multiprocessing.get_context("spawn")
+def in_processes(start_method: str, count: int, target, argument) -> list[str]:
+    """Run ``target(argument, results)`` in ``count`` processes at once; what they put, sorted."""
+    context = multiprocessing.get_context(start_method)
     results = context.Queue()
-    workers = [context.Process(target=_claim_in_process, args=(path, results)) for _ in range(4)]
+    workers = [context.Process(target=target, args=(argument, results)) for _ in range(count)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=60)
-    assert sorted(results.get(timeout=5) for _ in workers) == ["acquired"] + ["busy"] * 3
+    return sorted(results.get(timeout=5) for _ in workers)
+
+
+def test_sqlite_claims_across_processes_have_one_winner(tmp_path):
+    path = str(tmp_path / "store.sqlite3")
+    SqliteStore(path, lease_s=LEASE, ttl_s=TTL)
+    assert in_processes("spawn", 4, _claim_in_process, path) == ["acquired"] + ["busy"] * 3
 
 
 def _claim_in_forked_child(store: SqliteStore, results) -> None:
@@ -215,14 +220,7 @@ def test_a_sqlite_store_made_before_a_fork_opens_its_own_connection_in_each_chil
     store = SqliteStore(str(path), lease_s=LEASE, ttl_s=TTL)
     assert not path.exists(), "no connection may be opened before first use, so none is carried across fork"
     assert store.claim_request("parent", "h", now=NOW).status is ClaimStatus.ACQUIRED
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    children = [context.Process(target=_claim_in_forked_child, args=(store, results)) for _ in range(3)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(timeout=60)
-    assert sorted(results.get(timeout=5) for _ in children) == [
+    assert in_processes("fork", 3, _claim_in_forked_child, store) == [
         "KeyBusy: another worker holds the key",
         "KeyBusy: another worker holds the key",
         "acquired",
