@@ -167,7 +167,7 @@ class OperationsClient:
     def get(self, ref: OperationRef) -> dict[str, Any]:
         response = self._send("GET", self.url(ref), ref.name)
         self._raise_for_error(response)
-        body = _json_object(response)
+        body = json_object(response)
         # Every Operation names itself; a nameless object (a proxy's or wrong endpoint's JSON) would
         # otherwise read as "still running" and end, wrongly, as TIMED_OUT.
         if body is None or not isinstance(body.get("name"), str) or not isinstance(body.get("done", False), bool):
@@ -193,7 +193,7 @@ class OperationsClient:
         params = {key: str(value) for key, value in query.items() if value is not None}
         response = self._send("GET", url, parent, params=params)
         self._raise_for_error(response)
-        body = _json_object(response)
+        body = json_object(response)
         operations = body.get("operations", []) if body is not None else None
         token = body.get("nextPageToken") if body is not None else None
         if (
@@ -272,7 +272,7 @@ class OperationsClient:
         raise ApiRejected(outcome.value, f"HTTP {status}: {message}", status=status)
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
     try:
         body = response.json()
     except (ValueError, RecursionError):
@@ -282,7 +282,7 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
 
 
 def _error(response: httpx.Response) -> dict[str, Any]:
-    body = _json_object(response) or {}
+    body = json_object(response) or {}
     error = body.get("error")
     return error if isinstance(error, dict) else {}
 

@@ -78,6 +78,7 @@ def auth_request(transport: httpx.BaseTransport | None = None) -> Any:
             **kwargs: Any,
         ) -> _Response:
             try:
+                # 120 s when google-auth names no timeout, as its own requests transport does.
                 response = self._http.request(method, url, content=body, headers=headers, timeout=timeout or 120.0)
             except httpx.HTTPError as problem:
                 # google-auth retries and reports only its own TransportError.

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ._api import Authenticator
+from ._api import Authenticator, json_object
 from ._clock import Clock
 from .errors import OpcancelError, PublishFailed
 
@@ -94,11 +94,11 @@ class PubSubPublisher:
             except httpx.RequestError as problem:
                 failure = type(problem).__name__
             else:
-                if response.status_code == 401 and not refreshed and not self._emulated and self._auth.refresh():
+                if response.status_code == 401 and not refreshed and not self._emulated and self._refresh(topic):
                     refreshed = True
                     continue
                 if 200 <= response.status_code < 300:
-                    answer = _json_object(response)
+                    answer = json_object(response)
                     if answer is None:
                         raise PublishFailed(f"publish to {topic} answered {response.status_code} without JSON")
                     return answer
@@ -110,10 +110,8 @@ class PubSubPublisher:
                 raise PublishFailed(f"publish to {topic} failed after {attempt} attempts: {failure}")
             self._clock.sleep(delay)
 
-
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+    def _refresh(self, topic: str) -> bool:
+        try:
+            return self._auth.refresh()
+        except OpcancelError as problem:
+            raise PublishFailed(f"publish to {topic} failed: {problem}") from problem

@@ -19,10 +19,11 @@ MESSAGES = [(b'{"outcome":"CANCELLED"}', {"ce-id": "abc", "outcome": "CANCELLED"
 
 
 class Auth:
-    def __init__(self, *, fail: Exception | None = None) -> None:
+    def __init__(self, *, fail: Exception | None = None, fail_refresh: Exception | None = None) -> None:
         self.token = "token-0"
         self.refreshes = 0
         self.fail = fail
+        self.fail_refresh = fail_refresh
 
     def headers(self) -> dict[str, str]:
         if self.fail is not None:
@@ -30,6 +31,8 @@ class Auth:
         return {"authorization": f"Bearer {self.token}"}
 
     def refresh(self) -> bool:
+        if self.fail_refresh is not None:
+            raise self.fail_refresh
         self.refreshes += 1
         self.token = f"token-{self.refreshes}"
         return True
@@ -128,6 +131,12 @@ def test_missing_credentials_are_publish_failed_so_the_message_comes_again():
             "t-1", MESSAGES
         )
     assert topic.requests == []
+
+
+def test_a_refresh_that_fails_is_publish_failed():
+    auth = Auth(fail_refresh=ApiUnavailable("could not refresh credentials: RefreshError"))
+    with pytest.raises(PublishFailed, match="could not refresh credentials"):
+        publisher(Topic(httpx.Response(401)), auth=auth).publish_all("t-1", MESSAGES)
 
 
 @pytest.mark.parametrize(
