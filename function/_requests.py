@@ -301,6 +301,8 @@ class _MessageParser:
 
 def parse_check(message: InboundMessage) -> CheckRequest:
     """Parse a follow-up check, which opcancel itself wrote; anything off is ``InvalidRequest``."""
+    if len(message.data) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"body is {len(message.data)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
         body = json.loads(message.data.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):

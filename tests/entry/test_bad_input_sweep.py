@@ -1,4 +1,5 @@
-"""A property-based sweep of hostile input through ``on_event``: acknowledged, no network, a logged reason."""
+"""A property-based sweep of hostile input through ``on_event``, oversized bodies included: acknowledged, no
+network, a logged reason."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from function import Runtime
 from function._names import parse_name
+from function._requests import MAX_BODY_BYTES
 from function.errors import InvalidRequest
 from tests.support import Rig
 
@@ -112,3 +114,29 @@ def test_a_hostile_name_is_rejected_without_a_call_or_accepted_only_when_valid(n
     assert len(result["operation"]) <= 256
     assert all(ch.isprintable() for ch in result["operation"])
     assert result["error"]
+
+
+oversized = st.tuples(
+    st.sampled_from(
+        [
+            b"organizations/1/operations/a\n",
+            b'{"operation": "organizations/1/operations/a", "reason": "',
+            b'{"operations": ["organizations/1/operations/a", ',
+            b"\xff\xfe\x00",
+        ]
+    ),
+    st.binary(min_size=1, max_size=64),
+    st.integers(min_value=MAX_BODY_BYTES + 1, max_value=2 * MAX_BODY_BYTES),
+).map(lambda parts: (parts[0] + parts[1] * (parts[2] // len(parts[1]) + 1))[: parts[2]])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@given(data=oversized, attrs=attributes | st.just({"opcancel_kind": "check"}))
+def test_an_oversized_payload_is_acknowledged_unread_with_its_size_logged(data, attrs):
+    rig = Rig()
+    Runtime(rig.service, log=rig.log).on_event(event(data, attrs))  # returns: acknowledged
+    assert rig.simulator.calls == []
+    assert rig.publisher.messages == []
+    # Set aside as a request, or, carrying the check attribute, dropped as a malformed check: unread either way.
+    (line,) = [line for line in rig.logs() if line.get("event") in ("message_ignored", "check_malformed")]
+    assert line["reason"] == f"body is {len(data)} bytes; the limit is {MAX_BODY_BYTES}"
