@@ -22,7 +22,7 @@ FULL = {
     "warm_rounds": 3,
     "warm_seconds": 5.0,
     "concurrencies": (1, 8, 32),
-    "chaos_seeds": (1, 2, 3),
+    "chaos_runs": (("sqlite", 1), ("sqlite", 2), ("sqlite", 3), ("firestore", 1), ("firestore", 2)),
     "chaos_operations": 100,
 }
 QUICK = {
@@ -30,7 +30,7 @@ QUICK = {
     "warm_rounds": 1,
     "warm_seconds": 0.5,
     "concurrencies": (1, 8),
-    "chaos_seeds": (1,),
+    "chaos_runs": (("sqlite", 1), ("firestore", 1)),
     "chaos_operations": 10,
 }
 
@@ -69,13 +69,12 @@ def main(argv: list[str]) -> int:
             found["cost"] = cost.measure(workdir)
         if "chaos" in parts:
             found["chaos"] = []
-            for seed in plan["chaos_seeds"]:
-                _say(f"chaos, seed {seed}")
-                run_dir = workdir / f"chaos-{seed}"
+            for store, seed in plan["chaos_runs"]:
+                _say(f"chaos on {store}, seed {seed}")
+                run_dir = workdir / f"chaos-{store}-{seed}"
                 run_dir.mkdir()
-                found["chaos"].append(
-                    (seed, chaos.run(run_dir, operations=plan["chaos_operations"], duplicates=10, seed=seed))
-                )
+                report = chaos.run(run_dir, operations=plan["chaos_operations"], duplicates=10, seed=seed, store=store)
+                found["chaos"].append((seed, report))
     write_report(
         args.output,
         found,

@@ -3,7 +3,8 @@ dependency misbehaves, and whose workers die, then an account of every request.
 
 - Requests: ``operations`` operations, each published ``duplicates`` times, shuffled, to the requests
   topic; a push subscription delivers them (and the checks) to functions-framework running
-  ``bench/functions/chaos.py`` with several gunicorn workers sharing one SQLite store.
+  ``bench/functions/chaos.py`` with several gunicorn workers sharing one store: an SQLite file, or
+  Google's Firestore emulator.
 - Faults: the simulator answers ``api_fault_rate`` of all calls with 503 or 429 (before they take
   effect); ``failure_rate`` of store writes and publishes fail (half after taking effect); any API
   answer, write or publish kills the worker with probability ``crash_rate``; and a killer SIGKILLs a
@@ -12,8 +13,8 @@ dependency misbehaves, and whose workers die, then an account of every request.
   operation ran), requests without exactly one distinct result (by ``ce-id``, with the outcome the
   operation's kind calls for), request messages never acknowledged, and the time until all is done.
 
-One window cannot be closed: a worker that dies after the API accepted its cancel and before the store
-recorded it leaves nothing that says the cancel got through. The next worker looks first (no second
+One window cannot be closed: a worker that dies after sending its cancel and before the store recorded
+it leaves nothing that says the cancel got through. The next worker looks first (no second
 cancel if the operation is done), but an operation still running is cancelled again: at least once,
 since a cancel never sent would leave it running. Such second cancels are counted apart, attributed to
 the crash that caused them; every other one is a defect.
@@ -22,6 +23,7 @@ the crash that caused them; every other one is a defect.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import pathlib
@@ -32,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench._harness import CHECKS_TOPIC, FUNCTIONS, ORG, PROJECT, RESULTS_TOPIC, Services, running_function
+from devkit.emulators import Emulator
 
 REQUESTS_TOPIC = "opcancel-requests"
 #: Operation kinds, their share of the operations, and the outcome each must end in.
@@ -45,10 +48,11 @@ KINDS = (
 
 @dataclass
 class ChaosReport:
+    store: str
     operations: int
     requests: int
     cancelled_more_than_once: int
-    #: Of those, the ones whose first cancel was answered and never recorded: the worker died in between.
+    #: Of those, the ones with a cancel sent and never refused or recorded: its worker died in between.
     cancelled_again_after_a_crash_in_the_window: int
     without_one_result: int
     wrong_outcome: int
@@ -81,11 +85,22 @@ def run(
     crash_rate: float = 0.01,
     workers: int = 3,
     seed: int = 1,
+    store: str = "sqlite",
     timeout_s: float = 600.0,
 ) -> ChaosReport:
+    """``store`` is ``sqlite`` (one file the workers share) or ``firestore`` (Google's emulator)."""
     rng = random.Random(seed)
     names = _operation_names(operations)
-    with Services() as services:
+    with Services() as services, contextlib.ExitStack() as stack:
+        if store == "firestore":
+            firestore = stack.enter_context(Emulator("firestore", project=PROJECT))
+            store_settings = {
+                "OPCANCEL_STORE": "firestore",
+                "FIRESTORE_EMULATOR_HOST": firestore.host,
+                "OPCANCEL_FIRESTORE_COLLECTION": f"chaos-{seed}",
+            }
+        else:
+            store_settings = {"OPCANCEL_STORE": "sqlite"}
         services.simulator(
             "POST", "fault-rate", {"rate": api_fault_rate, "statuses": [503, 429], "retry_delay": "1s", "seed": seed}
         )
@@ -101,6 +116,7 @@ def run(
             CHAOS_PUBLISH_FAILURES=str(failure_rate),
             CHAOS_CRASH_RATE=str(crash_rate),
             CHAOS_SEED=str(seed),
+            **store_settings,
         )
         log = workdir / "function.log"
         with running_function(FUNCTIONS["chaos"], env, log=log) as function:
@@ -121,7 +137,7 @@ def run(
                 pubsub.close()
         operations_seen = services.simulator("GET", "operations")["operations"]
         calls = services.simulator("GET", "calls")["calls"]
-    return _account(names, sent, results, acked, operations_seen, calls, log, killer.kills, drain_s, drained)
+    return _account(store, names, sent, results, acked, operations_seen, calls, log, killer.kills, drain_s, drained)
 
 
 def _operation_names(count: int) -> list[str]:
@@ -263,7 +279,23 @@ def _acknowledged(log: pathlib.Path) -> set[str]:
     }
 
 
-def _account(names, sent, results, acked, operations_seen, calls, log, kills, drain_s, drained) -> ChaosReport:
+def _cancels_sent_and_never_settled(lines: list[dict]) -> set[str]:
+    """Operations with a cancel that a worker sent and then neither saw refused nor recorded: it died in
+    between (killed, or crashed on purpose), or the store failed past its retries."""
+    open_sends: collections.Counter = collections.Counter()
+    for line in lines:
+        event = line.get("event")
+        if event == "chaos_cancel_sending":
+            open_sends[(line["pid"], line["operation"])] += 1
+        elif event in ("chaos_cancel_failed", "chaos_cancel_recorded"):
+            # The default key is the API host and the name.
+            operation = line.get("operation") or line["key"].split("/", 1)[1]
+            if open_sends[(line["pid"], operation)]:
+                open_sends[(line["pid"], operation)] -= 1
+    return {operation for (_, operation), count in open_sends.items() if count}
+
+
+def _account(store, names, sent, results, acked, operations_seen, calls, log, kills, drain_s, drained) -> ChaosReport:
     by_operation: dict[str, set[str]] = collections.defaultdict(set)
     outcomes: dict[str, set[str]] = collections.defaultdict(set)
     for result in results:
@@ -275,18 +307,11 @@ def _account(names, sent, results, acked, operations_seen, calls, log, kills, dr
     wrong = sum(1 for name in names if outcomes[name] and outcomes[name] != {_expected_outcome(name)})
     fault_lines = [line for line in _log_lines(log) if line.get("event") == "chaos_fault"]
     faults = collections.Counter(f"{line['where']} ({line['when']})" for line in fault_lines)
-    lines = _log_lines(log)
-    answered = collections.Counter(line["operation"] for line in lines if line.get("event") == "chaos_cancel_answered")
-    # The default key is the API host and the name.
-    recorded = collections.Counter(
-        line["key"].split("/", 1)[1] for line in lines if line.get("event") == "chaos_cancel_recorded"
-    )
-    # A cancel answered but never recorded: its worker died (killed, or crashed on purpose) or the store
-    # failed past its retries in between.
-    crashed_in_window = {name for name, count in answered.items() if count > recorded[name]}
+    crashed_in_window = _cancels_sent_and_never_settled(_log_lines(log))
     cancelled_twice = {op["name"] for op in operations_seen if op["accepted_cancels"] > 1}
     injected = sum(1 for call in calls if call.get("injected"))
     return ChaosReport(
+        store=store,
         operations=len(names),
         requests=len(sent),
         cancelled_more_than_once=len(cancelled_twice),

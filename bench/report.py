@@ -195,7 +195,7 @@ seen costs one more read).
 
 def _chaos(runs: list[tuple[int, ChaosReport]]) -> str:
     rows = "\n".join(
-        f"| {seed} | {r.requests} over {r.operations} | {r.kills} | {sum(n for k, n in r.faults.items() if k.endswith('(crash)'))} "
+        f"| {r.store} | {seed} | {r.requests} over {r.operations} | {r.kills} | {sum(n for k, n in r.faults.items() if k.endswith('(crash)'))} "
         f"| {r.api_faults} of {r.api_calls} | {sum(n for k, n in r.faults.items() if k.startswith('store'))} "
         f"| {sum(n for k, n in r.faults.items() if k.startswith('publish'))} "
         f"| **{r.cancelled_more_than_once - r.cancelled_again_after_a_crash_in_the_window}** (+{r.cancelled_again_after_a_crash_in_the_window} in the window) "
@@ -207,27 +207,27 @@ def _chaos(runs: list[tuple[int, ChaosReport]]) -> str:
     fault_rows = "\n".join(
         f"| {point} | " + " | ".join(str(r.faults.get(point, 0)) for _, r in runs) + " |" for point in crash_points
     )
-    seeds = " | ".join(f"seed {seed}" for seed, _ in runs)
+    seeds = " | ".join(f"{r.store}, seed {seed}" for seed, r in runs)
     return f"""## Chaos run
 
 `bench/chaos.py`: every request published 10 times, shuffled, to the requests topic of Google's
 Pub/Sub emulator, whose push subscriptions deliver requests and checks to `bench/functions/chaos.py`
 (the real pipeline with faulty adapters injected) under functions-framework with 3 gunicorn workers
-sharing one SQLite store, a 10 s lease, and API and publish retry budgets of 2 s. The simulator
+sharing one store (an SQLite file, or Google's Firestore emulator), a 10 s lease, and API and publish retry budgets of 2 s. The simulator
 answers 20% of all calls with 503 or 429 (RetryInfo 1 s) before they take effect; 10% of store writes
 and of publishes fail, half of them after taking effect (the answer is lost); a worker dies on the spot
 (`os._exit`) with probability 1% after any API answer, store write or publish; and a random worker is
 SIGKILLed every 1–3 s. Operations: 50% cancel at once, 30% need two delayed checks, 10% complete and
 10% fail despite the cancel; each must end in that outcome.
 
-| seed | requests | SIGKILLs | in-process deaths | API faults | store faults | publish faults | cancelled more than once | requests without exactly one distinct result | wrong outcome | messages lost | time to drain | results published / distinct | |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| store | seed | requests | SIGKILLs | in-process deaths | API faults | store faults | publish faults | cancelled more than once | requests without exactly one distinct result | wrong outcome | messages lost | time to drain | results published / distinct | |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
 "Cancelled more than once" counts operations for which the simulator accepted a cancel twice while
 the operation ran. The window in parentheses is the one no design can close: a worker killed after
-the API accepted its cancel and before the store recorded it leaves nothing saying the cancel got
-through. The next holder calls `get` first and sends no second cancel if the operation is done; one
+sending its cancel and before the store recorded it leaves nothing saying the cancel got through
+(the chaos function logs each cancel sent, refused and recorded, so the run can tell). The next holder calls `get` first and sends no second cancel if the operation is done; one
 still running is cancelled again, because a cancel that was never sent would leave it running (at
 least once, not at most once), and a second cancel of a cancelling operation changes nothing. Those
 are attributed to the crash that caused them; any other second cancel would be a defect. Messages lost

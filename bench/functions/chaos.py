@@ -1,12 +1,13 @@
 """opcancel for the chaos run: the real pipeline with faulty adapters injected around the real ones.
 
 ``CHAOS_STORE_FAILURES`` and ``CHAOS_PUBLISH_FAILURES`` are the share of store writes and publishes
-that fail, half of them before taking effect and half after (the write lands or the message goes out,
+(SQLite, or Firestore with ``OPCANCEL_STORE=firestore``) that fail, half of them before taking effect and half after (the write lands or the message goes out,
 but the answer is lost). ``CHAOS_CRASH_RATE`` is the chance that the worker process dies on the spot
 after any API answer, store write or publish. Every fault is logged as ``chaos_fault``, every
-delivery the function acknowledges as ``chaos_acked``, and each cancel's answer and its record in the
-store as ``chaos_cancel_answered`` and ``chaos_cancel_recorded``, so the run can account for each
-message and tell a second cancel that a worker's death between those two caused from any other.
+delivery the function acknowledges as ``chaos_acked``, and each cancel sent, refused and recorded in
+the store as ``chaos_cancel_sending``, ``chaos_cancel_failed`` and ``chaos_cancel_recorded``, so the
+run can account for each message and tell a second cancel caused by a worker's death between sending
+one and recording it from any other.
 """
 
 import os
@@ -16,6 +17,7 @@ import threading
 import functions_framework
 
 from function import (
+    FirestoreStore,
     Logger,
     Opcancel,
     OperationsClient,
@@ -70,8 +72,10 @@ class Dice:
 dice = Dice()
 
 
-class FaultySqliteStore(SqliteStore):
-    def _write(self, where: str, write):
+class FaultyWrites:
+    """Mixed in before a real store: its creates and replaces fail, or its worker dies, as the dice say."""
+
+    def _faulty(self, where: str, write):
         fault = dice.fault(f"store {where}", STORE_FAILURES)
         if fault == "before":
             raise OSError("injected: the write never reached the store")
@@ -82,16 +86,38 @@ class FaultySqliteStore(SqliteStore):
         return written
 
     def _create(self, record):
-        return self._write("create", lambda: super(FaultySqliteStore, self)._create(record))
+        return self._faulty("create", lambda: super(FaultyWrites, self)._create(record))
 
     def _replace(self, record, expected_version):
-        return self._write("replace", lambda: self._replace_and_tell(record, expected_version))
+        return self._faulty("replace", lambda: self._replace_and_tell(record, expected_version))
 
     def _replace_and_tell(self, record, expected_version):
         written = super()._replace(record, expected_version)
         if written and record.state is State.CANCEL_SENT:
-            log.info("cancel recorded", event="chaos_cancel_recorded", key=record.key)
+            log.info("cancel recorded", event="chaos_cancel_recorded", key=record.key, pid=os.getpid())
         return written
+
+
+class FaultySqliteStore(FaultyWrites, SqliteStore):
+    pass
+
+
+class FaultyFirestoreStore(FaultyWrites, FirestoreStore):
+    pass
+
+
+def faulty_store(settings: Settings, *, auth, transport):
+    if settings.store == "firestore":
+        return FaultyFirestoreStore(
+            project=settings.project,
+            lease_s=settings.lease_s,
+            ttl_s=settings.record_ttl_s,
+            auth=auth,
+            collection=settings.firestore_collection,
+            emulator_host=settings.firestore_emulator_host,
+            transport=transport,
+        )
+    return FaultySqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
 
 
 class FaultyPublisher:
@@ -114,8 +140,12 @@ class CrashingApi:
         self._inner = inner
 
     def cancel(self, ref):
-        answer = self._inner.cancel(ref)
-        log.info("cancel answered", event="chaos_cancel_answered", operation=ref.name)
+        log.info("cancel sending", event="chaos_cancel_sending", operation=ref.name, pid=os.getpid())
+        try:
+            answer = self._inner.cancel(ref)
+        except Exception:
+            log.info("cancel failed", event="chaos_cancel_failed", operation=ref.name, pid=os.getpid())
+            raise
         dice.maybe_crash("after the cancel's answer", ref.name)
         return answer
 
@@ -153,7 +183,7 @@ service = Opcancel(
             budget_s=2.0,
         )
     ),  # fmt: skip
-    store=FaultySqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s),
+    store=faulty_store(settings, auth=auth, transport=transport),
     clock=clock,
     log=log,
 )

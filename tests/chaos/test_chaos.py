@@ -12,9 +12,10 @@ from devkit.emulators import EmulatorUnavailable
 pytestmark = pytest.mark.emulator
 
 
-def test_a_short_chaos_run_cancels_once_reports_once_and_loses_nothing(tmp_path):
+@pytest.mark.parametrize("store", ["sqlite", "firestore"])
+def test_a_short_chaos_run_cancels_once_reports_once_and_loses_nothing(tmp_path, store):
     try:
-        report = chaos.run(tmp_path, operations=10, duplicates=10, seed=7, timeout_s=240)
+        report = chaos.run(tmp_path, operations=10, duplicates=10, seed=7, store=store, timeout_s=240)
     except EmulatorUnavailable as reason:
         pytest.skip(str(reason))
     assert report.drained, report
