@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import httpx
 
 from ._api import AnonymousAuth, Authenticator, DefaultCredentialsAuth, OperationsClient
@@ -21,7 +23,10 @@ def build_store(
     if settings.store == "memory":
         return MemoryStore(lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
     if settings.store == "sqlite":
-        return SqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
+        try:
+            return SqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
+        except (sqlite3.Error, OSError) as problem:
+            raise ConfigError("OPCANCEL_SQLITE_PATH", f"cannot hold the database: {problem}") from problem
     if settings.project is None:
         raise ConfigError("GOOGLE_CLOUD_PROJECT", "is required for the firestore store")
     # Imported only when chosen: local runs never load it.

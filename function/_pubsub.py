@@ -5,8 +5,8 @@ is throttled once it answers, so an unawaited publish can be lost.
 
 Why REST and not ``google-cloud-pubsub``'s ``PublisherClient``: opcancel
 publishes one or two messages per request and waits for them, so the client's
-batching thread buys nothing, while importing it and opening its gRPC channel
-cost about 300 ms of every cold start (bench/RESULTS.md). One ``:publish`` call
+batching thread buys nothing, while importing it (209 ms) and opening its gRPC
+channel made opcancel's cold start 3.3x a bare function's (bench/RESULTS.md). One ``:publish`` call
 carries all the messages for a topic, as the client's batch would.
 """
 

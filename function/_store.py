@@ -278,7 +278,7 @@ class MemoryStore(IdempotencyStore):
 class SqliteStore(IdempotencyStore):
     """Embedded and durable: survives restarts, and is safe across processes on one machine.
 
-    The connection is opened per process on first use: gunicorn imports ``main.py``
+    Each process opens its own connection on first use: gunicorn imports ``main.py``
     in its master and forks the workers, and SQLite forbids using a connection
     across ``fork()``.
     """
@@ -287,27 +287,36 @@ class SqliteStore(IdempotencyStore):
         super().__init__(lease_s=lease_s, ttl_s=ttl_s)
         self._path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # A path that cannot hold the database fails here, at start-up, rather than at the first
+        # request; nothing stays open, so nothing is carried across a fork.
+        self._connect().close()
         self._connection: sqlite3.Connection | None = None
         self._owner_pid = 0
+        #: Connections a forked child inherited: never used, and never closed either, because closing
+        #: them would drop this process's locks on the database (SQLite's "How To Corrupt", 2.2).
+        self._inherited: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        # Autocommit: every statement below is one atomic conditional write by itself.
+        connection = sqlite3.connect(self._path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        # With WAL, NORMAL survives a crash of the process (every commit is in the log before it
+        # returns) and skips an fsync per write, which serialised concurrent requests; only a
+        # power loss can drop the last commits (README, "Idempotency and its guarantees").
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, version INTEGER NOT NULL, body TEXT NOT NULL)"
+        )
+        return connection
 
     def _execute(self, statement: str, parameters: tuple[Any, ...]) -> tuple[int, list[Any]]:
         """Rows changed, and rows read."""
         with self._lock:
             if self._owner_pid != os.getpid():
-                # Autocommit: every statement below is one atomic conditional write by itself.
-                self._connection = sqlite3.connect(
-                    self._path, timeout=10.0, isolation_level=None, check_same_thread=False
-                )
-                self._connection.execute("PRAGMA journal_mode=WAL")
-                # With WAL, NORMAL survives a crash of the process (every commit is in the log before it
-                # returns) and skips an fsync per write, which serialised concurrent requests; only a
-                # power loss can drop the last commits (README, "Idempotency guarantees").
-                self._connection.execute("PRAGMA synchronous=NORMAL")
-                self._connection.execute(
-                    "CREATE TABLE IF NOT EXISTS records"
-                    " (key TEXT PRIMARY KEY, version INTEGER NOT NULL, body TEXT NOT NULL)"
-                )
+                if self._connection is not None:
+                    self._inherited.append(self._connection)
+                self._connection = self._connect()
                 self._owner_pid = os.getpid()
             assert self._connection is not None
             cursor = self._connection.execute(statement, parameters)

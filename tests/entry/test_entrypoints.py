@@ -349,6 +349,14 @@ def test_main_fails_start_up_naming_the_bad_variable(monkeypatch):
         create_app("on_event", str(ROOT / "main.py"), "cloudevent")
 
 
+def test_main_fails_start_up_on_a_sqlite_path_that_cannot_hold_the_database(monkeypatch, tmp_path):
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "local-project")
+    monkeypatch.setenv("OPCANCEL_STORE", "sqlite")
+    monkeypatch.setenv("OPCANCEL_SQLITE_PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="OPCANCEL_SQLITE_PATH: cannot hold the database"):
+        create_app("on_event", str(ROOT / "main.py"), "cloudevent")
+
+
 def test_main_needs_a_project_for_pubsub(monkeypatch):
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
     monkeypatch.setenv("OPCANCEL_STORE", "memory")

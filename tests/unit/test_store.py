@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import multiprocessing
+import os
+import sqlite3
 import threading
 
 import pytest
@@ -207,6 +210,18 @@ def test_sqlite_claims_across_processes_have_one_winner(tmp_path):
     assert in_processes("spawn", 4, _claim_in_process, path) == ["acquired"] + ["busy"] * 3
 
 
+def open_files_under(directory) -> list[str]:
+    """The files below ``directory`` this process holds open."""
+    links = (os.readlink(fd) for fd in glob.glob("/proc/self/fd/*") if os.path.islink(fd))
+    return sorted(link for link in links if link.startswith(str(directory)))
+
+
+def test_a_sqlite_path_that_cannot_hold_a_database_fails_at_once(tmp_path):
+    (tmp_path / "store.sqlite3").mkdir()
+    with pytest.raises(sqlite3.OperationalError):
+        SqliteStore(str(tmp_path / "store.sqlite3"), lease_s=LEASE, ttl_s=TTL)
+
+
 def _claim_in_forked_child(store: SqliteStore, results) -> None:
     try:
         results.put(store.claim_request("forked", "h", now=NOW).status.value)
@@ -218,7 +233,8 @@ def test_a_sqlite_store_made_before_a_fork_opens_its_own_connection_in_each_chil
     # As gunicorn does: main.py (and the store) is built in the master, then workers fork.
     path = tmp_path / "store.sqlite3"
     store = SqliteStore(str(path), lease_s=LEASE, ttl_s=TTL)
-    assert not path.exists(), "no connection may be opened before first use, so none is carried across fork"
+    assert open_files_under(tmp_path) == [], "building the store must leave no connection to carry across fork"
+    # Here the parent uses it too, so the children inherit an open connection they must leave alone.
     assert store.claim_request("parent", "h", now=NOW).status is ClaimStatus.ACQUIRED
     assert in_processes("fork", 3, _claim_in_forked_child, store) == [
         "KeyBusy: another worker holds the key",
