@@ -53,8 +53,14 @@ def main(argv: list[str]) -> int:
         if "coldstart" in parts or "warm" in parts:
             with Services() as services:
                 if "coldstart" in parts:
-                    _say("cold start")
-                    found["coldstart"] = coldstart.measure(services, workdir, runs=plan["cold_runs"])
+                    found["coldstart"] = []
+                    for cloud_credentials in (False, True):
+                        _say("cold start" + (", credentials from a metadata server" if cloud_credentials else ""))
+                        found["coldstart"].append(
+                            coldstart.measure(
+                                services, workdir, runs=plan["cold_runs"], cloud_credentials=cloud_credentials
+                            )
+                        )
                 if "warm" in parts:
                     _say("warm load")
                     found["warm"] = warm.measure(

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+from bench._metadata import MetadataServer
 from devkit.emulators import Emulator, free_port, stop_group
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,6 +54,8 @@ class Services:
             )  # fmt: skip
             self._stops.append(lambda: stop_group(self._simulator, grace_s=5))
             _wait_for(f"{self.api_endpoint}/_simulator/calls")
+            self.metadata = MetadataServer()
+            self._stops.append(self.metadata.stop)
             self.pubsub = Emulator("pubsub", project=PROJECT)
             self._stops.append(self.pubsub.stop)
             for topic in (RESULTS_TOPIC, CHECKS_TOPIC):
@@ -79,7 +82,11 @@ class Services:
 
     def environment(self, workdir: pathlib.Path, **extra: str) -> dict[str, str]:
         """What every function is started with: the local endpoints, anonymous auth, an embedded store."""
-        inherited = {name: value for name, value in os.environ.items() if not name.startswith("OPCANCEL_")}
+        inherited = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith("OPCANCEL_") and name != "GOOGLE_APPLICATION_CREDENTIALS"
+        }
         return {
             **inherited,
             "GOOGLE_CLOUD_PROJECT": PROJECT,
@@ -93,6 +100,21 @@ class Services:
             "OPCANCEL_ALLOWED_PARENTS": ORG,
             "PYTHONUNBUFFERED": "1",
             **extra,
+        }
+
+    def cloud_credentials(self, workdir: pathlib.Path) -> dict[str, str]:
+        """Settings under which credentials come from the metadata server, as in a Cloud Function."""
+        home = workdir / "home"
+        home.mkdir(exist_ok=True)
+        return {
+            "K_SERVICE": "opcancel-bench",
+            "OPCANCEL_AUTH": "adc",
+            "BENCH_CREDENTIALS": "adc",
+            "GCE_METADATA_HOST": self.metadata.host,
+            "GCE_METADATA_IP": self.metadata.host,
+            # No gcloud login on this machine may stand in for the metadata server.
+            "HOME": str(home),
+            "CLOUDSDK_CONFIG": str(home),
         }
 
 

@@ -34,26 +34,36 @@ MEASURED = ("bare", "opcancel", "official")
 @dataclass(frozen=True)
 class ColdStart:
     runs: dict[str, list[float]]
+    #: Credentials from a metadata server, as in a Cloud Function, rather than none.
+    cloud_credentials: bool = False
 
     def median_ms(self, name: str) -> float:
         return median(self.runs[name]) * 1000
 
 
-def measure(services: Services, workdir: pathlib.Path, *, runs: int, names: tuple[str, ...] = MEASURED) -> ColdStart:
+def measure(
+    services: Services,
+    workdir: pathlib.Path,
+    *,
+    runs: int,
+    names: tuple[str, ...] = MEASURED,
+    cloud_credentials: bool = False,
+) -> ColdStart:
     times: dict[str, list[float]] = {name: [] for name in names}
+    tag = "cloud" if cloud_credentials else "cold"
     # A first, unrecorded start of each writes its bytecode caches, as a deployment's build does.
     for round_number in range(runs + 1):
         for name in names:
-            elapsed = _one(services, workdir, name, f"cold-{name}-{round_number}")
+            elapsed = _one(services, workdir, name, f"{tag}-{name}-{round_number}", cloud_credentials)
             if round_number:
                 times[name].append(elapsed)
-    return ColdStart(times)
+    return ColdStart(times, cloud_credentials)
 
 
-def _one(services: Services, workdir: pathlib.Path, name: str, operation_id: str) -> float:
+def _one(services: Services, workdir: pathlib.Path, name: str, operation_id: str, cloud_credentials: bool) -> float:
     run_dir = workdir / operation_id
     run_dir.mkdir()
-    env = services.environment(run_dir)
+    env = services.environment(run_dir, **(services.cloud_credentials(run_dir) if cloud_credentials else {}))
     port = free_port()
     body = push_body(f"{ORG}/operations/{operation_id}", message_id=operation_id)
     log = run_dir / "function.log"

@@ -27,10 +27,11 @@ names how it was found).
 
 | | before | after | found with | change |
 | --- | --- | --- | --- | --- |
-| cold start, opcancel ÷ bare | 609 ms ÷ 182 ms = **3.3×**, slower than the official client (469 ms) | see above | `-X importtime`; timing and pyinstrument on the first request in-process | the four below |
+| cold start, opcancel ÷ bare | 609 ms ÷ 182 ms = **3.3×**, slower than the official client (469 ms) | see above | `-X importtime`; timing and pyinstrument on the first request in-process | the five below |
 | | google-cloud-pubsub: 209 ms of imports, then a gRPC channel, on the first publish | gone from the function | `-X importtime` | results and checks are published with one REST `topics.publish` call over httpx (`function/_pubsub.py`); google-cloud-pubsub is now only the tests' and the local stack's client |
 | | three `httpx.Client`s, each loading certifi's CA bundle: 29–50 ms each | one transport for the process, TLS set up on its first `https` request | timing `httpx.Client()` | `function/_http.py`: one `SharedTransport` for the API, Pub/Sub, Firestore and token refreshes (on Cloud: one TLS context instead of three) |
 | | the garbage collector ran during `main.py`'s imports | ~10 ms less (243 vs 253 ms, 15 interleaved starts each) | timing the import with the collector off | `main.py`: the gc module's recipe for servers that fork after loading (`gc.disable()`, then `gc.freeze()`), which also keeps the workers' collections off the pages they share with the master |
+| | on Cloud, google-auth's Application Default Credentials took 90–120 ms to the first token: its `compute_engine` module imports `requests` | 2–3 ms | timing the first token in-process against `bench/_metadata.py` | `MetadataServerAuth` (`function/_api.py`) asks the metadata server itself; a key file in `GOOGLE_APPLICATION_CREDENTIALS` still goes through google-auth |
 | | the Firestore store was imported by every function | imported only when `OPCANCEL_STORE=firestore` | `-X importtime` (1.4 ms) | `function/__init__.py` |
 | warm, c=8, opcancel ÷ floor | 112 ÷ 162 req/s = **69%** | see above | py-spy on the worker: 41% of samples in `SqliteStore._execute`, waiting for the lock while another thread's commit did an fsync | SQLite `synchronous=NORMAL` under WAL: a commit survives a crash of the process, only a power loss can drop the last ones (README) |
 | correctness | a key taken over before any cancel was recorded was cancelled again at once | the new holder calls `get` first; a done operation is not cancelled again | a fault test crashing between the cancel's answer and its record; the chaos run counts what is left | `Opcancel._get_before_cancel` |
@@ -45,9 +46,8 @@ which is mostly waiting: the result's publish on the Pub/Sub emulator's REST fro
 connection; its gRPC front end answers in about half that), cancel and get on the simulator (4–7 ms on
 new connections), and the SQLite store opened and written (3 ms). 1.3× of the floor leaves ~50 ms for
 all of it; the imports alone take that. Left as they are: functions-framework (its import is the
-floor) and httpx. On Cloud both opcancel and the official client also pay for TLS and for the
-metadata-server credentials (google-auth's `compute_engine` imports `requests`, ~90 ms); this harness
-runs both against loopback without credentials.
+floor) and httpx. On Cloud both also pay for TLS on the first `https` connection, which no loopback
+run can show.
 """
 
 
@@ -60,8 +60,8 @@ def write_report(
         + ("**A `--quick` run: brief checks of the harness, not measurements.**\n" if quick else "\n"),
         _setting(command, elapsed_s, plan),
     ]
-    if "coldstart" in found:
-        parts.append(_coldstart(found["coldstart"]))
+    for cold in found.get("coldstart", ()):
+        parts.append(_coldstart(cold))
     if "warm" in found:
         parts.append(_warm(found["warm"]))
     if "cost" in found:
@@ -99,12 +99,23 @@ def _coldstart(cold: ColdStart) -> str:
             ("official", "google-cloud-securitycenter + google-cloud-pubsub (`bench/functions/official.py`)"),
         )
     )
-    return f"""## Cold start
-
-From spawning the process to the answer to its first request: a push body naming a fresh operation,
+    if cold.cloud_credentials:
+        title = "### With credentials from a metadata server, as in a Cloud Function"
+        how = (
+            "The same, with `K_SERVICE` set and a stand-in metadata server on loopback (`bench/_metadata.py`):\n"
+            "opcancel asks it for its token, the official client goes through google-auth's Application Default\n"
+            "Credentials, and both send the token with every API call. The bare function authenticates nothing."
+        )
+    else:
+        title = "## Cold start"
+        how = f"""From spawning the process to the answer to its first request: a push body naming a fresh operation,
 sent the moment the port accepts. opcancel and the official-client function answer only after the
-cancel and the get were answered and the result's publish was confirmed. Median of {runs} interleaved
-starts each, after one unrecorded start that writes the bytecode caches.
+cancel and the get were answered and the result's publish was confirmed. No credentials, as the goal
+is set. Median of {runs} interleaved starts each, after one unrecorded start that writes the bytecode
+caches."""
+    return f"""{title}
+
+{how}
 
 | function | median | range | ÷ floor |
 | --- | --- | --- | --- |

@@ -6,7 +6,7 @@ Modules are private; import from here.
 """
 
 from . import errors
-from ._api import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, OperationsClient
+from ._api import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, MetadataServerAuth, OperationsClient
 from ._app import build_api, build_auth, build_publisher, build_service, build_store
 from ._clock import SystemClock, format_time, parse_time
 from ._entry import RedeliveryRequested, Runtime, message_from_cloud_event
@@ -39,6 +39,7 @@ __all__ = [
     "ItemStatus",
     "Logger",
     "MemoryStore",
+    "MetadataServerAuth",
     "Opcancel",
     "OperationRef",
     "OperationsClient",

@@ -6,7 +6,7 @@ import sqlite3
 
 import httpx
 
-from ._api import AnonymousAuth, Authenticator, DefaultCredentialsAuth, OperationsClient
+from ._api import AnonymousAuth, Authenticator, DefaultCredentialsAuth, MetadataServerAuth, OperationsClient
 from ._clock import Clock, SystemClock
 from ._http import SharedTransport
 from ._log import Logger
@@ -54,10 +54,13 @@ def build_publisher(
     )
 
 
-def build_auth(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> Authenticator:
-    if settings.auth == "adc":
-        return DefaultCredentialsAuth(on_cloud=settings.on_cloud, transport=transport)
-    return AnonymousAuth()
+def build_auth(settings: Settings, *, clock: Clock, transport: httpx.BaseTransport | None = None) -> Authenticator:
+    if settings.auth == "anonymous":
+        return AnonymousAuth()
+    if settings.on_cloud and not settings.credentials_file:
+        # Where Application Default Credentials would find them, without google-auth's cold start.
+        return MetadataServerAuth(clock=clock, host=settings.metadata_host, transport=transport)
+    return DefaultCredentialsAuth(on_cloud=settings.on_cloud, transport=transport)
 
 
 def build_api(
@@ -71,7 +74,7 @@ def build_service(settings: Settings, *, log: Logger | None = None) -> Opcancel:
     clock = SystemClock()
     transport = SharedTransport()
     # One credential cache serves the Operations API, Pub/Sub and Firestore: all use the cloud-platform scope.
-    auth = build_auth(settings, transport=transport)
+    auth = build_auth(settings, clock=clock, transport=transport)
     return Opcancel(
         settings=settings,
         api=build_api(settings, auth=auth, clock=clock, log=log, transport=transport),

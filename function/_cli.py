@@ -98,7 +98,7 @@ def main() -> None:
         sys.exit(Exit.BAD_CONFIGURATION)
     clock = SystemClock()
     transport = SharedTransport()
-    auth = build_auth(settings, transport=transport)
+    auth = build_auth(settings, clock=clock, transport=transport)
     clients = CliClients(
         settings=settings,
         auth=auth,

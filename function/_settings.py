@@ -18,6 +18,7 @@ _PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[a-z0-9.:-]{1,100}")
 _DATABASE_ID = re.compile(r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]")
 _COLLECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _PARENT = re.compile(r"organizations/[1-9][0-9]{0,31}")
+_HOST_PORT = re.compile(r"[A-Za-z0-9.-]{1,253}(:[1-9][0-9]{0,4})?")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Settings:
     pubsub_emulator_host: str | None = None
     firestore_emulator_host: str | None = None
     on_cloud: bool = False
+    #: Where the metadata server answers (``GCE_METADATA_HOST``, as google-auth reads it).
+    metadata_host: str = "metadata.google.internal"
+    #: ``GOOGLE_APPLICATION_CREDENTIALS`` is set: credentials come from that file, not the metadata server.
+    credentials_file: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
@@ -94,6 +99,9 @@ class Settings:
             pubsub_emulator_host=environ.get("PUBSUB_EMULATOR_HOST") or None,
             firestore_emulator_host=environ.get("FIRESTORE_EMULATOR_HOST") or None,
             on_cloud=on_cloud,
+            metadata_host=reader.optional("GCE_METADATA_HOST", _HOST_PORT, "a host or host:port")
+            or "metadata.google.internal",
+            credentials_file=bool(environ.get("GOOGLE_APPLICATION_CREDENTIALS")),
         )
 
 

@@ -157,7 +157,7 @@ class CrashingApi:
 
 clock = SystemClock()
 transport = SharedTransport()
-auth = build_auth(settings, transport=transport)
+auth = build_auth(settings, clock=clock, transport=transport)
 service = Opcancel(
     settings=settings,
     # Retry budgets kept well inside OPCANCEL_LEASE_S, as the deployment keeps its 540 s timeout inside 600 s:

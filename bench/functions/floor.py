@@ -22,7 +22,7 @@ from function import (
 settings = Settings.from_env(os.environ)
 transport = SharedTransport()
 clock = SystemClock()
-auth = build_auth(settings, transport=transport)
+auth = build_auth(settings, clock=clock, transport=transport)
 api = build_api(settings, auth=auth, clock=clock, log=Logger(), transport=transport)
 publisher = build_publisher(settings, auth=auth, clock=clock, transport=transport)
 

@@ -13,7 +13,8 @@ from google.protobuf import json_format
 
 client = securitycenter_v1.SecurityCenterClient(
     transport="rest",
-    credentials=AnonymousCredentials(),
+    # Application Default Credentials when the bench sets up a metadata server, as on Cloud.
+    credentials=None if os.environ.get("BENCH_CREDENTIALS") == "adc" else AnonymousCredentials(),
     client_options=ClientOptions(api_endpoint=os.environ["OPCANCEL_API_ENDPOINT"]),
 )
 publisher = pubsub_v1.PublisherClient()

@@ -16,9 +16,12 @@ from function import (
     CancelAnswer,
     DefaultCredentialsAuth,
     Logger,
+    MetadataServerAuth,
     OperationRef,
     OperationsClient,
     Outcome,
+    Settings,
+    build_auth,
 )
 from function._api import SCOPE
 from function._names import LOCATIONS
@@ -664,3 +667,113 @@ def test_a_token_endpoint_that_cannot_be_reached_is_transient():
     auth = DefaultCredentialsAuth(find=lambda **_: (credentials, None), transport=httpx.MockTransport(endpoint))
     with pytest.raises(ApiUnavailable, match="could not refresh credentials"):
         auth.headers()
+
+
+class MetadataServer:
+    """The metadata server's token endpoint, answering from ``script`` in turn (the last repeats)."""
+
+    def __init__(self, *script: httpx.Response | Exception) -> None:
+        self.script = list(script) or [httpx.Response(200, json={"access_token": "md-token", "expires_in": 3599})]
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+def token(value: str, expires_in: float = 3599) -> httpx.Response:
+    return httpx.Response(200, json={"access_token": value, "expires_in": expires_in, "token_type": "Bearer"})
+
+
+def metadata_auth(server: MetadataServer, clock: FakeClock | None = None, host: str = "metadata.google.internal"):
+    return MetadataServerAuth(clock=clock or FakeClock(), host=host, transport=httpx.MockTransport(server))
+
+
+def test_the_metadata_server_token_is_asked_for_with_its_header_and_scope_and_reused():
+    server = MetadataServer(token("t-1"))
+    auth = metadata_auth(server, host="127.0.0.1:8977")
+    assert auth.headers() == {"authorization": "Bearer t-1"}
+    assert auth.headers() == {"authorization": "Bearer t-1"}
+    (request,) = server.requests
+    assert (request.url.host, request.url.port, request.url.path) == (
+        "127.0.0.1",
+        8977,
+        "/computeMetadata/v1/instance/service-accounts/default/token",
+    )
+    assert request.url.params["scopes"] == SCOPE
+    assert request.headers["metadata-flavor"] == "Google"
+
+
+def test_a_token_is_renewed_a_minute_before_it_expires_and_on_refresh():
+    clock = FakeClock()
+    server = MetadataServer(token("t-1", 600), token("t-2", 600), token("t-3", 600))
+    auth = metadata_auth(server, clock)
+    assert auth.headers()["authorization"] == "Bearer t-1"
+    clock.advance(539)
+    assert auth.headers()["authorization"] == "Bearer t-1"
+    clock.advance(1)
+    assert auth.headers()["authorization"] == "Bearer t-2"
+    assert auth.refresh() and auth.headers()["authorization"] == "Bearer t-3"
+
+
+@pytest.mark.parametrize("trouble", [httpx.Response(503), httpx.Response(429), httpx.ConnectError("not yet")])
+def test_a_metadata_server_not_answering_yet_is_retried_then_transient(trouble):
+    clock = FakeClock()
+    server = MetadataServer(trouble, token("t-1"))
+    assert metadata_auth(server, clock).headers()["authorization"] == "Bearer t-1"
+    assert clock.slept == [0.1]
+    with pytest.raises(ApiUnavailable, match="no token from the metadata server"):
+        metadata_auth(MetadataServer(trouble), FakeClock()).headers()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(404),
+        httpx.Response(200, text="<html>not the metadata server</html>"),
+        httpx.Response(200, json={"access_token": "", "expires_in": 3599}),
+        httpx.Response(200, json={"access_token": "t", "expires_in": "soon"}),
+        httpx.Response(200, json={"expires_in": 3599}),
+    ],
+)
+def test_a_metadata_answer_without_a_token_is_transient_and_sends_no_header(answer):
+    with pytest.raises(ApiUnavailable):
+        metadata_auth(MetadataServer(answer)).headers()
+
+
+def test_on_cloud_credentials_come_from_the_metadata_server_unless_a_file_is_named():
+    clock = FakeClock()
+    cloud = Settings.from_env({"K_SERVICE": "opcancel-requests", "GCE_METADATA_HOST": "127.0.0.1:8977"})
+    auth = build_auth(cloud, clock=clock)
+    assert isinstance(auth, MetadataServerAuth)
+    keyed = Settings.from_env({"K_SERVICE": "x", "GOOGLE_APPLICATION_CREDENTIALS": "/secrets/key.json"})
+    assert isinstance(build_auth(keyed, clock=clock), DefaultCredentialsAuth)
+    assert isinstance(build_auth(Settings.from_env({}), clock=clock), DefaultCredentialsAuth)
+    assert isinstance(
+        build_auth(Settings.from_env({"K_SERVICE": "x", "OPCANCEL_AUTH": "anonymous"}), clock=clock), AnonymousAuth
+    )
+
+
+def test_a_token_from_the_metadata_server_reaches_the_operations_api():
+    server = MetadataServer(token("md-secret"))
+    seen = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "metadata.google.internal":
+            return server(request)
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={})
+
+    transport = httpx.MockTransport(api)
+    clock = FakeClock()
+    client = OperationsClient(
+        auth=MetadataServerAuth(clock=clock, transport=transport),
+        clock=clock,
+        log=Logger(io.StringIO()),
+        transport=transport,
+    )
+    assert client.cancel(REF) is CancelAnswer.ACCEPTED
+    assert seen == ["Bearer md-secret"]

@@ -36,6 +36,8 @@ def test_an_empty_environment_gives_the_documented_defaults():
     assert settings.pubsub_emulator_host is None
     assert settings.firestore_emulator_host is None
     assert settings.on_cloud is False
+    assert settings.metadata_host == "metadata.google.internal"
+    assert settings.credentials_file is False
 
 
 def test_locally_the_store_defaults_to_the_embedded_one():
@@ -52,6 +54,17 @@ def test_on_cloud_the_store_defaults_to_firestore():
 
 def test_an_explicit_store_wins_on_cloud():
     assert Settings.from_env({"K_SERVICE": "opcancel", "OPCANCEL_STORE": "memory"}).store == "memory"
+
+
+def test_the_metadata_host_and_a_credentials_file_are_read_as_google_auth_reads_them():
+    settings = Settings.from_env({"GCE_METADATA_HOST": "127.0.0.1:8977", "GOOGLE_APPLICATION_CREDENTIALS": "/k.json"})
+    assert (settings.metadata_host, settings.credentials_file) == ("127.0.0.1:8977", True)
+
+
+@pytest.mark.parametrize("host", ["http://169.254.169.254", "metadata/x", "h:0", "h:99999x", "a b"])
+def test_a_bad_metadata_host_fails_start_up_naming_it(host):
+    with pytest.raises(ConfigError, match="GCE_METADATA_HOST"):
+        Settings.from_env({"GCE_METADATA_HOST": host})
 
 
 def test_an_empty_k_service_is_not_cloud():
