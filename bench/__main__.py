@@ -18,7 +18,7 @@ from bench.report import write_report
 
 PARTS = ("coldstart", "warm", "cost", "chaos")
 FULL = {
-    "cold_runs": 11,
+    "cold_runs": 21,
     "warm_rounds": 3,
     "warm_seconds": 5.0,
     "concurrencies": (1, 8, 32),

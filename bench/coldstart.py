@@ -40,6 +40,11 @@ class ColdStart:
     def median_ms(self, name: str) -> float:
         return median(self.runs[name]) * 1000
 
+    def median_ratio(self, name: str, baseline: str = "bare") -> float:
+        """The median over rounds of each round's ratio: the starts of one round run back to back, so
+        what the machine was doing then weighs on both alike."""
+        return median([ours / floor for ours, floor in zip(self.runs[name], self.runs[baseline], strict=True)])
+
 
 def measure(
     services: Services,
