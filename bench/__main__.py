@@ -19,8 +19,9 @@ from bench.report import write_report
 PARTS = ("coldstart", "warm", "cost", "chaos")
 FULL = {
     "cold_runs": 21,
-    "warm_rounds": 3,
-    "warm_seconds": 5.0,
+    "warm_rounds": 5,
+    "warm_seconds": 4.0,
+    "warm_warmup_s": 5.0,
     "concurrencies": (1, 8, 32),
     "chaos_runs": (("sqlite", 1), ("sqlite", 2), ("sqlite", 3), ("firestore", 1), ("firestore", 2)),
     "chaos_operations": 100,
@@ -29,6 +30,7 @@ QUICK = {
     "cold_runs": 1,
     "warm_rounds": 1,
     "warm_seconds": 0.5,
+    "warm_warmup_s": 0.5,
     "concurrencies": (1, 8),
     "chaos_runs": (("sqlite", 1), ("firestore", 1)),
     "chaos_operations": 10,
@@ -69,6 +71,7 @@ def main(argv: list[str]) -> int:
                         concurrencies=plan["concurrencies"],
                         rounds=plan["warm_rounds"],
                         seconds=plan["warm_seconds"],
+                        warmup_s=plan["warm_warmup_s"],
                     )
         if "cost" in parts:
             _say("cost per cancellation")

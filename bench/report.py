@@ -136,15 +136,15 @@ def _warm(results: WarmResults) -> str:
             lines.append(
                 f"| {concurrency} | {label} | {results.median_rps(name, concurrency):.0f} "
                 f"| {results.median_p(name, concurrency, 0.5) * 1000:.1f} ms | {results.median_p(name, concurrency, 0.99) * 1000:.1f} ms "
-                f"| {results.median_rps('opcancel', concurrency) / results.median_rps('floor', concurrency):.0%} |"
+                f"| {results.median_ratio('opcancel', 'floor', concurrency):.0%} |"
                 if name == "opcancel"
                 else f"| {concurrency} | {label} | {results.median_rps(name, concurrency):.0f} "
                 f"| {results.median_p(name, concurrency, 0.5) * 1000:.1f} ms | {results.median_p(name, concurrency, 0.99) * 1000:.1f} ms | |"
             )
     rounds = len(results.loads["opcancel"][concurrencies[0]])
     goal_c = 8 if 8 in concurrencies else concurrencies[-1]
-    share = results.median_rps("opcancel", goal_c) / results.median_rps("floor", goal_c)
-    p99 = results.median_p("opcancel", goal_c, 0.99) / results.median_p("floor", goal_c, 0.99)
+    share = results.median_ratio("opcancel", "floor", goal_c)
+    p99 = results.median_ratio("opcancel", "floor", goal_c, 0.99)
     worker, master = results.memory_kib["opcancel"]
     instance_mib = (worker + master) / 1024
     errors = {name: results.errors(name) for name in results.loads}
@@ -158,7 +158,10 @@ Requests per second and latency through functions-framework, each client thread 
 connection as Pub/Sub's push uses, every request naming a fresh operation (claim, cancel, get, result
 published, key finished). The floor handler (`bench/functions/floor.py`) makes the same two API calls
 and the same publish with the same clients and does nothing else; the bare function is the framework
-alone. Median over {rounds} rounds; functions and concurrencies interleaved. Failed requests: {errors}.
+alone. {rounds} rounds, each loading every function at every concurrency in turn, after {results.warmup_s:g} s of
+unrecorded load on each; figures are medians over rounds, and "opcancel ÷ floor" (and the goals) the
+median of each round's ratio, since within a round the two ran one after the other. Failed requests:
+{errors}.
 
 | concurrency | function | req/s | p50 | p99 | opcancel ÷ floor |
 | --- | --- | --- | --- | --- | --- |

@@ -54,9 +54,18 @@ class WarmResults:
     loads: dict[str, dict[int, list[Load]]]
     #: function -> (worker's peak RSS, master's private memory) in KiB, after every round.
     memory_kib: dict[str, tuple[int, int]]
+    warmup_s: float
 
     def median_rps(self, name: str, concurrency: int) -> float:
         return median([load.rps for load in self.loads[name][concurrency]])
+
+    def median_ratio(self, name: str, baseline: str, concurrency: int, fraction: float | None = None) -> float:
+        """The median over rounds of each round's ratio, of requests/s or (with ``fraction``) of that
+        latency percentile: within a round the two ran one after the other, under the same conditions."""
+        pairs = zip(self.loads[name][concurrency], self.loads[baseline][concurrency], strict=True)
+        if fraction is None:
+            return median([ours.rps / theirs.rps for ours, theirs in pairs])
+        return median([ours.p(fraction) / theirs.p(fraction) for ours, theirs in pairs])
 
     def median_p(self, name: str, concurrency: int, fraction: float) -> float:
         return median([load.p(fraction) for load in self.loads[name][concurrency]])
@@ -72,6 +81,7 @@ def measure(
     concurrencies: tuple[int, ...],
     rounds: int,
     seconds: float,
+    warmup_s: float = 5.0,
     functions_measured: tuple[str, ...] = MEASURED,
 ) -> WarmResults:
     names = itertools.count()
@@ -86,7 +96,7 @@ def measure(
             )
         for name, function in functions.items():
             # Unrecorded: connections, caches and the emulator's JIT warm up.
-            _load(function.port, concurrency=8, seconds=min(seconds, 2.0), names=names, prefix=name)
+            _load(function.port, concurrency=8, seconds=warmup_s, names=names, prefix=name)
         for _ in range(rounds):
             for concurrency in concurrencies:
                 for name, function in functions.items():
@@ -97,7 +107,7 @@ def measure(
         for name, function in functions.items():
             (worker,) = function.worker_pids()
             peaks[name] = (peak_rss_kib(worker), private_kib(function.process.pid))
-    return WarmResults(loads, peaks)
+    return WarmResults(loads, peaks, warmup_s)
 
 
 def _load(port: int, *, concurrency: int, seconds: float, names: itertools.count, prefix: str) -> Load:

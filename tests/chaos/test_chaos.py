@@ -38,7 +38,13 @@ def test_the_benchmark_harness_measures_opcancel_handling_real_requests(tmp_path
     try:
         cold = coldstart.measure(services, tmp_path, runs=1, names=("bare", "opcancel"))
         load = warm.measure(
-            services, tmp_path, concurrencies=(4,), rounds=1, seconds=0.5, functions_measured=("opcancel",)
+            services,
+            tmp_path,
+            concurrencies=(4,),
+            rounds=1,
+            seconds=0.5,
+            warmup_s=0.5,
+            functions_measured=("opcancel",),
         )
         cancels = [c["path"] for c in services.simulator("GET", "calls")["calls"] if c["path"].endswith(":cancel")]
     finally:
