@@ -83,6 +83,22 @@ class MemoryPublisher:
         ]
 
 
+class Scripted:
+    """An ``httpx.MockTransport`` handler answering from ``script`` in turn (the last step repeats),
+    recording each request; a step that is an exception is raised, as a transport error would be."""
+
+    def __init__(self, *script: httpx.Response | Exception) -> None:
+        self.script = list(script)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
 DATA_DIR = pathlib.Path(__file__).parent / "data"
 TEST_POLICY = PollingPolicy(initial_delay_s=5.0, multiplier=2.0, max_delay_s=60.0, deadline_s=600.0)
 

@@ -27,7 +27,7 @@ from function._api import SCOPE
 from function._names import LOCATIONS
 from function._settings import VERSIONS
 from function.errors import ApiRejected, ApiUnavailable
-from tests.support import DATA_DIR, FakeClock
+from tests.support import DATA_DIR, FakeClock, Scripted
 
 REF = OperationRef("123456789", "abc")
 RELATIVE = "organizations/123456789/operations/abc"
@@ -669,31 +669,21 @@ def test_a_token_endpoint_that_cannot_be_reached_is_transient():
         auth.headers()
 
 
-class MetadataServer:
-    """The metadata server's token endpoint, answering from ``script`` in turn (the last repeats)."""
-
-    def __init__(self, *script: httpx.Response | Exception) -> None:
-        self.script = list(script) or [httpx.Response(200, json={"access_token": "md-token", "expires_in": 3599})]
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        if isinstance(step, Exception):
-            raise step
-        return step
+def metadata_server(*script: httpx.Response | Exception) -> Scripted:
+    """The metadata server's token endpoint."""
+    return Scripted(*(script or [httpx.Response(200, json={"access_token": "md-token", "expires_in": 3599})]))
 
 
 def token(value: str, expires_in: float = 3599) -> httpx.Response:
     return httpx.Response(200, json={"access_token": value, "expires_in": expires_in, "token_type": "Bearer"})
 
 
-def metadata_auth(server: MetadataServer, clock: FakeClock | None = None, host: str = "metadata.google.internal"):
+def metadata_auth(server: Scripted, clock: FakeClock | None = None, host: str = "metadata.google.internal"):
     return MetadataServerAuth(clock=clock or FakeClock(), host=host, transport=httpx.MockTransport(server))
 
 
 def test_the_metadata_server_token_is_asked_for_with_its_header_and_scope_and_reused():
-    server = MetadataServer(token("t-1"))
+    server = metadata_server(token("t-1"))
     auth = metadata_auth(server, host="127.0.0.1:8977")
     assert auth.headers() == {"authorization": "Bearer t-1"}
     assert auth.headers() == {"authorization": "Bearer t-1"}
@@ -709,7 +699,7 @@ def test_the_metadata_server_token_is_asked_for_with_its_header_and_scope_and_re
 
 def test_a_token_is_renewed_a_minute_before_it_expires_and_on_refresh():
     clock = FakeClock()
-    server = MetadataServer(token("t-1", 600), token("t-2", 600), token("t-3", 600))
+    server = metadata_server(token("t-1", 600), token("t-2", 600), token("t-3", 600))
     auth = metadata_auth(server, clock)
     assert auth.headers()["authorization"] == "Bearer t-1"
     clock.advance(539)
@@ -722,11 +712,11 @@ def test_a_token_is_renewed_a_minute_before_it_expires_and_on_refresh():
 @pytest.mark.parametrize("trouble", [httpx.Response(503), httpx.Response(429), httpx.ConnectError("not yet")])
 def test_a_metadata_server_not_answering_yet_is_retried_then_transient(trouble):
     clock = FakeClock()
-    server = MetadataServer(trouble, token("t-1"))
+    server = metadata_server(trouble, token("t-1"))
     assert metadata_auth(server, clock).headers()["authorization"] == "Bearer t-1"
     assert clock.slept == [0.1]
     with pytest.raises(ApiUnavailable, match="no token from the metadata server"):
-        metadata_auth(MetadataServer(trouble), FakeClock()).headers()
+        metadata_auth(metadata_server(trouble), FakeClock()).headers()
 
 
 @pytest.mark.parametrize(
@@ -741,7 +731,7 @@ def test_a_metadata_server_not_answering_yet_is_retried_then_transient(trouble):
 )
 def test_a_metadata_answer_without_a_token_is_transient_and_sends_no_header(answer):
     with pytest.raises(ApiUnavailable):
-        metadata_auth(MetadataServer(answer)).headers()
+        metadata_auth(metadata_server(answer)).headers()
 
 
 def test_on_cloud_credentials_come_from_the_metadata_server_unless_a_file_is_named():
@@ -758,7 +748,7 @@ def test_on_cloud_credentials_come_from_the_metadata_server_unless_a_file_is_nam
 
 
 def test_a_token_from_the_metadata_server_reaches_the_operations_api():
-    server = MetadataServer(token("md-secret"))
+    server = metadata_server(token("md-secret"))
     seen = []
 
     def api(request: httpx.Request) -> httpx.Response:

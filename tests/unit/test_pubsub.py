@@ -13,7 +13,7 @@ from google.cloud import pubsub_v1
 from devkit.emulators import Emulator, EmulatorUnavailable
 from function import PubSubPublisher
 from function.errors import ApiUnavailable, PublishFailed
-from tests.support import FakeClock
+from tests.support import FakeClock, Scripted
 
 MESSAGES = [(b'{"outcome":"CANCELLED"}', {"ce-id": "abc", "outcome": "CANCELLED"}), (b"\x00\xffbinary", {})]
 
@@ -38,26 +38,11 @@ class Auth:
         return True
 
 
-class Topic:
-    """Answers each publish from ``script`` in turn (the last repeats), recording the requests."""
-
-    def __init__(self, *script: httpx.Response | Exception) -> None:
-        self.script = list(script)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        if isinstance(step, Exception):
-            raise step
-        return step
-
-
 def ids(count: int) -> httpx.Response:
     return httpx.Response(200, json={"messageIds": [str(100 + i) for i in range(count)]})
 
 
-def publisher(topic: Topic, *, auth: Auth | None = None, emulator_host: str | None = None, clock=None):
+def publisher(topic: Scripted, *, auth: Auth | None = None, emulator_host: str | None = None, clock=None):
     return PubSubPublisher(
         "my-project",
         auth=auth or Auth(),
@@ -69,7 +54,7 @@ def publisher(topic: Topic, *, auth: Auth | None = None, emulator_host: str | No
 
 
 def test_all_messages_go_in_one_publish_call_to_the_topic_with_credentials():
-    topic = Topic(ids(2))
+    topic = Scripted(ids(2))
     assert publisher(topic).publish_all("opcancel-results", MESSAGES) == ["100", "101"]
     (request,) = topic.requests
     assert (request.method, str(request.url)) == (
@@ -82,7 +67,7 @@ def test_all_messages_go_in_one_publish_call_to_the_topic_with_credentials():
 
 
 def test_the_emulator_is_reached_over_plain_http_without_credentials():
-    topic = Topic(ids(1))
+    topic = Scripted(ids(1))
     auth = Auth(fail=AssertionError("the emulator needs no credentials"))
     publisher(topic, auth=auth, emulator_host="127.0.0.1:8085").publish_all("t-1", MESSAGES[:1])
     (request,) = topic.requests
@@ -94,14 +79,14 @@ def test_the_emulator_is_reached_over_plain_http_without_credentials():
     "trouble", [httpx.Response(503), httpx.Response(429), httpx.ConnectError("refused"), httpx.ReadTimeout("slow")]
 )
 def test_transient_trouble_is_retried_at_once_with_backoff(trouble):
-    topic = Topic(trouble, ids(1))
+    topic = Scripted(trouble, ids(1))
     clock = FakeClock()
     assert publisher(topic, clock=clock).publish_all("t-1", MESSAGES[:1]) == ["100"]
     assert len(topic.requests) == 2 and clock.slept == [0.1]
 
 
 def test_persistent_trouble_is_publish_failed_after_bounded_attempts():
-    topic = Topic(httpx.Response(503, text="backend down"))
+    topic = Scripted(httpx.Response(503, text="backend down"))
     clock = FakeClock()
     with pytest.raises(PublishFailed, match="after 3 attempts: HTTP 503: backend down"):
         publisher(topic, clock=clock).publish_all("t-1", MESSAGES)
@@ -110,14 +95,14 @@ def test_persistent_trouble_is_publish_failed_after_bounded_attempts():
 
 @pytest.mark.parametrize("status", [400, 403, 404])
 def test_a_refusal_is_publish_failed_without_retrying(status):
-    topic = Topic(httpx.Response(status, json={"error": {"status": "NOT_FOUND", "message": "Resource not found"}}))
+    topic = Scripted(httpx.Response(status, json={"error": {"status": "NOT_FOUND", "message": "Resource not found"}}))
     with pytest.raises(PublishFailed, match=f"HTTP {status}"):
         publisher(topic).publish_all("t-1", MESSAGES)
     assert len(topic.requests) == 1
 
 
 def test_a_401_refreshes_credentials_once():
-    topic = Topic(httpx.Response(401), ids(1))
+    topic = Scripted(httpx.Response(401), ids(1))
     auth = Auth()
     publisher(topic, auth=auth).publish_all("t-1", MESSAGES[:1])
     assert auth.refreshes == 1
@@ -125,7 +110,7 @@ def test_a_401_refreshes_credentials_once():
 
 
 def test_missing_credentials_are_publish_failed_so_the_message_comes_again():
-    topic = Topic(ids(1))
+    topic = Scripted(ids(1))
     with pytest.raises(PublishFailed, match="metadata server"):
         publisher(topic, auth=Auth(fail=ApiUnavailable("no credentials from the metadata server yet"))).publish_all(
             "t-1", MESSAGES
@@ -136,7 +121,7 @@ def test_missing_credentials_are_publish_failed_so_the_message_comes_again():
 def test_a_refresh_that_fails_is_publish_failed():
     auth = Auth(fail_refresh=ApiUnavailable("could not refresh credentials: RefreshError"))
     with pytest.raises(PublishFailed, match="could not refresh credentials"):
-        publisher(Topic(httpx.Response(401)), auth=auth).publish_all("t-1", MESSAGES)
+        publisher(Scripted(httpx.Response(401)), auth=auth).publish_all("t-1", MESSAGES)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +135,7 @@ def test_a_refresh_that_fails_is_publish_failed():
 )
 def test_an_answer_without_one_id_per_message_is_not_a_confirmation(answer):
     with pytest.raises(PublishFailed):
-        publisher(Topic(answer)).publish_all("t-1", MESSAGES)
+        publisher(Scripted(answer)).publish_all("t-1", MESSAGES)
 
 
 @pytest.mark.emulator
