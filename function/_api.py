@@ -8,6 +8,7 @@ over the simulator) as ``transport``, as httpx's own tests do.
 from __future__ import annotations
 
 import enum
+import math
 import random
 import re
 import threading
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import httpx
 
 from ._clock import Clock
-from ._http import auth_request
+from ._http import Backoff, auth_request
 from ._log import Logger
 from ._model import Outcome
 from ._names import GLOBAL, OperationRef, check_location, check_version, host_for, parse_parent
@@ -134,7 +135,8 @@ class MetadataServerAuth:
 
     #: Renew this long before the token expires, so no request carries one that lapses in flight.
     _EARLY_S = 60.0
-    _ATTEMPTS = 3
+    #: 0.1 s, then 0.2 s: the metadata server is local, so it answers at once or is not up yet.
+    _BACKOFF = Backoff(first_s=0.1, max_s=0.2, attempts=3, budget_s=math.inf, jitter=lambda: 1.0)
 
     def __init__(
         self,
@@ -164,7 +166,7 @@ class MetadataServerAuth:
 
     def _fetch(self) -> None:
         failure = ""
-        for attempt in range(1, self._ATTEMPTS + 1):
+        for attempt in range(1, self._BACKOFF.attempts + 1):
             try:
                 response = self._http.get(self._url, params={"scopes": SCOPE}, headers={"metadata-flavor": "Google"})
             except httpx.RequestError as problem:
@@ -176,8 +178,9 @@ class MetadataServerAuth:
                 failure = f"HTTP {response.status_code}"
                 if response.status_code not in _TRANSIENT_STATUS:
                     break
-            if attempt < self._ATTEMPTS:
-                self._clock.sleep(0.1 * 2 ** (attempt - 1))
+            delay = self._BACKOFF.delay(attempt, elapsed_s=0.0)
+            if delay is not None:
+                self._clock.sleep(delay)
         raise ApiUnavailable(f"no token from the metadata server: {failure}")
 
     def _accept(self, body: dict[str, Any] | None) -> None:
@@ -221,11 +224,9 @@ class OperationsClient:
         self._log = log
         self._endpoint = endpoint.rstrip("/") if endpoint else None
         self._http = httpx.Client(transport=transport, timeout=timeout_s, follow_redirects=False)
-        self._max_attempts = max_attempts
-        self._base_delay_s = base_delay_s
-        self._max_delay_s = max_delay_s
-        self._retry_budget_s = retry_budget_s
-        self._jitter = jitter
+        self._backoff = Backoff(
+            first_s=base_delay_s, max_s=max_delay_s, attempts=max_attempts, budget_s=retry_budget_s, jitter=jitter
+        )
 
     def url(self, ref: OperationRef) -> str:
         base = self._endpoint or f"https://{ref.host}"
@@ -305,8 +306,8 @@ class OperationsClient:
                 if response.status_code not in _RETRYABLE_STATUS:
                     return response
                 failure = f"HTTP {response.status_code}"
-            delay = self._backoff(attempt)
-            if attempt >= self._max_attempts or self._clock.now() - started + delay > self._retry_budget_s:
+            delay = self._backoff.delay(attempt, elapsed_s=self._clock.now() - started)
+            if delay is None:
                 if response is not None:
                     return response
                 raise ApiUnavailable(f"{method} {target}: {failure} after {attempt} attempts")
@@ -320,10 +321,6 @@ class OperationsClient:
                 delay_s=round(delay, 3),
             )
             self._clock.sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._base_delay_s * 2 ** (attempt - 1), self._max_delay_s)
-        return ceiling * (0.5 + self._jitter() / 2)
 
     @staticmethod
     def _raise_for_error(response: httpx.Response) -> None:

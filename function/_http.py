@@ -9,11 +9,32 @@ needs it), and google-auth refreshes tokens over that same transport and its con
 
 from __future__ import annotations
 
+import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """When to try an HTTP call again: jittered exponential delays, bounded by attempts and by time."""
+
+    first_s: float
+    max_s: float
+    attempts: int
+    budget_s: float
+    #: Draws in [0, 1): each delay is between half and all of its exponential ceiling.
+    jitter: Callable[[], float] = random.random
+
+    def delay(self, attempt: int, *, elapsed_s: float) -> float | None:
+        """Seconds to wait after failed ``attempt`` (1-based), or None when no attempt or time is left."""
+        delay = min(self.first_s * 2 ** (attempt - 1), self.max_s) * (0.5 + self.jitter() / 2)
+        if attempt >= self.attempts or elapsed_s + delay > self.budget_s:
+            return None
+        return delay
 
 
 class SharedTransport(httpx.BaseTransport):

@@ -13,6 +13,7 @@ carries all the messages for a topic, as the client's batch would.
 from __future__ import annotations
 
 import base64
+import math
 import random
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ import httpx
 
 from ._api import Authenticator, json_object
 from ._clock import Clock
+from ._http import Backoff
 from .errors import OpcancelError, PublishFailed
 
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -58,9 +60,7 @@ class PubSubPublisher:
         self._emulated = emulator_host is not None
         self._clock = clock
         self._http = httpx.Client(transport=transport, timeout=timeout_s, follow_redirects=False)
-        self._attempts = attempts
-        self._budget_s = budget_s
-        self._jitter = jitter
+        self._backoff = Backoff(first_s=0.1, max_s=math.inf, attempts=attempts, budget_s=budget_s, jitter=jitter)
 
     def publish_all(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str]:
         body = {
@@ -105,8 +105,8 @@ class PubSubPublisher:
                 failure = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code not in _RETRYABLE_STATUS:
                     raise PublishFailed(f"publish to {topic} failed: {failure}")
-            delay = 0.1 * 2 ** (attempt - 1) * (0.5 + self._jitter() / 2)
-            if attempt >= self._attempts or self._clock.now() - started + delay > self._budget_s:
+            delay = self._backoff.delay(attempt, elapsed_s=self._clock.now() - started)
+            if delay is None:
                 raise PublishFailed(f"publish to {topic} failed after {attempt} attempts: {failure}")
             self._clock.sleep(delay)
 
