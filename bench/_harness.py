@@ -128,30 +128,43 @@ def function_command(source: pathlib.Path, port: int) -> list[str]:
 
 @contextlib.contextmanager
 def running_function(source: pathlib.Path, env: dict[str, str], *, log: pathlib.Path) -> Iterator[RunningFunction]:
-    port = free_port()
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            function_command(source, port), cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+    function = RunningFunction.start(source, env, log=log)
     try:
-        function = RunningFunction(process, port)
-        function.wait_until_serving(log)
+        function.wait_until_serving()
         yield function
     finally:
-        stop_group(process, grace_s=5)
+        function.stop()
 
 
 class RunningFunction:
-    def __init__(self, process: subprocess.Popen, port: int) -> None:
+    """A function under functions-framework in a process group of its own, its output in ``log``."""
+
+    def __init__(self, process: subprocess.Popen, port: int, log: pathlib.Path) -> None:
         self.process = process
         self.port = port
+        self.log = log
 
-    def wait_until_serving(self, log: pathlib.Path, timeout_s: float = 60.0) -> None:
+    @classmethod
+    def start(cls, source: pathlib.Path, env: dict[str, str], *, log: pathlib.Path) -> RunningFunction:
+        port = free_port()
+        with open(log, "ab") as output:
+            process = subprocess.Popen(
+                function_command(source, port), cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        return cls(process, port, log)
+
+    def stop(self) -> None:
+        stop_group(self.process, grace_s=5)
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the function exited at start-up:\n{self.log.read_text(errors='replace')[-2000:]}")
+
+    def wait_until_serving(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the function exited at start-up:\n{log.read_text(errors='replace')[-2000:]}")
+            self.check_alive()
             with contextlib.suppress(OSError):
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 connection.request("GET", "/")

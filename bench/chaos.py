@@ -305,9 +305,11 @@ def _account(store, names, sent, results, acked, operations_seen, calls, log, ki
     requests_per_name = collections.Counter(sent.values())
     without_one = sum(count for name, count in requests_per_name.items() if len(by_operation[name]) != 1)
     wrong = sum(1 for name in names if outcomes[name] and outcomes[name] != {_expected_outcome(name)})
-    fault_lines = [line for line in _log_lines(log) if line.get("event") == "chaos_fault"]
-    faults = collections.Counter(f"{line['where']} ({line['when']})" for line in fault_lines)
-    crashed_in_window = _cancels_sent_and_never_settled(_log_lines(log))
+    lines = _log_lines(log)
+    faults = collections.Counter(
+        f"{line['where']} ({line['when']})" for line in lines if line.get("event") == "chaos_fault"
+    )
+    crashed_in_window = _cancels_sent_and_never_settled(lines)
     cancelled_twice = {op["name"] for op in operations_seen if op["accepted_cancels"] > 1}
     injected = sum(1 for call in calls if call.get("injected"))
     return ChaosReport(

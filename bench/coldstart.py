@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import pathlib
-import subprocess
 import time
 from dataclasses import dataclass
 
@@ -19,13 +18,10 @@ from bench._harness import (
     FUNCTIONS,
     ORG,
     PUSH_HEADERS,
-    ROOT,
+    RunningFunction,
     Services,
-    free_port,
-    function_command,
     median,
     push_body,
-    stop_group,
 )
 
 MEASURED = ("bare", "opcancel", "official")
@@ -69,31 +65,25 @@ def _one(services: Services, workdir: pathlib.Path, name: str, operation_id: str
     run_dir = workdir / operation_id
     run_dir.mkdir()
     env = services.environment(run_dir, **(services.cloud_credentials(run_dir) if cloud_credentials else {}))
-    port = free_port()
     body = push_body(f"{ORG}/operations/{operation_id}", message_id=operation_id)
     log = run_dir / "function.log"
-    with open(log, "wb") as output:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            function_command(FUNCTIONS[name], port), cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+    started = time.perf_counter()
+    function = RunningFunction.start(FUNCTIONS[name], env, log=log)
     try:
-        status = _first_request(process, port, body, log)
+        status = _first_request(function, body)
         elapsed = time.perf_counter() - started
     finally:
-        stop_group(process, grace_s=5)
+        function.stop()
     if not 200 <= status < 300:
         raise RuntimeError(f"{name} answered its first request with {status}:\n{log.read_text()[-2000:]}")
     return elapsed
 
 
-def _first_request(process: subprocess.Popen, port: int, body: bytes, log: pathlib.Path) -> int:
+def _first_request(function: RunningFunction, body: bytes) -> int:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the function exited at start-up:\n{log.read_text()[-2000:]}")
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        function.check_alive()
+        connection = http.client.HTTPConnection("127.0.0.1", function.port, timeout=60)
         try:
             connection.request("POST", "/", body, PUSH_HEADERS)
         except ConnectionRefusedError:

@@ -133,13 +133,11 @@ def _warm(results: WarmResults) -> str:
     lines = []
     for concurrency in concurrencies:
         for name, label in (("bare", "bare"), ("floor", "floor handler"), ("opcancel", "**opcancel**")):
+            ratio = f"{results.median_ratio('opcancel', 'floor', concurrency):.0%}" if name == "opcancel" else ""
             lines.append(
                 f"| {concurrency} | {label} | {results.median_rps(name, concurrency):.0f} "
-                f"| {results.median_p(name, concurrency, 0.5) * 1000:.1f} ms | {results.median_p(name, concurrency, 0.99) * 1000:.1f} ms "
-                f"| {results.median_ratio('opcancel', 'floor', concurrency):.0%} |"
-                if name == "opcancel"
-                else f"| {concurrency} | {label} | {results.median_rps(name, concurrency):.0f} "
-                f"| {results.median_p(name, concurrency, 0.5) * 1000:.1f} ms | {results.median_p(name, concurrency, 0.99) * 1000:.1f} ms | |"
+                f"| {results.median_p(name, concurrency, 0.5) * 1000:.1f} ms "
+                f"| {results.median_p(name, concurrency, 0.99) * 1000:.1f} ms | {ratio} |"
             )
     rounds = len(results.loads["opcancel"][concurrencies[0]])
     goal_c = 8 if 8 in concurrencies else concurrencies[-1]

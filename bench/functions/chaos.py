@@ -1,8 +1,8 @@
 """opcancel for the chaos run: the real pipeline with faulty adapters injected around the real ones.
 
-``CHAOS_STORE_FAILURES`` and ``CHAOS_PUBLISH_FAILURES`` are the share of store writes and publishes
-(SQLite, or Firestore with ``OPCANCEL_STORE=firestore``) that fail, half of them before taking effect and half after (the write lands or the message goes out,
-but the answer is lost). ``CHAOS_CRASH_RATE`` is the chance that the worker process dies on the spot
+``CHAOS_STORE_FAILURES`` and ``CHAOS_PUBLISH_FAILURES`` are the share of store writes (to the store
+``OPCANCEL_STORE`` chooses) and of publishes that fail, half of them before taking effect and half
+after (the write lands or the message goes out, but the answer is lost). ``CHAOS_CRASH_RATE`` is the chance that the worker process dies on the spot
 after any API answer, store write or publish. Every fault is logged as ``chaos_fault``, every
 delivery the function acknowledges as ``chaos_acked``, and each cancel sent, refused and recorded in
 the store as ``chaos_cancel_sending``, ``chaos_cancel_failed`` and ``chaos_cancel_recorded``, so the
@@ -17,7 +17,7 @@ import threading
 import functions_framework
 
 from function import (
-    FirestoreStore,
+    IdempotencyStore,
     Logger,
     Opcancel,
     OperationsClient,
@@ -25,10 +25,10 @@ from function import (
     Runtime,
     Settings,
     SharedTransport,
-    SqliteStore,
     State,
     SystemClock,
     build_auth,
+    build_store,
 )
 from function.errors import PublishFailed
 
@@ -72,8 +72,13 @@ class Dice:
 dice = Dice()
 
 
-class FaultyWrites:
-    """Mixed in before a real store: its creates and replaces fail, or its worker dies, as the dice say."""
+class FaultyStore(IdempotencyStore):
+    """The store the settings choose, built as the function builds it, with writes that fail, or kill the
+    worker, as the dice say; the claim rules above the primitives are the real ones."""
+
+    def __init__(self, backend: IdempotencyStore) -> None:
+        super().__init__(lease_s=backend.lease_s, ttl_s=backend.ttl_s)
+        self._backend = backend
 
     def _faulty(self, where: str, write):
         fault = dice.fault(f"store {where}", STORE_FAILURES)
@@ -85,39 +90,23 @@ class FaultyWrites:
             raise TimeoutError("injected: the write landed but its answer was lost")
         return written
 
+    def _load(self, key):
+        return self._backend._load(key)
+
     def _create(self, record):
-        return self._faulty("create", lambda: super(FaultyWrites, self)._create(record))
+        return self._faulty("create", lambda: self._backend._create(record))
 
     def _replace(self, record, expected_version):
         return self._faulty("replace", lambda: self._replace_and_tell(record, expected_version))
 
     def _replace_and_tell(self, record, expected_version):
-        written = super()._replace(record, expected_version)
+        written = self._backend._replace(record, expected_version)
         if written and record.state is State.CANCEL_SENT:
             log.info("cancel recorded", event="chaos_cancel_recorded", key=record.key, pid=os.getpid())
         return written
 
-
-class FaultySqliteStore(FaultyWrites, SqliteStore):
-    pass
-
-
-class FaultyFirestoreStore(FaultyWrites, FirestoreStore):
-    pass
-
-
-def faulty_store(settings: Settings, *, auth, transport):
-    if settings.store == "firestore":
-        return FaultyFirestoreStore(
-            project=settings.project,
-            lease_s=settings.lease_s,
-            ttl_s=settings.record_ttl_s,
-            auth=auth,
-            collection=settings.firestore_collection,
-            emulator_host=settings.firestore_emulator_host,
-            transport=transport,
-        )
-    return FaultySqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
+    def _delete_if_version(self, key, expected_version):
+        return self._backend._delete_if_version(key, expected_version)
 
 
 class FaultyPublisher:
@@ -183,7 +172,7 @@ service = Opcancel(
             budget_s=2.0,
         )
     ),  # fmt: skip
-    store=faulty_store(settings, auth=auth, transport=transport),
+    store=FaultyStore(build_store(settings, auth=auth, transport=transport)),
     clock=clock,
     log=log,
 )
