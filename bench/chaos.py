@@ -51,9 +51,10 @@ class ChaosReport:
     store: str
     operations: int
     requests: int
-    cancelled_more_than_once: int
+    #: The operations the simulator accepted a cancel for twice while they ran.
+    cancelled_twice: tuple[str, ...]
     #: Of those, the ones with a cancel sent and never refused or recorded: its worker died in between.
-    cancelled_again_after_a_crash_in_the_window: int
+    cancelled_twice_after_a_crash_in_the_window: tuple[str, ...]
     without_one_result: int
     wrong_outcome: int
     lost: int
@@ -66,13 +67,25 @@ class ChaosReport:
     api_faults: int
     faults: collections.Counter = field(default_factory=collections.Counter)
     outcomes: collections.Counter = field(default_factory=collections.Counter)
-    #: The operations cancelled more than once, for a look at the log.
-    cancelled_twice: tuple[str, ...] = ()
+
+    @property
+    def cancelled_more_than_once(self) -> int:
+        return len(self.cancelled_twice)
+
+    @property
+    def cancelled_again_after_a_crash_in_the_window(self) -> int:
+        return len(self.cancelled_twice_after_a_crash_in_the_window)
+
+    @property
+    def cancelled_twice_otherwise(self) -> int:
+        """Second cancels no crash in the window explains: each one a defect."""
+        return self.cancelled_more_than_once - self.cancelled_again_after_a_crash_in_the_window
 
     @property
     def clean(self) -> bool:
-        unexplained = self.cancelled_more_than_once - self.cancelled_again_after_a_crash_in_the_window
-        return self.drained and not (unexplained or self.without_one_result or self.wrong_outcome or self.lost)
+        return self.drained and not (
+            self.cancelled_twice_otherwise or self.without_one_result or self.wrong_outcome or self.lost
+        )
 
 
 def run(
@@ -121,8 +134,8 @@ def run(
         log = workdir / "function.log"
         with running_function(FUNCTIONS["chaos"], env, log=log) as function:
             pubsub = _PubSub(services.pubsub.host, f"http://127.0.0.1:{function.port}/")
+            killer = _Killer(function, rng)
             try:
-                killer = _Killer(function, rng)
                 messages = [name for name in names for _ in range(duplicates)]
                 rng.shuffle(messages)
                 started = time.monotonic()
@@ -134,6 +147,7 @@ def run(
                 # Anything still in flight (a duplicate result) has a moment to show up.
                 results += pubsub.pull_results(settle_s=3.0)
             finally:
+                killer.stop()
                 pubsub.close()
         operations_seen = services.simulator("GET", "operations")["operations"]
         calls = services.simulator("GET", "calls")["calls"]
@@ -244,7 +258,8 @@ class _Killer(threading.Thread):
 
     def stop(self) -> None:
         self._stopped.set()
-        self.join()
+        if self.is_alive():
+            self.join()
 
 
 def _drain(
@@ -316,8 +331,8 @@ def _account(store, names, sent, results, acked, operations_seen, calls, log, ki
         store=store,
         operations=len(names),
         requests=len(sent),
-        cancelled_more_than_once=len(cancelled_twice),
-        cancelled_again_after_a_crash_in_the_window=len(cancelled_twice & crashed_in_window),
+        cancelled_twice=tuple(sorted(cancelled_twice)),
+        cancelled_twice_after_a_crash_in_the_window=tuple(sorted(cancelled_twice & crashed_in_window)),
         without_one_result=without_one,
         wrong_outcome=wrong,
         lost=len(set(sent) - acked),
@@ -332,5 +347,4 @@ def _account(store, names, sent, results, acked, operations_seen, calls, log, ki
         outcomes=collections.Counter(
             result["data"]["outcome"] for result in {r["attributes"]["ce-id"]: r for r in results}.values()
         ),
-        cancelled_twice=tuple(sorted(cancelled_twice)),
     )
