@@ -195,9 +195,16 @@ class _Body(httpx.SyncByteStream):
         while True:
             with _raised_as(httpx.ReadTimeout, httpx.ReadError, self._request):
                 chunk = self._answer.read(_CHUNK_BYTES)
-            if not chunk:
+            if chunk:
+                yield chunk
+            elif self._answer.length:
+                # http.client ends a body cut short of its Content-Length quietly when read in parts.
+                raise httpx.RemoteProtocolError(
+                    f"IncompleteRead: the connection closed {self._answer.length} bytes short of the body",
+                    request=self._request,
+                )
+            else:
                 return
-            yield chunk
 
     def close(self) -> None:
         if self._released:
@@ -221,11 +228,17 @@ def _raised_as(
         yield
     except TimeoutError as problem:
         raise timeout(str(problem) or "timed out", request=request) from problem
-    except (http.client.HTTPException, ValueError) as problem:
-        # Includes RemoteDisconnected, IncompleteRead and a header http.client refuses to send.
+    except ssl.SSLError as problem:
+        # Before ValueError: a certificate that fails verification is both.
+        raise failure(f"{type(problem).__name__}: {problem}", request=request) from problem
+    except http.client.HTTPException as problem:
+        # Before OSError: RemoteDisconnected is both. Also IncompleteRead and a malformed answer.
         raise protocol(f"{type(problem).__name__}: {problem}", request=request) from problem
     except OSError as problem:
         raise failure(f"{type(problem).__name__}: {problem}", request=request) from problem
+    except ValueError as problem:
+        # What http.client refuses to send, such as a header value that would split the request.
+        raise protocol(f"{type(problem).__name__}: {problem}", request=request) from problem
 
 
 def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
