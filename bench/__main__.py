@@ -1,7 +1,8 @@
 """``bench/run``: every benchmark and the chaos run, side by side with their baselines; writes RESULTS.md.
 
 Usage: ``bench/run [--quick] [--only coldstart,warm,cost,chaos] [--output PATH]``. ``--quick`` runs
-each part briefly, to check the harness, not to measure.
+each part briefly, to check the harness, not to measure. ``bench/run`` also names the interpreters the
+functions run under (``--deployed-python``, ``--official-python``): venvs holding only what each deploys.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 import time
 
 from bench import chaos, coldstart, cost, warm
-from bench._harness import ROOT, Services
+from bench._harness import ROOT, Pythons, Services
 from bench.report import write_report
 
 PARTS = ("coldstart", "warm", "cost", "chaos")
@@ -42,7 +43,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="brief runs that check the harness")
     parser.add_argument("--only", default=",".join(PARTS), help="comma list of parts to run")
     parser.add_argument("--output", type=pathlib.Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--deployed-python", default=sys.executable, help="runs opcancel and the functions on it")
+    parser.add_argument("--official-python", default=sys.executable, help="runs the official-client baseline")
     args = parser.parse_args(argv)
+    pythons = Pythons(deployed=args.deployed_python, official=args.official_python)
     parts = [part.strip() for part in args.only.split(",") if part.strip()]
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -53,7 +57,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="opcancel-bench-") as scratch:
         workdir = pathlib.Path(scratch)
         if "coldstart" in parts or "warm" in parts:
-            with Services() as services:
+            with Services(pythons) as services:
                 if "coldstart" in parts:
                     found["coldstart"] = []
                     for cloud_credentials in (False, True):
@@ -82,18 +86,34 @@ def main(argv: list[str]) -> int:
                 _say(f"chaos on {store}, seed {seed}")
                 run_dir = workdir / f"chaos-{store}-{seed}"
                 run_dir.mkdir()
-                report = chaos.run(run_dir, operations=plan["chaos_operations"], duplicates=10, seed=seed, store=store)
+                report = chaos.run(
+                    run_dir, operations=plan["chaos_operations"], duplicates=10, seed=seed, store=store, pythons=pythons
+                )
                 found["chaos"].append((seed, report))
     write_report(
         args.output,
         found,
+        pythons=pythons,
         plan=plan,
         quick=args.quick,
-        command=" ".join(["bench/run", *argv]),
+        command=" ".join(["bench/run", *_without_interpreters(argv)]),
         elapsed_s=time.monotonic() - started,
     )
     _say(f"wrote {args.output}")
     return 0
+
+
+def _without_interpreters(argv: list[str]) -> list[str]:
+    """The command as typed: bench/run adds the interpreter options itself."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument in ("--deployed-python", "--official-python"):
+            skip = True
+        elif not argument.startswith(("--deployed-python=", "--official-python=")):
+            kept.append(argument)
+    return kept
 
 
 def _say(what: str) -> None:

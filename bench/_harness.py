@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from bench._metadata import MetadataServer
@@ -37,11 +38,52 @@ FUNCTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class Pythons:
+    """The interpreter each function runs under. ``bench/run`` passes deployment-like ones: a venv with
+    only requirements.txt for opcancel and the functions built on it, and one with only what the
+    official-client baseline would deploy, so no test or bench tool is there to be imported, as none
+    is on Cloud Functions. The defaults, this interpreter, serve the tests' brief runs."""
+
+    deployed: str = sys.executable
+    official: str = sys.executable
+
+    def of(self, function: str) -> str:
+        return self.official if function == "official" else self.deployed
+
+    def versions(self, packages: Iterable[str]) -> dict[str, str]:
+        """Each package's version where the functions run: the first of the interpreters that has it."""
+        found: dict[str, str] = {}
+        for python in dict.fromkeys((self.deployed, self.official)):
+            answer = subprocess.run(
+                [python, "-c", _VERSIONS_SCRIPT, *packages], capture_output=True, text=True, timeout=60, check=True
+            )
+            for package, version in json.loads(answer.stdout).items():
+                if version is not None:
+                    found.setdefault(package, version)
+        return {package: found.get(package, "not installed") for package in packages}
+
+
+#: Every function under this interpreter: the tests' brief runs.
+THIS_PYTHON = Pythons()
+
+_VERSIONS_SCRIPT = """
+import importlib.metadata, json, sys
+def version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+print(json.dumps({package: version(package) for package in sys.argv[1:]}))
+"""
+
+
 class Services:
     """The Operations API simulator (its own process, so it never shares a GIL with what it answers) and
-    Google's Pub/Sub emulator with the topics the functions publish to."""
+    Google's Pub/Sub emulator with the topics the functions publish to; ``pythons`` run the functions."""
 
-    def __init__(self) -> None:
+    def __init__(self, pythons: Pythons = THIS_PYTHON) -> None:
+        self.pythons = pythons
         self._stops: list[Any] = []
 
     def __enter__(self) -> Services:
@@ -85,7 +127,9 @@ class Services:
         inherited = {
             name: value
             for name, value in os.environ.items()
-            if not name.startswith("OPCANCEL_") and name != "GOOGLE_APPLICATION_CREDENTIALS"
+            # Bytecode caches are written, as a deployment's build leaves them, whatever this shell says.
+            if not name.startswith("OPCANCEL_")
+            and name not in ("GOOGLE_APPLICATION_CREDENTIALS", "PYTHONDONTWRITEBYTECODE")
         }
         return {
             **inherited,
@@ -118,17 +162,19 @@ class Services:
         }
 
 
-def function_command(source: pathlib.Path, port: int) -> list[str]:
+def function_command(source: pathlib.Path, port: int, python: str) -> list[str]:
     """As the Python runtime starts a function: functions-framework's gunicorn server, one worker."""
     return [
-        sys.executable, "-m", "functions_framework", "--source", str(source), "--target", "on_event",
+        python, "-m", "functions_framework", "--source", str(source), "--target", "on_event",
         "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
 
 
 @contextlib.contextmanager
-def running_function(source: pathlib.Path, env: dict[str, str], *, log: pathlib.Path) -> Iterator[RunningFunction]:
-    function = RunningFunction.start(source, env, log=log)
+def running_function(
+    source: pathlib.Path, env: dict[str, str], *, log: pathlib.Path, python: str
+) -> Iterator[RunningFunction]:
+    function = RunningFunction.start(source, env, log=log, python=python)
     try:
         function.wait_until_serving()
         yield function
@@ -145,11 +191,11 @@ class RunningFunction:
         self.log = log
 
     @classmethod
-    def start(cls, source: pathlib.Path, env: dict[str, str], *, log: pathlib.Path) -> RunningFunction:
+    def start(cls, source: pathlib.Path, env: dict[str, str], *, log: pathlib.Path, python: str) -> RunningFunction:
         port = free_port()
         with open(log, "ab") as output:
             process = subprocess.Popen(
-                function_command(source, port), cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                function_command(source, port, python), cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         return cls(process, port, log)

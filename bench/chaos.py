@@ -33,7 +33,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from bench._harness import CHECKS_TOPIC, FUNCTIONS, ORG, PROJECT, RESULTS_TOPIC, Services, running_function
+from bench._harness import (
+    CHECKS_TOPIC,
+    FUNCTIONS,
+    ORG,
+    PROJECT,
+    RESULTS_TOPIC,
+    THIS_PYTHON,
+    Pythons,
+    Services,
+    running_function,
+)
 from devkit.emulators import Emulator
 
 REQUESTS_TOPIC = "opcancel-requests"
@@ -100,11 +110,12 @@ def run(
     seed: int = 1,
     store: str = "sqlite",
     timeout_s: float = 600.0,
+    pythons: Pythons = THIS_PYTHON,
 ) -> ChaosReport:
     """``store`` is ``sqlite`` (one file the workers share) or ``firestore`` (Google's emulator)."""
     rng = random.Random(seed)
     names = _operation_names(operations)
-    with Services() as services, contextlib.ExitStack() as stack:
+    with Services(pythons) as services, contextlib.ExitStack() as stack:
         if store == "firestore":
             firestore = stack.enter_context(Emulator("firestore", project=PROJECT))
             store_settings = {
@@ -132,7 +143,7 @@ def run(
             **store_settings,
         )
         log = workdir / "function.log"
-        with running_function(FUNCTIONS["chaos"], env, log=log) as function:
+        with running_function(FUNCTIONS["chaos"], env, log=log, python=services.pythons.of("chaos")) as function:
             pubsub = _PubSub(services.pubsub.host, f"http://127.0.0.1:{function.port}/")
             killer = _Killer(function, rng)
             try:

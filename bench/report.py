@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import os
 import pathlib
 import platform
@@ -11,6 +10,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from bench._harness import ROOT, Pythons
 from bench.chaos import ChaosReport
 from bench.coldstart import ColdStart
 from bench.cost import Cost
@@ -30,6 +30,8 @@ names how it was found).
 | cold start, opcancel ÷ bare | 609 ms ÷ 182 ms = **3.3×**, slower than the official client (469 ms) | see above | `-X importtime`; timing and pyinstrument on the first request in-process | the five below |
 | | google-cloud-pubsub: 209 ms of imports, then a gRPC channel, on the first publish | gone from the function | `-X importtime` | results and checks are published with one REST `topics.publish` call over httpx (`function/_pubsub.py`); google-cloud-pubsub is now only the tests' and the local stack's client |
 | | three `httpx.Client`s, each loading certifi's CA bundle: 29–50 ms each | one transport for the process, TLS set up on its first `https` request | timing `httpx.Client()` | `function/_http.py`: one `SharedTransport` for the API, Pub/Sub, Firestore and token refreshes (on Cloud: one TLS context instead of three) |
+| | httpx's `HTTPTransport` imports httpcore and h11 (13 ms) and opens its first connection through them | ~25 ms less (1.49× → 1.39× of the floor, 15 paired rounds) | `-X importtime`; strace of a cold start | `SharedTransport` is now a keep-alive pool over the standard library's `http.client`, which functions-framework has already imported; httpx's clients, errors and `MockTransport` stay above it (tested against loopback servers, TLS included: `tests/unit/test_http.py`) |
+| the harness | the functions ran in the tests' venv, with `PYTHONDONTWRITEBYTECODE` from the shell: opcancel's modules were compiled on every start, and pygments (a test tool) was imported by httpx | each function runs in a venv holding only what it deploys, with bytecode caches written | strace showing no `__pycache__` reads | `bench/run` builds the venvs; `Services.environment` drops `PYTHONDONTWRITEBYTECODE` |
 | | the garbage collector ran during `main.py`'s imports | ~10 ms less (243 vs 253 ms, 15 interleaved starts each) | timing the import with the collector off | `main.py`: the gc module's recipe for servers that fork after loading (`gc.disable()`, then `gc.freeze()`), which also keeps the workers' collections off the pages they share with the master |
 | | on Cloud, google-auth's Application Default Credentials took 90–120 ms to the first token: its `compute_engine` module imports `requests` | 2–3 ms | timing the first token in-process against `bench/_metadata.py` | `MetadataServerAuth` (`function/_api.py`) asks the metadata server itself; a key file in `GOOGLE_APPLICATION_CREDENTIALS` still goes through google-auth |
 | | the Firestore store was imported by every function | imported only when `OPCANCEL_STORE=firestore` | `-X importtime` (1.4 ms) | `function/__init__.py` |
@@ -39,26 +41,36 @@ names how it was found).
 
 ### Why the 1.3× cold-start goal is out of reach
 
-What opcancel adds to the bare function's start, measured apart (process start to a `GET` answered,
-then the first request): about 50 ms before it serves — httpx and httpcore, the HTTP client the brief
-fixes, ~33 ms of imports; opcancel's own modules ~15 ms — and about 20 ms more for the first request,
-which is mostly waiting: the result's publish on the Pub/Sub emulator's REST front end (7–9 ms on a new
-connection; its gRPC front end answers in about half that), cancel and get on the simulator (4–7 ms on
-new connections), and the SQLite store opened and written (3 ms). 1.3× of the floor leaves ~50 ms for
-all of it; the imports alone take that. Left as they are: functions-framework (its import is the
-floor) and httpx. On Cloud both also pay for TLS on the first `https` connection, which no loopback
-run can show.
+What opcancel adds to the bare function's start, measured apart, in-process: about 30 ms of imports
+before it serves — httpx ~13 ms (the HTTP client the brief fixes), opcancel's own modules ~14 ms, of
+which ~9 ms is Python 3.11's `dataclasses` compiling the generated methods of 17 frozen value
+classes, SQLite ~2 ms — and the store opened and probed, ~3 ms. Then the first request, which is
+mostly waiting: its own work (parsing, the store's writes, the log lines) takes ~4 ms, the cancel and
+get on the simulator ~5 ms (it speaks HTTP/1.0, so each call opens a connection), and the result's
+publish 12–38 ms on the Pub/Sub emulator, which is slowest on the first publish after an idle spell.
+1.3× of the floor leaves ~50 ms for all of it; the waits on the simulator and the emulator, which the
+bare function never makes, take half of that. Left as they are: functions-framework (its import is
+the floor), httpx, and the dataclasses, which Python 3.13 builds with one `exec` each instead of
+six. On Cloud both opcancel and the official client also pay for TLS on the first `https`
+connection, which no loopback run can show.
 """
 
 
 def write_report(
-    path: pathlib.Path, found: dict[str, Any], *, plan: dict[str, Any], quick: bool, command: str, elapsed_s: float
+    path: pathlib.Path,
+    found: dict[str, Any],
+    *,
+    pythons: Pythons,
+    plan: dict[str, Any],
+    quick: bool,
+    command: str,
+    elapsed_s: float,
 ) -> None:
     parts = [
         "# opcancel benchmarks\n",
         "Written by `bench/run`; do not edit by hand. "
         + ("**A `--quick` run: brief checks of the harness, not measurements.**\n" if quick else "\n"),
-        _setting(command, elapsed_s, plan),
+        _setting(command, elapsed_s, plan, pythons),
     ]
     for cold in found.get("coldstart", ()):
         parts.append(_coldstart(cold))
@@ -72,8 +84,8 @@ def write_report(
     path.write_text("\n".join(parts))
 
 
-def _setting(command: str, elapsed_s: float, plan: dict[str, Any]) -> str:
-    versions = ", ".join(f"{name} {_version(name)}" for name in PACKAGES)
+def _setting(command: str, elapsed_s: float, plan: dict[str, Any], pythons: Pythons) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in pythons.versions(PACKAGES).items())
     return f"""## Setting
 
 - Command: `{command}` ({elapsed_s / 60:.1f} minutes), on {datetime.date.today().isoformat()}.
@@ -82,7 +94,11 @@ def _setting(command: str, elapsed_s: float, plan: dict[str, Any]) -> str:
 - Google Cloud SDK: {_gcloud_versions()}.
 - The Operations API is `devkit/simulator.py` in a process of its own, answering at once; results go
   to Google's Pub/Sub emulator; opcancel uses its embedded SQLite store. Every function runs under
-  functions-framework's gunicorn server as the Python runtime starts it, one worker, its default threads.
+  functions-framework's gunicorn server as the Python runtime starts it, one worker, its default threads,
+  with bytecode caches written by an unrecorded first start, as a deployment's build leaves them.
+- Interpreters: opcancel and the functions built on it under `{_shown(pythons.deployed)}`, the official
+  client under `{_shown(pythons.official)}`. `bench/run` makes these venvs with only what each deploys:
+  requirements.txt, and bench/requirements.txt for the official client.
 - Plan: {plan}.
 """
 
@@ -263,11 +279,9 @@ def _verdict(goal: bool, done: bool | None = None) -> str:
     return "**missed**"
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+def _shown(python: str) -> str:
+    path = pathlib.Path(python).absolute()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _cpu() -> str:

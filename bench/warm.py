@@ -92,7 +92,12 @@ def measure(
             directory = workdir / f"warm-{name}"
             directory.mkdir()
             functions[name] = stack.enter_context(
-                running_function(FUNCTIONS[name], services.environment(directory), log=directory / "function.log")
+                running_function(
+                    FUNCTIONS[name],
+                    services.environment(directory),
+                    log=directory / "function.log",
+                    python=services.pythons.of(name),
+                )
             )
         for name, function in functions.items():
             # Unrecorded: connections, caches and the emulator's JIT warm up.
