@@ -19,9 +19,9 @@ from bench.report import write_report
 
 PARTS = ("coldstart", "warm", "cost", "chaos")
 FULL = {
-    "cold_runs": 21,
-    "warm_rounds": 5,
-    "warm_seconds": 4.0,
+    "cold_runs": 31,
+    "warm_rounds": 13,
+    "warm_seconds": 3.0,
     "warm_warmup_s": 5.0,
     "concurrencies": (1, 8, 32),
     "chaos_runs": (("sqlite", 1), ("sqlite", 2), ("sqlite", 3), ("firestore", 1), ("firestore", 2)),

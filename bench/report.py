@@ -149,7 +149,10 @@ def _warm(results: WarmResults) -> str:
     lines = []
     for concurrency in concurrencies:
         for name, label in (("bare", "bare"), ("floor", "floor handler"), ("opcancel", "**opcancel**")):
-            ratio = f"{results.median_ratio('opcancel', 'floor', concurrency):.0%}" if name == "opcancel" else ""
+            ratio = ""
+            if name == "opcancel":
+                low, high = results.ratio_spread("opcancel", "floor", concurrency)
+                ratio = f"{results.median_ratio('opcancel', 'floor', concurrency):.0%} ({low:.0%}–{high:.0%})"
             lines.append(
                 f"| {concurrency} | {label} | {results.median_rps(name, concurrency):.0f} "
                 f"| {results.median_p(name, concurrency, 0.5) * 1000:.1f} ms "
@@ -172,10 +175,13 @@ Requests per second and latency through functions-framework, each client thread 
 connection as Pub/Sub's push uses, every request naming a fresh operation (claim, cancel, get, result
 published, key finished). The floor handler (`bench/functions/floor.py`) makes the same two API calls
 and the same publish with the same clients and does nothing else; the bare function is the framework
-alone. {rounds} rounds, each loading every function at every concurrency in turn, after {results.warmup_s:g} s of
-unrecorded load on each; figures are medians over rounds, and "opcancel ÷ floor" (and the goals) the
-median of each round's ratio, since within a round the two ran one after the other. Failed requests:
-{errors}.
+alone. {rounds} rounds, each loading every function at every concurrency in turn (every other round
+in reverse order, so neither follows the other always), after {results.warmup_s:g} s of unrecorded load
+on each; figures are medians over rounds, and "opcancel ÷ floor" (and the goals) the median of each
+round's ratio, since within a round the two ran one after the other; in parentheses, the middle half
+of the rounds' ratios. On this two-core machine the function, the simulator, Google's Pub/Sub
+emulator and the load share the cores, so one round's ratio can be far from the median. Failed
+requests: {errors}.
 
 | concurrency | function | req/s | p50 | p99 | opcancel ÷ floor |
 | --- | --- | --- | --- | --- | --- |

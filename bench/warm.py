@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import pathlib
+import statistics
 import threading
 import time
 from contextlib import ExitStack
@@ -67,6 +68,18 @@ class WarmResults:
             return median([ours.rps / theirs.rps for ours, theirs in pairs])
         return median([ours.p(fraction) / theirs.p(fraction) for ours, theirs in pairs])
 
+    def ratio_spread(self, name: str, baseline: str, concurrency: int) -> tuple[float, float]:
+        """The middle half of the rounds' requests/s ratios (first and third quartiles): how far one
+        round's figure can be trusted on this machine."""
+        ratios = sorted(
+            ours.rps / theirs.rps
+            for ours, theirs in zip(self.loads[name][concurrency], self.loads[baseline][concurrency], strict=True)
+        )
+        if len(ratios) < 2:
+            return ratios[0], ratios[0]
+        first, _, third = statistics.quantiles(ratios, n=4)
+        return first, third
+
     def median_p(self, name: str, concurrency: int, fraction: float) -> float:
         return median([load.p(fraction) for load in self.loads[name][concurrency]])
 
@@ -102,9 +115,14 @@ def measure(
         for name, function in functions.items():
             # Unrecorded: connections, caches and the emulator's JIT warm up.
             _load(function.port, concurrency=8, seconds=warmup_s, names=names, prefix=name)
-        for _ in range(rounds):
+        for round_number in range(rounds):
+            # Every other round in reverse, so no function always follows the same one: the load just
+            # before leaves the emulator and the simulator busy (a collection, a queue) for the next.
+            order = list(functions.items())
+            if round_number % 2:
+                order.reverse()
             for concurrency in concurrencies:
-                for name, function in functions.items():
+                for name, function in order:
                     loads[name][concurrency].append(
                         _load(function.port, concurrency=concurrency, seconds=seconds, names=names, prefix=name)
                     )
