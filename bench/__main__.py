@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import signal
 import sys
 import tempfile
 import time
@@ -39,6 +40,9 @@ QUICK = {
 
 
 def main(argv: list[str]) -> int:
+    # Stopped with SIGTERM (kill, a CI timeout), the run still stops the processes it started: they
+    # live in process groups of their own, so nothing else would.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="brief runs that check the harness")
     parser.add_argument("--only", default=",".join(PARTS), help="comma list of parts to run")

@@ -141,7 +141,7 @@ that writes the bytecode caches; "÷ floor" is the median of each round's ratio 
 
 | goal | result |
 | --- | --- |
-| at most 1.3× the floor (done: at most 1.5×) | {ratio:.2f}× — {_verdict(ratio <= 1.3, ratio <= 1.5)} |
+| at most 1.3× the floor (done: at most 1.5×) | {ratio:.3f}× — {_verdict(ratio <= 1.3, ratio <= 1.5)} |
 | faster than the official-client implementation | {ours:.0f} ms vs {official:.0f} ms ({official / ours:.1f}× faster) — {_verdict(ours < official)} |
 """
 
@@ -191,7 +191,7 @@ requests: {errors}.
 
 | goal (concurrency {goal_c}) | result |
 | --- | --- |
-| at least 80% of the floor handler's requests/s | {share:.0%} — {_verdict(share >= 0.8)} |
+| at least 80% of the floor handler's requests/s | {share:.1%} — {_verdict(share >= 0.8)} |
 | p99 no worse than 1.5× the floor handler's | {p99:.2f}× — {_verdict(p99 <= 1.5)} |
 
 ### Peak memory of one instance
