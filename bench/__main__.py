@@ -2,12 +2,14 @@
 
 Usage: ``bench/run [--quick] [--only coldstart,warm,cost,chaos] [--output PATH]``. ``--quick`` runs
 each part briefly, to check the harness, not to measure. ``bench/run`` also names the interpreters the
-functions run under (``--deployed-python``, ``--official-python``): venvs holding only what each deploys.
+functions run under (``$BENCH_DEPLOYED_PYTHON``, ``$BENCH_OFFICIAL_PYTHON``, or ``--deployed-python``,
+``--official-python``): venvs holding only what each deploys.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import signal
 import sys
@@ -47,8 +49,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="brief runs that check the harness")
     parser.add_argument("--only", default=",".join(PARTS), help="comma list of parts to run")
     parser.add_argument("--output", type=pathlib.Path, default=ROOT / "bench" / "RESULTS.md")
-    parser.add_argument("--deployed-python", default=sys.executable, help="runs opcancel and the functions on it")
-    parser.add_argument("--official-python", default=sys.executable, help="runs the official-client baseline")
+    # bench/run names its venvs in the environment, so the command as typed is the one reported.
+    parser.add_argument(
+        "--deployed-python",
+        default=os.environ.get("BENCH_DEPLOYED_PYTHON", sys.executable),
+        help="runs opcancel and the functions on it (default: $BENCH_DEPLOYED_PYTHON, else this Python)",
+    )
+    parser.add_argument(
+        "--official-python",
+        default=os.environ.get("BENCH_OFFICIAL_PYTHON", sys.executable),
+        help="runs the official-client baseline (default: $BENCH_OFFICIAL_PYTHON, else this Python)",
+    )
     args = parser.parse_args(argv)
     pythons = Pythons(deployed=args.deployed_python, official=args.official_python)
     parts = [part.strip() for part in args.only.split(",") if part.strip()]
@@ -100,24 +111,11 @@ def main(argv: list[str]) -> int:
         pythons=pythons,
         plan=plan,
         quick=args.quick,
-        command=" ".join(["bench/run", *_without_interpreters(argv)]),
+        command=" ".join(["bench/run", *argv]),
         elapsed_s=time.monotonic() - started,
     )
     _say(f"wrote {args.output}")
     return 0
-
-
-def _without_interpreters(argv: list[str]) -> list[str]:
-    """The command as typed: bench/run adds the interpreter options itself."""
-    kept, skip = [], False
-    for argument in argv:
-        if skip:
-            skip = False
-        elif argument in ("--deployed-python", "--official-python"):
-            skip = True
-        elif not argument.startswith(("--deployed-python=", "--official-python=")):
-            kept.append(argument)
-    return kept
 
 
 def _say(what: str) -> None:

@@ -122,6 +122,20 @@ class Services:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return json.loads(answer.read())
 
+    def start_function(self, name: str, env: dict[str, str], *, log: pathlib.Path) -> RunningFunction:
+        """Function ``name`` of ``FUNCTIONS``, under the interpreter ``pythons`` gives it."""
+        return RunningFunction.start(FUNCTIONS[name], env, log=log, python=self.pythons.of(name))
+
+    @contextlib.contextmanager
+    def running_function(self, name: str, env: dict[str, str], *, log: pathlib.Path) -> Iterator[RunningFunction]:
+        """As ``start_function``, once it serves; stopped on leaving."""
+        function = self.start_function(name, env, log=log)
+        try:
+            function.wait_until_serving()
+            yield function
+        finally:
+            function.stop()
+
     def environment(self, workdir: pathlib.Path, **extra: str) -> dict[str, str]:
         """What every function is started with: the local endpoints, anonymous auth, an embedded store."""
         inherited = {
@@ -168,18 +182,6 @@ def function_command(source: pathlib.Path, port: int, python: str) -> list[str]:
         python, "-m", "functions_framework", "--source", str(source), "--target", "on_event",
         "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def running_function(
-    source: pathlib.Path, env: dict[str, str], *, log: pathlib.Path, python: str
-) -> Iterator[RunningFunction]:
-    function = RunningFunction.start(source, env, log=log, python=python)
-    try:
-        function.wait_until_serving()
-        yield function
-    finally:
-        function.stop()
 
 
 class RunningFunction:

@@ -35,14 +35,12 @@ from dataclasses import dataclass, field
 
 from bench._harness import (
     CHECKS_TOPIC,
-    FUNCTIONS,
     ORG,
     PROJECT,
     RESULTS_TOPIC,
     THIS_PYTHON,
     Pythons,
     Services,
-    running_function,
 )
 from devkit.emulators import Emulator
 
@@ -143,7 +141,7 @@ def run(
             **store_settings,
         )
         log = workdir / "function.log"
-        with running_function(FUNCTIONS["chaos"], env, log=log, python=services.pythons.of("chaos")) as function:
+        with services.running_function("chaos", env, log=log) as function:
             pubsub = _PubSub(services.pubsub.host, f"http://127.0.0.1:{function.port}/")
             killer = _Killer(function, rng)
             try:

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 from bench._harness import (
-    FUNCTIONS,
     ORG,
     PUSH_HEADERS,
     RunningFunction,
@@ -68,7 +67,7 @@ def _one(services: Services, workdir: pathlib.Path, name: str, operation_id: str
     body = push_body(f"{ORG}/operations/{operation_id}", message_id=operation_id)
     log = run_dir / "function.log"
     started = time.perf_counter()
-    function = RunningFunction.start(FUNCTIONS[name], env, log=log, python=services.pythons.of(name))
+    function = services.start_function(name, env, log=log)
     try:
         status = _first_request(function, body)
         elapsed = time.perf_counter() - started

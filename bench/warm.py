@@ -19,7 +19,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from bench._harness import (
-    FUNCTIONS,
     ORG,
     PUSH_HEADERS,
     Services,
@@ -28,7 +27,6 @@ from bench._harness import (
     percentile,
     private_kib,
     push_body,
-    running_function,
 )
 
 MEASURED = ("bare", "floor", "opcancel")
@@ -63,22 +61,22 @@ class WarmResults:
     def median_ratio(self, name: str, baseline: str, concurrency: int, fraction: float | None = None) -> float:
         """The median over rounds of each round's ratio, of requests/s or (with ``fraction``) of that
         latency percentile: within a round the two ran one after the other, under the same conditions."""
-        pairs = zip(self.loads[name][concurrency], self.loads[baseline][concurrency], strict=True)
-        if fraction is None:
-            return median([ours.rps / theirs.rps for ours, theirs in pairs])
-        return median([ours.p(fraction) / theirs.p(fraction) for ours, theirs in pairs])
+        return median(self._round_ratios(name, baseline, concurrency, fraction))
 
     def ratio_spread(self, name: str, baseline: str, concurrency: int) -> tuple[float, float]:
         """The middle half of the rounds' requests/s ratios (first and third quartiles): how far one
         round's figure can be trusted on this machine."""
-        ratios = sorted(
-            ours.rps / theirs.rps
-            for ours, theirs in zip(self.loads[name][concurrency], self.loads[baseline][concurrency], strict=True)
-        )
+        ratios = self._round_ratios(name, baseline, concurrency)
         if len(ratios) < 2:
             return ratios[0], ratios[0]
         first, _, third = statistics.quantiles(ratios, n=4)
         return first, third
+
+    def _round_ratios(self, name: str, baseline: str, concurrency: int, fraction: float | None = None) -> list[float]:
+        pairs = zip(self.loads[name][concurrency], self.loads[baseline][concurrency], strict=True)
+        if fraction is None:
+            return [ours.rps / theirs.rps for ours, theirs in pairs]
+        return [ours.p(fraction) / theirs.p(fraction) for ours, theirs in pairs]
 
     def median_p(self, name: str, concurrency: int, fraction: float) -> float:
         return median([load.p(fraction) for load in self.loads[name][concurrency]])
@@ -105,12 +103,7 @@ def measure(
             directory = workdir / f"warm-{name}"
             directory.mkdir()
             functions[name] = stack.enter_context(
-                running_function(
-                    FUNCTIONS[name],
-                    services.environment(directory),
-                    log=directory / "function.log",
-                    python=services.pythons.of(name),
-                )
+                services.running_function(name, services.environment(directory), log=directory / "function.log")
             )
         for name, function in functions.items():
             # Unrecorded: connections, caches and the emulator's JIT warm up.
