@@ -115,20 +115,21 @@ class IdempotencyStore(abc.ABC):
 
     def claim_request(self, key: str, payload_hash: str, *, now: float) -> Claim:
         """Claim ``key`` for a cancel request; raises ``KeyBusy`` while a live worker holds it."""
+        fresh = Record(
+            key=key,
+            payload_hash=payload_hash,
+            state=State.CLAIMED,
+            fence=1,
+            lease_until=now + self._lease_s,
+            requested_at=now,
+            expire_at=now + self._ttl_s,
+        )
+        # Create first: most requests name a new key, and a failed create costs what the read would.
         for _ in range(self._CLAIM_ROUNDS):
+            if self._written(functools.partial(self._create, fresh), fresh):
+                return Claim(ClaimStatus.ACQUIRED, fresh)
             current = self._read(key, now)
             if current is None:
-                record = Record(
-                    key=key,
-                    payload_hash=payload_hash,
-                    state=State.CLAIMED,
-                    fence=1,
-                    lease_until=now + self._lease_s,
-                    requested_at=now,
-                    expire_at=now + self._ttl_s,
-                )
-                if self._written(functools.partial(self._create, record), record):
-                    return Claim(ClaimStatus.ACQUIRED, record)
                 continue
             settled = self._settled(current, payload_hash, now)
             if settled is not None:

@@ -169,6 +169,9 @@ def test_backend_failures_surface_as_store_unavailable():
         def _load(self, key):
             raise ConnectionError("store is down")
 
+        def _create(self, record):
+            raise ConnectionError("store is down")
+
     with pytest.raises(StoreUnavailable, match="store is down"):
         BrokenStore(lease_s=LEASE, ttl_s=TTL).claim_request("k", "h", now=NOW)
 
@@ -300,3 +303,52 @@ def test_a_store_that_keeps_failing_is_unavailable_after_bounded_attempts(store)
     # All three attempts were the same create; the first landed, so the key is held.
     with pytest.raises(KeyBusy):
         store.claim_request("k", "h", now=NOW + 1)
+
+
+class Counted(IdempotencyStore):
+    """Any backend, counting the primitives a claim costs (on Firestore each is one request)."""
+
+    def __init__(self, backend: IdempotencyStore) -> None:
+        super().__init__(lease_s=backend.lease_s, ttl_s=backend.ttl_s)
+        self._backend = backend
+        self.calls: list[str] = []
+
+    def _load(self, key):
+        self.calls.append("load")
+        return self._backend._load(key)
+
+    def _create(self, record):
+        self.calls.append("create")
+        return self._backend._create(record)
+
+    def _replace(self, record, expected_version):
+        self.calls.append("replace")
+        return self._backend._replace(record, expected_version)
+
+    def _delete_if_version(self, key, expected_version):
+        self.calls.append("delete")
+        return self._backend._delete_if_version(key, expected_version)
+
+
+def test_a_new_key_is_claimed_by_one_create_and_no_read(store):
+    store = Counted(store)
+    assert store.claim_request("k", "h", now=NOW).status is ClaimStatus.ACQUIRED
+    assert store.calls == ["create"]
+
+
+def test_a_known_key_costs_the_refused_create_and_one_read(store):
+    store = Counted(store)
+    record = store.claim_request("k", "h", now=NOW).record
+    store.update(record, now=NOW, state=State.FINISHED, result={"outcome": "CANCELLED"})
+    store.calls.clear()
+    assert store.claim_request("k", "h", now=NOW + 1).status is ClaimStatus.FINISHED
+    assert store.calls == ["create", "load"]
+
+
+def test_an_expired_record_is_deleted_and_the_key_claimed_afresh(store):
+    store = Counted(store)
+    store.claim_request("k", "h", now=NOW)
+    store.calls.clear()
+    claim = store.claim_request("k", "other", now=NOW + TTL + 1)
+    assert claim.status is ClaimStatus.ACQUIRED and claim.record.payload_hash == "other"
+    assert store.calls == ["create", "load", "delete", "create"]
