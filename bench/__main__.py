@@ -25,7 +25,7 @@ FULL = {
     "cold_runs": 31,
     "warm_rounds": 13,
     "warm_seconds": 3.0,
-    "warm_warmup_s": 5.0,
+    "warm_warmup_s": 30.0,
     "concurrencies": (1, 8, 32),
     "chaos_runs": (("sqlite", 1), ("sqlite", 2), ("sqlite", 3), ("firestore", 1), ("firestore", 2)),
     "chaos_operations": 100,

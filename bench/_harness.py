@@ -263,6 +263,27 @@ def private_kib(pid: int) -> int:
     return total
 
 
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user and system, all threads) the process has used so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+def group_cpu_s(group: int) -> float:
+    """CPU time the live processes of process group ``group`` have used so far: the Pub/Sub emulator is
+    gcloud's wrapper and the Java server it starts, in a session of their own."""
+    total = 0.0
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group:
+                total += (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+    return total
+
+
 def _wait_for(url: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

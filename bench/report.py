@@ -14,7 +14,7 @@ from bench._harness import ROOT, Pythons
 from bench.chaos import ChaosReport
 from bench.coldstart import ColdStart
 from bench.cost import Cost
-from bench.warm import WarmResults
+from bench.warm import WARMUP_SPELL_S, WarmResults
 
 PACKAGES = ("functions-framework", "httpx", "google-auth", "google-cloud-pubsub", "google-cloud-securitycenter")
 
@@ -158,7 +158,8 @@ def _warm(results: WarmResults) -> str:
             lines.append(
                 f"| {concurrency} | {label} | {results.median_rps(name, concurrency):.0f} "
                 f"| {results.median_p(name, concurrency, 0.5) * 1000:.1f} ms "
-                f"| {results.median_p(name, concurrency, 0.99) * 1000:.1f} ms | {ratio} |"
+                f"| {results.median_p(name, concurrency, 0.99) * 1000:.1f} ms "
+                f"| {results.median_worker_ms(name, concurrency):.2f} ms | {ratio} |"
             )
     rounds = len(results.loads["opcancel"][concurrencies[0]])
     goal_c = 8 if 8 in concurrencies else concurrencies[-1]
@@ -167,6 +168,9 @@ def _warm(results: WarmResults) -> str:
     worker, master = results.memory_kib["opcancel"]
     instance_mib = (worker + master) / 1024
     errors = {name: results.errors(name) for name in results.loads}
+    per_cpu_second = results.median_worker_ms("floor", goal_c) / results.median_worker_ms("opcancel", goal_c)
+    publishing = [load for load in results.warmup if load.emulator_cpu_s > 0]
+    emulator_rounds = [results.median_emulator_ms(name, goal_c) for name in ("floor", "opcancel")]
     memory_rows = "\n".join(
         f"| {name} | {w / 1024:.1f} MiB | {m / 1024:.1f} MiB | {(w + m) / 1024:.1f} MiB |"
         for name, (w, m) in results.memory_kib.items()
@@ -179,20 +183,33 @@ published, key finished). The floor handler (`bench/functions/floor.py`) makes t
 and the same publish with the same clients and does nothing else; the bare function is the framework
 alone. {rounds} rounds, each loading every function at every concurrency in turn (every other round
 in reverse order, so neither follows the other always), after {results.warmup_s:g} s of unrecorded load
-on each; figures are medians over rounds, and "opcancel ÷ floor" (and the goals) the median of each
+on each, in turns of at most {WARMUP_SPELL_S:g} s; figures are medians over rounds, and "opcancel ÷ floor" (and the goals) the median of each
 round's ratio, since within a round the two ran one after the other; in parentheses, the middle half
 of the rounds' ratios. On this two-core machine the function, the simulator, Google's Pub/Sub
-emulator and the load share the cores, so one round's ratio can be far from the median. Failed
+emulator and the load share the cores, so one round's ratio can be far from the median. "Worker CPU"
+is what the function's worker process used (user and system, `/proc`), per request. Failed
 requests: {errors}.
 
-| concurrency | function | req/s | p50 | p99 | opcancel ÷ floor |
-| --- | --- | --- | --- | --- | --- |
+The warm-up is long because of the emulator: its Java JIT makes each publish cheaper for minutes, and
+while it is costly every function's share of the cores is smaller. Its CPU per publish was
+{publishing[0].emulator_ms_per_request:.1f} ms in the warm-up's first turn that published and
+{publishing[-1].emulator_ms_per_request:.1f} ms in the last; in the rounds, at concurrency {goal_c},
+{emulator_rounds[0]:.1f} ms under the floor handler and {emulator_rounds[1]:.1f} ms under opcancel.
+
+| concurrency | function | req/s | p50 | p99 | worker CPU | opcancel ÷ floor |
+| --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(lines)}
 
 | goal (concurrency {goal_c}) | result |
 | --- | --- |
 | at least 80% of the floor handler's requests/s | {share:.1%} — {_verdict(share >= 0.8)} |
 | p99 no worse than 1.5× the floor handler's | {p99:.2f}× — {_verdict(p99 <= 1.5)} |
+
+On Cloud Run an instance has its CPU to itself, and the API and Pub/Sub run elsewhere, so there the
+worker's CPU per request bounds what an instance serves. At concurrency {goal_c} opcancel's worker used
+{results.median_worker_ms("opcancel", goal_c):.2f} ms per request and the floor handler's
+{results.median_worker_ms("floor", goal_c):.2f} ms: per CPU-second, opcancel serves {per_cpu_second:.0%} of
+the floor handler's requests. This is context; the goal is set on requests/s as measured above.
 
 ### Peak memory of one instance
 

@@ -9,6 +9,7 @@ turn, round after round, so drift on the machine spreads over all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import itertools
 import pathlib
@@ -21,7 +22,10 @@ from dataclasses import dataclass
 from bench._harness import (
     ORG,
     PUSH_HEADERS,
+    RunningFunction,
     Services,
+    cpu_s,
+    group_cpu_s,
     median,
     peak_rss_kib,
     percentile,
@@ -38,10 +42,21 @@ class Load:
     errors: int
     seconds: float
     latencies_s: list[float]
+    #: CPU time the function's worker and the Pub/Sub emulator used during the load.
+    worker_cpu_s: float = 0.0
+    emulator_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def worker_ms_per_request(self) -> float:
+        return 1000 * self.worker_cpu_s / max(self.requests, 1)
+
+    @property
+    def emulator_ms_per_request(self) -> float:
+        return 1000 * self.emulator_cpu_s / max(self.requests, 1)
 
     def p(self, fraction: float) -> float:
         return percentile(self.latencies_s, fraction)
@@ -54,6 +69,8 @@ class WarmResults:
     #: function -> (worker's peak RSS, master's private memory) in KiB, after every round.
     memory_kib: dict[str, tuple[int, int]]
     warmup_s: float
+    #: The unrecorded warm-up's loads, in the order they ran.
+    warmup: list[Load]
 
     def median_rps(self, name: str, concurrency: int) -> float:
         return median([load.rps for load in self.loads[name][concurrency]])
@@ -81,6 +98,12 @@ class WarmResults:
     def median_p(self, name: str, concurrency: int, fraction: float) -> float:
         return median([load.p(fraction) for load in self.loads[name][concurrency]])
 
+    def median_worker_ms(self, name: str, concurrency: int) -> float:
+        return median([load.worker_ms_per_request for load in self.loads[name][concurrency]])
+
+    def median_emulator_ms(self, name: str, concurrency: int) -> float:
+        return median([load.emulator_ms_per_request for load in self.loads[name][concurrency]])
+
     def errors(self, name: str) -> int:
         return sum(load.errors for by_concurrency in self.loads[name].values() for load in by_concurrency)
 
@@ -97,6 +120,7 @@ def measure(
 ) -> WarmResults:
     names = itertools.count()
     loads: dict[str, dict[int, list[Load]]] = {name: {c: [] for c in concurrencies} for name in functions_measured}
+    warmup: list[Load] = []
     with ExitStack() as stack:
         functions = {}
         for name in functions_measured:
@@ -105,9 +129,18 @@ def measure(
             functions[name] = stack.enter_context(
                 services.running_function(name, services.environment(directory), log=directory / "function.log")
             )
-        for name, function in functions.items():
-            # Unrecorded: connections, caches and the emulator's JIT warm up.
-            _load(function.port, concurrency=8, seconds=warmup_s, names=names, prefix=name)
+
+        def load(name: str, function: RunningFunction, concurrency: int, seconds: float) -> Load:
+            return _metered_load(services, function, concurrency=concurrency, seconds=seconds, names=names, prefix=name)
+
+        # Unrecorded, taking turns in short spells: connections and caches warm up, and above all the Java
+        # emulator's JIT, whose CPU per publish falls about threefold over its first ~15,000 publishes;
+        # measured before then, every function would share the cores with a costlier emulator than the
+        # steady state has (the report shows its cost per publish over the warm-up and the rounds).
+        spell_s = min(warmup_s, WARMUP_SPELL_S)
+        for _ in range(max(1, round(warmup_s / spell_s))):
+            for name, function in functions.items():
+                warmup.append(load(name, function, 8, spell_s))
         for round_number in range(rounds):
             # Every other round in reverse, so no function always follows the same one: the load just
             # before leaves the emulator and the simulator busy (a collection, a queue) for the next.
@@ -116,14 +149,36 @@ def measure(
                 order.reverse()
             for concurrency in concurrencies:
                 for name, function in order:
-                    loads[name][concurrency].append(
-                        _load(function.port, concurrency=concurrency, seconds=seconds, names=names, prefix=name)
-                    )
+                    loads[name][concurrency].append(load(name, function, concurrency, seconds))
         peaks = {}
         for name, function in functions.items():
             (worker,) = function.worker_pids()
             peaks[name] = (peak_rss_kib(worker), private_kib(function.process.pid))
-    return WarmResults(loads, peaks, warmup_s)
+    return WarmResults(loads, peaks, warmup_s, warmup)
+
+
+#: Length of one function's turn in the warm-up.
+WARMUP_SPELL_S = 5.0
+
+
+def _metered_load(
+    services: Services,
+    function: RunningFunction,
+    *,
+    concurrency: int,
+    seconds: float,
+    names: itertools.count,
+    prefix: str,
+) -> Load:
+    """``_load``, with the CPU the function's worker and the emulator used meanwhile."""
+    (worker,) = function.worker_pids()
+    worker_before, emulator_before = cpu_s(worker), group_cpu_s(services.pubsub.pid)
+    load = _load(function.port, concurrency=concurrency, seconds=seconds, names=names, prefix=prefix)
+    return dataclasses.replace(
+        load,
+        worker_cpu_s=cpu_s(worker) - worker_before,
+        emulator_cpu_s=group_cpu_s(services.pubsub.pid) - emulator_before,
+    )
 
 
 def _load(port: int, *, concurrency: int, seconds: float, names: itertools.count, prefix: str) -> Load:
