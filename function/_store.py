@@ -9,8 +9,8 @@ Every write is conditional on the record's ``version`` (compare-and-swap), so
 the only way to hold a key is to win a conditional write: creating an absent
 record, or replacing one whose lease has run out. Each takeover raises the
 ``fence``; a worker whose write finds another version has been fenced off and
-gets ``StaleFence``. Backends implement three primitives (load, create if
-absent, replace if version matches); the rules live here, once.
+gets ``StaleFence``. Backends implement four primitives (load, create if
+absent, replace or delete if the version matches); the rules live here, once.
 """
 
 from __future__ import annotations
