@@ -53,9 +53,54 @@ def test_the_benchmark_harness_measures_opcancel_handling_real_requests(tmp_path
     # Each cold start's first request was really handled: its operation was cancelled.
     assert sum(f"{ORG}/operations/cold-opcancel-" in path for path in cancels) == 2
     assert load.errors("opcancel") == 0
-    served = load.loads["opcancel"][4][0].requests
+    measured = load.loads["opcancel"][4][0]
+    served = measured.requests
     assert served > 0
+    # The worker's CPU and the emulator's (every request publishes its result) were metered.
+    assert measured.worker_cpu_s > 0 and measured.emulator_cpu_s > 0
+    assert load.warmup and all(spell.emulator_cpu_s > 0 for spell in load.warmup)
     # Every request of the warm load (and of its warm-up) made its own cancel.
     assert sum("/operations/warm-opcancel-" in path for path in cancels) >= served
     worker_peak, _ = load.memory_kib["opcancel"]
     assert worker_peak > 10 * 1024
+
+
+def test_the_floor_handler_publishes_what_opcancel_publishes(monkeypatch):
+    import importlib.util
+    import json
+
+    from bench._harness import FUNCTIONS
+    from function._core import result_message, result_to_json
+    from function._model import Outcome, Result, Source, SourceKind
+
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "bench-project")
+    monkeypatch.setenv("OPCANCEL_AUTH", "anonymous")
+    spec = importlib.util.spec_from_file_location("floor_under_test", FUNCTIONS["floor"])
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+
+    name = f"{ORG}/operations/warm-floor-123"
+    operation = {"name": name, "done": True, "error": {"code": 1, "message": "Operation was cancelled."}}
+    ours_data, ours_attributes = result_message(
+        result_to_json(
+            Result(
+                operation=name,
+                location="global",
+                api_version="v1beta1",
+                outcome=Outcome.CANCELLED,
+                idempotency_key=f"securitycenter.googleapis.com/{name}",
+                requested_at=1_790_000_000.123,
+                finished_at=1_790_000_000.456,
+                checks=1,
+                final_operation=operation,
+                error=None,
+                source=Source(SourceKind.PUBSUB, "123"),
+            )
+        ),
+        project="bench-project",
+    )
+    floor_data, floor_attributes = floor.result_message(name, operation, "123")
+    assert list(json.loads(floor_data)) == list(json.loads(ours_data))
+    assert len(floor_data) == len(ours_data)
+    assert floor_attributes.keys() == ours_attributes.keys()
+    assert sum(map(len, floor_attributes.values())) == sum(map(len, ours_attributes.values()))
