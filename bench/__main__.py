@@ -23,7 +23,7 @@ from bench.report import write_report
 PARTS = ("coldstart", "warm", "cost", "chaos")
 FULL = {
     "cold_runs": 31,
-    "warm_rounds": 13,
+    "warm_rounds": 21,
     "warm_seconds": 3.0,
     "warm_warmup_s": 30.0,
     "concurrencies": (1, 8, 32),
