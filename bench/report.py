@@ -38,8 +38,28 @@ names how it was found).
 | warm, c=8, opcancel ÷ floor | 112 ÷ 162 req/s = **69%** | see above | py-spy on the worker: 41% of samples in `SqliteStore._execute`, waiting for the lock while another thread's commit did an fsync | SQLite `synchronous=NORMAL` under WAL: a commit survives a crash of the process, only a power loss can drop the last ones (README) |
 | warm, c=8, opcancel ÷ floor | 75–80% in three full runs once the shared transport had made the floor cheaper | 88% (see above) | cProfile of the request path in-process, against the simulator and the emulator: `dataclasses.asdict` took a fifth of the CPU | `Record.to_json` copies the record shallowly; `asdict` deep-copied the stored result on each of the four writes of a request |
 | | the warm rounds always ran bare, floor, opcancel in that order | every other round in reverse | per-round ratios ranged 0.50–1.11 | `bench/warm.py`; the report shows the middle half of the rounds' ratios |
+| | 5 s of warm-up per function: the emulator's CPU per publish was still falling through the rounds (6.8 ms at first, ~2 ms after some 70 s of load), and the rounds' ratios rose with it, from ~75% to 91–97% within one run | 30 s per function in 5 s turns, 21 rounds instead of 13; the emulator's cost per publish is reported above. The first full run so changed still gave 76% | the CPU of every process per load, from `/proc` | `bench/warm.py` |
+| | the floor handler published two fields and no attributes; opcancel publishes the result event, 11 fields and 9 attributes (2.0 against 2.3 ms of emulator CPU per publish) | the floor publishes the same fields, attributes and size, with fixed values where opcancel computes them | the emulator's CPU per publish, per function | `bench/functions/floor.py`, tested against opcancel's own result message |
+| | a request read its key, then created it: five SQLite statements, and one Firestore round trip more than needed | the record is created at once and read only when the create is refused: four statements, and a new key costs no read | strace of the worker under load: 26 `fcntl` and 17 `pwrite` calls per request, all SQLite's | `IdempotencyStore.claim_request`; the cost table above shows the reads gone |
 | correctness | a key taken over before any cancel was recorded was cancelled again at once | the new holder calls `get` first; a done operation is not cancelled again | a fault test crashing between the cancel's answer and its record; the chaos run counts what is left | `Opcancel._get_before_cancel` |
 | correctness | the SQLite connection was opened in gunicorn's master and used across `fork()` in the workers, which SQLite forbids | opened per process on first use | reading functions-framework's start-up while giving the chaos run three workers | `SqliteStore._execute` |
+
+### Where a warm request's CPU goes
+
+The worker's CPU per request is in the warm table. The floor handler's ~4 ms is functions-framework,
+three httpx calls (~0.09 ms of httpx's own Python each, timed over `MockTransport`), their sockets
+and the kernel; opcancel has added 1.3–1.4 ms in the full runs so far. Measured apart: on one thread and in-process, opcancel's own work costs
+~0.07 ms with the memory store and ~0.18 ms with SQLite; under 8 threads the same work costs
+0.4–0.6 ms. perf shows a quarter of the worker's CPU in the kernel switching threads, in the floor
+handler and in opcancel alike: every blocking call lets go of the GIL, and with threads waiting each
+release hands it over. opcancel adds such calls: each SQLite statement releases the GIL twice (its
+step and its reset), each log line once. py-spy at concurrency 1 puts ~0.7 ms of samples per request
+in opcancel's own code, ~0.4 ms of it in the store. Tried and dropped: an SQLite connection per
+thread, without the store's lock (more CPU: 0.65–0.92 against 0.61–0.72 ms in-process). Left as
+they are: the four writes, each of which keeps a crash harmless (the claim; the cancel recorded
+before the `get`; the result stored before it is published, so a republish is identical; the key
+finished), and the two log lines, which are the cancel's audit trail in Cloud Logging. With the
+memory store opcancel reached ~90% of the floor handler in a side-by-side run of seven rounds.
 
 ### Why the 1.3× cold-start goal is out of reach
 
@@ -169,7 +189,10 @@ def _warm(results: WarmResults) -> str:
     instance_mib = (worker + master) / 1024
     errors = {name: results.errors(name) for name in results.loads}
     per_cpu_second = results.median_worker_ms("floor", goal_c) / results.median_worker_ms("opcancel", goal_c)
-    publishing = [load for load in results.warmup if load.emulator_cpu_s > 0]
+    warming = {
+        name: [load.emulator_ms_per_request for turn_of, load in results.warmup if turn_of == name]
+        for name in ("floor", "opcancel")
+    }
     emulator_rounds = [results.median_emulator_ms(name, goal_c) for name in ("floor", "opcancel")]
     memory_rows = "\n".join(
         f"| {name} | {w / 1024:.1f} MiB | {m / 1024:.1f} MiB | {(w + m) / 1024:.1f} MiB |"
@@ -191,10 +214,10 @@ is what the function's worker process used (user and system, `/proc`), per reque
 requests: {errors}.
 
 The warm-up is long because of the emulator: its Java JIT makes each publish cheaper for minutes, and
-while it is costly every function's share of the cores is smaller. Its CPU per publish was
-{publishing[0].emulator_ms_per_request:.1f} ms in the warm-up's first turn that published and
-{publishing[-1].emulator_ms_per_request:.1f} ms in the last; in the rounds, at concurrency {goal_c},
-{emulator_rounds[0]:.1f} ms under the floor handler and {emulator_rounds[1]:.1f} ms under opcancel.
+while it is costly every function's share of the cores is smaller. Its CPU per publish under the floor
+handler went from {warming["floor"][0]:.1f} ms in the warm-up's first turn to {warming["floor"][-1]:.1f} ms
+in its last, and under opcancel from {warming["opcancel"][0]:.1f} to {warming["opcancel"][-1]:.1f} ms; in the
+rounds at concurrency {goal_c}, {emulator_rounds[0]:.1f} and {emulator_rounds[1]:.1f} ms.
 
 | concurrency | function | req/s | p50 | p99 | worker CPU | opcancel ÷ floor |
 | --- | --- | --- | --- | --- | --- | --- |

@@ -69,8 +69,8 @@ class WarmResults:
     #: function -> (worker's peak RSS, master's private memory) in KiB, after every round.
     memory_kib: dict[str, tuple[int, int]]
     warmup_s: float
-    #: The unrecorded warm-up's loads, in the order they ran.
-    warmup: list[Load]
+    #: The unrecorded warm-up's loads, each with its function's name, in the order they ran.
+    warmup: list[tuple[str, Load]]
 
     def median_rps(self, name: str, concurrency: int) -> float:
         return median([load.rps for load in self.loads[name][concurrency]])
@@ -120,7 +120,7 @@ def measure(
 ) -> WarmResults:
     names = itertools.count()
     loads: dict[str, dict[int, list[Load]]] = {name: {c: [] for c in concurrencies} for name in functions_measured}
-    warmup: list[Load] = []
+    warmup: list[tuple[str, Load]] = []
     with ExitStack() as stack:
         functions = {}
         for name in functions_measured:
@@ -140,7 +140,7 @@ def measure(
         spell_s = min(warmup_s, WARMUP_SPELL_S)
         for _ in range(max(1, round(warmup_s / spell_s))):
             for name, function in functions.items():
-                warmup.append(load(name, function, 8, spell_s))
+                warmup.append((name, load(name, function, 8, spell_s)))
         for round_number in range(rounds):
             # Every other round in reverse, so no function always follows the same one: the load just
             # before leaves the emulator and the simulator busy (a collection, a queue) for the next.
