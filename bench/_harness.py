@@ -268,8 +268,7 @@ _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 def cpu_s(pid: int) -> float:
     """CPU time (user and system, all threads) the process has used so far."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+    return _cpu_and_group(pathlib.Path(f"/proc/{pid}/stat"))[0]
 
 
 def group_cpu_s(group: int) -> float:
@@ -278,10 +277,17 @@ def group_cpu_s(group: int) -> float:
     total = 0.0
     for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == group:
-                total += (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+            cpu, process_group = _cpu_and_group(stat)
+            if process_group == group:
+                total += cpu
     return total
+
+
+def _cpu_and_group(stat: pathlib.Path) -> tuple[float, int]:
+    """From a ``/proc/PID/stat``: the process's CPU seconds (utime + stime) and its process group."""
+    # After the command name, which may hold spaces and parentheses: state, ppid, pgrp, ... utime, stime.
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S, int(fields[2])
 
 
 def _wait_for(url: str, timeout_s: float = 30.0) -> None:

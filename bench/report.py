@@ -188,7 +188,7 @@ def _warm(results: WarmResults) -> str:
     worker, master = results.memory_kib["opcancel"]
     instance_mib = (worker + master) / 1024
     errors = {name: results.errors(name) for name in results.loads}
-    per_cpu_second = results.median_worker_ms("floor", goal_c) / results.median_worker_ms("opcancel", goal_c)
+    floor_cpu_ms, ours_cpu_ms = (results.median_worker_ms(name, goal_c) for name in ("floor", "opcancel"))
     warming = {
         name: [load.emulator_ms_per_request for turn_of, load in results.warmup if turn_of == name]
         for name in ("floor", "opcancel")
@@ -230,8 +230,8 @@ rounds at concurrency {goal_c}, {emulator_rounds[0]:.1f} and {emulator_rounds[1]
 
 On Cloud Run an instance has its CPU to itself, and the API and Pub/Sub run elsewhere, so there the
 worker's CPU per request bounds what an instance serves. At concurrency {goal_c} opcancel's worker used
-{results.median_worker_ms("opcancel", goal_c):.2f} ms per request and the floor handler's
-{results.median_worker_ms("floor", goal_c):.2f} ms: per CPU-second, opcancel serves {per_cpu_second:.0%} of
+{ours_cpu_ms:.2f} ms per request and the floor handler's
+{floor_cpu_ms:.2f} ms: per CPU-second, opcancel serves {floor_cpu_ms / ours_cpu_ms:.0%} of
 the floor handler's requests. This is context; the goal is set on requests/s as measured above.
 
 ### Peak memory of one instance

@@ -34,6 +34,8 @@ from bench._harness import (
 )
 
 MEASURED = ("bare", "floor", "opcancel")
+#: Length of one function's turn in the warm-up.
+WARMUP_SPELL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -155,10 +157,6 @@ def measure(
             (worker,) = function.worker_pids()
             peaks[name] = (peak_rss_kib(worker), private_kib(function.process.pid))
     return WarmResults(loads, peaks, warmup_s, warmup)
-
-
-#: Length of one function's turn in the warm-up.
-WARMUP_SPELL_S = 5.0
 
 
 def _metered_load(
