@@ -21,7 +21,16 @@ from ._clock import Clock
 from ._http import Backoff, auth_request
 from ._log import Logger
 from ._model import Outcome
-from ._names import GLOBAL, OperationRef, check_location, check_version, host_for, parse_parent
+from ._names import (
+    DEFAULT_VERSION,
+    GLOBAL,
+    OperationRef,
+    check_location,
+    check_pair,
+    check_version,
+    host_for,
+    parse_parent,
+)
 from .errors import ApiRejected, ApiUnavailable
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -254,7 +263,7 @@ class OperationsClient:
         parent: str,
         *,
         location: str = GLOBAL,
-        api_version: str = "v1beta1",
+        api_version: str = DEFAULT_VERSION,
         filter: str | None = None,
         page_size: int | None = None,
         page_token: str | None = None,
@@ -262,8 +271,10 @@ class OperationsClient:
         """One page of ``parent``'s operations, and the token of the next page (None on the last)."""
         # Validated here too, not only by callers: nothing reaches a URL unvalidated.
         parent = parse_parent(parent)
-        base = self._endpoint or f"https://{host_for(check_location(location))}"
-        url = f"{base}/{check_version(api_version)}/{parent}/operations"
+        location, api_version = check_location(location), check_version(api_version)
+        check_pair(location, api_version)
+        base = self._endpoint or f"https://{host_for(location)}"
+        url = f"{base}/{api_version}/{parent}/operations"
         query = {"filter": filter, "pageSize": page_size, "pageToken": page_token}
         params = {key: str(value) for key, value in query.items() if value is not None}
         response = self._send("GET", url, parent, params=params)

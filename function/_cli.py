@@ -31,10 +31,20 @@ from ._core import next_due, operation_error, outcome_of
 from ._http import SharedTransport
 from ._log import Logger
 from ._model import CancelRequest, InboundMessage, Outcome, Rejection, Source, SourceKind
-from ._names import GLOBAL, LOCATIONS, escape_text, parse_parent
+from ._names import (
+    GLOBAL,
+    LOCATION_ALIASES,
+    LOCATIONS,
+    VERSIONS,
+    check_location,
+    check_pair,
+    escape_text,
+    parse_parent,
+    version_for,
+)
 from ._pubsub import Publisher
 from ._requests import Parsed, parse_message
-from ._settings import MAX_DEADLINE_S, VERSIONS, PollingPolicy, Settings
+from ._settings import MAX_DEADLINE_S, PollingPolicy, Settings
 from .errors import ApiRejected, ApiUnavailable, ConfigError, InvalidRequest, PublishFailed
 
 _NO_CREDENTIALS = (
@@ -158,7 +168,9 @@ class _Seconds(click.ParamType):
 
 _SECONDS = _Seconds()
 _location = click.option(
-    "--location", type=click.Choice(LOCATIONS), help="API location [default: global, or the one a URL names]"
+    "--location",
+    type=click.Choice((*LOCATIONS, *LOCATION_ALIASES)),
+    help="API location [default: global, or the one a URL names]",
 )
 _api_version = click.option(
     "--api-version",
@@ -269,6 +281,12 @@ def list_operations(
     allowed = clients.settings.allowed_parents
     if allowed is not None and parent not in allowed:
         raise CliFailure(f"{parent} is not in OPCANCEL_ALLOWED_PARENTS", Exit.REJECTED)
+    location = check_location(location or GLOBAL)
+    api_version = api_version or version_for(location, clients.settings.api_version)
+    try:
+        check_pair(location, api_version)
+    except InvalidRequest as problem:
+        raise CliFailure(str(problem), Exit.REJECTED) from None
     _require_credentials(clients)
     found: list[dict[str, Any]] = []
     count = 0
@@ -278,8 +296,8 @@ def list_operations(
         try:
             operations, token = clients.api.list(
                 parent,
-                location=location or GLOBAL,
-                api_version=api_version or clients.settings.api_version,
+                location=location,
+                api_version=api_version,
                 filter=filter_,
                 page_size=page_size,
                 page_token=token,

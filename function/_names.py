@@ -10,11 +10,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ._settings import VERSIONS
 from .errors import InvalidRequest
 
 GLOBAL = "global"
-LOCATIONS = (GLOBAL, "me-central2", "us", "eu")
+#: Security Command Center's data-residency locations, by the names its own documentation uses.
+LOCATIONS = (GLOBAL, "us", "eu", "sa")
+#: Other names accepted for a location and reported as the canonical one (the seed called Saudi Arabia ``me-central2``).
+LOCATION_ALIASES = {"me-central2": "sa"}
+#: The v1 family; ``v2`` comes last because regional endpoints serve it alone.
+VERSIONS = ("v1beta1", "v1p1beta1", "v1", "v2")
+#: Google requires v2 for organizations activated since December 2024 and for every regional location.
+DEFAULT_VERSION = "v2"
+REGIONAL_VERSION = "v2"
 SERVICE = "securitycenter.googleapis.com"
 MAX_NAME_LENGTH = 512
 MAX_OFFENDING_LENGTH = 256
@@ -24,13 +31,30 @@ _ORG = re.compile(r"[1-9][0-9]{0,31}")
 _OP_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _FULL_RESOURCE_PREFIX = f"//{SERVICE}/"
 _URL = re.compile(r"https://(?P<host>[^/]*)/(?P<version>[^/]*)/(?P<rest>.*)", re.DOTALL)
-_REGIONAL_HOST = re.compile(r"securitycenter\.(?P<location>[a-z0-9-]+)\.rep\.googleapis\.com")
+_REGIONAL_HOST = re.compile(r"securitycenter\.(?P<region>[a-z0-9-]+)\.rep\.googleapis\.com")
+# A location's host names its region, which for Saudi Arabia is not the location's own name.
+_HOST_REGIONS = {"us": "us", "eu": "eu", "sa": "me-central2"}
+_REGION_LOCATIONS = {region: location for location, region in _HOST_REGIONS.items()}
 
 
 def host_for(location: str) -> str:
     if location == GLOBAL:
         return SERVICE
-    return f"securitycenter.{location}.rep.googleapis.com"
+    return f"securitycenter.{_HOST_REGIONS[location]}.rep.googleapis.com"
+
+
+def version_for(location: str, configured: str) -> str:
+    """The version a request that names none gets: the configured default at global, v2 where only v2 is served."""
+    return configured if location == GLOBAL else REGIONAL_VERSION
+
+
+def check_pair(location: str, version: str) -> None:
+    """Regional endpoints serve v2 only, so any other version there is refused before a call is made."""
+    if location != GLOBAL and version != REGIONAL_VERSION:
+        raise InvalidRequest(
+            f"location {location} takes api_version {REGIONAL_VERSION} only (data residency needs the v2 API), "
+            f"not {escape_text(version, 40)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -40,7 +64,14 @@ class OperationRef:
     organization: str
     operation_id: str
     location: str = GLOBAL
-    api_version: str = "v1beta1"
+    api_version: str = DEFAULT_VERSION
+
+    def __post_init__(self) -> None:
+        # Every ref becomes a URL, so the pair is checked wherever one is made, not only where requests are parsed.
+        check_version(self.api_version)
+        if self.location not in LOCATIONS:
+            raise InvalidRequest(f"unknown location {escape_text(self.location, 40)}")
+        check_pair(self.location, self.api_version)
 
     @property
     def name(self) -> str:
@@ -98,17 +129,15 @@ def _parse_url(name: str) -> ParsedName:
         location = GLOBAL
     else:
         regional = _REGIONAL_HOST.fullmatch(host)
-        if not regional:
-            raise InvalidRequest(f"host {escape_text(host, 80)} is not a Security Command Center API host")
-        location = regional["location"]
-        # The global API has exactly one host; securitycenter.global.rep... is not it.
-        if location == GLOBAL:
-            raise InvalidRequest(f"host {host} is not a Security Command Center API host; global is {SERVICE}")
-        if location not in LOCATIONS:
-            raise InvalidRequest(f"unknown location {location!r}; expected one of {', '.join(LOCATIONS)}")
-    version = match["version"]
-    if version not in VERSIONS:
-        raise InvalidRequest(f"unknown API version {escape_text(version, 40)}; expected one of {', '.join(VERSIONS)}")
+        location = _REGION_LOCATIONS.get(regional["region"]) if regional else None
+        # The global API has exactly one host; securitycenter.global.rep... and securitycenter.sa.rep... are not hosts.
+        if location is None:
+            raise InvalidRequest(
+                f"host {escape_text(host, 80)} is not a Security Command Center API host "
+                f"(securitycenter[.{{{','.join(_REGION_LOCATIONS)}}}.rep].googleapis.com)"
+            )
+    version = check_version(match["version"])
+    check_pair(location, version)
     parsed = _parse_relative(match["rest"])
     return ParsedName(parsed.organization, parsed.operation_id, location, version)
 
@@ -137,9 +166,12 @@ def parse_parent(text: str) -> str:
 
 
 def check_location(value: object) -> str:
-    if value not in LOCATIONS:
-        raise InvalidRequest(f"unknown location {escape_text(str(value), 40)}; expected one of {', '.join(LOCATIONS)}")
-    return str(value)
+    """A location by its canonical name, aliases resolved (``me-central2`` is reported as ``sa``)."""
+    location = LOCATION_ALIASES.get(value, value) if isinstance(value, str) else value
+    if location not in LOCATIONS:
+        expected = ", ".join((*LOCATIONS, *(f"{alias} (= {to})" for alias, to in LOCATION_ALIASES.items())))
+        raise InvalidRequest(f"unknown location {escape_text(str(value), 40)}; expected one of {expected}")
+    return str(location)
 
 
 def check_version(value: object) -> str:

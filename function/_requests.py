@@ -26,6 +26,7 @@ from ._names import (
     check_version,
     escape_text,
     parse_name,
+    version_for,
 )
 from ._settings import MAX_DEADLINE_S
 from .errors import InvalidRequest
@@ -58,6 +59,11 @@ _NAME_IN_TEXT = re.compile(
     r"organizations/[0-9]+/operations/[A-Za-z0-9._~-]+"
 )
 _LABEL_MAPS = (("metric", "labels"), ("resource", "labels"), ("policy_user_labels",))
+# Log-match incidents leave metric.labels empty and list the extracted labels in the summary,
+# "Log match condition with labels {operation_id=..., organization_id=...} fired ...".
+_LABEL_IN_TEXT = re.compile(
+    r"(?<![A-Za-z0-9_])(organization_id|operation_id)[\"']?\s*[=:]\s*[\"']?([A-Za-z0-9._~-]+)(?=[\s,;}\]\"')]|$)"
+)
 
 
 @dataclass
@@ -220,6 +226,7 @@ class _MessageParser:
 
     def _entry(self, entry: Any, defaults: _Defaults, *, many: bool, incident_id: str | None) -> None:
         explicit_key: str | None = None
+        item: _Defaults | None = None
         try:
             if isinstance(entry, str):
                 text, item = entry, _Defaults(None, None, None, None, None)
@@ -238,7 +245,14 @@ class _MessageParser:
                 raise InvalidRequest("each operation must be a name or an object")
             request = self._request(parse_name(text), item, defaults, many=many, incident_id=incident_id)
         except InvalidRequest as problem:
-            self._reject(_offending_text(entry), str(problem), explicit_key=explicit_key, defaults=defaults)
+            self._reject(
+                _offending_text(entry),
+                str(problem),
+                explicit_key=explicit_key,
+                defaults=defaults,
+                location=item.location if item is not None else None,
+                api_version=item.api_version if item is not None else None,
+            )
             return
         if self._allowed_parents is not None and request.ref.parent not in self._allowed_parents:
             self._reject(
@@ -256,7 +270,13 @@ class _MessageParser:
         self, name: ParsedName, item: _Defaults, defaults: _Defaults, *, many: bool, incident_id: str | None
     ) -> CancelRequest:
         location = _pick("location", name.location, item.location, defaults.location, GLOBAL)
-        version = _pick("api_version", name.api_version, item.api_version, defaults.api_version, self._default_version)
+        version = _pick(
+            "api_version",
+            name.api_version,
+            item.api_version,
+            defaults.api_version,
+            version_for(location, self._default_version),
+        )
         ref = OperationRef(name.organization, name.operation_id, location, version)
         if item.idempotency_key is not None:
             key = item.idempotency_key
@@ -351,16 +371,21 @@ def _parse_source(value: Any) -> Source:
 
 def _names_in_incident(incident: Mapping[str, Any]) -> Iterator[str]:
     documentation = incident.get("documentation")
-    if isinstance(documentation, dict):
-        for part in ("subject", "content"):
-            text = documentation.get(part)
-            if isinstance(text, str):
-                for match in _NAME_IN_TEXT.finditer(text[:MAX_BODY_BYTES]):
-                    yield match.group(0).rstrip(".")
+    texts = [documentation.get(part) for part in ("subject", "content")] if isinstance(documentation, dict) else []
+    summary = incident.get("summary")
+    for text in (*texts, summary):
+        if isinstance(text, str):
+            for match in _NAME_IN_TEXT.finditer(text[:MAX_BODY_BYTES]):
+                yield match.group(0).rstrip(".")
+    label_maps = []
     for path in _LABEL_MAPS:
         labels: Any = incident
         for step in path:
             labels = labels.get(step) if isinstance(labels, dict) else None
+        label_maps.append(labels)
+    if isinstance(summary, str):
+        label_maps.append({key: value for key, value in reversed(_LABEL_IN_TEXT.findall(summary[:MAX_BODY_BYTES]))})
+    for labels in label_maps:
         if isinstance(labels, dict):
             organization, operation = labels.get("organization_id"), labels.get("operation_id")
             if isinstance(organization, str) and isinstance(operation, str):

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ._names import DEFAULT_VERSION, VERSIONS
 from .errors import ConfigError
 
-VERSIONS = ("v1beta1", "v1p1beta1", "v1", "v2")
 STORES = ("firestore", "memory", "sqlite")
 MAX_DEADLINE_S = 7 * 24 * 3600
 _TOPIC_ID = re.compile(r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
@@ -43,7 +43,7 @@ class Settings:
     checks_topic: str = "opcancel-checks"
     requests_topic: str = "opcancel-requests"
     api_endpoint: str | None = None
-    api_version: str = "v1beta1"
+    api_version: str = DEFAULT_VERSION
     auth: str = "adc"
     store: str = "sqlite"
     sqlite_path: str = ".opcancel/idempotency.sqlite3"
@@ -82,7 +82,7 @@ class Settings:
             checks_topic=reader.topic("OPCANCEL_CHECKS_TOPIC", "opcancel-checks"),
             requests_topic=reader.topic("OPCANCEL_REQUESTS_TOPIC", "opcancel-requests"),
             api_endpoint=reader.endpoint("OPCANCEL_API_ENDPOINT"),
-            api_version=reader.choice("OPCANCEL_API_VERSION", VERSIONS, "v1beta1"),
+            api_version=reader.choice("OPCANCEL_API_VERSION", VERSIONS, DEFAULT_VERSION),
             auth=reader.choice("OPCANCEL_AUTH", ("adc", "anonymous"), "adc"),
             store=reader.choice("OPCANCEL_STORE", STORES, "firestore" if on_cloud else "sqlite"),
             sqlite_path=environ.get("OPCANCEL_SQLITE_PATH") or ".opcancel/idempotency.sqlite3",

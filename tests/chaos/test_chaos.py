@@ -86,7 +86,7 @@ def test_the_floor_handler_publishes_what_opcancel_publishes(monkeypatch):
             Result(
                 operation=name,
                 location="global",
-                api_version="v1beta1",
+                api_version="v2",
                 outcome=Outcome.CANCELLED,
                 idempotency_key=f"securitycenter.googleapis.com/{name}",
                 requested_at=1_790_000_000.123,

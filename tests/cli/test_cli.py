@@ -123,8 +123,8 @@ def test_cancel_cancels_and_reports_what_the_immediate_get_shows(rig):
     assert result.exit_code == Exit.OK == 0
     assert result.stdout == f"CANCELLED {NAME}\n"
     assert [(c.method, c.path) for c in rig.simulator.calls] == [
-        ("POST", f"/v1beta1/{NAME}:cancel"),
-        ("GET", f"/v1beta1/{NAME}"),
+        ("POST", f"/v2/{NAME}:cancel"),
+        ("GET", f"/v2/{NAME}"),
     ]
 
 
@@ -137,7 +137,7 @@ def test_cancel_json_is_shaped_like_a_result_event_from_the_cli(rig):
     assert report["source"] == {"kind": "cli"}
     assert report["outcome"] == "CANCELLED"
     assert report["operation"] == NAME
-    assert (report["location"], report["api_version"]) == ("global", "v1beta1")
+    assert (report["location"], report["api_version"]) == ("global", "v2")
     assert report["idempotency_key"] == f"securitycenter.googleapis.com/{NAME}"
     assert report["checks"] == 1
     assert report["error"] is None
@@ -239,9 +239,37 @@ def test_a_url_names_the_location_and_version(rig):
 
 
 def test_location_and_api_version_options(rig):
-    report = as_json(rig.run("cancel", NAME, "--location", "us", "--api-version", "v1", "--json"))
-    assert (report["location"], report["api_version"]) == ("us", "v1")
-    assert rig.simulator.calls[0].path == f"/v1/{NAME}:cancel"
+    report = as_json(rig.run("cancel", NAME, "--location", "us", "--api-version", "v2", "--json"))
+    assert (report["location"], report["api_version"]) == ("us", "v2")
+    assert rig.simulator.calls[0].path == f"/v2/{NAME}:cancel"
+    report = as_json(rig.run("cancel", NAME, "--api-version", "v1", "--json"))
+    assert (report["location"], report["api_version"]) == ("global", "v1")
+    assert rig.simulator.calls[-2].path == f"/v1/{NAME}:cancel"
+
+
+def test_the_saudi_location_is_sa_and_me_central2_its_alias(rig):
+    for given in ("sa", "me-central2"):
+        report = as_json(rig.run("cancel", NAME, "--location", given, "--json"))
+        assert (report["location"], report["api_version"]) == ("sa", "v2")
+        assert report["idempotency_key"] == f"securitycenter.me-central2.rep.googleapis.com/{NAME}"
+
+
+def test_a_regional_location_with_an_older_version_is_rejected_before_any_call(rig):
+    result = rig.run("cancel", NAME, "--location", "eu", "--api-version", "v1", "--json")
+    assert result.exit_code == Exit.REJECTED
+    report = as_json(result)
+    assert report["outcome"] == "REJECTED"
+    assert "location eu takes api_version v2 only" in report["error"]
+    listing = rig.run("list", ORG, "--location", "eu", "--api-version", "v1")
+    assert listing.exit_code == Exit.REJECTED
+    assert "location eu takes api_version v2 only" in listing.output
+    assert rig.simulator.calls == []
+
+
+def test_a_regional_listing_takes_v2_whatever_the_default():
+    rig = Rig(settings=Settings(project="p", polling=POLICY, api_version="v1"))
+    assert rig.run("list", ORG, "--location", "eu").exit_code == 0
+    assert rig.simulator.calls[0].path == f"/v2/{ORG}/operations"
 
 
 def test_the_default_version_comes_from_the_settings():
@@ -321,7 +349,7 @@ def test_get_shows_a_running_operation(rig):
     result = rig.run("get", NAME)
     assert result.exit_code == 0
     assert result.stdout == f"RUNNING   {NAME}\n"
-    assert [(c.method, c.path) for c in rig.simulator.calls] == [("GET", f"/v1beta1/{NAME}")]
+    assert [(c.method, c.path) for c in rig.simulator.calls] == [("GET", f"/v2/{NAME}")]
 
 
 def test_get_shows_how_an_operation_ended(rig):
@@ -475,6 +503,7 @@ def test_the_list_method_builds_the_url_and_query_from_validated_parts():
         ("organizations/1/x", "global", "v1"),
         (ORG, "mars", "v1"),
         (ORG, "global", "v9"),
+        (ORG, "eu", "v1"),
     ]:
         with pytest.raises(InvalidRequest):
             client.list(parent, location=location, api_version=version)

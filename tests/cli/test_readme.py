@@ -71,21 +71,30 @@ def test_the_alerting_policy_documentation_names_the_operation_for_opcancel():
     def render(template: str) -> str:
         return re.sub(r"\$\{log\.extracted_label\.([a-z_]+)\}", lambda match: labels[match.group(1)], template)
 
-    incident = json.loads((DATA_DIR / "alert-incident-open.json").read_text())
-    incident["incident"]["documentation"] = {
+    # What Monitoring sends for a log-match policy: metric.labels empty, the labels in the summary.
+    incident = json.loads((DATA_DIR / "alert-incident-log-match.json").read_text())
+    assert incident["incident"]["metric"]["labels"] == {}
+    incident["incident"]["summary"] = (
+        f"Log match condition with labels {{operation_id={labels['operation_id']}, "
+        f"organization_id={labels['organization_id']}}} fired for audited_resource."
+    )
+    name = "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23"
+    rendered = {
         "content": render(policy["documentation"]["content"]),
         "mime_type": policy["documentation"]["mimeType"],
         "subject": render(policy["documentation"]["subject"]),
     }
-    parsed = parse_message(
-        InboundMessage(json.dumps(incident).encode(), message_id="m-1"), default_version="v1beta1", allowed_parents=None
-    )
-    (request,) = parsed.requests
-    name = "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23"
-    assert request.ref.name == name
-    assert request.idempotency_key == f"incident/0.mtdi83m6w8ao/securitycenter.googleapis.com/{name}"
-    assert request.source.kind is SourceKind.ALERT
-    assert parsed.rejections == []
+    # The documentation as written names the operation, and the summary alone does too.
+    for documentation in (rendered, {"content": "", "subject": ""}):
+        incident["incident"]["documentation"] = documentation
+        parsed = parse_message(
+            InboundMessage(json.dumps(incident).encode(), message_id="m-1"), default_version="v2", allowed_parents=None
+        )
+        (request,) = parsed.requests
+        assert request.ref.name == name
+        assert request.idempotency_key == f"incident/0.logmatch7q2x/securitycenter.googleapis.com/{name}"
+        assert request.source.kind is SourceKind.ALERT
+        assert parsed.rejections == []
 
 
 def test_the_alerting_commands_wire_the_channel_the_grant_and_the_policy():

@@ -78,7 +78,7 @@ def test_a_bare_name_published_as_gcloud_does_gives_one_cancelled_result(stack):
     assert attributes["content-type"] == "application/json"
     assert (attributes["outcome"], attributes["operation"]) == ("CANCELLED", name)
     assert data["operation"] == name
-    assert (data["location"], data["api_version"]) == ("global", "v1beta1")
+    assert (data["location"], data["api_version"]) == ("global", "v2")
     assert data["outcome"] == "CANCELLED"
     assert data["idempotency_key"] == key
     assert data["requested_at"] <= data["finished_at"]

@@ -120,6 +120,8 @@ def test_a_legacy_background_event_is_converted_by_the_framework(on_event):
     [
         ("alert-incident-open.json", ["organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23"]),
         ("alert-incident-labels.json", ["organizations/123456789/operations/op-42"]),
+        # Log-match policies: metric.labels empty, the extracted labels only in the summary.
+        ("alert-incident-log-match.json", ["organizations/123456789/operations/op-7731"]),
         ("alert-incident-closed.json", []),
     ],
 )
@@ -129,7 +131,7 @@ def test_monitoring_incidents_through_on_event(on_event, sample, operations):
     assert post_event(event_client, pubsub_event(data, message_id="alert-1")).status_code == 200
     results = rig.publisher.results()
     assert [r["operation"] for r in results] == operations
-    assert [c.path.split("/v1beta1/")[1] for c in rig.simulator.cancel_calls()] == [f"{o}:cancel" for o in operations]
+    assert [c.path.split("/v2/")[1] for c in rig.simulator.cancel_calls()] == [f"{o}:cancel" for o in operations]
     incident_id = json.loads(data)["incident"]["incident_id"]
     for result in results:
         assert result["source"] == {"kind": "alert", "message_id": "alert-1", "incident_id": incident_id}

@@ -24,8 +24,7 @@ from function import (
     build_auth,
 )
 from function._api import SCOPE
-from function._names import LOCATIONS
-from function._settings import VERSIONS
+from function._names import GLOBAL, LOCATIONS, VERSIONS
 from function.errors import ApiRejected, ApiUnavailable
 from tests.support import DATA_DIR, FakeClock, Scripted
 
@@ -33,10 +32,12 @@ REF = OperationRef("123456789", "abc")
 RELATIVE = "organizations/123456789/operations/abc"
 HOSTS = {
     "global": "securitycenter.googleapis.com",
-    "me-central2": "securitycenter.me-central2.rep.googleapis.com",
     "us": "securitycenter.us.rep.googleapis.com",
     "eu": "securitycenter.eu.rep.googleapis.com",
+    "sa": "securitycenter.me-central2.rep.googleapis.com",
 }
+# Every pair a ref may hold: any version at global, v2 alone at a regional location.
+PAIRS = [(GLOBAL, version) for version in VERSIONS] + [(location, "v2") for location in LOCATIONS if location != GLOBAL]
 SECRET = "ya29.SECRET-token-do-not-log"
 
 
@@ -131,8 +132,7 @@ def ok_get(body: dict | None = None) -> httpx.Response:
 # --- URLs and request shapes -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("location", LOCATIONS)
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(("location", "version"), PAIRS)
 def test_cancel_posts_an_empty_object_to_the_location_host_and_version(location, version):
     harness = Harness([ok_cancel()])
     ref = OperationRef("123456789", "abc", location, version)
@@ -144,8 +144,7 @@ def test_cancel_posts_an_empty_object_to_the_location_host_and_version(location,
     assert request.headers["content-type"] == "application/json"
 
 
-@pytest.mark.parametrize("location", LOCATIONS)
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(("location", "version"), PAIRS)
 def test_get_sends_a_bodiless_get_to_the_location_host_and_version(location, version):
     harness = Harness([ok_get()])
     ref = OperationRef("123456789", "abc", location, version)
@@ -167,8 +166,8 @@ def test_url_names_the_location_host(location):
 @pytest.mark.parametrize("location", LOCATIONS)
 def test_an_endpoint_replaces_every_host(location):
     harness = Harness([ok_cancel()], endpoint="http://127.0.0.1:9000")
-    harness.client.cancel(OperationRef("1", "abc", location, "v1"))
-    assert str(harness.requests[0].url) == "http://127.0.0.1:9000/v1/organizations/1/operations/abc:cancel"
+    harness.client.cancel(OperationRef("1", "abc", location, "v2"))
+    assert str(harness.requests[0].url) == "http://127.0.0.1:9000/v2/organizations/1/operations/abc:cancel"
 
 
 def test_an_endpoint_may_carry_a_path_prefix():
@@ -323,7 +322,7 @@ def test_retries_of_a_get_repeat_the_same_request():
     harness = Harness([reply(503), ok_get()], jitter=lambda: 0.0)
     assert harness.client.get(REF) == OPERATION
     assert [(r.method, str(r.url)) for r in harness.requests] == [
-        ("GET", f"https://securitycenter.googleapis.com/v1beta1/{RELATIVE}")
+        ("GET", f"https://securitycenter.googleapis.com/v2/{RELATIVE}")
     ] * 2
 
 

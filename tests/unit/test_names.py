@@ -12,13 +12,13 @@ from function._names import (
     LOCATIONS,
     MAX_OFFENDING_LENGTH,
     SERVICE,
+    VERSIONS,
     ParsedName,
     check_location,
     check_version,
     escape_text,
     host_for,
 )
-from function._settings import VERSIONS
 from function.errors import InvalidRequest
 
 ORG = "123456789"
@@ -26,10 +26,12 @@ OP = "9c5fa5e5-e368-439a-baa4-08c17b77ec23"
 RELATIVE = f"organizations/{ORG}/operations/{OP}"
 HOSTS = {
     "global": "securitycenter.googleapis.com",
-    "me-central2": "securitycenter.me-central2.rep.googleapis.com",
     "us": "securitycenter.us.rep.googleapis.com",
     "eu": "securitycenter.eu.rep.googleapis.com",
+    "sa": "securitycenter.me-central2.rep.googleapis.com",
 }
+REGIONAL = tuple(location for location in LOCATIONS if location != GLOBAL)
+OLDER_VERSIONS = tuple(version for version in VERSIONS if version != "v2")
 
 
 def rejected(text: str) -> str:
@@ -45,7 +47,7 @@ def rejected(text: str) -> str:
 
 
 def test_the_sets_of_locations_and_versions_are_the_specs():
-    assert LOCATIONS == ("global", "me-central2", "us", "eu")
+    assert LOCATIONS == ("global", "us", "eu", "sa")
     assert VERSIONS == ("v1beta1", "v1p1beta1", "v1", "v2")
     assert GLOBAL == "global"
     assert SERVICE == "securitycenter.googleapis.com"
@@ -59,11 +61,48 @@ def test_a_full_resource_name_is_the_relative_name_on_the_global_service():
     assert parse_name(f"//securitycenter.googleapis.com/{RELATIVE}") == ParsedName(ORG, OP, None, None)
 
 
-@pytest.mark.parametrize("location", LOCATIONS)
 @pytest.mark.parametrize("version", VERSIONS)
-def test_a_url_fixes_location_and_version(location, version):
-    parsed = parse_name(f"https://{HOSTS[location]}/{version}/{RELATIVE}")
-    assert parsed == ParsedName(ORG, OP, location, version)
+def test_a_global_url_fixes_location_and_any_version(version):
+    parsed = parse_name(f"https://{HOSTS[GLOBAL]}/{version}/{RELATIVE}")
+    assert parsed == ParsedName(ORG, OP, GLOBAL, version)
+
+
+@pytest.mark.parametrize("location", REGIONAL)
+def test_a_regional_url_fixes_its_location_and_v2(location):
+    parsed = parse_name(f"https://{HOSTS[location]}/v2/{RELATIVE}")
+    assert parsed == ParsedName(ORG, OP, location, "v2")
+
+
+def test_the_saudi_host_names_me_central2_and_reports_the_location_as_sa():
+    parsed = parse_name(f"https://securitycenter.me-central2.rep.googleapis.com/v2/{RELATIVE}")
+    assert parsed.location == "sa"
+
+
+@pytest.mark.parametrize("location", REGIONAL)
+@pytest.mark.parametrize("version", OLDER_VERSIONS)
+def test_a_regional_url_with_another_version_is_rejected_naming_the_rule(location, version):
+    message = rejected(f"https://{HOSTS[location]}/{version}/{RELATIVE}")
+    assert f"location {location} takes api_version v2 only" in message
+    assert version in message
+
+
+@pytest.mark.parametrize("location", REGIONAL)
+@pytest.mark.parametrize("version", OLDER_VERSIONS)
+def test_no_ref_pairs_a_regional_location_with_another_version(location, version):
+    with pytest.raises(InvalidRequest, match="takes api_version v2 only"):
+        OperationRef(ORG, OP, location, version)
+
+
+def test_a_ref_refuses_an_unknown_location_or_version():
+    with pytest.raises(InvalidRequest, match="unknown location"):
+        OperationRef(ORG, OP, "me-central2")
+    with pytest.raises(InvalidRequest, match="unknown API version"):
+        OperationRef(ORG, OP, GLOBAL, "v3")
+
+
+def test_me_central2_is_an_alias_of_sa():
+    assert check_location("me-central2") == "sa"
+    assert check_location("sa") == "sa"
 
 
 @pytest.mark.parametrize("text", [f"  {RELATIVE}  ", f"\n{RELATIVE}\n", f"\t{RELATIVE}\r\n"])
@@ -99,9 +138,9 @@ def test_each_location_has_its_host(location):
     assert OperationRef(ORG, OP, location).host == HOSTS[location]
 
 
-def test_a_ref_defaults_to_global_and_v1beta1():
+def test_a_ref_defaults_to_global_and_v2():
     ref = OperationRef(ORG, OP)
-    assert (ref.location, ref.api_version) == ("global", "v1beta1")
+    assert (ref.location, ref.api_version) == ("global", "v2")
     assert ref.name == RELATIVE
     assert ref.parent == f"organizations/{ORG}"
     assert ref.identity == f"securitycenter.googleapis.com/{RELATIVE}"
@@ -109,7 +148,8 @@ def test_a_ref_defaults_to_global_and_v1beta1():
 
 @pytest.mark.parametrize("location", LOCATIONS)
 def test_identity_is_host_and_name_and_leaves_the_version_out(location):
-    identities = {OperationRef(ORG, OP, location, version).identity for version in VERSIONS}
+    versions = VERSIONS if location == GLOBAL else ("v2",)
+    identities = {OperationRef(ORG, OP, location, version).identity for version in versions}
     assert identities == {f"{HOSTS[location]}/{RELATIVE}"}
 
 
@@ -338,11 +378,11 @@ def test_unknown_versions_in_urls_are_rejected(version):
     assert "v1beta1, v1p1beta1, v1, v2" in message
 
 
-@pytest.mark.parametrize("location", ["asia", "us-central1", "europe", "xx", "me-central1", "eu1"])
-def test_unknown_locations_in_regional_hosts_are_rejected(location):
-    message = rejected(f"https://securitycenter.{location}.rep.googleapis.com/v1/{RELATIVE}")
-    assert f"unknown location {location!r}" in message
-    assert "global, me-central2, us, eu" in message
+@pytest.mark.parametrize("location", ["asia", "us-central1", "europe", "xx", "me-central1", "eu1", "sa", "global"])
+def test_unknown_regional_hosts_are_rejected(location):
+    message = rejected(f"https://securitycenter.{location}.rep.googleapis.com/v2/{RELATIVE}")
+    assert "is not a Security Command Center API host" in message
+    assert "securitycenter[.{us,eu,me-central2}.rep].googleapis.com" in message
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 from function import InboundMessage, OperationRef, SourceKind
 from function._core import check_message
 from function._model import CheckRequest, Source
-from function._names import LOCATIONS
+from function._names import GLOBAL, LOCATIONS, VERSIONS
 from function._requests import MAX_BATCH, MAX_BODY_BYTES, Parsed, is_check, parse_check, parse_message
-from function._settings import VERSIONS
 from function.errors import InvalidRequest
 from tests.support import DATA_DIR
+
+REGIONAL = tuple(location for location in LOCATIONS if location != GLOBAL)
+OLDER_VERSIONS = tuple(version for version in VERSIONS if version != "v2")
 
 ORG = "123456789"
 GLOBAL_HOST = "securitycenter.googleapis.com"
@@ -38,7 +40,7 @@ def parse(
     attributes: dict[str, str] | None = None,
     *,
     allowed: tuple[str, ...] | None = None,
-    version: str = "v1beta1",
+    version: str = "v2",
     kind: SourceKind = SourceKind.PUBSUB,
     message_id: str | None = "m-1",
 ) -> Parsed:
@@ -87,7 +89,7 @@ def incident(name_: str) -> dict:
 
 def test_a_bare_name_is_one_request_with_every_default():
     request = only_request(parse(name("abc")))
-    assert request.ref == OperationRef(ORG, "abc", "global", "v1beta1")
+    assert request.ref == OperationRef(ORG, "abc", "global", "v2")
     assert request.idempotency_key == identity("abc")
     assert request.source == Source(SourceKind.PUBSUB, message_id="m-1")
     assert request.reason is None
@@ -121,8 +123,8 @@ def test_each_form_of_name_works_as_plain_text():
     )
     refs = [request.ref for request in parse(body).requests]
     assert refs == [
-        OperationRef(ORG, "a", "global", "v1beta1"),
-        OperationRef(ORG, "b", "global", "v1beta1"),
+        OperationRef(ORG, "a", "global", "v2"),
+        OperationRef(ORG, "b", "global", "v2"),
         OperationRef(ORG, "c", "eu", "v2"),
     ]
 
@@ -134,7 +136,7 @@ def test_a_bad_line_is_rejected_and_the_good_lines_still_act():
     assert rejection.offending == "organizations/1/operations/a%2Fb"
     assert "operation id must be 1-128 characters" in rejection.error
     assert rejection.idempotency_key == rejection_key("organizations/1/operations/a%2Fb")
-    assert (rejection.location, rejection.api_version) == ("global", "v1beta1")
+    assert (rejection.location, rejection.api_version) == ("global", "v2")
     assert rejection.source == Source(SourceKind.PUBSUB, message_id="m-1")
 
 
@@ -175,13 +177,13 @@ def test_a_json_object_with_every_field():
     body = {
         "operation": name("abc"),
         "location": "eu",
-        "api_version": "v1",
+        "api_version": "v2",
         "idempotency_key": "my-key",
         "reason": "runaway discovery",
         "deadline_seconds": 3600,
     }
     request = only_request(parse(body))
-    assert request.ref == OperationRef(ORG, "abc", "eu", "v1")
+    assert request.ref == OperationRef(ORG, "abc", "eu", "v2")
     assert request.idempotency_key == "my-key"
     assert request.reason == "runaway discovery"
     assert request.deadline_s == 3600.0
@@ -190,7 +192,7 @@ def test_a_json_object_with_every_field():
 
 def test_a_json_object_needs_only_operation():
     request = only_request(parse({"operation": name("abc")}))
-    assert request.ref == OperationRef(ORG, "abc", "global", "v1beta1")
+    assert request.ref == OperationRef(ORG, "abc", "global", "v2")
     assert request.idempotency_key == identity("abc")
 
 
@@ -198,11 +200,37 @@ def test_whitespace_around_a_json_body_is_ignored():
     only_request(parse("\n\t  " + json.dumps({"operation": name("abc")}) + "  \n"))
 
 
-@pytest.mark.parametrize("location", LOCATIONS)
 @pytest.mark.parametrize("version", VERSIONS)
-def test_any_location_pairs_with_any_version(location, version):
-    request = only_request(parse({"operation": name("abc"), "location": location, "api_version": version}))
-    assert (request.ref.location, request.ref.api_version) == (location, version)
+def test_global_pairs_with_any_version(version):
+    request = only_request(parse({"operation": name("abc"), "location": "global", "api_version": version}))
+    assert (request.ref.location, request.ref.api_version) == ("global", version)
+
+
+@pytest.mark.parametrize("location", REGIONAL)
+@pytest.mark.parametrize("version", OLDER_VERSIONS)
+def test_a_regional_location_with_another_version_than_v2_is_rejected_naming_the_rule(location, version):
+    rejection = only_rejection(parse({"operation": name("abc"), "location": location, "api_version": version}))
+    assert rejection.error == (
+        f"location {location} takes api_version v2 only (data residency needs the v2 API), not {version}"
+    )
+    assert (rejection.location, rejection.api_version) == (location, version)
+
+
+@pytest.mark.parametrize("location", REGIONAL)
+def test_a_regional_location_without_a_version_takes_v2_whatever_the_default(location):
+    request = only_request(parse({"operation": name("abc"), "location": location}, version="v1"))
+    assert (request.ref.location, request.ref.api_version) == (location, "v2")
+
+
+def test_the_configured_default_version_applies_at_global():
+    assert only_request(parse(name("abc"), version="v1")).ref.api_version == "v1"
+
+
+def test_me_central2_is_accepted_and_reported_as_sa():
+    request = only_request(parse({"operation": name("abc"), "location": "me-central2"}))
+    assert request.ref == OperationRef(ORG, "abc", "sa", "v2")
+    assert request.idempotency_key == identity("abc", "securitycenter.me-central2.rep.googleapis.com")
+    assert only_request(parse(name("abc"), {"location": "me-central2"})).ref.location == "sa"
 
 
 def test_a_url_fixes_location_and_version_and_agreeing_fields_are_fine():
@@ -390,7 +418,7 @@ def test_a_batch_mixes_names_and_objects():
         "operations": [
             name("a"),
             {"operation": name("b"), "location": "eu", "reason": "why", "deadline_seconds": 60},
-            f"https://securitycenter.us.rep.googleapis.com/v1/{name('c')}",
+            f"https://securitycenter.us.rep.googleapis.com/v2/{name('c')}",
             {"operation": name("d"), "idempotency_key": "own-key"},
         ]
     }
@@ -400,7 +428,7 @@ def test_a_batch_mixes_names_and_objects():
     assert a.ref == OperationRef(ORG, "a") and a.idempotency_key == identity("a")
     assert b.ref == OperationRef(ORG, "b", "eu") and (b.reason, b.deadline_s) == ("why", 60.0)
     assert b.idempotency_key == identity("b", EU_HOST)
-    assert c.ref == OperationRef(ORG, "c", "us", "v1")
+    assert c.ref == OperationRef(ORG, "c", "us", "v2")
     assert d.idempotency_key == "own-key"
 
 
@@ -418,8 +446,8 @@ def test_batch_level_fields_are_defaults_that_items_override():
 
 
 def test_a_url_in_a_batch_is_not_contradicted_by_batch_defaults():
-    body = {"operations": [f"https://{EU_HOST}/v1/{name('a')}"], "location": "us", "api_version": "v2"}
-    assert only_request(parse(body)).ref == OperationRef(ORG, "a", "eu", "v1")
+    body = {"operations": [f"https://{GLOBAL_HOST}/v1/{name('a')}"], "location": "us", "api_version": "v2"}
+    assert only_request(parse(body)).ref == OperationRef(ORG, "a", "global", "v1")
 
 
 def test_a_batch_level_key_is_combined_with_each_identity():
@@ -481,16 +509,16 @@ def test_attributes_apply_to_a_bare_name():
 
 
 def test_the_body_overrides_attributes():
-    body = {"operation": name("abc"), "location": "us", "api_version": "v1", "idempotency_key": "body-key"}
+    body = {"operation": name("abc"), "location": "global", "api_version": "v1", "idempotency_key": "body-key"}
     request = only_request(parse(body, {"idempotency_key": "attr-key", "location": "eu", "api_version": "v2"}))
-    assert request.ref == OperationRef(ORG, "abc", "us", "v1")
+    assert request.ref == OperationRef(ORG, "abc", "global", "v1")
     assert request.idempotency_key == "body-key"
 
 
 def test_a_url_overrides_attributes_without_contradiction():
-    url = f"https://{EU_HOST}/v1/{name('abc')}"
+    url = f"https://{GLOBAL_HOST}/v1/{name('abc')}"
     request = only_request(parse(url, {"location": "us", "api_version": "v2"}))
-    assert request.ref == OperationRef(ORG, "abc", "eu", "v1")
+    assert request.ref == OperationRef(ORG, "abc", "global", "v1")
 
 
 def test_batch_level_fields_override_attributes():
@@ -665,7 +693,7 @@ OPEN_OP = "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec
 
 def test_an_open_incident_cancels_the_operation_its_documentation_names():
     request = only_request(parse(incident("alert-incident-open.json"), message_id="m-42"))
-    assert request.ref == OperationRef("123456789", "9c5fa5e5-e368-439a-baa4-08c17b77ec23", "global", "v1beta1")
+    assert request.ref == OperationRef("123456789", "9c5fa5e5-e368-439a-baa4-08c17b77ec23", "global", "v2")
     assert request.idempotency_key == f"incident/0.mtdi83m6w8ao/{GLOBAL_HOST}/{OPEN_OP}"
     assert request.source == Source(SourceKind.ALERT, message_id="m-42", incident_id="0.mtdi83m6w8ao")
 
@@ -791,6 +819,41 @@ def test_an_incident_that_is_not_an_object_is_set_aside(value):
     assert_ignored(parse({"version": "1.2", "incident": value}), "'incident' must be an object")
 
 
+def test_a_log_match_incident_names_its_operation_in_the_summary_labels():
+    body = incident("alert-incident-log-match.json")
+    assert body["incident"]["metric"]["labels"] == {}
+    assert names_of(parse(body)) == [name("op-7731", "123456789")]
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        "Log match condition with labels {organization_id=123456789, operation_id=op-7731} fired.",
+        'Log match condition with labels {"operation_id": "op-7731", "organization_id": "123456789"} fired.',
+        "Log match condition fired for organizations/123456789/operations/op-7731.",
+    ],
+)
+def test_the_summary_is_searched_for_names_and_label_pairs(summary):
+    body = incident("alert-incident-log-match.json")
+    body["incident"]["summary"] = summary
+    assert names_of(parse(body)) == [name("op-7731", "123456789")]
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        "Log match condition with labels {operation_id=op-7731} fired.",
+        "Log match condition with labels {xorganization_id=1, operation_id=op-7731} fired.",
+        "Log match condition with labels {organization_id=12/3, operation_id=op-7731} fired.",
+    ],
+)
+def test_a_summary_without_a_whole_label_pair_names_nothing(summary):
+    body = incident("alert-incident-log-match.json")
+    body["incident"]["summary"] = summary
+    parsed = parse(body)
+    assert parsed.requests == [] and parsed.rejections == []
+
+
 def test_an_incident_naming_over_a_hundred_operations_is_set_aside():
     body = incident("alert-incident-open.json")
     body["incident"]["documentation"]["content"] = " ".join(name(f"op-{i}") for i in range(101))
@@ -802,7 +865,7 @@ def test_an_incident_naming_over_a_hundred_operations_is_set_aside():
 
 def a_check(**changes) -> CheckRequest:
     fields = {
-        "ref": OperationRef(ORG, "abc", "eu", "v1"),
+        "ref": OperationRef(ORG, "abc", "eu", "v2"),
         "idempotency_key": "incident/0.x/" + identity("abc", EU_HOST),
         "attempt": 3,
         "due_at": 1_790_000_005.25,
@@ -837,7 +900,7 @@ def test_a_check_round_trips(source):
 
 def test_a_check_round_trips_for_every_location_and_version():
     for location in LOCATIONS:
-        for version in VERSIONS:
+        for version in VERSIONS if location == GLOBAL else ("v2",):
             check = a_check(ref=OperationRef(ORG, "abc", location, version))
             assert parse_check(as_message(*check_message(check))) == check
 
@@ -868,7 +931,7 @@ _DROP = object()
         ({"extra": 1}, "does not have exactly the check fields"),
         ({"attempt": _DROP}, "does not have exactly the check fields"),
         ({"source": _DROP}, "does not have exactly the check fields"),
-        ({"operation": f"https://{EU_HOST}/v1/{name('abc')}"}, "check messages carry relative names"),
+        ({"operation": f"https://{EU_HOST}/v2/{name('abc')}"}, "check messages carry relative names"),
         ({"operation": name("abc") + "/../x"}, "operation names must be"),
         ({"operation": "organizations/1/operations/a%2F"}, "operation id must be"),
         ({"operation": 7}, "operation must be a string"),

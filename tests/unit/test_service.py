@@ -72,7 +72,7 @@ def test_the_result_event_is_a_binary_mode_cloudevent_with_every_field(rig):
     assert body == {
         "operation": name("plain"),
         "location": "global",
-        "api_version": "v1beta1",
+        "api_version": "v2",
         "outcome": "CANCELLED",
         "idempotency_key": key,
         "requested_at": format_time(rig.clock.now()),
@@ -135,7 +135,7 @@ def test_check_messages_are_self_contained(rig):
     assert body == {
         "operation": name("slow-1-a"),
         "location": "global",
-        "api_version": "v1beta1",
+        "api_version": "v2",
         "idempotency_key": f"securitycenter.googleapis.com/{name('slow-1-a')}",
         "attempt": 1,
         "due_at": format_time(rig.clock.now() + 5),
@@ -230,7 +230,7 @@ def test_rejected_text_is_escaped_and_bounded(rig):
 def test_disallowed_parents_are_rejected_before_the_network():
     rig = Rig(settings=Settings(project="p", polling=TEST_POLICY, allowed_parents=("organizations/42",)))
     rig.send(name("plain") + "\norganizations/42/operations/fine")
-    assert [c.path for c in rig.simulator.cancel_calls()] == ["/v1beta1/organizations/42/operations/fine:cancel"]
+    assert [c.path for c in rig.simulator.cancel_calls()] == ["/v2/organizations/42/operations/fine:cancel"]
     outcomes = {r["operation"]: (r["outcome"], r["error"]) for r in rig.publisher.results()}
     assert outcomes[name("plain")] == ("REJECTED", f"organizations/{ORG} is not in OPCANCEL_ALLOWED_PARENTS")
     assert outcomes["organizations/42/operations/fine"][0] == "CANCELLED"
@@ -245,8 +245,8 @@ def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
         f"batch-1/securitycenter.googleapis.com/{name('a')}",
     ]
     assert {c.path for c in rig.simulator.cancel_calls()} == {
-        f"/v1beta1/{name('a')}:cancel",
-        f"/v1beta1/{name('b')}:cancel",
+        f"/v2/{name('a')}:cancel",
+        f"/v2/{name('b')}:cancel",
     }
 
 
@@ -354,7 +354,7 @@ def test_a_dead_holders_cancel_that_got_through_is_not_sent_again():
     claimed_by_a_dead_holder(rig, "plain")
     # What the dead holder managed before it died: the API accepted its cancel.
     with httpx.Client(transport=httpx.WSGITransport(app=rig.simulator), base_url="http://sim") as http:
-        http.post(f"/v1beta1/{name('plain')}:cancel", json={})
+        http.post(f"/v2/{name('plain')}:cancel", json={})
     assert not rig.send(name("plain")).must_retry
     assert len(rig.simulator.cancel_calls()) == 1
     result = only_result(rig)

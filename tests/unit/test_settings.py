@@ -29,7 +29,7 @@ def test_an_empty_environment_gives_the_documented_defaults():
     assert settings.results_topic == "opcancel-results"
     assert settings.checks_topic == "opcancel-checks"
     assert settings.api_endpoint is None
-    assert settings.api_version == "v1beta1"
+    assert settings.api_version == "v2"
     assert settings.auth == "adc"
     assert settings.allowed_parents is None
     assert settings.polling == PollingPolicy(initial_delay_s=5.0, multiplier=2.0, max_delay_s=300.0, deadline_s=3600.0)
