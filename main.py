@@ -7,6 +7,7 @@ import gc
 # survivors frozen, so the workers' collections never write to, and so never copy, the shared pages.
 gc.disable()
 try:
+    import flask
     import functions_framework
 
     from function import Runtime
@@ -20,7 +21,7 @@ finally:
 
 @functions_framework.cloud_event
 def on_event(cloud_event):
-    runtime.on_event(cloud_event)
+    runtime.on_event(cloud_event, flask.request.headers)
 
 
 @functions_framework.http

@@ -91,6 +91,8 @@ def check_message(check: CheckRequest) -> tuple[bytes, dict[str, str]]:
         "requested_at": format_time(check.requested_at),
         "source": check.source.to_json(),
     }
+    if check.trace is not None:
+        body["trace"] = check.trace
     attributes = {CHECK_KIND_ATTRIBUTE: CHECK_KIND, "operation": check.ref.name, "attempt": str(check.attempt)}
     return json.dumps(body, separators=(",", ":")).encode("utf-8"), attributes
 

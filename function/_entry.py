@@ -15,19 +15,23 @@ import binascii
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from werkzeug.exceptions import ServiceUnavailable
 
 from ._app import build_service
-from ._log import Logger
+from ._log import Logger, traced
 from ._model import InboundMessage, SourceKind
 from ._requests import MAX_BODY_BYTES
 from ._service import ItemStatus, Opcancel, Report
 from ._settings import Settings
 
 PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+# Google's own header, then W3C trace context: Cloud Run passes one or both on every request it serves.
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+_CLOUD_TRACE_CONTEXT = re.compile(r"(?P<trace>[0-9a-fA-F]{32})(?:/[0-9]{0,20})?(?:;o=[0-9])?")
 _JSON_TYPES = ("application/json", "application/cloudevents+json")
 
 
@@ -42,9 +46,10 @@ class UnusableEvent(Exception):
 class Runtime:
     """What ``main.py`` holds: one service, built once per process and reused by every invocation."""
 
-    def __init__(self, service: Opcancel, *, log: Logger | None = None) -> None:
+    def __init__(self, service: Opcancel, *, log: Logger | None = None, project: str | None = None) -> None:
         self._service = service
         self._log = log or Logger()
+        self._project = project
 
     @classmethod
     def from_environment(cls) -> "Runtime":
@@ -56,9 +61,14 @@ class Runtime:
                 "OPCANCEL_ALLOWED_PARENTS is unset: any organization's operations may be cancelled",
                 event="allow_all_parents",
             )
-        return cls(build_service(settings, log=log), log=log)
+        return cls(build_service(settings, log=log), log=log, project=settings.project)
 
-    def on_event(self, cloud_event: Any) -> None:
+    def on_event(self, cloud_event: Any, headers: Mapping[str, str] | None = None) -> None:
+        """``headers`` are the push request's, for its trace; the event's own ``traceparent`` is the fallback."""
+        with traced(self._trace(headers or {}, cloud_event.get("traceparent"))):
+            self._on_event(cloud_event)
+
+    def _on_event(self, cloud_event: Any) -> None:
         try:
             message = message_from_cloud_event(cloud_event)
         except UnusableEvent as problem:
@@ -79,6 +89,24 @@ class Runtime:
             raise RedeliveryRequested(description=_retry_summary(report))
 
     def on_http(self, request: Any) -> tuple[str, int, dict[str, str]]:
+        with traced(self._trace(request.headers)):
+            return self._on_http(request)
+
+    def _trace(self, headers: Mapping[str, str], traceparent: object = None) -> str | None:
+        """Cloud Logging's trace name for this request, or None where there is no project or no usable header."""
+        if self._project is None:
+            return None
+        for value, pattern in (
+            (headers.get("X-Cloud-Trace-Context"), _CLOUD_TRACE_CONTEXT),
+            (headers.get("traceparent"), _TRACEPARENT),
+            (traceparent, _TRACEPARENT),
+        ):
+            match = pattern.fullmatch(value.strip()) if isinstance(value, str) else None
+            if match and match["trace"].strip("0"):
+                return f"projects/{self._project}/traces/{match['trace'].lower()}"
+        return None
+
+    def _on_http(self, request: Any) -> tuple[str, int, dict[str, str]]:
         if request.method != "POST":
             return _answer(405, {"error": "only POST is accepted"}, {"Allow": "POST"})
         if (request.content_length or 0) > MAX_BODY_BYTES:

@@ -8,12 +8,33 @@ values opcancel produced or escaped; credentials never reach a logger.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 _LABELS = {"component": "opcancel"}
+TRACE_FIELD = "logging.googleapis.com/trace"
+# Per request (each worker thread has its own context), so concurrent invocations never share a trace.
+_TRACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("opcancel_trace", default=None)
+
+
+def current_trace() -> str | None:
+    """The trace of the work in hand, ``projects/P/traces/T``, so a scheduled check can carry it on."""
+    return _TRACE.get()
+
+
+@contextlib.contextmanager
+def traced(trace: str | None) -> Iterator[None]:
+    """Every line logged inside carries ``trace``: one log query then shows a request, its checks and its result."""
+    token = _TRACE.set(trace)
+    try:
+        yield
+    finally:
+        _TRACE.reset(token)
 
 
 class Logger:
@@ -40,6 +61,9 @@ class Logger:
         entry = {"severity": severity, "message": message}
         entry.update((name, value) for name, value in fields.items() if value is not None)
         entry["logging.googleapis.com/labels"] = _LABELS
+        trace = _TRACE.get()
+        if trace is not None:
+            entry[TRACE_FIELD] = trace
         line = json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":"))
         # Resolved per call so a test runner's stdout capture sees the line.
         stream = self._stream or sys.stdout

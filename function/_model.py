@@ -84,6 +84,8 @@ class CheckRequest:
     deadline_at: float
     requested_at: float
     source: Source
+    #: The Cloud Logging trace of the request that scheduled it (``projects/P/traces/T``), when there was one.
+    trace: str | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ MAX_KEY_LENGTH = 256
 MAX_REASON_LENGTH = 1024
 CHECK_KIND_ATTRIBUTE = "opcancel_kind"
 CHECK_KIND = "check"
+#: Cloud Logging's trace resource name; the id is 32 lowercase hex digits (W3C trace context).
+TRACE_NAME = re.compile(r"projects/[a-z0-9.:-]{1,100}/traces/[0-9a-f]{32}")
 
 _REQUEST_FIELDS = frozenset({"operation", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
 _BATCH_FIELDS = frozenset({"operations", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
@@ -327,8 +329,11 @@ def parse_check(message: InboundMessage) -> CheckRequest:
         body = json.loads(message.data.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidRequest("check message is not JSON") from None
-    if not isinstance(body, dict) or set(body) != _CHECK_FIELDS:
+    if not isinstance(body, dict) or set(body) - {"trace"} != _CHECK_FIELDS:
         raise InvalidRequest("check message does not have exactly the check fields")
+    trace = body.get("trace")
+    if trace is not None and (not isinstance(trace, str) or not TRACE_NAME.fullmatch(trace)):
+        raise InvalidRequest("check trace must be projects/PROJECT/traces/TRACE_ID")
     name = parse_name(body["operation"])
     if name.location is not None:
         raise InvalidRequest("check messages carry relative names")
@@ -350,6 +355,7 @@ def parse_check(message: InboundMessage) -> CheckRequest:
         deadline_at=deadline_at,
         requested_at=requested_at,
         source=_parse_source(body["source"]),
+        trace=trace,
     )
 
 

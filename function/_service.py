@@ -17,7 +17,7 @@ from typing import Any
 from ._api import CancelAnswer, OperationsApi
 from ._clock import Clock, format_time
 from ._core import check_message, next_due, operation_error, outcome_of, payload_hash, result_message, result_to_json
-from ._log import Logger
+from ._log import Logger, current_trace, traced
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef
 from ._pubsub import Publisher
@@ -265,6 +265,7 @@ class Opcancel:
             deadline_at=deadline_at,
             requested_at=record.requested_at,
             source=source,
+            trace=current_trace(),
         )
         # Publish before recording: a crash in between leaves a duplicate check, which the
         # attempt number makes stale, rather than a recorded check that was never sent.
@@ -300,7 +301,8 @@ class Opcancel:
                 message_id=message.message_id,
             )
             return ItemReport("", ItemStatus.REJECTED, detail=str(problem))
-        return self._guarded(check.ref.name, check.idempotency_key, lambda: self._run_check(check))
+        with traced(check.trace or current_trace()):
+            return self._guarded(check.ref.name, check.idempotency_key, lambda: self._run_check(check))
 
     def _run_check(self, check: CheckRequest) -> ItemReport:
         ref, key = check.ref, check.idempotency_key

@@ -17,6 +17,8 @@ from functions_framework import create_app
 
 from devkit.emulators import free_port
 from function import Logger, Runtime
+from function._clock import parse_time
+from function._log import TRACE_FIELD
 from function.errors import ConfigError
 from tests.support import DATA_DIR
 
@@ -24,6 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 WIRED = ROOT / "tests" / "functions" / "wired.py"
 NAME = "organizations/123456789/operations/abc"
 TOPIC_SOURCE = "//pubsub.googleapis.com/projects/sec-ops-prod/topics/opcancel-requests"
+CHECKS_SOURCE = "//pubsub.googleapis.com/projects/test-project/topics/opcancel-checks"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def load_wired(target: str, signature: str):
@@ -43,10 +47,13 @@ def on_http():
 
 
 def pubsub_event(
-    data: bytes, attributes: dict[str, str] | None = None, message_id: str = "2070443601311540"
+    data: bytes,
+    attributes: dict[str, str] | None = None,
+    message_id: str = "2070443601311540",
+    source: str = TOPIC_SOURCE,
 ) -> CloudEvent:
     return CloudEvent(
-        {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": TOPIC_SOURCE, "id": message_id},
+        {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": source, "id": message_id},
         {
             "subscription": "projects/sec-ops-prod/subscriptions/eventarc-sub",
             "message": {
@@ -418,3 +425,70 @@ def test_main_loads_only_what_requirements_txt_installs_and_nothing_heavy(tmp_pa
         [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.splitlines()[-1] == "[]", done.stdout
+
+
+# traces
+
+
+def deliver_checks_through_on_event(event_client, rig, headers: dict[str, str]) -> int:
+    """Deliver every scheduled check as the checks topic's push subscription would, each with its own trace."""
+    delivered = 0
+    for _ in range(20):
+        pending = rig.publisher.take_checks()
+        if not pending:
+            return delivered
+        for check in pending:
+            rig.clock.current = max(rig.clock.current, parse_time(json.loads(check.data)["due_at"]))
+            event = pubsub_event(check.data, check.attributes, message_id=f"check-{delivered}", source=CHECKS_SOURCE)
+            event_headers, body = to_binary(event)
+            assert event_client.post("/", headers={**event_headers, **headers}, data=body).status_code == 200
+            delivered += 1
+    raise AssertionError("check chain did not end")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"X-Cloud-Trace-Context": f"{TRACE_ID}/1;o=1"},
+        {"X-Cloud-Trace-Context": TRACE_ID.upper()},
+        {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
+    ],
+)
+def test_one_trace_follows_a_request_through_its_checks_to_its_result(on_event, header):
+    event_client, rig = on_event
+    headers, body = to_binary(pubsub_event(b"organizations/123456789/operations/slow-2-traced"))
+    assert event_client.post("/", headers={**headers, **header}, data=body).status_code == 200
+    other = {"X-Cloud-Trace-Context": "0af7651916cd43dd8448eb211c80319c/7;o=1"}
+    assert deliver_checks_through_on_event(event_client, rig, other) >= 2
+    (result,) = rig.publisher.results()
+    assert result["outcome"] == "CANCELLED"
+    logs = rig.logs()
+    events = [line["event"] for line in logs]
+    assert {"cancel_sent", "check_scheduled", "result_published"} <= set(events)
+    assert {line.get(TRACE_FIELD) for line in logs} == {f"projects/test-project/traces/{TRACE_ID}"}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {},
+        {"X-Cloud-Trace-Context": "not-a-trace"},
+        {"X-Cloud-Trace-Context": "0" * 32 + "/1"},
+        {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7"},
+        {"X-Cloud-Trace-Context": f"{TRACE_ID}/1;o=1 X-Evil: 1"},
+    ],
+)
+def test_no_usable_trace_header_leaves_the_trace_out(on_http, header):
+    http_client, rig = on_http
+    response = http_client.post("/", data=NAME, headers={"Content-Type": "text/plain", **header})
+    assert response.status_code == 202
+    assert rig.logs() and all(TRACE_FIELD not in line for line in rig.logs())
+
+
+def test_on_http_logs_carry_the_trace_of_the_request(on_http):
+    http_client, rig = on_http
+    response = http_client.post(
+        "/", data=NAME, headers={"Content-Type": "text/plain", "X-Cloud-Trace-Context": f"{TRACE_ID}/9"}
+    )
+    assert response.status_code == 202
+    assert {line.get(TRACE_FIELD) for line in rig.logs()} == {f"projects/test-project/traces/{TRACE_ID}"}

@@ -898,6 +898,11 @@ def test_a_check_round_trips(source):
     assert parse_check(message) == check
 
 
+def test_a_check_carries_its_trace():
+    check = a_check(trace="projects/test-project/traces/4bf92f3577b34da6a3ce929d0e0e4736")
+    assert parse_check(as_message(*check_message(check))) == check
+
+
 def test_a_check_round_trips_for_every_location_and_version():
     for location in LOCATIONS:
         for version in VERSIONS if location == GLOBAL else ("v2",):
@@ -929,6 +934,8 @@ _DROP = object()
     ("edits", "error"),
     [
         ({"extra": 1}, "does not have exactly the check fields"),
+        ({"trace": "projects/p/traces/xyz"}, "check trace must be"),
+        ({"trace": 7}, "check trace must be"),
         ({"attempt": _DROP}, "does not have exactly the check fields"),
         ({"source": _DROP}, "does not have exactly the check fields"),
         ({"operation": f"https://{EU_HOST}/v2/{name('abc')}"}, "check messages carry relative names"),
