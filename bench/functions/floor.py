@@ -45,7 +45,7 @@ def result_message(name: str, operation: dict, message_id: str) -> tuple[bytes, 
     result = {
         "operation": name,
         "location": "global",
-        "api_version": "v1beta1",
+        "api_version": "v2",
         "outcome": "CANCELLED",
         "idempotency_key": f"securitycenter.googleapis.com/{name}",
         "requested_at": _TIME,
