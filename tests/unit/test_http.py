@@ -1,4 +1,4 @@
-"""SharedTransport against real servers on loopback: the standard library's HTTP server, over plain
+"""SharedTransport (httpx's own transport, shared) against real servers on loopback: the standard library's HTTP server, over plain
 TCP, HTTP/1.0 and TLS with a certificate made for the test."""
 
 from __future__ import annotations
@@ -192,19 +192,6 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_not_reused(server
     assert second.json()["port"] != first.json()["port"]
 
 
-def test_a_connection_idle_past_the_keepalive_is_not_reused(server):
-    now = [0.0]
-    with _client(SharedTransport(keepalive_s=5.0, monotonic=lambda: now[0])) as client:
-        url = f"http://127.0.0.1:{server.port}/echo"
-        first = client.get(url).json()["port"]
-        now[0] = 4.0
-        within = client.get(url).json()["port"]
-        now[0] = 10.0
-        after = client.get(url).json()["port"]
-    assert within == first
-    assert after != first
-
-
 def test_an_answer_closed_before_its_end_closes_its_connection(server):
     with _client(SharedTransport()) as client:
         with client.stream("GET", f"http://127.0.0.1:{server.port}/large") as answer:
@@ -219,16 +206,6 @@ def test_an_answer_left_unread_does_not_spoil_the_next_request(server):
         with client.stream("GET", f"http://127.0.0.1:{server.port}/echo"):
             pass
         assert client.get(f"http://127.0.0.1:{server.port}/echo").json()["path"] == "/echo"
-
-
-def test_no_more_idle_connections_are_kept_than_allowed(server):
-    url = f"http://127.0.0.1:{server.port}/echo"
-    with _client(SharedTransport(max_idle_per_origin=1)) as client:
-        with client.stream("GET", url) as one, client.stream("GET", url) as two:
-            opened = {json.loads(one.read())["port"], json.loads(two.read())["port"]}
-        later = {client.get(url).json()["port"] for _ in range(3)}
-    assert len(opened) == 2
-    assert len(later) == 1 and later < opened
 
 
 def test_threads_sharing_the_transport_each_get_their_own_answer(server):
@@ -248,20 +225,9 @@ def test_threads_sharing_the_transport_each_get_their_own_answer(server):
         thread.start()
     for thread in threads:
         thread.join()
-    transport.close()
     assert failures == []
     assert len(server.seen) == 200
     assert len({seen["port"] for seen in server.seen}) <= 8
-
-
-def test_close_drops_the_idle_connections(server):
-    transport = SharedTransport()
-    with _client(transport) as client:
-        client.get(f"http://127.0.0.1:{server.port}/echo")
-    transport.close()
-    with _client(transport) as client:
-        client.get(f"http://127.0.0.1:{server.port}/echo")
-    assert server.seen[0]["port"] != server.seen[1]["port"]
 
 
 def test_failures_are_raised_as_httpx_errors(server):
@@ -270,7 +236,7 @@ def test_failures_are_raised_as_httpx_errors(server):
             client.get(f"http://127.0.0.1:{free_port()}/")
         with pytest.raises(httpx.ReadTimeout):
             client.get(f"http://127.0.0.1:{server.port}/slow", timeout=httpx.Timeout(5.0, read=0.1))
-        with pytest.raises(httpx.RemoteProtocolError, match="IncompleteRead"):
+        with pytest.raises(httpx.RemoteProtocolError):
             client.get(f"http://127.0.0.1:{server.port}/truncated")
         with pytest.raises(httpx.UnsupportedProtocol):
             client.get("ftp://127.0.0.1/")
@@ -364,26 +330,12 @@ def tls_server(serve, certificates) -> _Server:
     return _tls_serving(serve, certificates, "loopback")
 
 
-def test_https_verifies_the_server_sets_tls_up_once_and_reuses_the_connection(tls_server, certificates):
-    made: list[ssl.SSLContext] = []
-
-    def trusting_the_test_ca() -> ssl.SSLContext:
-        made.append(ssl.create_default_context(cafile=certificates["ca"]))
-        return made[-1]
-
-    with _client(SharedTransport(tls_context=trusting_the_test_ca)) as client:
+def test_https_verifies_the_server_and_reuses_the_connection(tls_server, certificates):
+    trusting_the_test_ca = ssl.create_default_context(cafile=certificates["ca"])
+    with _client(SharedTransport(verify=trusting_the_test_ca)) as client:
         answers = [client.get(f"https://127.0.0.1:{tls_server.port}/echo") for _ in range(3)]
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert len({answer.json()["port"] for answer in answers}) == 1
-    assert len(made) == 1
-
-
-def test_plain_http_never_sets_tls_up(server):
-    def no_tls() -> ssl.SSLContext:
-        raise AssertionError("a TLS context was made for plain HTTP")
-
-    with _client(SharedTransport(tls_context=no_tls)) as client:
-        assert client.get(f"http://127.0.0.1:{server.port}/echo").status_code == 200
 
 
 def test_https_to_a_server_the_default_trust_store_does_not_know_is_refused(tls_server):
@@ -394,7 +346,7 @@ def test_https_to_a_server_the_default_trust_store_does_not_know_is_refused(tls_
 
 def test_https_to_a_server_whose_certificate_names_another_host_is_refused(serve, certificates):
     elsewhere = _tls_serving(serve, certificates, "elsewhere")
-    trusting = SharedTransport(tls_context=lambda: ssl.create_default_context(cafile=certificates["ca"]))
+    trusting = SharedTransport(verify=ssl.create_default_context(cafile=certificates["ca"]))
     with _client(trusting) as client, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         client.get(f"https://127.0.0.1:{elsewhere.port}/echo")
     assert elsewhere.seen == []
