@@ -31,7 +31,7 @@ from ._names import (
     host_for,
     parse_parent,
 )
-from .errors import ApiRejected, ApiUnavailable
+from .errors import ApiRejected, ApiUnavailable, NoCredentials
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
@@ -112,10 +112,8 @@ class DefaultCredentialsAuth:
             except google.auth.exceptions.DefaultCredentialsError as problem:
                 if self._on_cloud:
                     raise ApiUnavailable(f"no credentials from the metadata server yet: {problem}") from None
-                raise ApiRejected(
-                    Outcome.PERMISSION_DENIED.value,
-                    f"no Google credentials ({problem}); use OPCANCEL_AUTH=anonymous only against a simulator",
-                    status=401,
+                raise NoCredentials(
+                    f"no Google credentials ({problem}); use OPCANCEL_AUTH=anonymous only against a simulator"
                 ) from None
         return self._credentials
 

@@ -45,7 +45,7 @@ from ._names import (
 from ._pubsub import Publisher
 from ._requests import Parsed, parse_message
 from ._settings import MAX_DEADLINE_S, PollingPolicy, Settings
-from .errors import ApiRejected, ApiUnavailable, ConfigError, InvalidRequest, PublishFailed
+from .errors import ApiRejected, ApiUnavailable, ConfigError, InvalidRequest, NoCredentials, PublishFailed
 
 _NO_CREDENTIALS = (
     "no Google credentials: run `gcloud auth application-default login`, "
@@ -357,13 +357,10 @@ def publish(
     if clients.publisher is None or project is None:
         raise CliFailure("GOOGLE_CLOUD_PROJECT: is required to publish to the requests topic", Exit.BAD_CONFIGURATION)
     topic = clients.settings.requests_topic
-    # Imported here: the other commands must not pay for google.auth, which they load only with ADC.
-    from google.auth.exceptions import DefaultCredentialsError
-
+    if clients.settings.pubsub_emulator_host is None:
+        _require_credentials(clients, hint=_NO_PUBSUB_CREDENTIALS)
     try:
         (message_id,) = clients.publisher.publish_all(topic, [(body, {})])
-    except DefaultCredentialsError:
-        raise CliFailure(_NO_PUBSUB_CREDENTIALS, Exit.NO_CREDENTIALS) from None
     except PublishFailed as problem:
         raise CliFailure(_echo(str(problem)), Exit.PUBLISH_FAILED) from None
     path = f"projects/{project}/topics/{topic}"
@@ -504,12 +501,12 @@ def _single(clients: CliClients, name: str, location: str | None, api_version: s
     return parsed.requests[0] if parsed.requests else parsed.rejections[0]
 
 
-def _require_credentials(clients: CliClients) -> None:
+def _require_credentials(clients: CliClients, *, hint: str = _NO_CREDENTIALS) -> None:
     """Load credentials before the first call, so missing ones read as that and not as an API refusal."""
     try:
         clients.auth.headers()
-    except ApiRejected:
-        raise CliFailure(_NO_CREDENTIALS, Exit.NO_CREDENTIALS) from None
+    except NoCredentials:
+        raise CliFailure(hint, Exit.NO_CREDENTIALS) from None
     except ApiUnavailable as trouble:
         message = f"{trouble}: run `gcloud auth application-default login` to renew them"
         raise CliFailure(_echo(message), Exit.NO_CREDENTIALS) from None

@@ -5,6 +5,7 @@
     ├── PermanentError         acknowledged: retrying cannot help
     │   ├── InvalidRequest     input that breaks a rule of the request format
     │   └── ApiRejected        the Operations API refused for good (404, 403, 501, other 4xx)
+    │       └── NoCredentials  no Google credentials where a person must provide them (off Cloud)
     └── TransientError         raised to the platform so Pub/Sub redelivers
         ├── ApiUnavailable     429, 5xx, 409, timeouts and connection errors after in-process retries
         ├── StoreUnavailable   the idempotency store could not be read or written
@@ -55,6 +56,15 @@ class ApiRejected(PermanentError):
         super().__init__(message)
         self.outcome = outcome
         self.status = status
+
+
+class NoCredentials(ApiRejected):
+    """No Application Default Credentials off Cloud: a request ends PERMISSION_DENIED, a command says how to log in."""
+
+    reason = "no_credentials"
+
+    def __init__(self, message: str) -> None:
+        super().__init__("PERMISSION_DENIED", message, status=401)
 
 
 class TransientError(OpcancelError):

@@ -29,6 +29,7 @@ from function import (
     OperationRef,
     OperationsClient,
     PollingPolicy,
+    PubSubPublisher,
     Settings,
 )
 from function._cli import CliClients, Exit, cli
@@ -604,17 +605,41 @@ def test_an_unconfirmed_publish_exits_13(rig):
     assert result.stderr.startswith("Error: publish to opcancel-requests failed")
 
 
-class _NoCredentialsPublisher:
-    def publish_all(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str]:
-        raise google.auth.exceptions.DefaultCredentialsError("Your default credentials were not found.")
-
-
 def test_publish_without_credentials_says_how_to_get_them():
-    rig = Rig(publisher=_NoCredentialsPublisher())
+    # The real adapters: ADC finds nothing, and the real publisher would ask the same auth.
+    auth = DefaultCredentialsAuth(find=_no_credentials)
+    sent: list[httpx.Request] = []
+    publisher = PubSubPublisher(
+        "test-project",
+        auth=auth,
+        clock=FakeClock(),
+        transport=httpx.MockTransport(lambda request: sent.append(request) or httpx.Response(200, json={})),
+    )
+    rig = Rig(auth=auth, publisher=publisher)
     result = rig.run("publish", NAME)
-    assert result.exit_code == Exit.NO_CREDENTIALS
+    assert result.exit_code == Exit.NO_CREDENTIALS == 11
     assert "gcloud auth application-default login" in result.stderr
     assert "PUBSUB_EMULATOR_HOST" in result.stderr
+    assert sent == []
+
+
+def test_publish_to_the_emulator_needs_no_credentials():
+    auth = DefaultCredentialsAuth(find=_no_credentials)
+    publisher = PubSubPublisher(
+        "test-project",
+        auth=auth,
+        clock=FakeClock(),
+        emulator_host="127.0.0.1:8085",
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, json={"messageIds": ["7"]})),
+    )
+    rig = Rig(
+        auth=auth,
+        publisher=publisher,
+        settings=Settings(project="test-project", polling=POLICY, pubsub_emulator_host="127.0.0.1:8085"),
+    )
+    result = rig.run("publish", NAME)
+    assert result.exit_code == 0, result.output
+    assert "published message 7" in result.stdout
 
 
 # hostile names never reach the network
