@@ -1,4 +1,4 @@
-"""A local Operations API simulator: Security Command Center's ``google.longrunning`` REST surface.
+"""A local Operations API simulator: the ``google.longrunning`` REST surface of every registered service.
 
 It is a WSGI app, so tests mount it in-process with ``httpx.WSGITransport`` and
 the demo serves it on loopback with ``python -m devkit.simulator``. Operations
@@ -16,7 +16,18 @@ from the command line:
     unsupported-...  cancel answers 501 UNIMPLEMENTED
     invalid-...      cancel answers 400 INVALID_ARGUMENT
 
-``GET /{version}/organizations/{org}/operations`` lists the operations touched
+It serves ``/{version}/{name}`` (and ``:cancel``) for Security Command Center's
+``organizations/{org}/operations/{id}`` and for other services'
+``projects/{project}[/locations/{location}|/regions/{region}]/operations/{id}``,
+under any version (``v1``, ``v2``, ``v1beta1``...). ``OPCANCEL_API_ENDPOINT``
+replaces every ``https://{host}``, so the host a call was meant for is lost
+unless the endpoint carries it: set it to ``http://127.0.0.1:8090/{host}`` and
+each path starts with that host (``/us-central1-aiplatform.googleapis.com/v1/projects/...``),
+which the simulator accepts and records in ``calls``. Operations are keyed by
+their relative name alone, whichever service's host a call came through.
+
+``GET /{version}/{parent}/operations`` (``organizations/{org}``, ``projects/{p}``,
+``projects/{p}/locations/{l}``, ``projects/{p}/regions/{r}``) lists the operations touched
 so far, ``default_page_size`` (100) at a time unless ``pageSize`` asks for
 fewer (at most 1000), following ``pageToken``/``nextPageToken``; ``filter``
 understands ``done=true`` and ``done=false``.
@@ -44,11 +55,13 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-VERSIONS = ("v1beta1", "v1p1beta1", "v1", "v2")
+_HOST_PREFIX = r"(?:/(?P<host>[a-z0-9.-]+\.googleapis\.com))?"
+_VERSION = r"/(?P<version>v[1-9][0-9]*(?:p[0-9]+)?(?:alpha|beta)?[0-9]*)/"
+_PARENT = r"(?:organizations/[0-9]+|projects/[a-z0-9-]+(?:/(?:locations|regions)/[a-z0-9-]+)?)"
 _OPERATION_PATH = re.compile(
-    r"/(?P<version>[^/]+)/(?P<name>organizations/[0-9]+/operations/[A-Za-z0-9._~-]+)(?P<cancel>:cancel)?"
+    _HOST_PREFIX + _VERSION + rf"(?P<name>{_PARENT}/operations/[A-Za-z0-9._~-]+)(?P<cancel>:cancel)?"
 )
-_LIST_PATH = re.compile(r"/(?P<version>[^/]+)/(?P<parent>organizations/[0-9]+)/operations")
+_LIST_PATH = re.compile(_HOST_PREFIX + _VERSION + rf"(?P<parent>{_PARENT})/operations")
 _SLOW = re.compile(r"slow-([0-9]+)-")
 _DONE_FILTER = re.compile(r"\s*done\s*=\s*(true|false)\s*")
 _PAGE_TOKEN = re.compile(r"page-([0-9]{1,9})")
@@ -215,7 +228,7 @@ class Simulator:
 
     def _api(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, Any]:
         match = _OPERATION_PATH.fullmatch(path)
-        if match and match["version"] in VERSIONS:
+        if match:
             operation = self._operation(match["name"])
             if match["cancel"]:
                 return self._cancel(method, operation) if method == "POST" else (405, _error(400, "use POST"))
@@ -223,7 +236,7 @@ class Simulator:
                 return self._get(operation)
             return 405, _error(400, "use GET")
         listing = _LIST_PATH.fullmatch(path)
-        if listing and listing["version"] in VERSIONS and method == "GET":
+        if listing and method == "GET":
             return self._list(listing["parent"], environ.get("QUERY_STRING", ""))
         return 404, _error(404, f"no such method or resource: {path}")
 

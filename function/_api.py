@@ -12,7 +12,7 @@ import math
 import random
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import httpx
@@ -21,22 +21,15 @@ from ._clock import Clock
 from ._http import Backoff, auth_request
 from ._log import Logger
 from ._model import Outcome
-from ._names import (
-    DEFAULT_VERSION,
-    GLOBAL,
-    OperationRef,
-    check_location,
-    check_pair,
-    check_version,
-    host_for,
-    parse_parent,
-)
+from ._names import OperationParent, OperationRef
 from .errors import ApiRejected, ApiUnavailable, NoCredentials
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 _TRANSIENT_STATUS = frozenset({408, 409, 429}) | _RETRYABLE_STATUS
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s")
+#: In ``OPCANCEL_API_ENDPOINT``, replaced by the host a call would go to, so a stand-in can tell services apart.
+HOST_PLACEHOLDER = "{host}"
 
 
 class CancelAnswer(enum.Enum):
@@ -236,8 +229,12 @@ class OperationsClient:
         )
 
     def url(self, ref: OperationRef) -> str:
-        base = self._endpoint or f"https://{ref.host}"
-        return f"{base}/{ref.api_version}/{ref.name}"
+        return f"{self._base(ref.host)}/{ref.api_version}/{ref.name}"
+
+    def _base(self, host: str) -> str:
+        if self._endpoint is None:
+            return f"https://{host}"
+        return self._endpoint.replace(HOST_PLACEHOLDER, host)
 
     def cancel(self, ref: OperationRef) -> CancelAnswer:
         response = self._send("POST", self.url(ref) + ":cancel", ref.name, json_body={})
@@ -258,24 +255,19 @@ class OperationsClient:
 
     def list(
         self,
-        parent: str,
+        parent: OperationParent,
         *,
-        location: str = GLOBAL,
-        api_version: str = DEFAULT_VERSION,
         filter: str | None = None,
         page_size: int | None = None,
         page_token: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of ``parent``'s operations, and the token of the next page (None on the last)."""
-        # Validated here too, not only by callers: nothing reaches a URL unvalidated.
-        parent = parse_parent(parent)
-        location, api_version = check_location(location), check_version(api_version)
-        check_pair(location, api_version)
-        base = self._endpoint or f"https://{host_for(location)}"
-        url = f"{base}/{api_version}/{parent}/operations"
+        """One page of ``parent``'s operations, and the token of the next page (None on the last).
+
+        ``parent`` validated itself when it was made: nothing reaches a URL unvalidated."""
+        url = f"{self._base(parent.host)}/{parent.api_version}/{parent.path}/operations"
         query = {"filter": filter, "pageSize": page_size, "pageToken": page_token}
         params = {key: str(value) for key, value in query.items() if value is not None}
-        response = self._send("GET", url, parent, params=params)
+        response = self._send("GET", url, parent.path, params=params)
         self._raise_for_error(response)
         body = json_object(response)
         operations = body.get("operations", []) if body is not None else None
@@ -288,6 +280,22 @@ class OperationsClient:
             raise ApiUnavailable(f"list answered {response.status_code} with a body that is not a list of Operations")
         # proto3 JSON leaves an empty token out or sends "": either way the last page.
         return operations, token or None
+
+    def pages(
+        self, parent: OperationParent, *, filter: str | None = None, page_size: int | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every page of ``parent``'s operations in turn, so no caller keeps page tokens."""
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            operations, token = self.list(parent, filter=filter, page_size=page_size, page_token=token)
+            yield operations
+            if token is None:
+                return
+            # A server that hands back a token it gave before would keep this loop going for ever.
+            if token in seen:
+                raise ApiUnavailable("the API repeated a page token; the listing is incomplete")
+            seen.add(token)
 
     def close(self) -> None:
         self._http.close()

@@ -1,11 +1,12 @@
-"""The operator command line, ``python -m function``: cancel, get, list, publish.
+"""The operator command line, ``python -m function``: cancel (one, or every operation under a parent), get,
+list, publish.
 
 It follows the function's rules: every name goes through the request parser
 (the same accepted forms, the same rejections, the same allow-list) before
 anything reaches the network, outcomes come from ``outcome_of``, and the API
 client is the function's own, retries included. ``cancel`` calls the API
-directly, with no idempotency store and no checks topic; ``publish`` hands a
-request to the deployed function instead.
+directly, with no idempotency store and no checks topic; ``publish`` and
+``cancel --all`` hand requests to the deployed function instead.
 
 ``main`` is the only place that reads the environment. Commands take their
 clients from click's context object, so tests pass their own as ``obj``.
@@ -18,7 +19,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,9 +36,11 @@ from ._names import (
     GLOBAL,
     LOCATION_ALIASES,
     LOCATIONS,
-    VERSIONS,
+    REGISTRY,
+    OperationParent,
+    OperationRef,
+    allows,
     check_location,
-    check_pair,
     escape_text,
     parse_parent,
     version_for,
@@ -57,6 +60,8 @@ _NO_PUBSUB_CREDENTIALS = (
 )
 # API text echoed to a terminal is escaped like request text, but may run longer than a name.
 _ECHO_LIMIT = 1024
+#: Requests per publish call of ``cancel --all``, well inside Pub/Sub's limits on one publish request.
+_PUBLISH_CHUNK = 100
 
 
 class Exit(enum.IntEnum):
@@ -96,8 +101,10 @@ class CliClients:
     auth: Authenticator
     api: OperationsClient
     clock: Clock
-    #: None without GOOGLE_CLOUD_PROJECT; only ``publish`` needs it.
+    #: None without GOOGLE_CLOUD_PROJECT; only ``publish`` and ``cancel --all`` need it.
     publisher: Publisher | None = None
+    #: Whether a person can answer a confirmation prompt; tests say so rather than own a terminal.
+    is_terminal: Callable[[], bool] = lambda: sys.stdin.isatty()
 
 
 def main() -> None:
@@ -123,8 +130,8 @@ def main() -> None:
 _EPILOG = """\b
 Exit status:
    0  CANCELLED; for cancel without --wait, also: cancel accepted, not done yet;
-      for get, list and publish: success
-   2  usage error
+      for get, list, publish and cancel --all: success
+   2  usage error; cancel --all without --yes where no terminal can confirm
    3  COMPLETED
    4  FAILED
    5  TIMED_OUT
@@ -142,12 +149,12 @@ Exit status:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
 def cli() -> None:
-    """Cancel and inspect Security Command Center long-running operations.
+    """Cancel and inspect long-running operations of Security Command Center and other Google APIs.
 
     Configured by the function's environment: OPCANCEL_API_ENDPOINT,
-    OPCANCEL_AUTH, OPCANCEL_API_VERSION, OPCANCEL_ALLOWED_PARENTS, the
-    OPCANCEL_CHECK_* polling policy, GOOGLE_CLOUD_PROJECT and
-    OPCANCEL_REQUESTS_TOPIC.
+    OPCANCEL_AUTH, OPCANCEL_API_VERSION, OPCANCEL_ALLOWED_PARENTS,
+    OPCANCEL_SERVICES, the OPCANCEL_CHECK_* polling policy,
+    GOOGLE_CLOUD_PROJECT and OPCANCEL_REQUESTS_TOPIC.
     """
 
 
@@ -174,14 +181,30 @@ _location = click.option(
 )
 _api_version = click.option(
     "--api-version",
-    type=click.Choice(VERSIONS),
-    help="API version [default: OPCANCEL_API_VERSION, or the one a URL names]",
+    type=click.Choice(REGISTRY.known_versions()),
+    help="API version [default: OPCANCEL_API_VERSION for Security Command Center, the registry's for other "
+    "services, or the one a URL names]",
 )
 _as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option(
+    "--all",
+    "parent",
+    metavar="PARENT",
+    help="Instead of NAME: every operation under PARENT, each handed to the deployed function as its own request.",
+)
+@click.option("--filter", "filter_", help="With --all: the API's filter expression, e.g. done=false.")
+@click.option(
+    "--max",
+    "max_count",
+    type=click.IntRange(1, 1_000_000),
+    help="With --all: when more than N operations match, publish none.",
+)
+@click.option("--dry-run", is_flag=True, help="With --all: print what would be cancelled, publish nothing.")
+@click.option("--yes", is_flag=True, help="With --all: publish without asking for confirmation.")
 @_location
 @_api_version
 @click.option("--wait", is_flag=True, help="Follow the operation with get until it is done or --timeout passes.")
@@ -199,7 +222,12 @@ _as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON inst
 @click.pass_obj
 def cancel(
     clients: CliClients,
-    name: str,
+    name: str | None,
+    parent: str | None,
+    filter_: str | None,
+    max_count: int | None,
+    dry_run: bool,
+    yes: bool,
     location: str | None,
     api_version: str | None,
     wait: bool,
@@ -207,11 +235,27 @@ def cancel(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Cancel operation NAME, then report what get shows.
+    """Cancel operation NAME, then report what get shows; or, with --all PARENT, every operation under PARENT.
 
-    NAME is organizations/ORG/operations/ID, its full resource name, or its
+    NAME is organizations/ORG/operations/ID, a full resource name
+    (//aiplatform.googleapis.com/projects/P/locations/L/operations/ID), or an
     https:// URL. With --wait, exits 0 only once the operation is CANCELLED.
+
+    --all PARENT (organizations/ORG, or a full resource prefix such as
+    //aiplatform.googleapis.com/projects/P/locations/L) lists PARENT's running
+    operations, following every page, prints them, asks for confirmation (or
+    takes --yes), then publishes one request per operation to the requests
+    topic, so the deployed function cancels each with its own key and result.
     """
+    if parent is not None:
+        if name is not None or wait or interval is not None or timeout is not None:
+            raise click.UsageError("--all PARENT takes no NAME and no --wait, --interval or --timeout")
+        _cancel_all(clients, parent, location, api_version, filter_, max_count, dry_run=dry_run, yes=yes)
+        return
+    if name is None:
+        raise click.UsageError("give NAME, or --all PARENT")
+    if filter_ is not None or max_count is not None or dry_run or yes:
+        raise click.UsageError("--filter, --max, --dry-run and --yes apply only with --all")
     if not wait and (interval is not None or timeout is not None):
         raise click.UsageError("--interval and --timeout apply only with --wait")
     requested_at = clients.clock.now()
@@ -272,40 +316,15 @@ def list_operations(
 ) -> None:
     """List the operations under PARENT, following every page.
 
-    PARENT is organizations/ORG. Each line shows RUNNING or the outcome, then the name.
+    PARENT is organizations/ORG, or a full resource prefix such as
+    //aiplatform.googleapis.com/projects/P/locations/L. Each line shows
+    RUNNING or the outcome, then the name.
     """
-    try:
-        parent = parse_parent(parent)
-    except InvalidRequest as problem:
-        raise CliFailure(f"{escape_text(parent)}: {problem}", Exit.REJECTED) from None
-    allowed = clients.settings.allowed_parents
-    if allowed is not None and parent not in allowed:
-        raise CliFailure(f"{parent} is not in OPCANCEL_ALLOWED_PARENTS", Exit.REJECTED)
-    location = check_location(location or GLOBAL)
-    api_version = api_version or version_for(location, clients.settings.api_version)
-    try:
-        check_pair(location, api_version)
-    except InvalidRequest as problem:
-        raise CliFailure(str(problem), Exit.REJECTED) from None
+    where = _parent(clients, parent, location, api_version)
     _require_credentials(clients)
     found: list[dict[str, Any]] = []
     count = 0
-    token: str | None = None
-    seen_tokens: set[str] = set()
-    while True:
-        try:
-            operations, token = clients.api.list(
-                parent,
-                location=location,
-                api_version=api_version,
-                filter=filter_,
-                page_size=page_size,
-                page_token=token,
-            )
-        except ApiRejected as refusal:
-            raise CliFailure(_echo(f"{parent}: {refusal}"), exit_for(Outcome(refusal.outcome))) from None
-        except ApiUnavailable as trouble:
-            raise CliFailure(_echo(f"Operations API unavailable: {trouble}"), Exit.API_UNAVAILABLE) from None
+    for operations in _pages(clients, where, filter_, page_size):
         count += len(operations)
         if as_json:
             found.extend(operations)
@@ -313,16 +332,10 @@ def list_operations(
             # Printed page by page, so a long listing shows up as it arrives.
             for operation in operations:
                 click.echo(_state_line(operation))
-        if token is None:
-            break
-        # A server that hands back a token it gave before would keep this loop going for ever.
-        if token in seen_tokens:
-            raise CliFailure("the API repeated a page token; the listing is incomplete", Exit.API_UNAVAILABLE)
-        seen_tokens.add(token)
     if as_json:
         click.echo(json.dumps({"operations": found}, indent=2))
     elif count == 0:
-        click.echo(f"no operations under {parent}", err=True)
+        click.echo(f"no operations under {escape_text(parent)}", err=True)
 
 
 @cli.command()
@@ -491,7 +504,126 @@ def _parse(clients: CliClients, body: bytes) -> Parsed:
         InboundMessage(data=body, kind=SourceKind.CLI),
         default_version=clients.settings.api_version,
         allowed_parents=clients.settings.allowed_parents,
+        services=clients.settings.services,
     )
+
+
+def _parent(clients: CliClients, text: str, location: str | None, api_version: str | None) -> OperationParent:
+    """PARENT validated like a name, allow-list included, with the location and version its list call uses."""
+    settings = clients.settings
+    try:
+        parsed = parse_parent(text, settings.services)
+        service = parsed.service
+        if not allows(settings.allowed_parents, service, parsed.name):
+            shown = parsed.name if service.is_scc else f"//{service.service_name}/{parsed.name}"
+            raise CliFailure(f"{shown} is not in OPCANCEL_ALLOWED_PARENTS", Exit.REJECTED)
+        if service.is_scc:
+            place = check_location(location or GLOBAL)
+            version = api_version or version_for(place, settings.api_version)
+        else:
+            if location is not None:
+                raise InvalidRequest("--location applies to organizations/ORG parents; other parents name their own")
+            place, version = parsed.location or GLOBAL, api_version or service.version
+        return OperationParent(parsed.name, place, service.check_version(version), service)
+    except InvalidRequest as problem:
+        raise CliFailure(f"{escape_text(text)}: {problem}", Exit.REJECTED) from None
+
+
+def _pages(
+    clients: CliClients, parent: OperationParent, filter_: str | None, page_size: int | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """The client's pager, with its failures turned into the CLI's exit statuses."""
+    try:
+        yield from clients.api.pages(parent, filter=filter_, page_size=page_size)
+    except ApiRejected as refusal:
+        raise CliFailure(_echo(f"{parent.path}: {refusal}"), exit_for(Outcome(refusal.outcome))) from None
+    except ApiUnavailable as trouble:
+        raise CliFailure(_echo(f"Operations API unavailable: {trouble}"), Exit.API_UNAVAILABLE) from None
+
+
+def _cancel_all(
+    clients: CliClients,
+    text: str,
+    location: str | None,
+    api_version: str | None,
+    filter_: str | None,
+    max_count: int | None,
+    *,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """List PARENT's running operations, show them, confirm, and publish one request each."""
+    parent = _parent(clients, text, location, api_version)
+    topic = clients.settings.requests_topic
+    project = clients.settings.project
+    if not dry_run and (clients.publisher is None or project is None):
+        raise CliFailure("GOOGLE_CLOUD_PROJECT: is required to publish to the requests topic", Exit.BAD_CONFIGURATION)
+    _require_credentials(clients)
+    requests: list[tuple[OperationRef, bytes]] = []
+    done = 0
+    for operations in _pages(clients, parent, filter_):
+        for operation in operations:
+            if operation.get("done") is True:
+                done += 1
+                continue
+            request = _bulk_request(clients, parent, operation.get("name"))
+            if request is None:
+                continue
+            requests.append(request)
+            # Stop reading at the first one past the bound: nothing will be published anyway.
+            if max_count is not None and len(requests) > max_count:
+                raise CliFailure(
+                    f"more than {max_count} running operations under {escape_text(text)} match; nothing published "
+                    "(narrow --filter, or raise --max)",
+                    Exit.REJECTED,
+                )
+    for ref, _ in requests:
+        click.echo(f"cancel {ref.name if ref.service.is_scc else ref.full_name}")
+    summary = f"{len(requests)} running operation(s) under {escape_text(text)}"
+    click.echo(f"{summary}; {done} already done, left alone" if done else summary, err=True)
+    if not requests or dry_run:
+        return
+    if not yes:
+        if not clients.is_terminal():
+            raise click.UsageError("no terminal to confirm on: pass --yes to publish, or --dry-run to only look")
+        click.confirm(f"Publish {len(requests)} cancel request(s) to {topic}?", abort=True, err=True)
+    assert clients.publisher is not None
+    published = 0
+    try:
+        for start in range(0, len(requests), _PUBLISH_CHUNK):
+            chunk = requests[start : start + _PUBLISH_CHUNK]
+            clients.publisher.publish_all(topic, [(body, {}) for _, body in chunk])
+            published += len(chunk)
+    except PublishFailed as problem:
+        message = (
+            f"{problem}; {published} of {len(requests)} requests were published first. Running the command again is "
+            "safe: each request's key is derived from its operation, so those already handled are not cancelled twice"
+        )
+        raise CliFailure(_echo(message), Exit.PUBLISH_FAILED) from None
+    click.echo(f"published {published} cancel request(s) to projects/{project}/topics/{topic}", err=True)
+
+
+def _bulk_request(clients: CliClients, parent: OperationParent, name: Any) -> tuple[OperationRef, bytes] | None:
+    """A listed operation as a request body, checked by the function's own parser and held to PARENT; or None,
+    said on stderr, for a name the API returned that opcancel would not accept."""
+    if not isinstance(name, str):
+        click.echo(f"skipped an operation without a name: {_echo(repr(name))}", err=True)
+        return None
+    service = parent.service
+    if service.is_scc:
+        body = _request_body((name,), parent.location, parent.api_version)
+    else:
+        body = _request_body((f"//{service.service_name}/{name}",), None, parent.api_version)
+    parsed = _parse(clients, body)
+    if parsed.requests:
+        (request,) = parsed.requests
+        if allows((parent.full_name,), request.ref.service, request.ref.name):
+            return request.ref, body
+        problem = f"not under {parent.path}"
+    else:
+        problem = parsed.rejections[0].error if parsed.rejections else str(parsed.ignored)
+    click.echo(f"skipped {escape_text(name)}: {problem}", err=True)
+    return None
 
 
 def _single(clients: CliClients, name: str, location: str | None, api_version: str | None) -> CancelRequest | Rejection:

@@ -51,6 +51,7 @@ def result_to_json(result: Result) -> dict[str, Any]:
         "operation": result.operation,
         "location": result.location,
         "api_version": result.api_version,
+        "service": result.service,
         "outcome": result.outcome.value,
         "idempotency_key": result.idempotency_key,
         "requested_at": format_time(result.requested_at),
@@ -93,6 +94,9 @@ def check_message(check: CheckRequest) -> tuple[bytes, dict[str, str]]:
     }
     if check.trace is not None:
         body["trace"] = check.trace
+    # Security Command Center checks keep their shape, so a check in flight across an upgrade still parses.
+    if not check.ref.service.is_scc:
+        body["service"] = check.ref.service_name
     attributes = {CHECK_KIND_ATTRIBUTE: CHECK_KIND, "operation": check.ref.name, "attempt": str(check.attempt)}
     return json.dumps(body, separators=(",", ":")).encode("utf-8"), attributes
 

@@ -71,6 +71,8 @@ class Rejection:
     source: Source
     location: str
     api_version: str
+    #: The named service (``aiplatform.googleapis.com``), when the name got far enough to say.
+    service: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,3 +105,5 @@ class Result:
     final_operation: dict[str, Any] | None
     error: str | None
     source: Source
+    #: ``securitycenter.googleapis.com``, ``aiplatform.googleapis.com``; None for a name that named no known service.
+    service: str | None = None

@@ -1,14 +1,18 @@
-"""Operation names: the three accepted forms, validated strictly, normalised to one identity.
+"""Operation names: every accepted form, validated strictly, normalised to one identity; the service registry.
 
-Nothing from a request reaches a URL unless it came out of ``parse_name``: the
-organization is digits and the operation id is drawn from ``[A-Za-z0-9._~-]``,
-so neither can add a path segment, a query or a fragment.
+Nothing from a request reaches a URL unless it came out of ``parse_name`` (or
+``parse_parent``): organizations are digits, projects are project ids or
+numbers, locations are lowercase DNS labels and operation ids are drawn from
+``[A-Za-z0-9._~-]``, so none can add a path segment, a query, a fragment or a
+host. A host is never taken from a request: it is derived from the service's
+registry entry and the name's location, and a URL must name exactly that host.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from .errors import InvalidRequest
 
@@ -22,22 +26,37 @@ VERSIONS = ("v1beta1", "v1p1beta1", "v1", "v2")
 #: Google requires v2 for organizations activated since December 2024 and for every regional location.
 DEFAULT_VERSION = "v2"
 REGIONAL_VERSION = "v2"
-SERVICE = "securitycenter.googleapis.com"
+#: Security Command Center's registry key; a bare relative name means this service.
+SCC = "securitycenter"
+SERVICE = f"{SCC}.googleapis.com"
 MAX_NAME_LENGTH = 512
 MAX_OFFENDING_LENGTH = 256
+MAX_LOCATION_LENGTH = 40
+_LOCATION_PLACEHOLDER = "{location}"
 
 # Organization ids have no leading zero, so 0123 and 123 cannot name one organization twice.
 _ORG = re.compile(r"[1-9][0-9]{0,31}")
 _OP_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
-_FULL_RESOURCE_PREFIX = f"//{SERVICE}/"
+# A project id (6-30 characters, a letter first, no trailing hyphen) or a project number. Domain-scoped
+# ids (example.com:proj) are left out on purpose: their ':' and '.' have no place in a path segment.
+_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[1-9][0-9]{0,29}")
+# A location or region becomes part of a host name, so it must be a DNS label: us-central1, eu, global.
+_PLACE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+_SERVICE_LABEL = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+_API_VERSION = re.compile(r"v[1-9][0-9]{0,2}(?:(?:p[0-9]{1,3})?(?:alpha|beta)[0-9]{0,3})?")
+_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+googleapis\.com")
+_FULL_NAME = re.compile(r"//(?P<service>[^/]*)\.googleapis\.com/(?P<rest>.*)", re.DOTALL)
+_FULL_PREFIX = "//SERVICE.googleapis.com/"
 _URL = re.compile(r"https://(?P<host>[^/]*)/(?P<version>[^/]*)/(?P<rest>.*)", re.DOTALL)
 _REGIONAL_HOST = re.compile(r"securitycenter\.(?P<region>[a-z0-9-]+)\.rep\.googleapis\.com")
 # A location's host names its region, which for Saudi Arabia is not the location's own name.
 _HOST_REGIONS = {"us": "us", "eu": "eu", "sa": "me-central2"}
 _REGION_LOCATIONS = {region: location for location, region in _HOST_REGIONS.items()}
+_PLACE_COLLECTIONS = ("locations", "regions")
 
 
 def host_for(location: str) -> str:
+    """Security Command Center's host for one of its locations."""
     if location == GLOBAL:
         return SERVICE
     return f"securitycenter.{_HOST_REGIONS[location]}.rep.googleapis.com"
@@ -58,49 +77,249 @@ def check_pair(location: str, version: str) -> None:
 
 
 @dataclass(frozen=True)
+class Service:
+    """One API serving ``google.longrunning`` operations: its versions and how its host follows from a location.
+
+    ``host`` is the host for a named location and may hold ``{location}``; ``global_host``
+    serves the location ``global`` and names with no location. Every field is checked
+    here, so no entry (built in or from ``OPCANCEL_SERVICES``) can make a URL point elsewhere
+    than a ``googleapis.com`` host.
+    """
+
+    name: str
+    version: str
+    versions: tuple[str, ...]
+    host: str
+    global_host: str
+    #: Where the entry's facts come from, for the README's table.
+    reference: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not _SERVICE_LABEL.fullmatch(self.name) or len(self.name) > 40:
+            raise ValueError(f"service name {escape_text(self.name, 60)!r} is not a lowercase DNS label")
+        for version in self.versions:
+            if not isinstance(version, str) or not _API_VERSION.fullmatch(version):
+                raise ValueError(f"{escape_text(str(version), 40)!r} is not an API version such as v1 or v1beta1")
+        if not self.versions or self.version not in self.versions:
+            raise ValueError(f"the default version {escape_text(str(self.version), 40)!r} is not among the versions")
+        if self.name == SCC:
+            return
+        for template in (self.host, self.global_host):
+            sample = template.replace(_LOCATION_PLACEHOLDER, "us-central1", 1)
+            if not _HOST.fullmatch(sample) or len(sample) > 253:
+                raise ValueError(
+                    f"host {escape_text(template, 80)!r} is not a googleapis.com host "
+                    f"(at most one {_LOCATION_PLACEHOLDER}, lowercase labels)"
+                )
+        if _LOCATION_PLACEHOLDER in self.global_host:
+            raise ValueError("the global host cannot depend on a location")
+
+    @property
+    def service_name(self) -> str:
+        return f"{self.name}.googleapis.com"
+
+    @property
+    def is_scc(self) -> bool:
+        return self.name == SCC
+
+    def host_for(self, location: str) -> str:
+        if self.is_scc:
+            return host_for(location)
+        if location == GLOBAL:
+            return self.global_host
+        return self.host.replace(_LOCATION_PLACEHOLDER, location)
+
+    def check_version(self, value: object) -> str:
+        if self.is_scc:
+            return check_version(value)
+        if value not in self.versions:
+            raise InvalidRequest(
+                f"unknown API version {escape_text(str(value), 40)} for {self.service_name}; "
+                f"expected one of {', '.join(self.versions)}"
+            )
+        return str(value)
+
+
+_DOCS = "https://cloud.google.com"
+SCC_SERVICE = Service(
+    SCC,
+    DEFAULT_VERSION,
+    VERSIONS,
+    host="securitycenter.{region}.rep.googleapis.com",
+    global_host=SERVICE,
+    reference=f"{_DOCS}/security-command-center/docs/reference/rest/v2/organizations.operations/cancel",
+)
+#: The registry shipped in code; README's "Other Google APIs" table lists the same entries and their sources.
+BUILTIN_SERVICES = (
+    SCC_SERVICE,
+    Service(
+        "aiplatform",
+        "v1",
+        ("v1",),
+        host="{location}-aiplatform.googleapis.com",
+        global_host="aiplatform.googleapis.com",
+        reference=f"{_DOCS}/vertex-ai/docs/general/long-running-operations",
+    ),
+    Service(
+        "dataproc",
+        "v1",
+        ("v1",),
+        host="{location}-dataproc.googleapis.com",
+        global_host="dataproc.googleapis.com",
+        reference=f"{_DOCS}/dataproc/docs/concepts/regional-endpoints",
+    ),
+    Service(
+        "documentai",
+        "v1",
+        ("v1", "v1beta3"),
+        host="{location}-documentai.googleapis.com",
+        global_host="documentai.googleapis.com",
+        reference=f"{_DOCS}/document-ai/docs/reference/rest/v1/projects.locations.operations/cancel",
+    ),
+    Service(
+        "speech",
+        "v2",
+        ("v2",),
+        host="{location}-speech.googleapis.com",
+        global_host="speech.googleapis.com",
+        reference=f"{_DOCS}/speech-to-text/v2/docs/reference/rest/v2/projects.locations.operations/cancel",
+    ),
+    Service(
+        "translate",
+        "v3",
+        ("v3", "v3beta1"),
+        host="translate.googleapis.com",
+        global_host="translate.googleapis.com",
+        reference=f"{_DOCS}/translate/docs/reference/rest/v3/projects.locations.operations/cancel",
+    ),
+    Service(
+        "cloudbuild",
+        "v1",
+        ("v1", "v2"),
+        host="cloudbuild.googleapis.com",
+        global_host="cloudbuild.googleapis.com",
+        reference=f"{_DOCS}/build/docs/api/reference/rest/v1/projects.locations.operations/cancel",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ServiceRegistry:
+    """The services whose operations opcancel reaches, by registry key (``aiplatform``)."""
+
+    entries: tuple[Service, ...] = BUILTIN_SERVICES
+
+    def get(self, name: str) -> Service | None:
+        return next((service for service in self.entries if service.name == name), None)
+
+    def require(self, name: str) -> Service:
+        service = self.get(name)
+        if service is None:
+            raise InvalidRequest(
+                f"service {escape_text(name, 60)}.googleapis.com is not in the registry "
+                f"({', '.join(s.name for s in self.entries)}; OPCANCEL_SERVICES adds others)"
+            )
+        return service
+
+    def with_entries(self, extra: Iterable[Service]) -> ServiceRegistry:
+        """This registry with ``extra`` added, each replacing a built-in entry of the same name."""
+        merged = {service.name: service for service in self.entries}
+        for service in extra:
+            if service.is_scc:
+                raise ValueError(f"{SCC} is built in and cannot be replaced")
+            merged[service.name] = service
+        return ServiceRegistry(tuple(merged.values()))
+
+    def known_versions(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(version for service in self.entries for version in service.versions))
+
+
+REGISTRY = ServiceRegistry()
+
+
+def _check_target(service: Service, path: str, location: str, version: str, *, operation: bool) -> None:
+    """What every ref and parent checks about itself: a valid path, its location and a version its service serves."""
+    place = _parse_path(service, path, operation=operation)
+    if service.is_scc:
+        check_version(version)
+        if location not in LOCATIONS:
+            raise InvalidRequest(f"unknown location {escape_text(location, 40)}")
+        check_pair(location, version)
+        return
+    if location != (place or GLOBAL):
+        raise InvalidRequest(f"location {escape_text(location, 40)} is not the name's own ({place or GLOBAL})")
+    service.check_version(version)
+
+
+@dataclass(frozen=True)
 class OperationRef:
     """A validated operation, with where and how to reach it."""
 
-    organization: str
-    operation_id: str
+    #: The relative name: organizations/ORG/operations/ID, or projects/P[/locations/L|/regions/R]/operations/ID.
+    name: str
     location: str = GLOBAL
     api_version: str = DEFAULT_VERSION
+    service: Service = SCC_SERVICE
 
     def __post_init__(self) -> None:
-        # Every ref becomes a URL, so the pair is checked wherever one is made, not only where requests are parsed.
-        check_version(self.api_version)
-        if self.location not in LOCATIONS:
-            raise InvalidRequest(f"unknown location {escape_text(self.location, 40)}")
-        check_pair(self.location, self.api_version)
-
-    @property
-    def name(self) -> str:
-        return f"organizations/{self.organization}/operations/{self.operation_id}"
+        # Every ref becomes a URL, so it is checked wherever one is made, not only where requests are parsed.
+        _check_target(self.service, self.name, self.location, self.api_version, operation=True)
 
     @property
     def parent(self) -> str:
-        return f"organizations/{self.organization}"
+        return self.name[: self.name.rindex("/operations/")]
 
     @property
     def host(self) -> str:
-        return host_for(self.location)
+        return self.service.host_for(self.location)
+
+    @property
+    def service_name(self) -> str:
+        return self.service.service_name
+
+    @property
+    def full_name(self) -> str:
+        return f"//{self.service_name}/{self.name}"
 
     @property
     def identity(self) -> str:
-        """Canonical identity: API host and relative name. The version is deliberately left out."""
-        return f"{self.host}/{self.name}"
+        """Canonical identity, the version left out. Security Command Center keeps its host and relative
+        name, so existing keys stand; other services' names carry their location, so the full name suffices."""
+        return f"{self.host}/{self.name}" if self.service.is_scc else self.full_name
+
+
+@dataclass(frozen=True)
+class OperationParent:
+    """A validated parent whose operations ``list`` reads: organizations/ORG, or projects/P[/locations/L|/regions/R]."""
+
+    path: str
+    location: str = GLOBAL
+    api_version: str = DEFAULT_VERSION
+    service: Service = SCC_SERVICE
+
+    def __post_init__(self) -> None:
+        _check_target(self.service, self.path, self.location, self.api_version, operation=False)
+
+    @property
+    def host(self) -> str:
+        return self.service.host_for(self.location)
+
+    @property
+    def full_name(self) -> str:
+        return f"//{self.service.service_name}/{self.path}"
 
 
 @dataclass(frozen=True)
 class ParsedName:
-    organization: str
-    operation_id: str
-    #: Set only when the name itself fixes them (the URL form).
+    name: str
+    service: Service = SCC_SERVICE
+    #: Set when the name itself fixes it: a Security Command Center URL, or any other service's name.
     location: str | None = None
+    #: Set only by the URL form.
     api_version: str | None = None
 
 
-def parse_name(text: str) -> ParsedName:
+def parse_name(text: str, services: ServiceRegistry = REGISTRY) -> ParsedName:
     """Parse one operation name in any accepted form, or raise ``InvalidRequest`` saying why."""
     if not isinstance(text, str):
         raise InvalidRequest("operation must be a string")
@@ -110,21 +329,87 @@ def parse_name(text: str) -> ParsedName:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"operation name is longer than {MAX_NAME_LENGTH} characters")
     if name.startswith("//"):
-        if not name.startswith(_FULL_RESOURCE_PREFIX):
-            raise InvalidRequest(f"full resource names must start with {_FULL_RESOURCE_PREFIX}")
-        return _parse_relative(name[len(_FULL_RESOURCE_PREFIX) :])
+        service, rest = _split_full_name(name, services)
+        return _parsed(service, rest, operation=True)
     if "://" in name:
-        return _parse_url(name)
-    return _parse_relative(name)
+        return _parse_url(name, services)
+    _refuse_bare_projects(name)
+    return ParsedName(_parse_scc_path(name, operation=True))
 
 
-def _parse_url(name: str) -> ParsedName:
+def parse_parent(text: str, services: ServiceRegistry = REGISTRY) -> ParsedName:
+    """Parse a parent whose operations can be listed: ``organizations/ORG`` or a full resource name
+    ``//SERVICE.googleapis.com/projects/P[/locations/L|/regions/R]``; or raise ``InvalidRequest``."""
+    parent = text.strip() if isinstance(text, str) else ""
+    if len(parent) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"parent is longer than {MAX_NAME_LENGTH} characters")
+    if parent.startswith("//"):
+        service, rest = _split_full_name(parent, services)
+        return _parsed(service, rest, operation=False)
+    _refuse_bare_projects(parent)
+    return ParsedName(_parse_scc_path(parent, operation=False))
+
+
+def parse_allowed_parent(text: str, services: ServiceRegistry = REGISTRY) -> str:
+    """One ``OPCANCEL_ALLOWED_PARENTS`` entry in canonical form: ``organizations/ORG``, ``projects/P``
+    (every service), or either behind ``//SERVICE.googleapis.com/``, optionally down to a location."""
+    entry = text.strip()
+    if entry.startswith("//"):
+        service, rest = _split_full_name(entry, services)
+        _parse_path(service, rest, operation=False)
+        return f"//{service.service_name}/{rest}"
+    if entry.startswith("projects/"):
+        _parse_project_path(entry, operation=False, what="allowed parents")
+        return entry
+    return _parse_scc_path(entry, operation=False)
+
+
+def allows(allowed: tuple[str, ...] | None, service: Service, path: str) -> bool:
+    """The one allow-list test: is ``path`` (a name or a parent) of ``service`` under an allowed prefix?
+
+    Prefixes match whole segments, so ``projects/my-proj`` does not admit ``projects/my-proj-2``."""
+    if allowed is None:
+        return True
+    full = f"//{service.service_name}/{path}"
+    for entry in allowed:
+        target = full if entry.startswith("//") else path
+        if target == entry or target.startswith(entry + "/"):
+            return True
+    return False
+
+
+def _refuse_bare_projects(name: str) -> None:
+    if name.startswith("projects/"):
+        raise InvalidRequest(
+            "a projects/... name does not say which API it belongs to: use its full resource name, "
+            f"{_FULL_PREFIX}projects/..., e.g. //aiplatform.googleapis.com/projects/P/locations/L/operations/ID"
+        )
+
+
+def _split_full_name(name: str, services: ServiceRegistry) -> tuple[Service, str]:
+    match = _FULL_NAME.fullmatch(name)
+    if not match or not _SERVICE_LABEL.fullmatch(match["service"]) or len(match["service"]) > 40:
+        raise InvalidRequest(f"full resource names must start with {_FULL_PREFIX}, e.g. //{SERVICE}/")
+    return services.require(match["service"]), match["rest"]
+
+
+def _parsed(service: Service, rest: str, *, operation: bool) -> ParsedName:
+    if service.is_scc:
+        return ParsedName(_parse_scc_path(rest, operation=operation))
+    place = _parse_path(service, rest, operation=operation)
+    return ParsedName(rest, service, place or GLOBAL)
+
+
+def _parse_url(name: str, services: ServiceRegistry) -> ParsedName:
     match = _URL.fullmatch(name)
     if not match:
         raise InvalidRequest(
-            "URLs must look like https://securitycenter.googleapis.com/VERSION/organizations/ORG/operations/ID"
+            "URLs must look like https://securitycenter.googleapis.com/VERSION/organizations/ORG/operations/ID "
+            "or https://HOST/VERSION/projects/.../operations/ID"
         )
-    host = match["host"]
+    host, rest = match["host"], match["rest"]
+    if rest.startswith("projects/"):
+        return _parse_service_url(host, match["version"], rest, services)
     if host == SERVICE:
         location = GLOBAL
     else:
@@ -138,31 +423,84 @@ def _parse_url(name: str) -> ParsedName:
             )
     version = check_version(match["version"])
     check_pair(location, version)
-    parsed = _parse_relative(match["rest"])
-    return ParsedName(parsed.organization, parsed.operation_id, location, version)
+    return ParsedName(_parse_scc_path(rest, operation=True), location=location, api_version=version)
 
 
-def _parse_relative(path: str) -> ParsedName:
+def _parse_service_url(host: str, version: str, rest: str, services: ServiceRegistry) -> ParsedName:
+    """A URL of another service: its host must be the very one the registry derives for the name's location."""
+    place = _parse_project_path(rest, operation=True) or GLOBAL
+    matching = [s for s in services.entries if not s.is_scc and s.host_for(place) == host]
+    if not matching:
+        raise InvalidRequest(
+            f"host {escape_text(host, 80)} is not the host of any registered service for location {place} "
+            f"(a full resource name, {_FULL_PREFIX}..., needs no host)"
+        )
+    if len(matching) > 1:
+        raise InvalidRequest(
+            f"host {escape_text(host, 80)} serves {', '.join(s.name for s in matching)}: use the full resource name"
+        )
+    (service,) = matching
+    return ParsedName(rest, service, place, service.check_version(version))
+
+
+def _parse_path(service: Service, path: str, *, operation: bool) -> str | None:
+    """Check a relative path for ``service``; return its location or region segment, if it has one."""
+    if service.is_scc:
+        _parse_scc_path(path, operation=operation)
+        return None
+    return _parse_project_path(path, operation=operation, what=f"{service.name} names")
+
+
+def _parse_project_path(path: str, *, operation: bool, what: str = "operation names") -> str | None:
+    segments = path.split("/")
+    shapes = "projects/P[/locations/L|/regions/R]" + ("/operations/ID" if operation else "")
+    tail = segments[-2:] if operation else []
+    head = segments[:-2] if operation else segments
+    if (
+        len(head) not in (2, 4)
+        or head[0] != "projects"
+        or (len(head) == 4 and head[2] not in _PLACE_COLLECTIONS)
+        or (operation and tail[0] != "operations")
+    ):
+        raise InvalidRequest(f"{what} must be {shapes}")
+    if not _PROJECT.fullmatch(head[1]):
+        raise InvalidRequest(
+            "project must be a project id (6-30 of a-z 0-9 -, a letter first, no trailing hyphen) or a project number"
+        )
+    place = head[3] if len(head) == 4 else None
+    if place is not None and (not _PLACE.fullmatch(place) or len(place) > MAX_LOCATION_LENGTH):
+        raise InvalidRequest(
+            f"{head[2][:-1]} must be 1-{MAX_LOCATION_LENGTH} characters of a-z 0-9 and single inner hyphens, "
+            "a letter first"
+        )
+    if operation:
+        _check_operation_id(tail[1])
+    return place
+
+
+def _parse_scc_path(path: str, *, operation: bool) -> str:
+    if not operation:
+        organization = path.removeprefix("organizations/")
+        if organization == path or not _ORG.fullmatch(organization):
+            raise InvalidRequest(
+                "parents must be organizations/ORG, the organization 1-32 digits without a leading zero, "
+                f"or {_FULL_PREFIX}projects/P[/locations/L|/regions/R]"
+            )
+        return path
     segments = path.split("/")
     if len(segments) != 4 or segments[0] != "organizations" or segments[2] != "operations":
         raise InvalidRequest("operation names must be organizations/ORG/operations/ID")
-    organization, operation_id = segments[1], segments[3]
-    if not _ORG.fullmatch(organization):
+    if not _ORG.fullmatch(segments[1]):
         raise InvalidRequest("organization must be 1-32 digits without a leading zero")
+    _check_operation_id(segments[3])
+    return path
+
+
+def _check_operation_id(operation_id: str) -> None:
     if not _OP_ID.fullmatch(operation_id):
         raise InvalidRequest("operation id must be 1-128 characters of A-Z a-z 0-9 . _ ~ -")
     if operation_id in (".", ".."):
         raise InvalidRequest("operation id must not be '.' or '..'")
-    return ParsedName(organization, operation_id)
-
-
-def parse_parent(text: str) -> str:
-    """Parse ``organizations/ORG``, the parent whose operations ``list`` reads, or raise ``InvalidRequest``."""
-    parent = text.strip()
-    organization = parent.removeprefix("organizations/")
-    if organization == parent or not _ORG.fullmatch(organization):
-        raise InvalidRequest("parents must be organizations/ORG, the organization 1-32 digits without a leading zero")
-    return parent
 
 
 def check_location(value: object) -> str:
@@ -179,6 +517,14 @@ def check_version(value: object) -> str:
         raise InvalidRequest(
             f"unknown API version {escape_text(str(value), 40)}; expected one of {', '.join(VERSIONS)}"
         )
+    return str(value)
+
+
+def check_known_version(value: object, services: ServiceRegistry = REGISTRY) -> str:
+    """An ``api_version`` field read before its service is known: one that some registered service serves."""
+    known = services.known_versions()
+    if value not in known:
+        raise InvalidRequest(f"unknown API version {escape_text(str(value), 40)}; expected one of {', '.join(known)}")
     return str(value)
 
 

@@ -20,8 +20,13 @@ from ._clock import parse_time
 from ._model import CancelRequest, CheckRequest, InboundMessage, Rejection, Source, SourceKind
 from ._names import (
     GLOBAL,
+    REGISTRY,
+    SERVICE,
     OperationRef,
     ParsedName,
+    ServiceRegistry,
+    allows,
+    check_known_version,
     check_location,
     check_version,
     escape_text,
@@ -55,10 +60,15 @@ _CHECK_FIELDS = frozenset(
         "source",
     }
 )
-# Names inside free text (incident documentation). Trailing dots are sentence punctuation, not ids.
+#: Present in check messages of services other than Security Command Center, whose checks stay as they were.
+_CHECK_SERVICE_FIELD = "service"
+# Names inside free text (incident documentation): Security Command Center's in any form, other services'
+# as full resource names or URLs. Trailing dots are sentence punctuation, not ids.
 _NAME_IN_TEXT = re.compile(
     r"(?:https://securitycenter[A-Za-z0-9.-]*\.googleapis\.com/[A-Za-z0-9]+/|//securitycenter\.googleapis\.com/)?"
     r"organizations/[0-9]+/operations/[A-Za-z0-9._~-]+"
+    r"|(?:https://[a-z0-9.-]+\.googleapis\.com/[A-Za-z0-9]+/|//[a-z0-9-]+\.googleapis\.com/)"
+    r"projects/[A-Za-z0-9-]+(?:/(?:locations|regions)/[A-Za-z0-9-]+)?/operations/[A-Za-z0-9._~-]+"
 )
 _LABEL_MAPS = (("metric", "labels"), ("resource", "labels"), ("policy_user_labels",))
 # Log-match incidents leave metric.labels empty and list the extracted labels in the summary,
@@ -98,8 +108,9 @@ def parse_message(
     *,
     default_version: str,
     allowed_parents: tuple[str, ...] | None,
+    services: ServiceRegistry = REGISTRY,
 ) -> Parsed:
-    parser = _MessageParser(message, default_version, allowed_parents)
+    parser = _MessageParser(message, default_version, allowed_parents, services)
     try:
         return parser.parse()
     except _Ignored as ignored:
@@ -116,8 +127,15 @@ class _Ignored(Exception):
 
 
 class _MessageParser:
-    def __init__(self, message: InboundMessage, default_version: str, allowed_parents: tuple[str, ...] | None) -> None:
+    def __init__(
+        self,
+        message: InboundMessage,
+        default_version: str,
+        allowed_parents: tuple[str, ...] | None,
+        services: ServiceRegistry,
+    ) -> None:
         self._message = message
+        self._services = services
         self._default_version = default_version
         self._allowed_parents = allowed_parents
         self._source = Source(message.kind, message_id=message.message_id)
@@ -167,7 +185,7 @@ class _MessageParser:
         key = attributes.get("idempotency_key")
         return _Defaults(
             location=_field("location", check_location, location) if location is not None else None,
-            api_version=_field("api_version", check_version, version) if version is not None else None,
+            api_version=_field("api_version", self._known_version, version) if version is not None else None,
             idempotency_key=_field("idempotency_key", _check_key, key) if key is not None else None,
             reason=None,
             deadline_s=None,
@@ -204,7 +222,7 @@ class _MessageParser:
         if len(operations) > MAX_BATCH:
             raise _Ignored(f"batch of {len(operations)} operations exceeds the limit of {MAX_BATCH}")
         try:
-            defaults = _object_defaults(body)
+            defaults = _object_defaults(body, self._known_version)
         except InvalidRequest as problem:
             raise _Ignored(f"batch {problem}") from None
         return operations, defaults, None
@@ -226,9 +244,13 @@ class _MessageParser:
             raise _Ignored(f"incident names {len(names)} operations; the limit is {MAX_BATCH}")
         return names, None, escape_text(incident_id.strip())
 
+    def _known_version(self, value: Any) -> str:
+        return check_known_version(value, self._services)
+
     def _entry(self, entry: Any, defaults: _Defaults, *, many: bool, incident_id: str | None) -> None:
         explicit_key: str | None = None
         item: _Defaults | None = None
+        name: ParsedName | None = None
         try:
             if isinstance(entry, str):
                 text, item = entry, _Defaults(None, None, None, None, None)
@@ -239,31 +261,37 @@ class _MessageParser:
                 text = entry["operation"]
                 if not isinstance(text, str):
                     raise InvalidRequest("'operation' must be a string")
-                item = _object_defaults(entry)
+                item = _object_defaults(entry, self._known_version)
                 explicit_key = item.idempotency_key
                 if unknown:
                     raise InvalidRequest(f"unknown field {escape_text(unknown[0], 64)!r}")
             else:
                 raise InvalidRequest("each operation must be a name or an object")
-            request = self._request(parse_name(text), item, defaults, many=many, incident_id=incident_id)
+            name = parse_name(text, self._services)
+            request = self._request(name, item, defaults, many=many, incident_id=incident_id)
         except InvalidRequest as problem:
+            scc = name is None or name.service.is_scc
             self._reject(
                 _offending_text(entry),
                 str(problem),
                 explicit_key=explicit_key,
                 defaults=defaults,
-                location=item.location if item is not None else None,
+                location=(item.location if item is not None else None) if scc else name.location,
                 api_version=item.api_version if item is not None else None,
+                service=name.service.service_name if name is not None else None,
             )
             return
-        if self._allowed_parents is not None and request.ref.parent not in self._allowed_parents:
+        ref = request.ref
+        if not allows(self._allowed_parents, ref.service, ref.name):
+            parent = ref.parent if ref.service.is_scc else f"//{ref.service_name}/{ref.parent}"
             self._reject(
-                request.ref.name,
-                f"{request.ref.parent} is not in OPCANCEL_ALLOWED_PARENTS",
+                ref.name,
+                f"{parent} is not in OPCANCEL_ALLOWED_PARENTS",
                 explicit_key=request.idempotency_key,
                 defaults=defaults,
-                location=request.ref.location,
-                api_version=request.ref.api_version,
+                location=ref.location,
+                api_version=ref.api_version,
+                service=ref.service_name,
             )
             return
         self._parsed.requests.append(request)
@@ -271,15 +299,22 @@ class _MessageParser:
     def _request(
         self, name: ParsedName, item: _Defaults, defaults: _Defaults, *, many: bool, incident_id: str | None
     ) -> CancelRequest:
-        location = _pick("location", name.location, item.location, defaults.location, GLOBAL)
-        version = _pick(
-            "api_version",
-            name.api_version,
-            item.api_version,
-            defaults.api_version,
-            version_for(location, self._default_version),
-        )
-        ref = OperationRef(name.organization, name.operation_id, location, version)
+        service = name.service
+        if service.is_scc:
+            location = _pick("location", name.location, item.location, defaults.location, GLOBAL)
+            fallback = version_for(location, self._default_version)
+        else:
+            # Other services' names carry their location; a location field may only repeat it.
+            location = name.location or GLOBAL
+            for given in (item.location, defaults.location):
+                if given is not None and given != location:
+                    raise InvalidRequest(
+                        f"location {given!r} contradicts the name, which says {location!r} "
+                        f"(a location field applies to Security Command Center names only)"
+                    )
+            fallback = service.version
+        version = _pick("api_version", name.api_version, item.api_version, defaults.api_version, fallback)
+        ref = OperationRef(name.name, location, _field("api_version", service.check_version, version), service)
         if item.idempotency_key is not None:
             key = item.idempotency_key
         elif defaults.idempotency_key is not None:
@@ -305,6 +340,7 @@ class _MessageParser:
         defaults: _Defaults | None,
         location: str | None = None,
         api_version: str | None = None,
+        service: str | None = None,
     ) -> None:
         escaped = escape_text(offending)
         key = explicit_key or "rejected/" + hashlib.sha256(offending.encode("utf-8", "surrogatepass")).hexdigest()[:40]
@@ -317,11 +353,12 @@ class _MessageParser:
                 location=location or (defaults.location if defaults and defaults.location else GLOBAL),
                 api_version=api_version
                 or (defaults.api_version if defaults and defaults.api_version else self._default_version),
+                service=service,
             )
         )
 
 
-def parse_check(message: InboundMessage) -> CheckRequest:
+def parse_check(message: InboundMessage, services: ServiceRegistry = REGISTRY) -> CheckRequest:
     """Parse a follow-up check, which opcancel itself wrote; anything off is ``InvalidRequest``."""
     if len(message.data) > MAX_BODY_BYTES:
         raise InvalidRequest(f"body is {len(message.data)} bytes; the limit is {MAX_BODY_BYTES}")
@@ -329,17 +366,12 @@ def parse_check(message: InboundMessage) -> CheckRequest:
         body = json.loads(message.data.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidRequest("check message is not JSON") from None
-    if not isinstance(body, dict) or set(body) - {"trace"} != _CHECK_FIELDS:
+    if not isinstance(body, dict) or set(body) - {"trace", _CHECK_SERVICE_FIELD} != _CHECK_FIELDS:
         raise InvalidRequest("check message does not have exactly the check fields")
     trace = body.get("trace")
     if trace is not None and (not isinstance(trace, str) or not TRACE_NAME.fullmatch(trace)):
         raise InvalidRequest("check trace must be projects/PROJECT/traces/TRACE_ID")
-    name = parse_name(body["operation"])
-    if name.location is not None:
-        raise InvalidRequest("check messages carry relative names")
-    ref = OperationRef(
-        name.organization, name.operation_id, check_location(body["location"]), check_version(body["api_version"])
-    )
+    ref = _check_ref(body, services)
     attempt = body["attempt"]
     if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= 100_000:
         raise InvalidRequest("check attempt must be a positive integer")
@@ -357,6 +389,24 @@ def parse_check(message: InboundMessage) -> CheckRequest:
         source=_parse_source(body["source"]),
         trace=trace,
     )
+
+
+def _check_ref(body: dict[str, Any], services: ServiceRegistry) -> OperationRef:
+    """A check's operation: a Security Command Center check names no service, as before services were added."""
+    service_name, operation = body.get(_CHECK_SERVICE_FIELD, SERVICE), body["operation"]
+    if not isinstance(operation, str):
+        raise InvalidRequest("check operation must be a string")
+    if not isinstance(service_name, str) or operation.startswith("/"):
+        raise InvalidRequest("check messages carry relative names and a service name")
+    if service_name == SERVICE:
+        name = parse_name(operation, services)
+        if name.location is not None:
+            raise InvalidRequest("check messages carry relative names")
+        return OperationRef(name.name, check_location(body["location"]), check_version(body["api_version"]))
+    name = parse_name(f"//{service_name}/{operation}", services)
+    if not isinstance(body["location"], str) or not isinstance(body["api_version"], str):
+        raise InvalidRequest("check location and api_version must be strings")
+    return OperationRef(name.name, body["location"], body["api_version"], name.service)
 
 
 def _parse_source(value: Any) -> Source:
@@ -398,10 +448,10 @@ def _names_in_incident(incident: Mapping[str, Any]) -> Iterator[str]:
                 yield f"organizations/{organization}/operations/{operation}"
 
 
-def _object_defaults(body: Mapping[str, Any]) -> _Defaults:
+def _object_defaults(body: Mapping[str, Any], check_api_version: Any) -> _Defaults:
     return _Defaults(
         location=_field("location", check_location, body["location"]) if "location" in body else None,
-        api_version=_field("api_version", check_version, body["api_version"]) if "api_version" in body else None,
+        api_version=_field("api_version", check_api_version, body["api_version"]) if "api_version" in body else None,
         idempotency_key=_field("idempotency_key", _check_key, body["idempotency_key"])
         if "idempotency_key" in body
         else None,

@@ -19,7 +19,7 @@ from ._clock import Clock, format_time
 from ._core import check_message, next_due, operation_error, outcome_of, payload_hash, result_message, result_to_json
 from ._log import Logger, current_trace, traced
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
-from ._names import OperationRef
+from ._names import OperationRef, allows
 from ._pubsub import Publisher
 from ._requests import is_check, parse_check, parse_message
 from ._settings import Settings
@@ -91,7 +91,10 @@ class Opcancel:
         if is_check(message):
             return Report((self._check_message(message),))
         parsed = parse_message(
-            message, default_version=self._settings.api_version, allowed_parents=self._settings.allowed_parents
+            message,
+            default_version=self._settings.api_version,
+            allowed_parents=self._settings.allowed_parents,
+            services=self._settings.services,
         )
         if parsed.ignored is not None:
             log = self._log.info if parsed.routine else self._log.warning
@@ -155,6 +158,7 @@ class Opcancel:
                 ref.location,
                 ref.api_version,
                 "idempotency_key is already bound to a different operation",
+                service=ref.service_name,
             )
         if claim.status is not ClaimStatus.ACQUIRED:
             return self._duplicate(ref.name, key, claim)
@@ -292,7 +296,7 @@ class Opcancel:
 
     def _check_message(self, message: InboundMessage) -> ItemReport:
         try:
-            check = parse_check(message)
+            check = parse_check(message, self._settings.services)
         except InvalidRequest as problem:
             self._log.warning(
                 f"malformed check message dropped: {problem}",
@@ -306,8 +310,7 @@ class Opcancel:
 
     def _run_check(self, check: CheckRequest) -> ItemReport:
         ref, key = check.ref, check.idempotency_key
-        allowed = self._settings.allowed_parents
-        if allowed is not None and ref.parent not in allowed:
+        if not allows(self._settings.allowed_parents, ref.service, ref.name):
             self._log.warning(
                 "check for a parent outside OPCANCEL_ALLOWED_PARENTS dropped",
                 event="check_not_allowed",
@@ -360,6 +363,7 @@ class Opcancel:
                 rejection.location,
                 rejection.api_version,
                 rejection.error,
+                service=rejection.service,
             )
         return ItemReport(
             rejection.offending, ItemStatus.REJECTED, rejection.idempotency_key, Outcome.REJECTED.value, rejection.error
@@ -377,6 +381,7 @@ class Opcancel:
             None,
             checks=0,
             requested_at=record.requested_at,
+            service=rejection.service,
         )
         return self._store.update(record, now=self._clock.now(), state=State.RESULT_READY, result=result)
 
@@ -403,6 +408,7 @@ class Opcancel:
             operation,
             checks=checks,
             requested_at=record.requested_at,
+            service=ref.service_name,
         )
         return self._store.update(record, now=self._clock.now(), state=State.RESULT_READY, result=result, checks=checks)
 
@@ -419,6 +425,7 @@ class Opcancel:
         *,
         checks: int,
         requested_at: float,
+        service: str | None,
     ) -> dict[str, Any]:
         return result_to_json(
             Result(
@@ -433,6 +440,7 @@ class Opcancel:
                 final_operation=final,
                 error=error,
                 source=source,
+                service=service,
             )
         )
 
@@ -452,12 +460,30 @@ class Opcancel:
         return ItemReport(result["operation"], status, record.key, result["outcome"], result["error"])
 
     def _publish_unstored(
-        self, operation: str, key: str, source: Source, location: str, api_version: str, error: str
+        self,
+        operation: str,
+        key: str,
+        source: Source,
+        location: str,
+        api_version: str,
+        error: str,
+        *,
+        service: str | None,
     ) -> ItemReport:
         """A REJECTED result that cannot own the key (another operation holds it): its ce-id still dedupes."""
         now = self._clock.now()
         result = self._result(
-            operation, location, api_version, key, source, Outcome.REJECTED, error, None, checks=0, requested_at=now
+            operation,
+            location,
+            api_version,
+            key,
+            source,
+            Outcome.REJECTED,
+            error,
+            None,
+            checks=0,
+            requested_at=now,
+            service=service,
         )
         self._publisher.publish_all(
             self._settings.results_topic, [result_message(result, project=self._settings.project)]

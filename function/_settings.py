@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ._names import DEFAULT_VERSION, VERSIONS
-from .errors import ConfigError
+from ._names import DEFAULT_VERSION, REGISTRY, VERSIONS, Service, ServiceRegistry, parse_allowed_parent
+from .errors import ConfigError, InvalidRequest
 
 STORES = ("firestore", "memory", "sqlite")
 MAX_DEADLINE_S = 7 * 24 * 3600
@@ -17,7 +18,7 @@ _TOPIC_ID = re.compile(r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
 _PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[a-z0-9.:-]{1,100}")
 _DATABASE_ID = re.compile(r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]")
 _COLLECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
-_PARENT = re.compile(r"organizations/[1-9][0-9]{0,31}")
+_SERVICE_FIELDS = frozenset({"version", "versions", "host", "global_host"})
 _HOST_PORT = re.compile(r"[A-Za-z0-9.-]{1,253}(:[1-9][0-9]{0,4})?")
 
 
@@ -49,7 +50,9 @@ class Settings:
     sqlite_path: str = ".opcancel/idempotency.sqlite3"
     firestore_database: str = "(default)"
     firestore_collection: str = "opcancel-idempotency"
+    #: Canonical prefixes (``organizations/1``, ``projects/p``, ``//aiplatform.googleapis.com/projects/p``).
     allowed_parents: tuple[str, ...] | None = None
+    services: ServiceRegistry = REGISTRY
     polling: PollingPolicy = PollingPolicy()
     lease_s: float = 600.0
     record_ttl_s: float = 8 * 24 * 3600.0
@@ -76,6 +79,7 @@ class Settings:
                 "OPCANCEL_CHECK_MAX_DELAY_S",
                 "must not be smaller than OPCANCEL_CHECK_INITIAL_DELAY_S",
             )
+        services = reader.services("OPCANCEL_SERVICES")
         return cls(
             project=reader.optional("GOOGLE_CLOUD_PROJECT", _PROJECT_ID, "a Google Cloud project id"),
             results_topic=reader.topic("OPCANCEL_RESULTS_TOPIC", "opcancel-results"),
@@ -92,7 +96,8 @@ class Settings:
                 "OPCANCEL_FIRESTORE_COLLECTION", _COLLECTION_ID, "a Firestore collection id"
             )
             or "opcancel-idempotency",
-            allowed_parents=reader.parents("OPCANCEL_ALLOWED_PARENTS"),
+            allowed_parents=reader.parents("OPCANCEL_ALLOWED_PARENTS", services),
+            services=services,
             polling=polling,
             lease_s=reader.seconds("OPCANCEL_LEASE_S", 600.0),
             record_ttl_s=reader.seconds("OPCANCEL_RECORD_TTL_S", 8 * 24 * 3600.0),
@@ -169,22 +174,80 @@ class _Reader:
             raise problem from None
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise problem
+        # {host} (see OperationsClient) may stand once in the path, never where it could change the server.
+        if value.count("{host}") > 1 or "{host}" in parts.netloc or ("{" in value.replace("{host}", "")):
+            raise problem
         # httpx turns URL userinfo into Basic auth, which would replace the Bearer token.
         if port == 0 or parts.username is not None or parts.password is not None:
             raise problem
         return value.rstrip("/")
 
-    def parents(self, name: str) -> tuple[str, ...] | None:
+    def parents(self, name: str, services: ServiceRegistry) -> tuple[str, ...] | None:
         if name not in self._environ:
             return None
         value = self._environ[name].strip()
         # Set but blank is most likely a templating slip; allowing everything would fail open.
         if not value:
-            raise ConfigError(name, "is set but empty; unset it to allow every organization")
-        parents = tuple(part.strip() for part in value.split(",") if part.strip())
-        for parent in parents:
-            if not _PARENT.fullmatch(parent):
-                raise ConfigError(name, f"{parent!r} is not of the form organizations/DIGITS")
+            raise ConfigError(name, "is set but empty; unset it to allow every organization and project")
+        parents = []
+        for part in (part.strip() for part in value.split(",") if part.strip()):
+            try:
+                parents.append(parse_allowed_parent(part, services))
+            except InvalidRequest as problem:
+                raise ConfigError(
+                    name,
+                    f"{part!r} is not organizations/DIGITS, projects/PROJECT or a full resource prefix such as "
+                    f"//aiplatform.googleapis.com/projects/PROJECT ({problem})",
+                ) from None
         if not parents:
             raise ConfigError(name, "names no parent; unset it to allow all")
-        return parents
+        return tuple(dict.fromkeys(parents))
+
+    def services(self, name: str) -> ServiceRegistry:
+        """``{"NAME": {"version": "v1", "host": "{location}-NAME.googleapis.com", ...}}``: entries added to,
+        or replacing, the built-in registry."""
+        text = self._raw(name)
+        if text is None:
+            return REGISTRY
+        try:
+            entries = json.loads(text)
+        except ValueError:
+            raise ConfigError(name, "is not JSON; expected an object of service entries") from None
+        if not isinstance(entries, dict) or not entries:
+            raise ConfigError(name, 'must be a JSON object such as {"NAME": {"version": "v1", "host": "..."}}')
+        services = []
+        for key, entry in entries.items():
+            shown = repr(key)[:60]
+            if not isinstance(entry, dict):
+                raise ConfigError(name, f"the entry for {shown} is not an object")
+            unknown = sorted(set(entry) - _SERVICE_FIELDS)
+            if unknown:
+                raise ConfigError(name, f"the entry for {shown} has unknown field {unknown[0]!r}")
+            if "version" not in entry or "host" not in entry:
+                raise ConfigError(name, f"the entry for {shown} needs version and host")
+            host = entry["host"]
+            # One host for every location (no placeholder) serves global names too, unless told otherwise.
+            default_global = host if isinstance(host, str) and "{location}" not in host else f"{key}.googleapis.com"
+            versions = entry.get("versions", [entry["version"]])
+            global_host = entry.get("global_host", default_global)
+            try:
+                if not isinstance(versions, list) or not all(
+                    isinstance(v, str) for v in [*versions, entry["version"], host, global_host]
+                ):
+                    raise ValueError("version and hosts must be strings, versions a list of strings")
+                services.append(
+                    Service(
+                        str(key),
+                        entry["version"],
+                        tuple(versions),
+                        host=host,
+                        global_host=global_host,
+                        reference=name,
+                    )
+                )
+            except (ValueError, TypeError) as problem:
+                raise ConfigError(name, f"the entry for {shown}: {problem}") from None
+        try:
+            return REGISTRY.with_entries(services)
+        except ValueError as problem:
+            raise ConfigError(name, str(problem)) from None

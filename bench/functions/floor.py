@@ -63,8 +63,7 @@ def result_message(name: str, operation: dict, message_id: str) -> tuple[bytes, 
 def on_event(cloud_event):
     message = cloud_event.data["message"]
     name = base64.b64decode(message["data"]).decode()
-    _, organization, _, operation_id = name.split("/")
-    ref = OperationRef(organization, operation_id)
+    ref = OperationRef(name)
     api.cancel(ref)
     operation = api.get(ref)
     publisher.publish_all(settings.results_topic, [result_message(name, operation, message["messageId"])])

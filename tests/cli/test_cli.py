@@ -97,7 +97,7 @@ class Rig:
     def touch(self, *operation_ids: str, cancel: bool = False) -> None:
         """Make operations exist in the simulator (and cancel them), then forget those calls."""
         for operation_id in operation_ids:
-            ref = OperationRef("1", operation_id)
+            ref = OperationRef(f"organizations/1/operations/{operation_id}")
             if cancel:
                 self.clients.api.cancel(ref)
             self.clients.api.get(ref)
@@ -438,7 +438,7 @@ def test_list_passes_the_filter_on_every_page(rig, expression, expected):
 
 def test_list_only_shows_the_parents_operations(rig):
     rig.touch("a")
-    rig.clients.api.get(OperationRef("2", "other"))
+    rig.clients.api.get(OperationRef("organizations/2/operations/other"))
     assert rig.run("list", ORG).stdout == f"RUNNING   {ORG}/operations/a\n"
 
 

@@ -28,7 +28,7 @@ from function._names import GLOBAL, LOCATIONS, VERSIONS
 from function.errors import ApiRejected, ApiUnavailable
 from tests.support import DATA_DIR, FakeClock, Scripted
 
-REF = OperationRef("123456789", "abc")
+REF = OperationRef("organizations/123456789/operations/abc")
 RELATIVE = "organizations/123456789/operations/abc"
 HOSTS = {
     "global": "securitycenter.googleapis.com",
@@ -135,7 +135,7 @@ def ok_get(body: dict | None = None) -> httpx.Response:
 @pytest.mark.parametrize(("location", "version"), PAIRS)
 def test_cancel_posts_an_empty_object_to_the_location_host_and_version(location, version):
     harness = Harness([ok_cancel()])
-    ref = OperationRef("123456789", "abc", location, version)
+    ref = OperationRef("organizations/123456789/operations/abc", location, version)
     assert harness.client.cancel(ref) is CancelAnswer.ACCEPTED
     (request,) = harness.requests
     assert request.method == "POST"
@@ -147,7 +147,7 @@ def test_cancel_posts_an_empty_object_to_the_location_host_and_version(location,
 @pytest.mark.parametrize(("location", "version"), PAIRS)
 def test_get_sends_a_bodiless_get_to_the_location_host_and_version(location, version):
     harness = Harness([ok_get()])
-    ref = OperationRef("123456789", "abc", location, version)
+    ref = OperationRef("organizations/123456789/operations/abc", location, version)
     assert harness.client.get(ref) == OPERATION
     (request,) = harness.requests
     assert request.method == "GET"
@@ -158,7 +158,7 @@ def test_get_sends_a_bodiless_get_to_the_location_host_and_version(location, ver
 @pytest.mark.parametrize("location", LOCATIONS)
 def test_url_names_the_location_host(location):
     harness = Harness([ok_get()])
-    assert harness.client.url(OperationRef("1", "x~y.z_-", location, "v2")) == (
+    assert harness.client.url(OperationRef("organizations/1/operations/x~y.z_-", location, "v2")) == (
         f"https://{HOSTS[location]}/v2/organizations/1/operations/x~y.z_-"
     )
 
@@ -166,13 +166,13 @@ def test_url_names_the_location_host(location):
 @pytest.mark.parametrize("location", LOCATIONS)
 def test_an_endpoint_replaces_every_host(location):
     harness = Harness([ok_cancel()], endpoint="http://127.0.0.1:9000")
-    harness.client.cancel(OperationRef("1", "abc", location, "v2"))
+    harness.client.cancel(OperationRef("organizations/1/operations/abc", location, "v2"))
     assert str(harness.requests[0].url) == "http://127.0.0.1:9000/v2/organizations/1/operations/abc:cancel"
 
 
 def test_an_endpoint_may_carry_a_path_prefix():
     harness = Harness([ok_get()], endpoint="https://private.example.com/scc")
-    harness.client.get(OperationRef("1", "abc", "eu", "v2"))
+    harness.client.get(OperationRef("organizations/1/operations/abc", "eu", "v2"))
     assert str(harness.requests[0].url) == "https://private.example.com/scc/v2/organizations/1/operations/abc"
 
 

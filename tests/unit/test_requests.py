@@ -89,7 +89,7 @@ def incident(name_: str) -> dict:
 
 def test_a_bare_name_is_one_request_with_every_default():
     request = only_request(parse(name("abc")))
-    assert request.ref == OperationRef(ORG, "abc", "global", "v2")
+    assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "global", "v2")
     assert request.idempotency_key == identity("abc")
     assert request.source == Source(SourceKind.PUBSUB, message_id="m-1")
     assert request.reason is None
@@ -123,9 +123,9 @@ def test_each_form_of_name_works_as_plain_text():
     )
     refs = [request.ref for request in parse(body).requests]
     assert refs == [
-        OperationRef(ORG, "a", "global", "v2"),
-        OperationRef(ORG, "b", "global", "v2"),
-        OperationRef(ORG, "c", "eu", "v2"),
+        OperationRef(f"organizations/{ORG}/operations/a", "global", "v2"),
+        OperationRef(f"organizations/{ORG}/operations/b", "global", "v2"),
+        OperationRef(f"organizations/{ORG}/operations/c", "eu", "v2"),
     ]
 
 
@@ -183,7 +183,7 @@ def test_a_json_object_with_every_field():
         "deadline_seconds": 3600,
     }
     request = only_request(parse(body))
-    assert request.ref == OperationRef(ORG, "abc", "eu", "v2")
+    assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "eu", "v2")
     assert request.idempotency_key == "my-key"
     assert request.reason == "runaway discovery"
     assert request.deadline_s == 3600.0
@@ -192,7 +192,7 @@ def test_a_json_object_with_every_field():
 
 def test_a_json_object_needs_only_operation():
     request = only_request(parse({"operation": name("abc")}))
-    assert request.ref == OperationRef(ORG, "abc", "global", "v2")
+    assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "global", "v2")
     assert request.idempotency_key == identity("abc")
 
 
@@ -228,7 +228,7 @@ def test_the_configured_default_version_applies_at_global():
 
 def test_me_central2_is_accepted_and_reported_as_sa():
     request = only_request(parse({"operation": name("abc"), "location": "me-central2"}))
-    assert request.ref == OperationRef(ORG, "abc", "sa", "v2")
+    assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "sa", "v2")
     assert request.idempotency_key == identity("abc", "securitycenter.me-central2.rep.googleapis.com")
     assert only_request(parse(name("abc"), {"location": "me-central2"})).ref.location == "sa"
 
@@ -237,7 +237,7 @@ def test_a_url_fixes_location_and_version_and_agreeing_fields_are_fine():
     url = f"https://{EU_HOST}/v2/{name('abc')}"
     for body in ({"operation": url}, {"operation": url, "location": "eu", "api_version": "v2"}):
         request = only_request(parse(body))
-        assert request.ref == OperationRef(ORG, "abc", "eu", "v2")
+        assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "eu", "v2")
         assert request.idempotency_key == identity("abc", EU_HOST)
 
 
@@ -425,10 +425,13 @@ def test_a_batch_mixes_names_and_objects():
     parsed = parse(body)
     assert parsed.rejections == [] and parsed.ignored is None
     a, b, c, d = parsed.requests
-    assert a.ref == OperationRef(ORG, "a") and a.idempotency_key == identity("a")
-    assert b.ref == OperationRef(ORG, "b", "eu") and (b.reason, b.deadline_s) == ("why", 60.0)
+    assert a.ref == OperationRef(f"organizations/{ORG}/operations/a") and a.idempotency_key == identity("a")
+    assert b.ref == OperationRef(f"organizations/{ORG}/operations/b", "eu") and (b.reason, b.deadline_s) == (
+        "why",
+        60.0,
+    )
     assert b.idempotency_key == identity("b", EU_HOST)
-    assert c.ref == OperationRef(ORG, "c", "us", "v2")
+    assert c.ref == OperationRef(f"organizations/{ORG}/operations/c", "us", "v2")
     assert d.idempotency_key == "own-key"
 
 
@@ -447,7 +450,7 @@ def test_batch_level_fields_are_defaults_that_items_override():
 
 def test_a_url_in_a_batch_is_not_contradicted_by_batch_defaults():
     body = {"operations": [f"https://{GLOBAL_HOST}/v1/{name('a')}"], "location": "us", "api_version": "v2"}
-    assert only_request(parse(body)).ref == OperationRef(ORG, "a", "global", "v1")
+    assert only_request(parse(body)).ref == OperationRef(f"organizations/{ORG}/operations/a", "global", "v1")
 
 
 def test_a_batch_level_key_is_combined_with_each_identity():
@@ -504,26 +507,28 @@ def test_a_batch_with_a_bad_default_is_set_aside_whole():
 
 def test_attributes_apply_to_a_bare_name():
     request = only_request(parse(name("abc"), {"idempotency_key": "attr-key", "location": "eu", "api_version": "v2"}))
-    assert request.ref == OperationRef(ORG, "abc", "eu", "v2")
+    assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "eu", "v2")
     assert request.idempotency_key == "attr-key"
 
 
 def test_the_body_overrides_attributes():
     body = {"operation": name("abc"), "location": "global", "api_version": "v1", "idempotency_key": "body-key"}
     request = only_request(parse(body, {"idempotency_key": "attr-key", "location": "eu", "api_version": "v2"}))
-    assert request.ref == OperationRef(ORG, "abc", "global", "v1")
+    assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "global", "v1")
     assert request.idempotency_key == "body-key"
 
 
 def test_a_url_overrides_attributes_without_contradiction():
     url = f"https://{GLOBAL_HOST}/v1/{name('abc')}"
     request = only_request(parse(url, {"location": "us", "api_version": "v2"}))
-    assert request.ref == OperationRef(ORG, "abc", "global", "v1")
+    assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "global", "v1")
 
 
 def test_batch_level_fields_override_attributes():
     body = {"operations": [name("a")], "location": "us"}
-    assert only_request(parse(body, {"location": "eu", "api_version": "v2"})).ref == OperationRef(ORG, "a", "us", "v2")
+    assert only_request(parse(body, {"location": "eu", "api_version": "v2"})).ref == OperationRef(
+        f"organizations/{ORG}/operations/a", "us", "v2"
+    )
 
 
 def test_a_message_key_on_a_batch_is_combined_so_items_never_collide():
@@ -693,7 +698,9 @@ OPEN_OP = "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec
 
 def test_an_open_incident_cancels_the_operation_its_documentation_names():
     request = only_request(parse(incident("alert-incident-open.json"), message_id="m-42"))
-    assert request.ref == OperationRef("123456789", "9c5fa5e5-e368-439a-baa4-08c17b77ec23", "global", "v2")
+    assert request.ref == OperationRef(
+        "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23", "global", "v2"
+    )
     assert request.idempotency_key == f"incident/0.mtdi83m6w8ao/{GLOBAL_HOST}/{OPEN_OP}"
     assert request.source == Source(SourceKind.ALERT, message_id="m-42", incident_id="0.mtdi83m6w8ao")
 
@@ -757,11 +764,11 @@ def test_several_names_make_several_requests_with_distinct_keys():
     assert parsed.rejections == [] and parsed.ignored is None
     refs = [r.ref for r in parsed.requests]
     assert refs == [
-        OperationRef(ORG, "from-subject"),
-        OperationRef(ORG, "one"),
-        OperationRef(ORG, "two", "eu", "v2"),
-        OperationRef(ORG, "three"),
-        OperationRef("123456789", "op-42"),
+        OperationRef(f"organizations/{ORG}/operations/from-subject"),
+        OperationRef(f"organizations/{ORG}/operations/one"),
+        OperationRef(f"organizations/{ORG}/operations/two", "eu", "v2"),
+        OperationRef(f"organizations/{ORG}/operations/three"),
+        OperationRef("organizations/123456789/operations/op-42"),
     ]
     keys = [r.idempotency_key for r in parsed.requests]
     assert len(set(keys)) == len(keys)
@@ -865,7 +872,7 @@ def test_an_incident_naming_over_a_hundred_operations_is_set_aside():
 
 def a_check(**changes) -> CheckRequest:
     fields = {
-        "ref": OperationRef(ORG, "abc", "eu", "v2"),
+        "ref": OperationRef(f"organizations/{ORG}/operations/abc", "eu", "v2"),
         "idempotency_key": "incident/0.x/" + identity("abc", EU_HOST),
         "attempt": 3,
         "due_at": 1_790_000_005.25,
@@ -906,7 +913,7 @@ def test_a_check_carries_its_trace():
 def test_a_check_round_trips_for_every_location_and_version():
     for location in LOCATIONS:
         for version in VERSIONS if location == GLOBAL else ("v2",):
-            check = a_check(ref=OperationRef(ORG, "abc", location, version))
+            check = a_check(ref=OperationRef(f"organizations/{ORG}/operations/abc", location, version))
             assert parse_check(as_message(*check_message(check))) == check
 
 
@@ -1087,7 +1094,7 @@ def test_no_body_makes_parsing_raise_and_every_request_is_well_formed(data, attr
         assert parsed.requests == [] and parsed.rejections == []
     for request in parsed.requests:
         assert NAME_PATTERN.fullmatch(request.ref.name), request.ref.name
-        assert request.ref.operation_id not in (".", "..")
+        assert request.ref.name.rsplit("/", 1)[1] not in (".", "..")
         assert request.ref.location in LOCATIONS and request.ref.api_version in VERSIONS
         assert len(request.idempotency_key) > 0
         assert allowed is None or request.ref.parent in allowed

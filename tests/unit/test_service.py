@@ -73,6 +73,7 @@ def test_the_result_event_is_a_binary_mode_cloudevent_with_every_field(rig):
         "operation": name("plain"),
         "location": "global",
         "api_version": "v2",
+        "service": "securitycenter.googleapis.com",
         "outcome": "CANCELLED",
         "idempotency_key": key,
         "requested_at": format_time(rig.clock.now()),

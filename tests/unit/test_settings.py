@@ -352,7 +352,7 @@ def test_a_deadline_over_seven_days_is_refused(value):
 )
 def test_bad_allowed_parents(value):
     message = bad({"OPCANCEL_ALLOWED_PARENTS": value}, "OPCANCEL_ALLOWED_PARENTS")
-    assert "is not of the form organizations/DIGITS" in message
+    assert "is not organizations/DIGITS, projects/PROJECT or a full resource prefix" in message
 
 
 @pytest.mark.parametrize("value", [",", " , ,"])
