@@ -97,7 +97,8 @@ class LocalStack:
             **inherited,
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "PUBSUB_EMULATOR_HOST": self.pubsub.host,
-            "OPCANCEL_API_ENDPOINT": self.api_endpoint,
+            # {host} keeps the host each call was meant for in the simulator's paths, so tests see it derived.
+            "OPCANCEL_API_ENDPOINT": f"{self.api_endpoint}/{{host}}",
             "OPCANCEL_AUTH": "anonymous",
             "OPCANCEL_STORE": "sqlite",
             "OPCANCEL_SQLITE_PATH": str(pathlib.Path(directory) / "idempotency.sqlite3"),

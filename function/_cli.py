@@ -262,7 +262,13 @@ def cancel(
     parsed = _single(clients, name, location, api_version)
     if isinstance(parsed, Rejection):
         report = _Report(
-            parsed.offending, parsed.location, parsed.api_version, parsed.idempotency_key, parsed.source, requested_at
+            parsed.offending,
+            parsed.location,
+            parsed.api_version,
+            parsed.service,
+            parsed.idempotency_key,
+            parsed.source,
+            requested_at,
         )
         report.finish(Outcome.REJECTED, requested_at, parsed.error)
     else:
@@ -391,6 +397,7 @@ class _Report:
     operation: str
     location: str
     api_version: str
+    service: str | None
     idempotency_key: str
     source: Source
     requested_at: float
@@ -410,6 +417,7 @@ class _Report:
             "operation": self.operation,
             "location": self.location,
             "api_version": self.api_version,
+            "service": self.service,
             "outcome": self.outcome.value if self.outcome is not None else None,
             "idempotency_key": self.idempotency_key,
             "requested_at": format_time(self.requested_at),
@@ -430,7 +438,9 @@ class _Report:
 def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, policy: PollingPolicy | None) -> _Report:
     """Cancel, then get at once; with a ``policy``, keep getting until done or its deadline."""
     ref, clock = request.ref, clients.clock
-    report = _Report(ref.name, ref.location, ref.api_version, request.idempotency_key, request.source, requested_at)
+    report = _Report(
+        ref.name, ref.location, ref.api_version, ref.service_name, request.idempotency_key, request.source, requested_at
+    )
     try:
         clients.api.cancel(ref)
     except ApiRejected as refusal:

@@ -33,6 +33,7 @@ from function import (
     Settings,
 )
 from function._cli import CliClients, Exit, cli
+from function._names import OperationParent
 from function.errors import InvalidRequest
 from tests.support import FakeClock, MemoryPublisher
 from tests.support import Rig as ServiceRig
@@ -494,20 +495,22 @@ def test_the_list_method_builds_the_url_and_query_from_validated_parts():
         auth=AnonymousAuth(), clock=FakeClock(), log=Logger(io.StringIO()), transport=httpx.MockTransport(answer)
     )
     operations, token = client.list(
-        ORG, location="eu", api_version="v2", filter="done=false & x", page_size=7, page_token="t&x=1"
+        OperationParent(ORG, "eu", "v2"), filter="done=false & x", page_size=7, page_token="t&x=1"
     )
     assert (operations, token) == ([{"name": NAME}], "t&x=1")
     url = requests[0].url
     assert (url.host, url.path) == ("securitycenter.eu.rep.googleapis.com", f"/v2/{ORG}/operations")
     assert dict(url.params) == {"filter": "done=false & x", "pageSize": "7", "pageToken": "t&x=1"}
+    # A parent validates itself, so no list call can be built from unvalidated parts.
     for parent, location, version in [
         ("organizations/1/x", "global", "v1"),
         (ORG, "mars", "v1"),
         (ORG, "global", "v9"),
         (ORG, "eu", "v1"),
+        ("projects/my-proj/locations/us-central1", "us-central1", "v1"),
     ]:
         with pytest.raises(InvalidRequest):
-            client.list(parent, location=location, api_version=version)
+            OperationParent(parent, location, version)
     assert len(requests) == 1
 
 
@@ -677,7 +680,8 @@ def test_a_rejected_cancel_reports_the_offending_text_escaped(rig):
 def test_hostile_parents_are_rejected_before_any_call(rig, parent):
     result = rig.run("list", parent)
     assert result.exit_code == Exit.REJECTED
-    assert result.stderr.startswith("Error: ") and "parents must be organizations/ORG" in result.stderr
+    assert result.stderr.startswith("Error: ")
+    assert "parents must be organizations/ORG" in result.stderr or "use its full resource name" in result.stderr
     assert rig.simulator.calls == []
 
 

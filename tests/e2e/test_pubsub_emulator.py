@@ -160,3 +160,59 @@ def test_a_poison_message_is_acknowledged_not_redelivered(stack):
     reasons = [line["reason"] for line in stack.function_logs() if line.get("event") == "message_ignored"]
     assert reasons.count("body is not UTF-8 text") == 1
     assert sum(reason.startswith("body is not valid JSON") for reason in reasons) == 1
+
+
+# Other Google APIs
+
+
+def calls_for(stack: LocalStack, name: str) -> list[tuple[str, str]]:
+    return [(call.method, call.path) for call in stack.simulator.calls if call.path.split(":")[0].endswith(name)]
+
+
+def test_a_vertex_ai_regional_operation_is_cancelled_through_its_regional_host_with_a_check(stack):
+    name = "projects/my-proj/locations/us-central1/operations/slow-1-vertex"
+    full = f"//aiplatform.googleapis.com/{name}"
+    message_id = stack.publish(full)
+    (result,) = messages_for(stack, name)
+    attributes, data = result["attributes"], result["data"]
+    assert (attributes["outcome"], attributes["operation"]) == ("CANCELLED", name)
+    assert attributes["ce-id"] == event_id(full, name)
+    assert data["service"] == "aiplatform.googleapis.com"
+    assert (data["location"], data["api_version"]) == ("us-central1", "v1")
+    assert data["idempotency_key"] == full
+    assert data["checks"] == 2
+    assert data["source"] == {"kind": "pubsub", "message_id": message_id}
+    host = "/us-central1-aiplatform.googleapis.com/v1/"
+    assert calls_for(stack, name) == [
+        ("POST", f"{host}{name}:cancel"),
+        ("GET", f"{host}{name}"),
+        ("GET", f"{host}{name}"),
+    ]
+    # The follow-up check carried the service across the checks topic.
+    (check,) = messages_for(stack, name, kind="checks", settle_s=0)
+    assert check["data"]["service"] == "aiplatform.googleapis.com"
+    assert check["data"]["location"] == "us-central1"
+
+
+def test_a_dataproc_operation_named_by_its_url_is_cancelled_through_its_regional_host(stack):
+    name = "projects/my-proj/regions/europe-west1/operations/dataproc-e2e"
+    stack.publish(f"https://europe-west1-dataproc.googleapis.com/v1/{name}")
+    (result,) = messages_for(stack, name)
+    data = result["data"]
+    assert data["outcome"] == "CANCELLED"
+    assert data["service"] == "dataproc.googleapis.com"
+    assert (data["location"], data["api_version"]) == ("europe-west1", "v1")
+    assert data["idempotency_key"] == f"//dataproc.googleapis.com/{name}"
+    host = "/europe-west1-dataproc.googleapis.com/v1/"
+    assert calls_for(stack, name) == [("POST", f"{host}{name}:cancel"), ("GET", f"{host}{name}")]
+
+
+def test_an_unregistered_service_is_rejected_with_no_call(stack):
+    calls_before = len(stack.simulator.calls)
+    text = "//compute.googleapis.com/projects/my-proj/operations/operation-123"
+    stack.publish(text)
+    (result,) = messages_for(stack, text)
+    assert result["data"]["outcome"] == "REJECTED"
+    assert "service compute.googleapis.com is not in the registry" in result["data"]["error"]
+    assert result["data"]["service"] is None
+    assert len(stack.simulator.calls) == calls_before
