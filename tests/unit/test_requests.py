@@ -1103,3 +1103,159 @@ def test_no_body_makes_parsing_raise_and_every_request_is_well_formed(data, attr
         assert len(rejection.offending) <= 256
         assert rejection.error
         assert rejection.idempotency_key
+
+
+# --- other Google APIs -------------------------------------------------------------------------
+
+VERTEX_NAME = "projects/my-proj/locations/us-central1/operations/1234"
+VERTEX_FULL = f"//aiplatform.googleapis.com/{VERTEX_NAME}"
+VERTEX_URL = f"https://us-central1-aiplatform.googleapis.com/v1/{VERTEX_NAME}"
+DATAPROC_NAME = "projects/my-proj/regions/europe-west1/operations/5e6c"
+
+
+@pytest.mark.parametrize("text", [VERTEX_FULL, VERTEX_URL, f"  {VERTEX_FULL}\n"])
+def test_another_services_operation_is_one_request_keyed_by_its_full_resource_name(text):
+    request = only_request(parse(text))
+    ref = request.ref
+    assert (ref.name, ref.location, ref.api_version, ref.service_name) == (
+        VERTEX_NAME,
+        "us-central1",
+        "v1",
+        "aiplatform.googleapis.com",
+    )
+    assert request.idempotency_key == VERTEX_FULL
+
+
+def test_another_service_takes_the_registrys_version_not_the_security_command_center_default():
+    assert only_request(parse(VERTEX_FULL, version="v1beta1")).ref.api_version == "v1"
+
+
+def test_an_api_version_the_service_does_not_serve_is_rejected_naming_the_field_and_the_service():
+    rejection = only_rejection(parse({"operation": VERTEX_FULL, "api_version": "v2"}))
+    assert rejection.error.startswith("api_version: unknown API version v2 for aiplatform.googleapis.com")
+    assert (rejection.service, rejection.location) == ("aiplatform.googleapis.com", "us-central1")
+    message_level = only_rejection(parse(VERTEX_FULL, {"api_version": "v2"}))
+    assert "unknown API version v2 for aiplatform.googleapis.com" in message_level.error
+
+
+def test_a_location_field_may_repeat_the_names_location_but_not_contradict_it():
+    documentai = "//documentai.googleapis.com/projects/my-proj/locations/eu/operations/7"
+    assert only_request(parse({"operation": documentai, "location": "eu"})).ref.location == "eu"
+    rejection = only_rejection(parse({"operation": documentai, "location": "us"}))
+    assert "contradicts the name, which says 'eu'" in rejection.error
+    assert "contradicts the name" in only_rejection(parse(documentai, {"location": "us"})).error
+    # An SCC-only location name is refused as such before the service is known.
+    assert "unknown location" in only_rejection(parse({"operation": VERTEX_FULL, "location": "us-central1"})).error
+
+
+def test_a_batch_mixes_services_and_a_message_key_combines_with_each_identity():
+    body = {"operations": [VERTEX_FULL, f"//dataproc.googleapis.com/{DATAPROC_NAME}", name("a")]}
+    parsed = parse(body, {"idempotency_key": "ticket-7"})
+    assert [request.idempotency_key for request in parsed.requests] == [
+        f"ticket-7/{VERTEX_FULL}",
+        f"ticket-7///dataproc.googleapis.com/{DATAPROC_NAME}",
+        f"ticket-7/{identity('a')}",
+    ]
+    assert [request.ref.service_name for request in parsed.requests] == [
+        "aiplatform.googleapis.com",
+        "dataproc.googleapis.com",
+        "securitycenter.googleapis.com",
+    ]
+
+
+def test_a_bare_projects_name_and_an_unregistered_service_are_rejected_without_a_service():
+    bare = only_rejection(parse(VERTEX_NAME))
+    assert "use its full resource name" in bare.error and bare.service is None
+    unknown = only_rejection(parse("//compute.googleapis.com/projects/my-proj/operations/x"))
+    assert "is not in the registry" in unknown.error and unknown.service is None
+
+
+def test_the_allow_list_admits_a_project_for_every_service_at_segment_boundaries():
+    allowed = ("projects/my-proj",)
+    assert names_of(parse(VERTEX_FULL, allowed=allowed)) == [VERTEX_NAME]
+    assert names_of(parse(f"//dataproc.googleapis.com/{DATAPROC_NAME}", allowed=allowed)) == [DATAPROC_NAME]
+    other = VERTEX_FULL.replace("my-proj", "my-proj-2")
+    rejection = only_rejection(parse(other, allowed=allowed))
+    assert rejection.error == (
+        "//aiplatform.googleapis.com/projects/my-proj-2/locations/us-central1 is not in OPCANCEL_ALLOWED_PARENTS"
+    )
+    assert (rejection.service, rejection.location, rejection.api_version) == (
+        "aiplatform.googleapis.com",
+        "us-central1",
+        "v1",
+    )
+    # An organization admits Security Command Center names only; a service prefix admits that service only.
+    assert only_rejection(parse(VERTEX_FULL, allowed=("organizations/1",)))
+    only_rejection(
+        parse(f"//dataproc.googleapis.com/{DATAPROC_NAME}", allowed=("//aiplatform.googleapis.com/projects/my-proj",))
+    )
+
+
+def test_an_incident_naming_another_services_operation_acts_on_it():
+    body = incident("alert-incident-open.json")
+    body["incident"]["documentation"]["content"] = (
+        f"Pipeline runaway. Cancel {VERTEX_FULL}. Also {f'https://europe-west1-dataproc.googleapis.com/v1/{DATAPROC_NAME}'}."
+    )
+    incident_id = body["incident"]["incident_id"]
+    parsed = parse(body)
+    assert parsed.rejections == []
+    assert [(r.ref.name, r.idempotency_key) for r in parsed.requests] == [
+        (VERTEX_NAME, f"incident/{incident_id}/{VERTEX_FULL}"),
+        (DATAPROC_NAME, f"incident/{incident_id}///dataproc.googleapis.com/{DATAPROC_NAME}"),
+    ]
+
+
+def test_a_custom_registry_reaches_the_parser():
+    from function._names import REGISTRY, Service
+
+    registry = REGISTRY.with_entries(
+        [Service("workflows", "v1", ("v1",), "workflows.googleapis.com", "workflows.googleapis.com")]
+    )
+    message = InboundMessage(data=b"//workflows.googleapis.com/projects/my-proj/operations/x", message_id="m-1")
+    (request,) = parse_message(message, default_version="v2", allowed_parents=None, services=registry).requests
+    assert request.ref.host == "workflows.googleapis.com"
+
+
+@pytest.mark.parametrize(
+    ("text", "location"),
+    [(VERTEX_FULL, "us-central1"), (f"//dataproc.googleapis.com/{DATAPROC_NAME}", "europe-west1")],
+)
+def test_a_check_of_another_service_round_trips_carrying_the_service(text, location):
+    ref = only_request(parse(text)).ref
+    check = a_check(ref=ref, idempotency_key=ref.identity)
+    data, attributes = check_message(check)
+    body = json.loads(data)
+    assert (body["service"], body["operation"], body["location"]) == (ref.service_name, ref.name, location)
+    assert parse_check(as_message(data, attributes)) == check
+
+
+def test_a_security_command_center_check_keeps_its_shape_and_may_name_its_service():
+    data, attributes = check_message(a_check())
+    assert "service" not in json.loads(data)
+    assert parse_check(tampered(service="securitycenter.googleapis.com")) == a_check()
+
+
+def vertex_check(**edits) -> InboundMessage:
+    ref = only_request(parse(VERTEX_FULL)).ref
+    data, attributes = check_message(a_check(ref=ref))
+    body = {**json.loads(data), **edits}
+    return as_message(json.dumps(body).encode(), attributes)
+
+
+@pytest.mark.parametrize(
+    ("edits", "problem"),
+    [
+        ({"service": "compute.googleapis.com"}, "is not in the registry"),
+        ({"service": "evil.com/x"}, "full resource names must start with"),
+        ({"service": 7}, "relative names and a service name"),
+        ({"operation": VERTEX_FULL}, "relative names and a service name"),
+        ({"operation": "projects/my-proj/operations/../x"}, "names must be projects/P"),
+        ({"location": "us-east1"}, "is not the name's own"),
+        ({"location": 1}, "must be strings"),
+        ({"api_version": "v2"}, "unknown API version v2 for aiplatform"),
+        ({"operation": name("abc")}, "names must be projects/P"),
+    ],
+)
+def test_a_tampered_check_of_another_service_is_refused(edits, problem):
+    with pytest.raises(InvalidRequest, match=re.escape(problem)):
+        parse_check(vertex_check(**edits))

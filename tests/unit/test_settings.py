@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from function import PollingPolicy, Settings
+from function._names import REGISTRY
 from function.errors import ConfigError
 
 WEEK = 7 * 24 * 3600
@@ -87,6 +90,7 @@ def test_blank_values_count_as_unset():
             "OPCANCEL_CHECK_MULTIPLIER",
             "OPCANCEL_CHECK_MAX_DELAY_S",
             "OPCANCEL_CHECK_DEADLINE_S",
+            "OPCANCEL_SERVICES",
         )
     }
     assert Settings.from_env(blank) == Settings.from_env({})
@@ -382,3 +386,107 @@ def test_huge_attempt_numbers_do_not_overflow():
 def test_a_set_but_blank_allow_list_fails_closed(blank):
     with pytest.raises(ConfigError, match="OPCANCEL_ALLOWED_PARENTS: is set but empty"):
         Settings.from_env({"OPCANCEL_ALLOWED_PARENTS": blank})
+
+
+# --- other Google APIs -------------------------------------------------------------------------
+
+
+def test_without_opcancel_services_the_built_in_registry_serves():
+    assert Settings.from_env({}).services is REGISTRY
+    assert Settings.from_env({"OPCANCEL_SERVICES": "  "}).services is REGISTRY
+
+
+def test_opcancel_services_adds_and_overrides_entries():
+    value = json.dumps(
+        {
+            "workflows": {"version": "v1", "host": "workflows.googleapis.com"},
+            "aiplatform": {
+                "version": "v1beta1",
+                "versions": ["v1", "v1beta1"],
+                "host": "{location}-aiplatform.googleapis.com",
+            },
+            "notebooks": {
+                "version": "v2",
+                "host": "{location}-notebooks.googleapis.com",
+                "global_host": "nb.googleapis.com",
+            },
+        }
+    )
+    services = Settings.from_env({"OPCANCEL_SERVICES": value}).services
+    workflows = services.require("workflows")
+    assert (workflows.version, workflows.versions, workflows.host_for("us-east1")) == (
+        "v1",
+        ("v1",),
+        "workflows.googleapis.com",
+    )
+    # One host everywhere serves global names too; a location-shaped host falls back to NAME.googleapis.com.
+    assert workflows.host_for("global") == "workflows.googleapis.com"
+    vertex = services.require("aiplatform")
+    assert (vertex.version, vertex.versions, vertex.global_host) == (
+        "v1beta1",
+        ("v1", "v1beta1"),
+        "aiplatform.googleapis.com",
+    )
+    assert services.require("notebooks").host_for("global") == "nb.googleapis.com"
+    assert services.require("dataproc") == REGISTRY.require("dataproc")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("workflows", "is not JSON"),
+        ("[]", "must be a JSON object"),
+        ("{}", "must be a JSON object"),
+        ('{"x": "v1"}', "is not an object"),
+        ('{"x": {"version": "v1"}}', "needs version and host"),
+        ('{"x": {"host": "x.googleapis.com"}}', "needs version and host"),
+        ('{"x": {"version": "v1", "host": "x.googleapis.com", "scope": "y"}}', "unknown field 'scope'"),
+        ('{"x": {"version": "v1", "host": "x.evil.com"}}', "not a googleapis.com host"),
+        ('{"x": {"version": "v1", "host": "{location}.x.googleapis.com", "global_host": 1}}', "must be strings"),
+        ('{"x": {"version": 1, "host": "x.googleapis.com"}}', "must be strings"),
+        ('{"x": {"version": "v1", "versions": "v1", "host": "x.googleapis.com"}}', "versions a list"),
+        ('{"x": {"version": "v1", "versions": ["v2"], "host": "x.googleapis.com"}}', "not among the versions"),
+        ('{"x": {"version": "latest", "host": "x.googleapis.com"}}', "not an API version"),
+        ('{"X Y": {"version": "v1", "host": "x.googleapis.com"}}', "not a lowercase DNS label"),
+        ('{"securitycenter": {"version": "v1", "host": "x.googleapis.com"}}', "cannot be replaced"),
+    ],
+)
+def test_a_bad_opcancel_services_fails_start_up_naming_it(value, problem):
+    assert problem in bad({"OPCANCEL_SERVICES": value}, "OPCANCEL_SERVICES")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("projects/my-proj", ("projects/my-proj",)),
+        (
+            "organizations/1, //aiplatform.googleapis.com/projects/my-proj/locations/us-central1,projects/123",
+            ("organizations/1", "//aiplatform.googleapis.com/projects/my-proj/locations/us-central1", "projects/123"),
+        ),
+        ("projects/my-proj,projects/my-proj", ("projects/my-proj",)),
+    ],
+)
+def test_allowed_parents_take_full_resource_prefixes(value, expected):
+    assert Settings.from_env({"OPCANCEL_ALLOWED_PARENTS": value}).allowed_parents == expected
+
+
+def test_an_allowed_parent_may_name_a_service_opcancel_services_adds():
+    environ = {
+        "OPCANCEL_SERVICES": '{"workflows": {"version": "v1", "host": "workflows.googleapis.com"}}',
+        "OPCANCEL_ALLOWED_PARENTS": "//workflows.googleapis.com/projects/my-proj",
+    }
+    assert Settings.from_env(environ).allowed_parents == ("//workflows.googleapis.com/projects/my-proj",)
+    del environ["OPCANCEL_SERVICES"]
+    assert "is not in the registry" in bad(environ, "OPCANCEL_ALLOWED_PARENTS")
+
+
+@pytest.mark.parametrize("value", ["http://127.0.0.1:8090/{host}", "https://proxy.example.com/api/{host}/x"])
+def test_the_api_endpoint_may_carry_the_host_in_its_path(value):
+    assert Settings.from_env({"OPCANCEL_API_ENDPOINT": value}).api_endpoint == value
+
+
+@pytest.mark.parametrize(
+    "value", ["http://{host}:8090", "http://{host}/", "http://127.0.0.1/{host}/{host}", "http://127.0.0.1/{hosts}"]
+)
+def test_the_host_placeholder_may_not_choose_the_server(value):
+    assert "is not an http(s) base URL" in bad({"OPCANCEL_API_ENDPOINT": value}, "OPCANCEL_API_ENDPOINT")
