@@ -114,6 +114,7 @@ class Rig:
         simulator: Simulator | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: FakeClock | None = None,
+        endpoint: str = "http://simulator.test",
     ) -> None:
         self.clock = clock or FakeClock()
         self.simulator = simulator or Simulator()
@@ -126,7 +127,7 @@ class Rig:
             auth=AnonymousAuth(),
             clock=self.clock,
             log=self.log,
-            endpoint="http://simulator.test",
+            endpoint=endpoint,
             transport=transport or httpx.WSGITransport(app=self.simulator),
             jitter=lambda: 0.5,
         )

@@ -24,7 +24,7 @@ from function import (
     build_auth,
 )
 from function._api import SCOPE
-from function._names import GLOBAL, LOCATIONS, VERSIONS
+from function._names import GLOBAL, LOCATIONS, REGISTRY, VERSIONS, OperationParent
 from function.errors import ApiRejected, ApiUnavailable
 from tests.support import DATA_DIR, FakeClock, Scripted
 
@@ -766,3 +766,57 @@ def test_a_token_from_the_metadata_server_reaches_the_operations_api():
     )
     assert client.cancel(REF) is CancelAnswer.ACCEPTED
     assert seen == ["Bearer md-secret"]
+
+
+# --- other Google APIs -------------------------------------------------------------------------
+
+
+def vertex_ref(location: str = "us-central1") -> OperationRef:
+    return OperationRef(
+        f"projects/my-proj/locations/{location}/operations/42", location, "v1", REGISTRY.require("aiplatform")
+    )
+
+
+def test_another_services_calls_go_to_the_host_the_registry_derives():
+    harness = Harness([ok_cancel(), ok_get()])
+    harness.client.cancel(vertex_ref())
+    harness.client.get(vertex_ref("global"))
+    assert [str(request.url) for request in harness.requests] == [
+        "https://us-central1-aiplatform.googleapis.com/v1/projects/my-proj/locations/us-central1/operations/42:cancel",
+        "https://aiplatform.googleapis.com/v1/projects/my-proj/locations/global/operations/42",
+    ]
+
+
+def test_an_endpoint_with_a_host_placeholder_keeps_each_calls_host_in_its_path():
+    harness = Harness([ok_cancel()], endpoint="http://127.0.0.1:9000/{host}")
+    harness.client.cancel(vertex_ref())
+    harness.client.cancel(REF)
+    assert [str(request.url) for request in harness.requests] == [
+        "http://127.0.0.1:9000/us-central1-aiplatform.googleapis.com/v1/projects/my-proj/locations/us-central1/operations/42:cancel",
+        f"http://127.0.0.1:9000/securitycenter.googleapis.com/v2/{RELATIVE}:cancel",
+    ]
+
+
+def test_the_pager_follows_every_page_and_stops_on_a_repeated_token():
+    parent = OperationParent("projects/my-proj/regions/us-east1", "us-east1", "v1", REGISTRY.require("dataproc"))
+    pages = [
+        reply(200, {"operations": [{"name": "a"}], "nextPageToken": "t1"}),
+        reply(200, {"operations": [{"name": "b"}], "nextPageToken": "t2"}),
+        reply(200, {"operations": [{"name": "c"}]}),
+    ]
+    harness = Harness(pages)
+    assert list(harness.client.pages(parent, filter="done=false", page_size=1)) == [
+        [{"name": "a"}],
+        [{"name": "b"}],
+        [{"name": "c"}],
+    ]
+    urls = [request.url for request in harness.requests]
+    assert {(url.host, url.path) for url in urls} == {
+        ("us-east1-dataproc.googleapis.com", "/v1/projects/my-proj/regions/us-east1/operations")
+    }
+    assert [url.params.get("pageToken") for url in urls] == [None, "t1", "t2"]
+    assert all(url.params["filter"] == "done=false" and url.params["pageSize"] == "1" for url in urls)
+    looping = Harness([reply(200, {"nextPageToken": "t1"})])
+    with pytest.raises(ApiUnavailable, match="repeated a page token"):
+        list(looping.client.pages(parent))
+    assert len(looping.requests) == 2

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from function import InboundMessage, OperationRef, SourceKind
 from function._core import check_message
 from function._model import CheckRequest, Source
-from function._names import GLOBAL, LOCATIONS, VERSIONS
+from function._names import GLOBAL, LOCATIONS, REGISTRY, VERSIONS, Service
 from function._requests import MAX_BATCH, MAX_BODY_BYTES, Parsed, is_check, parse_check, parse_message
 from function.errors import InvalidRequest
 from tests.support import DATA_DIR
@@ -1206,8 +1206,6 @@ def test_an_incident_naming_another_services_operation_acts_on_it():
 
 
 def test_a_custom_registry_reaches_the_parser():
-    from function._names import REGISTRY, Service
-
     registry = REGISTRY.with_entries(
         [Service("workflows", "v1", ("v1",), "workflows.googleapis.com", "workflows.googleapis.com")]
     )

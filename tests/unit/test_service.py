@@ -431,3 +431,79 @@ def test_every_log_line_is_structured_and_token_free(rig):
     assert events[:3] == ["cancel_sent", "check_scheduled", "result_published"]
     published = [line for line in lines if line["event"] == "result_published"]
     assert {line["outcome"] for line in published} == {"CANCELLED", "REJECTED"}
+
+
+# --- other Google APIs -------------------------------------------------------------------------
+
+VERTEX_NAME = "projects/my-proj/locations/us-central1/operations/slow-1-train"
+VERTEX_FULL = f"//aiplatform.googleapis.com/{VERTEX_NAME}"
+DATAPROC_NAME = "projects/my-proj/regions/us-east1/operations/cluster-delete"
+
+
+def test_another_services_operation_is_cancelled_at_its_regional_host_and_checked_to_its_result():
+    rig = Rig(endpoint="http://simulator.test/{host}")
+    rig.send(VERTEX_FULL)
+    assert rig.run_checks() == 1
+    result = only_result(rig)
+    assert (result["operation"], result["service"], result["location"], result["api_version"]) == (
+        VERTEX_NAME,
+        "aiplatform.googleapis.com",
+        "us-central1",
+        "v1",
+    )
+    assert (result["outcome"], result["checks"], result["idempotency_key"]) == ("CANCELLED", 2, VERTEX_FULL)
+    host = "/us-central1-aiplatform.googleapis.com/v1/"
+    assert [(c.method, c.path) for c in rig.simulator.calls] == [
+        ("POST", f"{host}{VERTEX_NAME}:cancel"),
+        ("GET", f"{host}{VERTEX_NAME}"),
+        ("GET", f"{host}{VERTEX_NAME}"),
+    ]
+    # The key is the full resource name: the same request again finds it finished.
+    (item,) = rig.send(VERTEX_FULL).items
+    assert (item.status, item.idempotency_key) == (ItemStatus.DUPLICATE, VERTEX_FULL)
+
+
+def test_a_repeated_request_for_another_service_cancels_once_and_reports_once():
+    rig = Rig()
+    for form in (
+        f"//dataproc.googleapis.com/{DATAPROC_NAME}",
+        f"https://us-east1-dataproc.googleapis.com/v1/{DATAPROC_NAME}",
+    ):
+        rig.send(form)
+    assert len(rig.simulator.cancel_calls()) == 1
+    assert only_result(rig)["service"] == "dataproc.googleapis.com"
+
+
+def test_an_unregistered_service_and_a_project_outside_the_allow_list_are_rejected_with_no_call():
+    settings = Settings(project="p", polling=TEST_POLICY, allowed_parents=("projects/my-proj",))
+    rig = Rig(settings=settings)
+    outside = VERTEX_FULL.replace("my-proj", "my-proj-2")
+    unknown = "//compute.googleapis.com/projects/my-proj/operations/x"
+    rig.send(f"{outside}\n{unknown}")
+    assert rig.simulator.calls == []
+    results = {r["operation"]: r for r in rig.publisher.results()}
+    assert results[outside.removeprefix("//aiplatform.googleapis.com/")]["error"] == (
+        "//aiplatform.googleapis.com/projects/my-proj-2/locations/us-central1 is not in OPCANCEL_ALLOWED_PARENTS"
+    )
+    assert results[outside.removeprefix("//aiplatform.googleapis.com/")]["service"] == "aiplatform.googleapis.com"
+    assert "is not in the registry" in results[unknown]["error"] and results[unknown]["service"] is None
+    rig.send(VERTEX_FULL)
+    assert len(rig.simulator.cancel_calls()) == 1
+
+
+def test_a_check_for_another_service_outside_the_allow_list_is_dropped_without_a_call():
+    rig = Rig()
+    rig.send(VERTEX_FULL)
+    (check,) = rig.publisher.take_checks()
+    narrowed = Rig(settings=Settings(project="p", polling=TEST_POLICY, allowed_parents=("projects/other-proj",)))
+    narrowed.clock.current = rig.clock.current + 3600
+    (item,) = narrowed.service.handle(check).items
+    assert item.status is ItemStatus.REJECTED and item.detail == "parent not allowed"
+    assert narrowed.simulator.calls == []
+
+
+def test_security_command_center_results_name_their_service_and_keep_their_identity(rig):
+    rig.send(name("plain"))
+    result = only_result(rig)
+    assert result["service"] == "securitycenter.googleapis.com"
+    assert result["idempotency_key"] == f"securitycenter.googleapis.com/{name('plain')}"

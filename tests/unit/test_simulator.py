@@ -67,3 +67,39 @@ def test_accepted_cancels_count_only_cancels_of_a_running_operation():
 def test_a_bad_fault_rate_is_refused(body):
     with client(Simulator()) as http:
         assert http.post("/_simulator/fault-rate", json=body).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "projects/my-proj/locations/us-central1/operations/op",
+        "projects/my-proj/regions/europe-west1/operations/op",
+        "projects/123/operations/op",
+    ],
+)
+@pytest.mark.parametrize("prefix", ["", "/us-central1-aiplatform.googleapis.com"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v1beta1", "v3"])
+def test_every_services_operations_are_served_under_any_version_with_or_without_a_host(name, prefix, version):
+    simulator = Simulator()
+    with client(simulator) as http:
+        assert http.post(f"{prefix}/{version}/{name}:cancel", json={}).status_code == 200
+        body = http.get(f"{prefix}/{version}/{name}").json()
+        assert (body["name"], body["done"], body["error"]["code"]) == (name, True, 1)
+        parent = name.rsplit("/operations/", 1)[0]
+        listing = http.get(f"{prefix}/{version}/{parent}/operations").json()
+        assert [operation["name"] for operation in listing["operations"]] == [name]
+    assert [call.path for call in simulator.calls][0] == f"{prefix}/{version}/{name}:cancel"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/projects/my-proj/zones/z/operations/op",
+        "/latest/projects/my-proj/operations/op",
+        "/evil.com/v1/projects/my-proj/operations/op",
+        "/v1/projects/my-proj/locations/us-central1/datasets/d/operations/op",
+    ],
+)
+def test_other_paths_are_not_found(path):
+    with client(Simulator()) as http:
+        assert http.get(path).status_code == 404
