@@ -73,6 +73,7 @@ class Rig:
         auth: Any = None,
         publisher: Any = None,
         transport: httpx.BaseTransport | None = None,
+        terminal: bool = False,
     ) -> None:
         self.clock = FakeClock()
         self.simulator = simulator or Simulator()
@@ -89,11 +90,16 @@ class Rig:
             jitter=lambda: 0.5,
         )
         self.clients = CliClients(
-            settings=self.settings, auth=auth, api=api, clock=self.clock, publisher=self.publisher
+            settings=self.settings,
+            auth=auth,
+            api=api,
+            clock=self.clock,
+            publisher=self.publisher,
+            is_terminal=lambda: terminal,
         )
 
-    def run(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, list(args), obj=self.clients, catch_exceptions=False)
+    def run(self, *args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(cli, list(args), obj=self.clients, catch_exceptions=False, input=input)
 
     def touch(self, *operation_ids: str, cancel: bool = False) -> None:
         """Make operations exist in the simulator (and cancel them), then forget those calls."""
