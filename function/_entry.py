@@ -58,7 +58,7 @@ class Runtime:
         log = Logger()
         if settings.allowed_parents is None:
             log.warning(
-                "OPCANCEL_ALLOWED_PARENTS is unset: any organization's operations may be cancelled",
+                "OPCANCEL_ALLOWED_PARENTS is unset: the operations of any organization or project may be cancelled",
                 event="allow_all_parents",
             )
         return cls(build_service(settings, log=log), log=log, project=settings.project)

@@ -492,3 +492,47 @@ def test_on_http_logs_carry_the_trace_of_the_request(on_http):
     )
     assert response.status_code == 202
     assert {line.get(TRACE_FIELD) for line in rig.logs()} == {f"projects/test-project/traces/{TRACE_ID}"}
+
+
+# other Google APIs
+
+
+def test_a_vertex_ai_operation_through_on_event_gets_a_result_naming_its_service(on_event):
+    client, rig = on_event
+    name = "projects/my-proj/locations/us-central1/operations/8812"
+    response = post_event(client, pubsub_event(f"//aiplatform.googleapis.com/{name}".encode()))
+    assert response.status_code == 200
+    (result,) = rig.publisher.results()
+    assert (result["operation"], result["outcome"], result["service"], result["location"]) == (
+        name,
+        "CANCELLED",
+        "aiplatform.googleapis.com",
+        "us-central1",
+    )
+    assert [call.path for call in rig.simulator.cancel_calls()] == [f"/v1/{name}:cancel"]
+
+
+def test_http_reports_other_services_accepted_and_unregistered_or_bare_names_rejected(on_http):
+    http_client, rig = on_http
+    dataproc = "projects/my-proj/regions/us-east1/operations/d-1"
+    body = {
+        "operations": [
+            f"https://us-east1-dataproc.googleapis.com/v1/{dataproc}",
+            "//compute.googleapis.com/projects/my-proj/operations/c-1",
+            "projects/my-proj/operations/p-1",
+        ]
+    }
+    response = http_client.post("/", json=body)
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert [(item["operation"], item.get("outcome")) for item in answer["accepted"]] == [(dataproc, "CANCELLED")]
+    errors = [item["error"] for item in answer["rejected"]]
+    assert "service compute.googleapis.com is not in the registry" in errors[0]
+    assert "use its full resource name" in errors[1]
+    assert len(rig.simulator.cancel_calls()) == 1
+
+
+def test_main_fails_start_up_naming_a_bad_opcancel_services(monkeypatch):
+    monkeypatch.setenv("OPCANCEL_SERVICES", '{"x": {"version": "v1", "host": "x.evil.com"}}')
+    with pytest.raises(ConfigError, match="OPCANCEL_SERVICES: the entry for 'x'"):
+        create_app("on_event", str(ROOT / "main.py"), "cloudevent")

@@ -452,6 +452,12 @@ def test_another_services_operation_is_cancelled_at_its_regional_host_and_checke
         "v1",
     )
     assert (result["outcome"], result["checks"], result["idempotency_key"]) == ("CANCELLED", 2, VERTEX_FULL)
+    services = {
+        line["event"]: line.get("service")
+        for line in rig.logs()
+        if line["event"] in ("cancel_sent", "result_published")
+    }
+    assert services == {"cancel_sent": "aiplatform.googleapis.com", "result_published": "aiplatform.googleapis.com"}
     host = "/us-central1-aiplatform.googleapis.com/v1/"
     assert [(c.method, c.path) for c in rig.simulator.calls] == [
         ("POST", f"{host}{VERTEX_NAME}:cancel"),
