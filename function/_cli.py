@@ -248,8 +248,8 @@ def cancel(
     topic, so the deployed function cancels each with its own key and result.
     """
     if parent is not None:
-        if name is not None or wait or interval is not None or timeout is not None:
-            raise click.UsageError("--all PARENT takes no NAME and no --wait, --interval or --timeout")
+        if name is not None or wait or interval is not None or timeout is not None or as_json:
+            raise click.UsageError("--all PARENT takes no NAME and no --wait, --interval, --timeout or --json")
         _cancel_all(clients, parent, location, api_version, filter_, max_count, dry_run=dry_run, yes=yes)
         return
     if name is None:

@@ -209,6 +209,7 @@ def test_a_publish_that_fails_part_way_says_how_many_went_and_that_repeating_is_
         ["cancel"],
         ["cancel", "organizations/1/operations/a", "--all", "organizations/1"],
         ["cancel", "--all", "organizations/1", "--wait"],
+        ["cancel", "--all", "organizations/1", "--json"],
         ["cancel", "organizations/1/operations/a", "--dry-run"],
         ["cancel", "organizations/1/operations/a", "--max", "3"],
         ["cancel", "--all", "organizations/1", "--max", "0"],

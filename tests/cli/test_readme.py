@@ -8,6 +8,7 @@ import shlex
 
 from function import InboundMessage, SourceKind
 from function._cli import Exit
+from function._names import BUILTIN_SERVICES
 from function._requests import parse_message
 from tests.cli.test_cli import ROOT, Rig
 from tests.support import DATA_DIR
@@ -106,3 +107,38 @@ def test_the_alerting_commands_wire_the_channel_the_grant_and_the_policy():
     assert "--role=roles/pubsub.publisher" in commands
     assert "gcloud alpha monitoring policies create" in commands
     assert "--policy-from-file=opcancel-policy.json" in commands
+
+
+def test_the_vertex_ai_alert_example_names_an_operation_opcancel_cancels():
+    (policy_text,) = blocks(section("Other Google APIs"), "json")
+    policy = json.loads(policy_text)
+    (condition,) = policy["conditions"]
+    assert set(condition["conditionMatchedLog"]["labelExtractors"]) == {"vertex_parent", "vertex_operation"}
+    labels = {"vertex_parent": "projects/123456789012/locations/us-central1", "vertex_operation": "4411"}
+    content = re.sub(
+        r"\$\{log\.extracted_label\.([a-z_]+)\}",
+        lambda match: labels[match.group(1)],
+        policy["documentation"]["content"],
+    )
+    incident = json.loads((DATA_DIR / "alert-incident-open.json").read_text())
+    incident["incident"]["documentation"] = {"content": content, "subject": "", "mime_type": "text/markdown"}
+    parsed = parse_message(
+        InboundMessage(json.dumps(incident).encode(), message_id="m-1"), default_version="v2", allowed_parents=None
+    )
+    names = [(request.ref.service_name, request.ref.name, request.ref.host) for request in parsed.requests]
+    assert (
+        "aiplatform.googleapis.com",
+        "projects/123456789012/locations/us-central1/operations/4411",
+        "us-central1-aiplatform.googleapis.com",
+    ) in names
+    assert parsed.rejections == []
+
+
+def test_the_registry_table_lists_every_built_in_service_with_its_hosts_and_a_source():
+    table = section("Other Google APIs")
+    for service in BUILTIN_SERVICES:
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| `{service.name}`")]
+        assert f"`{service.version}`" in row and "](https://cloud.google.com/" in row
+        if not service.is_scc:
+            regional = service.host.replace("{location}", "L")
+            assert f"`{regional}`" in row and f"`{service.global_host}`" in row, row
