@@ -312,3 +312,25 @@ def test_concurrent_deliveries_in_processes_cancel_once(shared_store_spec):
     event_ids = {ce_id for _, ids in outcomes for ce_id in ids}
     assert len(event_ids) == 1
     assert {fate for fate, _ in outcomes} <= {"ack", "retry"}
+
+
+@pytest.mark.parametrize("crash", STEPS.values(), ids=STEPS.keys())
+def test_another_services_operation_survives_a_crash_after_each_step_with_one_cancel_and_one_result(make_store, crash):
+    """The same guarantees for a Vertex AI operation, whose key is its full resource name and whose
+    check carries its service."""
+    name = "projects/my-proj/locations/us-central1/operations/slow-1-fault"
+    pipeline = Pipeline(make_store(), crash)
+    request = pubsub_event(f"//aiplatform.googleapis.com/{name}".encode())
+    pipeline.until_acknowledged(request)
+    pipeline.drain_checks()
+    assert deliver(pipeline.runtime, request) == "ack"
+    assert pipeline.crashing.crash is None, "the crash was never injected"
+    assert len(pipeline.rig.simulator.cancel_calls()) == 1
+    assert len(pipeline.distinct_results()) == 1
+    result = json.loads(pipeline.rig.publisher.on("opcancel-results")[0][0])
+    assert (result["operation"], result["service"], result["outcome"]) == (
+        name,
+        "aiplatform.googleapis.com",
+        "CANCELLED",
+    )
+    assert result["idempotency_key"] == f"//aiplatform.googleapis.com/{name}"
