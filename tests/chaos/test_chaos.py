@@ -95,6 +95,7 @@ def test_the_floor_handler_publishes_what_opcancel_publishes(monkeypatch):
                 final_operation=operation,
                 error=None,
                 source=Source(SourceKind.PUBSUB, "123"),
+                service="securitycenter.googleapis.com",
             )
         ),
         project="bench-project",
