@@ -357,7 +357,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8090)
     port = parser.parse_args().port
     server = make_server("127.0.0.1", port, Simulator(), server_class=_ThreadingServer, handler_class=_QuietHandler)
-    print(f"Operations API simulator on http://127.0.0.1:{port} (set OPCANCEL_API_ENDPOINT to this)", flush=True)
+    print(
+        f"Operations API simulator on http://127.0.0.1:{port} (set OPCANCEL_API_ENDPOINT to this, "
+        f"or to http://127.0.0.1:{port}/{{host}} to see each call's host)",
+        flush=True,
+    )
     server.serve_forever()
 
 

@@ -177,7 +177,8 @@ _SECONDS = _Seconds()
 _location = click.option(
     "--location",
     type=click.Choice((*LOCATIONS, *LOCATION_ALIASES)),
-    help="API location [default: global, or the one a URL names]",
+    help="Security Command Center location [default: global, or the one a URL names]; other services' names "
+    "carry their own",
 )
 _api_version = click.option(
     "--api-version",
@@ -201,6 +202,7 @@ _as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON inst
     "--max",
     "max_count",
     type=click.IntRange(1, 1_000_000),
+    metavar="N",
     help="With --all: when more than N operations match, publish none.",
 )
 @click.option("--dry-run", is_flag=True, help="With --all: print what would be cancelled, publish nothing.")
