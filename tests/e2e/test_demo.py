@@ -18,7 +18,12 @@ pytestmark = [
 
 def test_the_demo_cancels_a_sample_and_prints_its_result():
     run = subprocess.run(
-        [str(ROOT / "demo.sh"), "organizations/42/operations/slow-1-readme", "organizations/42/operations/missing-x"],
+        [
+            str(ROOT / "demo.sh"),
+            "organizations/42/operations/slow-1-readme",
+            "organizations/42/operations/missing-x",
+            "//aiplatform.googleapis.com/projects/my-proj/locations/us-central1/operations/slow-1-x",
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -27,4 +32,5 @@ def test_the_demo_cancels_a_sample_and_prints_its_result():
     assert "result CANCELLED published" in run.stdout
     assert '"outcome": "CANCELLED"' in run.stdout
     assert '"outcome": "NOT_FOUND"' in run.stdout
-    assert "2 result event(s) on opcancel-results" in run.stdout
+    assert '"service": "aiplatform.googleapis.com"' in run.stdout
+    assert "3 result event(s) on opcancel-results" in run.stdout
