@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -448,7 +448,7 @@ def _names_in_incident(incident: Mapping[str, Any]) -> Iterator[str]:
                 yield f"organizations/{organization}/operations/{operation}"
 
 
-def _object_defaults(body: Mapping[str, Any], check_api_version: Any) -> _Defaults:
+def _object_defaults(body: Mapping[str, Any], check_api_version: Callable[[Any], str]) -> _Defaults:
     return _Defaults(
         location=_field("location", check_location, body["location"]) if "location" in body else None,
         api_version=_field("api_version", check_api_version, body["api_version"]) if "api_version" in body else None,
