@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import io
+import re
 
-from function import OperationRef, parse_name
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from function import AnonymousAuth, Logger, OperationRef, OperationsClient, parse_name
 from function._names import (
     BUILTIN_SERVICES,
     GLOBAL,
@@ -19,6 +24,7 @@ from function._names import (
     parse_parent,
 )
 from function.errors import InvalidRequest
+from tests.support import FakeClock
 
 VERTEX = REGISTRY.require("aiplatform")
 DATAPROC = REGISTRY.require("dataproc")
@@ -368,3 +374,63 @@ def test_allowed_parents_in_no_documented_form_are_refused(entry):
 )
 def test_the_allow_list_matches_whole_segments_of_full_resource_prefixes(allowed, service, path, admitted):
     assert allows(allowed, service, path) is admitted
+
+
+# --- nothing unvalidated reaches a URL ---------------------------------------------------------
+
+
+#: Each part of a URL or full resource name: values that are valid alone, then hostile ones.
+_PARTS = {
+    "service": (("aiplatform", "dataproc", "translate", "cloudbuild"), ("evil", "aiplatform.evil", "", "Aiplatform")),
+    "host": (
+        ("us-central1-aiplatform.googleapis.com", "aiplatform.googleapis.com", "europe-west1-dataproc.googleapis.com"),
+        ("evil.com", "us-central1-aiplatform.googleapis.com.evil.com", "aiplatform.googleapis.com:443", "x@evil"),
+    ),
+    "version": (("v1", "v3"), ("v9", "V1", "..", "v1%2F", "")),
+    "projects": (("projects",), ("Projects", "folders", "")),
+    "project": (("my-proj", "123456"), ("p", "my-proj-", "example.com:p", "my-proj/..", "%2F", "")),
+    "place": (
+        ("", "/locations/us-central1", "/regions/europe-west1", "/locations/global"),
+        ("/zones/a", "/locations/US", "/locations/a--b", "/locations/x/y", "/locations/", "/locations/a.b"),
+    ),
+    "operations": (("operations",), ("operation", "Operations", "")),
+    "id": (("123", "op-1", "a.b~c_d"), (".", "..", "a?b", "a#b", "a:cancel", "a/b", "a%2Fb", "\u202ea", "a\n")),
+}
+
+
+@st.composite
+def _texts(draw: st.DrawFn) -> str:
+    """A full resource name or URL, valid in every part but, half the time, one part made hostile."""
+    parts = {part: draw(st.sampled_from(valid)) for part, (valid, _) in _PARTS.items()}
+    if draw(st.booleans()):
+        part = draw(st.sampled_from(sorted(_PARTS)))
+        parts[part] = draw(st.one_of(st.sampled_from(_PARTS[part][1]), st.text(max_size=8)))
+    name = f"{parts['projects']}/{parts['project']}{parts['place']}/{parts['operations']}/{parts['id']}"
+    if draw(st.booleans()):
+        return f"//{parts['service']}.googleapis.com/{name}"
+    return f"https://{parts['host']}/{parts['version']}/{name}"
+
+
+_URL = re.compile(
+    r"https://[a-z0-9.-]+\.googleapis\.com/v[0-9a-z]+/projects/[a-z0-9-]+(?:/(?:locations|regions)/[a-z0-9-]+)?"
+    r"/operations/[A-Za-z0-9._~-]+"
+)
+
+
+_CLIENT = OperationsClient(auth=AnonymousAuth(), clock=FakeClock(), log=Logger(io.StringIO()))
+
+
+@given(_texts())
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_whatever_parses_becomes_a_url_on_the_derived_host_and_nothing_else(text):
+    try:
+        parsed = parse_name(text)
+    except InvalidRequest:
+        return
+    if parsed.service.is_scc:
+        return
+    ref = OperationRef(parsed.name, parsed.location, parsed.api_version or parsed.service.version, parsed.service)
+    url = _CLIENT.url(ref)
+    assert _URL.fullmatch(url), url
+    assert url.startswith(f"https://{parsed.service.host_for(parsed.location)}/")
+    assert "/../" not in url and "/./" not in url
