@@ -211,7 +211,7 @@ class _Reader:
             return REGISTRY
         try:
             entries = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ConfigError(name, "is not JSON; expected an object of service entries") from None
         if not isinstance(entries, dict) or not entries:
             raise ConfigError(name, 'must be a JSON object such as {"NAME": {"version": "v1", "host": "..."}}')

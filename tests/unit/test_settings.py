@@ -435,6 +435,7 @@ def test_opcancel_services_adds_and_overrides_entries():
     ("value", "problem"),
     [
         ("workflows", "is not JSON"),
+        ("[" * 100_000, "is not JSON"),
         ("[]", "must be a JSON object"),
         ("{}", "must be a JSON object"),
         ('{"x": "v1"}', "is not an object"),
