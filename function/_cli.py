@@ -37,6 +37,7 @@ from ._names import (
     LOCATION_ALIASES,
     LOCATIONS,
     REGISTRY,
+    SERVICE,
     OperationParent,
     OperationRef,
     allows,
@@ -431,9 +432,13 @@ class _Report:
         }
 
     def describe(self) -> str:
+        # A projects/... name says which API only with its service in front.
+        shown = self.operation
+        if self.service not in (None, SERVICE) and shown.startswith("projects/"):
+            shown = f"//{self.service}/{shown}"
         if self.outcome is None:
-            return f"cancel accepted for {self.operation}; still running (follow it with --wait, or get)"
-        line = f"{self.outcome.value} {self.operation}"
+            return f"cancel accepted for {shown}; still running (follow it with --wait, or get)"
+        line = f"{self.outcome.value} {shown}"
         return _echo(f"{line}: {self.error}") if self.error else line
 
 

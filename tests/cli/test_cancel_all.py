@@ -228,3 +228,17 @@ def test_list_reads_another_services_parent_at_its_regional_host():
     assert rig.simulator.calls[0].path == f"/v1/{DATAPROC_PARENT}/operations"
     located = rig.run("list", f"//dataproc.googleapis.com/{DATAPROC_PARENT}", "--location", "eu")
     assert located.exit_code == Exit.REJECTED and "--location applies to organizations/ORG parents" in located.stderr
+
+
+def test_cancel_and_get_take_another_services_name_and_show_it_whole(rig):
+    name = "projects/my-proj/regions/europe-west1/operations/x"
+    result = rig.run("cancel", f"https://europe-west1-dataproc.googleapis.com/v1/{name}")
+    assert (result.exit_code, result.stdout) == (0, f"CANCELLED //dataproc.googleapis.com/{name}\n")
+    report = json.loads(rig.run("cancel", f"//dataproc.googleapis.com/{name}", "--json").stdout)
+    assert (report["operation"], report["service"], report["location"]) == (
+        name,
+        "dataproc.googleapis.com",
+        "europe-west1",
+    )
+    assert rig.run("get", f"//dataproc.googleapis.com/{name}").stdout == f"CANCELLED {name}\n"
+    assert [call.path for call in rig.simulator.calls][:2] == [f"/v1/{name}:cancel", f"/v1/{name}"]
