@@ -19,9 +19,10 @@ import httpx
 
 from ._clock import Clock
 from ._http import Backoff, auth_request
+from ._json import JsonUnreadable, read_json
 from ._log import Logger
 from ._model import Outcome
-from ._names import OperationParent, OperationRef
+from ._names import OperationParent, OperationRef, escape_text
 from .errors import ApiRejected, ApiUnavailable, NoCredentials
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -344,9 +345,9 @@ class OperationsClient:
         status = response.status_code
         if 200 <= status < 300:
             return
-        message = _error_message(response)
+        message = error_summary(response)
         if status in _TRANSIENT_STATUS:
-            raise ApiUnavailable(f"HTTP {status}: {message}", retry_after=_retry_delay(response))
+            raise ApiUnavailable(message, retry_after=_retry_delay(response))
         if status in (401, 403):
             outcome = Outcome.PERMISSION_DENIED
         elif status == 404:
@@ -356,15 +357,14 @@ class OperationsClient:
         elif 400 <= status < 500:
             outcome = Outcome.REJECTED
         else:
-            raise ApiUnavailable(f"HTTP {status}: {message}")
-        raise ApiRejected(outcome.value, f"HTTP {status}: {message}", status=status)
+            raise ApiUnavailable(message)
+        raise ApiRejected(outcome.value, message, status=status)
 
 
 def json_object(response: httpx.Response) -> dict[str, Any] | None:
     try:
-        body = response.json()
-    except (ValueError, RecursionError):
-        # RecursionError: a deeply nested body from a misbehaving endpoint or proxy.
+        body = read_json(response.content)
+    except JsonUnreadable:
         return None
     return body if isinstance(body, dict) else None
 
@@ -380,10 +380,15 @@ def _rpc_status(response: httpx.Response) -> str | None:
     return status if isinstance(status, str) else None
 
 
-def _error_message(response: httpx.Response) -> str:
+def error_summary(response: httpx.Response) -> str:
+    """A Google error answer in a few words: HTTP status, RPC status and message, escaped and bounded.
+
+    Never the raw body: a proxy's or load balancer's page can quote anything, the request included.
+    """
     error = _error(response)
-    parts = [str(error[k])[:300] for k in ("status", "message") if isinstance(error.get(k), str)]
-    return ": ".join(parts) if parts else (response.reason_phrase or "no error body")
+    parts = [error[k] for k in ("status", "message") if isinstance(error.get(k), str)]
+    said = ": ".join(parts) if parts else (response.reason_phrase or "no error body")
+    return escape_text(f"HTTP {response.status_code}: {said}")
 
 
 def _retry_delay(response: httpx.Response) -> float | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ._clock import format_time
 from ._model import CheckRequest, Outcome, Result, Source, SourceKind
+from ._names import escape_text
 from ._requests import CHECK_KIND, CHECK_KIND_ATTRIBUTE
 from ._settings import PollingPolicy
 
@@ -29,7 +30,7 @@ def operation_error(operation: dict[str, Any]) -> str | None:
     error = operation.get("error")
     if not isinstance(error, dict):
         return None
-    return f"rpc code {error.get('code')}: {str(error.get('message', ''))[:300]}"
+    return escape_text(f"rpc code {error.get('code')}: {error.get('message', '')}")
 
 
 def next_due(policy: PollingPolicy, attempt: int, *, now: float, deadline_at: float) -> float:
@@ -41,9 +42,11 @@ def payload_hash(identity: str) -> str:
     return hashlib.sha256(identity.encode("utf-8")).hexdigest()
 
 
-def event_id(idempotency_key: str, operation: str) -> str:
-    """Deterministic per key and operation, so a republished result is dropped by consumers."""
-    return hashlib.sha256(f"{idempotency_key}\n{operation}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+def event_id(idempotency_key: str, operation: str, outcome: str) -> str:
+    """Deterministic per key, operation and outcome: a republished result is dropped by consumers, and
+    no other result (a REJECTED one for the same operation, say) ever shares its id."""
+    identity = json.dumps([idempotency_key, operation, outcome], ensure_ascii=True)
+    return hashlib.sha256(identity.encode("ascii")).hexdigest()[:32]
 
 
 def result_to_json(result: Result) -> dict[str, Any]:
@@ -67,7 +70,7 @@ def result_message(stored: dict[str, Any], *, project: str | None) -> tuple[byte
     """A result as a binary-mode CloudEvent over Pub/Sub, from its stored JSON form."""
     attributes = {
         "ce-specversion": "1.0",
-        "ce-id": event_id(stored["idempotency_key"], stored["operation"]),
+        "ce-id": event_id(stored["idempotency_key"], stored["operation"], stored["outcome"]),
         "ce-source": f"//opcancel/projects/{project or '-'}",
         "ce-type": RESULT_EVENT_TYPE,
         "ce-time": stored["finished_at"],
@@ -76,7 +79,9 @@ def result_message(stored: dict[str, Any], *, project: str | None) -> tuple[byte
         "outcome": stored["outcome"],
         "operation": stored["operation"][:256],
     }
-    data = json.dumps(stored, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    # ASCII JSON: echoed fields are escaped already, and an Operation's own text (``final_operation``)
+    # may hold a lone surrogate that no UTF-8 encoder would take.
+    data = json.dumps(stored, separators=(",", ":")).encode("ascii")
     return data, attributes
 
 

@@ -19,11 +19,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import RequestEntityTooLarge, ServiceUnavailable
 
 from ._app import build_service
+from ._json import JsonUnreadable, read_json
 from ._log import Logger, traced
 from ._model import InboundMessage, SourceKind
+from ._names import escape_text
 from ._requests import MAX_BODY_BYTES
 from ._service import ItemStatus, Opcancel, Report
 from ._settings import Settings
@@ -80,7 +82,7 @@ class Runtime:
             # Not a known failure mode: let Pub/Sub redeliver (and, past the attempt limit,
             # dead-letter) rather than acknowledge work that may not be done.
             self._log.error(
-                f"unexpected failure: {type(bug).__name__}: {bug}",
+                f"unexpected failure: {type(bug).__name__}: {escape_text(str(bug))}",
                 event="unexpected_error",
                 message_id=message.message_id,
             )
@@ -109,10 +111,17 @@ class Runtime:
     def _on_http(self, request: Any) -> tuple[str, int, dict[str, str]]:
         if request.method != "POST":
             return _answer(405, {"error": "only POST is accepted"}, {"Allow": "POST"})
-        if (request.content_length or 0) > MAX_BODY_BYTES:
+        # One limit however the body is framed: werkzeug refuses a Content-Length over the maximum, and
+        # stops reading a chunked body (which gunicorn de-chunks) at it; one byte more tells "over" apart.
+        request.max_content_length = MAX_BODY_BYTES + 1
+        try:
+            data = request.get_data(cache=True)
+        except RequestEntityTooLarge:
+            data = None
+        if data is None or len(data) > MAX_BODY_BYTES:
             return _answer(413, {"error": f"body is larger than {MAX_BODY_BYTES} bytes"})
         try:
-            message = self._http_message(request)
+            message = self._http_message(request, data)
         except UnusableEvent as problem:
             return _answer(400, {"error": str(problem)})
         except _UnsupportedMediaType as problem:
@@ -133,25 +142,17 @@ class Runtime:
             return _answer(503, body, {"Retry-After": retry_after})
         return _answer(202, body)
 
-    def _http_message(self, request: Any) -> InboundMessage:
-        data = request.get_data(cache=True)
+    def _http_message(self, request: Any, data: bytes) -> InboundMessage:
         if not data.strip():
             raise UnusableEvent("body is empty")
         media_type = (request.mimetype or "").lower()
         if "ce-specversion" in request.headers or media_type == "application/cloudevents+json":
-            from cloudevents.exceptions import GenericException
-            from cloudevents.http import from_http
-
-            try:
-                event = from_http(dict(request.headers), data)
-            except GenericException as problem:
-                raise UnusableEvent(f"malformed CloudEvent: {problem}") from None
-            return message_from_cloud_event(event)
+            return message_from_cloud_event(_cloud_event(request.headers, media_type, data))
         if media_type in _JSON_TYPES:
             try:
-                body = json.loads(data)
-            except ValueError:
-                raise UnusableEvent("body is not valid JSON") from None
+                body = read_json(data)
+            except JsonUnreadable as problem:
+                raise UnusableEvent(f"body is {problem}") from None
             if isinstance(body, dict) and isinstance(body.get("message"), dict) and "subscription" in body:
                 return _pubsub_message(body["message"])
             if isinstance(body, dict) and isinstance(body.get("context"), dict):
@@ -159,30 +160,60 @@ class Runtime:
             return InboundMessage(data=data, kind=SourceKind.HTTP)
         if media_type in ("text/plain", ""):
             return InboundMessage(data=data, kind=SourceKind.HTTP)
-        raise _UnsupportedMediaType(f"content type {media_type!r} is not application/json, text/plain or a CloudEvent")
+        raise _UnsupportedMediaType(
+            f"content type '{escape_text(media_type, 64)}' is not application/json, text/plain or a CloudEvent"
+        )
 
 
 class _UnsupportedMediaType(Exception):
     pass
 
 
+def _cloud_event(headers: Any, media_type: str, data: bytes) -> Any:
+    """A CloudEvent from an HTTP request, its JSON read by opcancel's own reader in either mode.
+
+    Structured mode is read here and handed over as a dict; in binary mode the data stays bytes,
+    so the cloudevents library parses no JSON of its own (its parser recurses without a bound).
+    """
+    from cloudevents.exceptions import GenericException
+    from cloudevents.http import from_dict, from_http
+
+    try:
+        if media_type == "application/cloudevents+json":
+            try:
+                envelope = read_json(data)
+            except JsonUnreadable as problem:
+                raise UnusableEvent(f"structured CloudEvent is {problem}") from None
+            if not isinstance(envelope, dict):
+                raise UnusableEvent("structured CloudEvent is not a JSON object")
+            return from_dict(envelope)
+        return from_http(dict(headers), data, data_unmarshaller=lambda body: body)
+    except GenericException as problem:
+        raise UnusableEvent(f"malformed CloudEvent: {escape_text(str(problem))}") from None
+
+
 def message_from_cloud_event(event: Any) -> InboundMessage:
     """A Pub/Sub messagePublished event unwraps to its message; any other event's data is the request."""
+    data = event.data
     if event["type"] == PUBSUB_MESSAGE_PUBLISHED:
-        data = event.data
+        if isinstance(data, (bytes, bytearray)):
+            try:
+                data = read_json(bytes(data))
+            except JsonUnreadable as problem:
+                raise UnusableEvent(f"messagePublished data is {problem}") from None
         if not isinstance(data, Mapping) or not isinstance(data.get("message"), Mapping):
             raise UnusableEvent("messagePublished event without a message")
         return _pubsub_message(data["message"])
-    data = event.data
     if isinstance(data, (bytes, bytearray)):
         payload = bytes(data)
     elif isinstance(data, str):
+        # Kept as sent, surrogates and all: the parser refuses what is not UTF-8.
         payload = data.encode("utf-8", "surrogatepass")
     elif data is None:
-        raise UnusableEvent(f"{event['type']} event has no data")
+        raise UnusableEvent(f"{escape_text(str(event['type']))} event has no data")
     else:
         payload = json.dumps(data).encode("utf-8")
-    return InboundMessage(data=payload, message_id=str(event["id"]), kind=SourceKind.HTTP)
+    return InboundMessage(data=payload, message_id=_echoed_id(event["id"]), kind=SourceKind.HTTP)
 
 
 def _pubsub_message(message: Mapping[str, Any]) -> InboundMessage:
@@ -202,9 +233,14 @@ def _pubsub_message(message: Mapping[str, Any]) -> InboundMessage:
     return InboundMessage(
         data=data,
         attributes=dict(attributes),
-        message_id=str(message_id) if message_id is not None else None,
+        message_id=_echoed_id(message_id) if message_id is not None else None,
         kind=SourceKind.PUBSUB,
     )
+
+
+def _echoed_id(value: Any) -> str:
+    """A sender's message or event id, escaped and bounded once, here, before anything echoes it."""
+    return escape_text(str(value))
 
 
 def _legacy_message(body: Mapping[str, Any]) -> InboundMessage:
@@ -218,10 +254,11 @@ def _legacy_message(body: Mapping[str, Any]) -> InboundMessage:
 
 def _retry_summary(report: Report) -> str:
     retried = [item for item in report.items if item.status is ItemStatus.RETRY]
-    return f"{len(retried)} of {len(report.items)} items hit transient trouble: {retried[0].detail}"
+    return f"{len(retried)} of {len(report.items)} items hit transient trouble ({retried[0].detail})"
 
 
 def _answer(
     status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None
 ) -> tuple[str, int, dict[str, str]]:
-    return json.dumps(body, ensure_ascii=False), status, {"Content-Type": "application/json", **(headers or {})}
+    # ASCII: whatever an item carries, the answer encodes.
+    return json.dumps(body), status, {"Content-Type": "application/json", **(headers or {})}

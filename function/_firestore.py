@@ -26,15 +26,16 @@ from typing import Any
 
 import httpx
 
-from ._api import Authenticator
+from ._api import Authenticator, error_summary
 from ._clock import format_time
 from ._store import IdempotencyStore, Record
+from .errors import StoreUnavailable
 
 DEFAULT_COLLECTION = "opcancel-idempotency"
 _REMEMBERED_VERSIONS = 4096
 
 
-class FirestoreError(Exception):
+class FirestoreError(StoreUnavailable):
     """Firestore answered with something other than success or a failed precondition."""
 
 
@@ -161,7 +162,7 @@ class FirestoreStore(IdempotencyStore):
     @staticmethod
     def _expect_success(response: httpx.Response) -> None:
         if not 200 <= response.status_code < 300:
-            raise FirestoreError(f"Firestore answered HTTP {response.status_code}: {response.text[:300]}")
+            raise FirestoreError(f"Firestore answered {error_summary(response)}")
 
 
 def _document_id(key: str) -> str:

@@ -4,6 +4,8 @@ Cloud Logging lifts ``severity`` and ``message`` out of each line and keeps the
 other fields in ``jsonPayload``, so ``jsonPayload.outcome="CANCELLED"`` or
 ``jsonPayload.idempotency_key=...`` work as log queries. Callers pass only
 values opcancel produced or escaped; credentials never reach a logger.
+Lines are written as ASCII JSON (anything else as a JSON escape), so a line can be
+written to any stdout, whatever its encoding, and never splits on U+2028.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Logger:
         trace = _TRACE.get()
         if trace is not None:
             entry[TRACE_FIELD] = trace
-        line = json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":"))
+        line = json.dumps(entry, default=str, separators=(",", ":"))
         # Resolved per call so a test runner's stdout capture sees the line.
         stream = self._stream or sys.stdout
         with self._lock:

@@ -30,7 +30,8 @@ REGIONAL_VERSION = "v2"
 SCC = "securitycenter"
 SERVICE = f"{SCC}.googleapis.com"
 MAX_NAME_LENGTH = 512
-MAX_OFFENDING_LENGTH = 256
+#: Every field opcancel echoes from a message (offending text, reason, ids) is at most this long.
+MAX_ECHO_LENGTH = 256
 MAX_LOCATION_LENGTH = 40
 _LOCATION_PLACEHOLDER = "{location}"
 
@@ -528,17 +529,27 @@ def check_known_version(value: object, services: ServiceRegistry = REGISTRY) -> 
     return str(value)
 
 
-def escape_text(text: str, limit: int = MAX_OFFENDING_LENGTH) -> str:
-    """Make untrusted text safe to log and to echo: control and format characters escaped, bounded."""
+def escape_text(text: str, limit: int | None = MAX_ECHO_LENGTH) -> str:
+    """Make untrusted text safe to log and to echo: bounded, and escaped so any Unicode can be written.
+
+    The one escaper of echoed fields. Non-printable characters (controls, lone surrogates, U+2028/2029,
+    bidi and other format characters) become Python escapes and a backslash is doubled, so the escaping
+    is unambiguous (``a\\x01`` and ``a\\\\x01`` stay apart) and the result encodes as UTF-8. Past ``limit``
+    characters the text is cut and ends in "…"; ``None`` keeps it whole (for keys, which must not collide).
+    """
+    # Each character escapes to at least one, so nothing past the limit can be shown: the work stays bounded.
+    shown = text if limit is None else text[: limit + 1]
     pieces = []
-    for char in text:
-        # Not only control characters: format (bidi overrides), unassigned, private-use and
-        # separator characters can disguise text in a console, so everything non-printable goes.
-        if not char.isprintable():
+    for char in shown:
+        if char == "\\":
+            pieces.append("\\\\")
+        elif not char.isprintable():
+            # Format (bidi overrides), unassigned, private-use, surrogate and separator characters can
+            # disguise text in a console or break an encoder, so everything non-printable goes.
             pieces.append(char.encode("unicode_escape", "backslashreplace").decode("ascii"))
         else:
             pieces.append(char)
     escaped = "".join(pieces)
-    if len(escaped) > limit:
+    if limit is not None and len(escaped) > limit:
         return escaped[: limit - 1] + "…"
     return escaped

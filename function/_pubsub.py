@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ._api import Authenticator, json_object
+from ._api import Authenticator, error_summary, json_object
 from ._clock import Clock
 from ._http import Backoff
 from .errors import OpcancelError, PublishFailed
@@ -102,7 +102,7 @@ class PubSubPublisher:
                     if answer is None:
                         raise PublishFailed(f"publish to {topic} answered {response.status_code} without JSON")
                     return answer
-                failure = f"HTTP {response.status_code}: {response.text[:300]}"
+                failure = error_summary(response)
                 if response.status_code not in _RETRYABLE_STATUS:
                     raise PublishFailed(f"publish to {topic} failed: {failure}")
             delay = self._backoff.delay(attempt, elapsed_s=self._clock.now() - started)

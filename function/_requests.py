@@ -4,6 +4,13 @@ A message yields a ``Parsed``: requests to act on, rejections that earn a
 REJECTED result, and, when the message as a whole is unusable (not text, not
 JSON, an oversized batch, a closed incident), an ``ignored`` reason with
 nothing else, which the caller logs and acknowledges.
+
+Idempotency keys live in namespaces that never meet, each with a first segment
+no other can produce: a derived key is the operation's identity (an API host,
+which has a dot, then the relative name); ``incident/`` keys add the incident id,
+escaped unambiguously; ``explicit/`` holds a sender's own keys; ``rejected/``
+holds REJECTED results, hashed from the whole request, so a rejection never
+binds the key a valid request for the same operation would use.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._clock import parse_time
+from ._json import JsonUnreadable, read_json
 from ._model import CancelRequest, CheckRequest, InboundMessage, Rejection, Source, SourceKind
 from ._names import (
     GLOBAL,
+    MAX_ECHO_LENGTH,
     REGISTRY,
     SERVICE,
     OperationRef,
@@ -39,7 +48,11 @@ from .errors import InvalidRequest
 MAX_BATCH = 100
 MAX_BODY_BYTES = 1024 * 1024
 MAX_KEY_LENGTH = 256
-MAX_REASON_LENGTH = 1024
+#: Keys opcancel builds (a namespace, an escaped incident id, an identity) are longer than a sender's.
+MAX_STORED_KEY_LENGTH = 4096
+EXPLICIT_KEYS = "explicit/"
+INCIDENT_KEYS = "incident/"
+REJECTED_KEYS = "rejected/"
 CHECK_KIND_ATTRIBUTE = "opcancel_kind"
 CHECK_KIND = "check"
 #: Cloud Logging's trace resource name; the id is 32 lowercase hex digits (W3C trace context).
@@ -155,10 +168,17 @@ class _MessageParser:
             entries, body_defaults, incident_id = self._text_entries(stripped), None, None
         # Set before any rejection, so an alert's rejections name their incident too.
         if incident_id is not None:
-            self._source = Source(SourceKind.ALERT, message_id=self._message.message_id, incident_id=incident_id)
+            self._source = Source(
+                SourceKind.ALERT, message_id=self._message.message_id, incident_id=escape_text(incident_id)
+            )
         if attribute_defaults is None:
             for entry in entries:
-                self._reject(_offending_text(entry), f"attribute {attribute_problem}", explicit_key=None, defaults=None)
+                self._reject(
+                    _offending_text(entry),
+                    f"attribute {attribute_problem}",
+                    context=(self._message.attributes.get("idempotency_key"), incident_id),
+                    defaults=None,
+                )
             return self._parsed
         defaults = _merge(attribute_defaults, body_defaults)
         many = len(entries) > 1
@@ -199,9 +219,9 @@ class _MessageParser:
 
     def _json_entries(self, text: str) -> tuple[list[Any], _Defaults | None, str | None]:
         try:
-            body = json.loads(text, parse_constant=_refuse_constant)
-        except (ValueError, RecursionError) as problem:
-            raise _Ignored(f"body is not valid JSON: {escape_text(str(problem), 120)}", unreadable=True) from None
+            body = read_json(text)
+        except JsonUnreadable as problem:
+            raise _Ignored(f"body is {problem}", unreadable=True) from None
         if not isinstance(body, dict):
             raise _Ignored("a JSON body must be an object")
         if "incident" in body:
@@ -215,7 +235,7 @@ class _MessageParser:
     def _batch_entries(self, body: dict[str, Any]) -> tuple[list[Any], _Defaults | None, None]:
         unknown = sorted(set(body) - _BATCH_FIELDS)
         if unknown:
-            raise _Ignored(f"batch has unknown field {escape_text(unknown[0], 64)!r}")
+            raise _Ignored(f"batch has unknown field '{escape_text(unknown[0], 64)}'")
         operations = body["operations"]
         if not isinstance(operations, list) or not operations:
             raise _Ignored("'operations' must be a non-empty list")
@@ -233,22 +253,22 @@ class _MessageParser:
             raise _Ignored("'incident' must be an object")
         state = incident.get("state")
         if state != "open":
-            raise _Ignored(f"incident state is {escape_text(str(state), 32)!r}; only open incidents act", routine=True)
+            raise _Ignored(f"incident state is '{escape_text(str(state), 32)}'; only open incidents act", routine=True)
         incident_id = incident.get("incident_id")
-        if not isinstance(incident_id, str) or not incident_id.strip() or len(incident_id) > MAX_KEY_LENGTH:
+        if not isinstance(incident_id, str) or not incident_id.strip() or len(incident_id) > MAX_ECHO_LENGTH:
             raise _Ignored("open incident has no usable incident_id")
         names = list(dict.fromkeys(_names_in_incident(incident)))
         if not names:
             raise _Ignored("open incident names no operation in its documentation or labels", routine=True)
         if len(names) > MAX_BATCH:
             raise _Ignored(f"incident names {len(names)} operations; the limit is {MAX_BATCH}")
-        return names, None, escape_text(incident_id.strip())
+        return names, None, incident_id
 
     def _known_version(self, value: Any) -> str:
         return check_known_version(value, self._services)
 
     def _entry(self, entry: Any, defaults: _Defaults, *, many: bool, incident_id: str | None) -> None:
-        explicit_key: str | None = None
+        item_key: str | None = None
         item: _Defaults | None = None
         name: ParsedName | None = None
         try:
@@ -261,10 +281,10 @@ class _MessageParser:
                 text = entry["operation"]
                 if not isinstance(text, str):
                     raise InvalidRequest("'operation' must be a string")
+                item_key = entry.get("idempotency_key") if isinstance(entry.get("idempotency_key"), str) else None
                 item = _object_defaults(entry, self._known_version)
-                explicit_key = item.idempotency_key
                 if unknown:
-                    raise InvalidRequest(f"unknown field {escape_text(unknown[0], 64)!r}")
+                    raise InvalidRequest(f"unknown field '{escape_text(unknown[0], 64)}'")
             else:
                 raise InvalidRequest("each operation must be a name or an object")
             name = parse_name(text, self._services)
@@ -274,7 +294,7 @@ class _MessageParser:
             self._reject(
                 _offending_text(entry),
                 str(problem),
-                explicit_key=explicit_key,
+                context=(item_key, defaults.idempotency_key, incident_id),
                 defaults=defaults,
                 location=(item.location if item is not None else None) if scc else name.location,
                 api_version=item.api_version if item is not None else None,
@@ -287,7 +307,7 @@ class _MessageParser:
             self._reject(
                 ref.name,
                 f"{parent} is not in OPCANCEL_ALLOWED_PARENTS",
-                explicit_key=request.idempotency_key,
+                context=(request.idempotency_key,),
                 defaults=defaults,
                 location=ref.location,
                 api_version=ref.api_version,
@@ -316,11 +336,12 @@ class _MessageParser:
         version = _pick("api_version", name.api_version, item.api_version, defaults.api_version, fallback)
         ref = OperationRef(name.name, location, _field("api_version", service.check_version, version), service)
         if item.idempotency_key is not None:
-            key = item.idempotency_key
+            key = EXPLICIT_KEYS + item.idempotency_key
         elif defaults.idempotency_key is not None:
-            key = f"{defaults.idempotency_key}/{ref.identity}" if many else defaults.idempotency_key
+            key = EXPLICIT_KEYS + (f"{defaults.idempotency_key}/{ref.identity}" if many else defaults.idempotency_key)
         elif incident_id is not None:
-            key = f"incident/{incident_id}/{ref.identity}"
+            # Escaped whole and unambiguously (a backslash doubled), so no two incident ids share a key.
+            key = f"{INCIDENT_KEYS}{escape_text(incident_id, None)}/{ref.identity}"
         else:
             key = ref.identity
         return CancelRequest(
@@ -336,17 +357,19 @@ class _MessageParser:
         offending: str,
         error: str,
         *,
-        explicit_key: str | None,
+        context: tuple[str | None, ...],
         defaults: _Defaults | None,
         location: str | None = None,
         api_version: str | None = None,
         service: str | None = None,
     ) -> None:
-        escaped = escape_text(offending)
-        key = explicit_key or "rejected/" + hashlib.sha256(offending.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        """``context`` is what sets this request apart from another naming the same text (its keys, its
+        incident); the rejection is keyed by a hash of both, in a namespace no valid request uses."""
+        whole = json.dumps([*context, offending], ensure_ascii=True).encode("ascii")
+        key = REJECTED_KEYS + hashlib.sha256(whole).hexdigest()[:40]
         self._parsed.rejections.append(
             Rejection(
-                offending=escaped,
+                offending=escape_text(offending),
                 error=error,
                 idempotency_key=key,
                 source=self._source,
@@ -363,9 +386,9 @@ def parse_check(message: InboundMessage, services: ServiceRegistry = REGISTRY) -
     if len(message.data) > MAX_BODY_BYTES:
         raise InvalidRequest(f"body is {len(message.data)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
-        body = json.loads(message.data.decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidRequest("check message is not JSON") from None
+        body = read_json(message.data)
+    except JsonUnreadable as problem:
+        raise InvalidRequest(f"check message is {problem}") from None
     if not isinstance(body, dict) or set(body) - {"trace", _CHECK_SERVICE_FIELD} != _CHECK_FIELDS:
         raise InvalidRequest("check message does not have exactly the check fields")
     trace = body.get("trace")
@@ -381,7 +404,7 @@ def parse_check(message: InboundMessage, services: ServiceRegistry = REGISTRY) -
         raise InvalidRequest("check times must be RFC 3339 UTC timestamps") from None
     return CheckRequest(
         ref=ref,
-        idempotency_key=_check_key(body["idempotency_key"]),
+        idempotency_key=_check_stored_key(body["idempotency_key"]),
         attempt=attempt,
         due_at=due_at,
         deadline_at=deadline_at,
@@ -419,7 +442,8 @@ def _parse_source(value: Any) -> Source:
     extras = {}
     for name in ("message_id", "incident_id"):
         if name in value:
-            if not isinstance(value[name], str) or len(value[name]) > MAX_KEY_LENGTH:
+            # Escaped and bounded when the request arrived: anything else was not written by opcancel.
+            if not isinstance(value[name], str) or len(value[name]) > MAX_ECHO_LENGTH or not value[name].isprintable():
                 raise InvalidRequest(f"check source {name} is malformed")
             extras[name] = value[name]
     return Source(kind, **extras)
@@ -469,18 +493,24 @@ def _field(name: str, check: Any, value: Any) -> Any:
         raise InvalidRequest(f"{name}: {problem}") from None
 
 
-def _check_key(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
-        raise InvalidRequest(f"must be a string of 1-{MAX_KEY_LENGTH} characters")
-    if value != escape_text(value, MAX_KEY_LENGTH + 1) or value != value.strip():
+def _check_key(value: Any, limit: int = MAX_KEY_LENGTH) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise InvalidRequest(f"must be a string of 1-{limit} characters")
+    if not value.isprintable() or value != value.strip():
         raise InvalidRequest("must not contain control characters or surrounding whitespace")
     return value
 
 
+def _check_stored_key(value: Any) -> str:
+    """A key opcancel built and wrote into a check: any namespace's, longer than a sender may send."""
+    return _check_key(value, MAX_STORED_KEY_LENGTH)
+
+
 def _check_reason(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > MAX_REASON_LENGTH:
-        raise InvalidRequest(f"must be a string of at most {MAX_REASON_LENGTH} characters")
-    return value
+    """Any text: it is only echoed, so it is escaped and bounded here, once, rather than refused."""
+    if not isinstance(value, str):
+        raise InvalidRequest("must be a string")
+    return escape_text(value)
 
 
 def _check_deadline(value: Any) -> float:
@@ -515,8 +545,4 @@ def _offending_text(entry: Any) -> str:
         return entry
     if isinstance(entry, dict) and isinstance(entry.get("operation"), str):
         return entry["operation"]
-    return json.dumps(entry, ensure_ascii=False, default=str)[:1024]
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    return json.dumps(entry, ensure_ascii=False, default=str)

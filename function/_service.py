@@ -125,8 +125,9 @@ class Opcancel:
                 idempotency_key=key,
                 retry_after_s=trouble.retry_after,
             )
+            # The caller sees only the kind of trouble; what failed, in detail, is in the log line above.
             return ItemReport(
-                operation or "", ItemStatus.RETRY, key, detail=str(trouble), retry_after=trouble.retry_after
+                operation or "", ItemStatus.RETRY, key, detail=trouble.reason, retry_after=trouble.retry_after
             )
         except StaleFence as fenced:
             self._log.warning(
@@ -136,7 +137,7 @@ class Opcancel:
                 operation=operation,
                 idempotency_key=key,
             )
-            return ItemReport(operation or "", ItemStatus.RETRY, key, detail=str(fenced))
+            return ItemReport(operation or "", ItemStatus.RETRY, key, detail=fenced.reason)
 
     # Requests
 

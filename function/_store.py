@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._names import escape_text
 from .errors import KeyBusy, StaleFence, StoreUnavailable
 
 
@@ -215,16 +216,16 @@ class IdempotencyStore(abc.ABC):
                 failure = problem
                 continue
             return failure is not None and self._guard(self._load, intended.key) == intended
-        raise StoreUnavailable(f"idempotency store failed: {type(failure).__name__}: {failure}") from failure
+        raise _store_failure(failure) from failure
 
     @staticmethod
     def _guard(operation: Any, *args: Any) -> Any:
         try:
             return operation(*args)
-        except (StaleFence, KeyBusy, StoreUnavailable):
+        except (StaleFence, KeyBusy):
             raise
         except Exception as problem:
-            raise StoreUnavailable(f"idempotency store failed: {type(problem).__name__}: {problem}") from problem
+            raise _store_failure(problem) from problem
 
     @abc.abstractmethod
     def _load(self, key: str) -> Record | None: ...
@@ -240,6 +241,18 @@ class IdempotencyStore(abc.ABC):
     @abc.abstractmethod
     def _delete_if_version(self, key: str, expected_version: int) -> bool:
         """Delete only if the stored version is ``expected_version``; True if deleted."""
+
+
+def _store_failure(problem: Exception | None) -> StoreUnavailable:
+    """What failed, in words that are safe to log and answer with.
+
+    A backend's own ``StoreUnavailable`` says what it wants said (a status, a summary); any other
+    exception is named by its type alone, because its text can hold what the store call carried
+    (an HTTP client's refusal quotes the header value it refused, the bearer token included).
+    """
+    if isinstance(problem, StoreUnavailable):
+        return StoreUnavailable(f"idempotency store failed: {problem}")
+    return StoreUnavailable(f"idempotency store failed: {type(problem).__name__}")
 
 
 class MemoryStore(IdempotencyStore):
@@ -322,9 +335,13 @@ class SqliteStore(IdempotencyStore):
                 self._connection = self._connect()
                 self._owner_pid = os.getpid()
             assert self._connection is not None
-            cursor = self._connection.execute(statement, parameters)
-            # Fetched under the lock: the connection is shared by the process's threads.
-            return cursor.rowcount, cursor.fetchall()
+            try:
+                cursor = self._connection.execute(statement, parameters)
+                # Fetched under the lock: the connection is shared by the process's threads.
+                return cursor.rowcount, cursor.fetchall()
+            except sqlite3.Error as problem:
+                # SQLite's own words ("database is locked") name the trouble and carry no request data.
+                raise StoreUnavailable(f"SQLite: {escape_text(str(problem))}") from problem
 
     def _load(self, key: str) -> Record | None:
         _, rows = self._execute("SELECT body FROM records WHERE key = ?", (key,))

@@ -119,7 +119,9 @@ class Rig:
         self.clock = clock or FakeClock()
         self.simulator = simulator or Simulator()
         self.publisher = MemoryPublisher()
-        self.stream = io.StringIO()
+        # A real UTF-8 byte stream, strict as a UTF-8 stdout is: a StringIO would take text no stdout can write.
+        self.raw_log = io.BytesIO()
+        self.stream = io.TextIOWrapper(self.raw_log, encoding="utf-8", errors="strict", write_through=True)
         self.log = Logger(self.stream)
         self.settings = settings or Settings(project="test-project", polling=TEST_POLICY, store="memory")
         self.store = store or MemoryStore(lease_s=self.settings.lease_s, ttl_s=self.settings.record_ttl_s)
@@ -160,7 +162,7 @@ class Rig:
         raise AssertionError("check chain did not end")
 
     def logs(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+        return [json.loads(line) for line in self.raw_log.getvalue().decode("utf-8").splitlines()]
 
 
 def open_store(spec: dict[str, Any], *, lease_s: float = 60.0, ttl_s: float = 8 * 24 * 3600.0):

@@ -71,7 +71,7 @@ def test_a_bare_name_published_as_gcloud_does_gives_one_cancelled_result(stack):
     key = f"securitycenter.googleapis.com/{name}"
     attributes, data = result["attributes"], result["data"]
     assert attributes["ce-specversion"] == "1.0"
-    assert attributes["ce-id"] == event_id(key, name)
+    assert attributes["ce-id"] == event_id(key, name, "CANCELLED")
     assert attributes["ce-source"] == "//opcancel/projects/opcancel-local"
     assert attributes["ce-type"] == RESULT_EVENT_TYPE
     assert attributes["ce-time"] == data["finished_at"]
@@ -147,8 +147,8 @@ def test_a_json_batch_with_a_message_key_reports_each_item(stack):
         (result,) = messages_for(stack, name, settle_s=settle_s)
         outcomes[name] = (result["data"]["outcome"], result["data"]["idempotency_key"], result["data"]["location"])
     assert outcomes == {
-        names[0]: ("CANCELLED", f"batch-e2e/securitycenter.googleapis.com/{names[0]}", "global"),
-        names[1]: ("NOT_FOUND", f"batch-e2e/securitycenter.eu.rep.googleapis.com/{names[1]}", "eu"),
+        names[0]: ("CANCELLED", f"explicit/batch-e2e/securitycenter.googleapis.com/{names[0]}", "global"),
+        names[1]: ("NOT_FOUND", f"explicit/batch-e2e/securitycenter.eu.rep.googleapis.com/{names[1]}", "eu"),
     }
 
 

@@ -88,7 +88,7 @@ def test_the_eventarc_sample_cancels_with_its_attribute_key(on_event):
     (result,) = rig.publisher.results()
     assert result["outcome"] == "CANCELLED"
     assert result["operation"] == "organizations/123456789/operations/abc"
-    assert result["idempotency_key"] == "k1"
+    assert result["idempotency_key"] == "explicit/k1"
     assert result["source"] == {"kind": "pubsub", "message_id": "2070443601311540"}
 
 

@@ -10,7 +10,7 @@ from function import OperationRef, parse_name
 from function._names import (
     GLOBAL,
     LOCATIONS,
-    MAX_OFFENDING_LENGTH,
+    MAX_ECHO_LENGTH,
     SERVICE,
     VERSIONS,
     ParsedName,
@@ -473,10 +473,21 @@ def test_escape_text_leaves_ordinary_text_alone():
         ("\u200b", "\\u200b"),
         ("\ufeff", "\\ufeff"),
         ("\ud800", "\\ud800"),
+        ("\\", "\\\\"),
     ],
 )
 def test_escape_text_escapes_control_format_and_separator_characters(raw, escaped):
     assert escape_text(raw) == escaped
+
+
+def test_escape_text_is_unambiguous_so_escaped_text_never_collides():
+    assert escape_text("a\x01") != escape_text("a\\x01")
+    assert escape_text("a\x01", None) == "a\\x01"
+    assert escape_text("a\\x01", None) == "a\\\\x01"
+
+
+def test_escape_text_with_no_limit_keeps_the_whole_text():
+    assert escape_text("k" * 5000, None) == "k" * 5000
 
 
 def test_escape_text_output_has_no_control_characters_left():
@@ -487,7 +498,7 @@ def test_escape_text_output_has_no_control_characters_left():
 
 
 def test_escape_text_is_bounded_to_256_by_default():
-    assert MAX_OFFENDING_LENGTH == 256
+    assert MAX_ECHO_LENGTH == 256
     assert escape_text("a" * 256) == "a" * 256
     bounded = escape_text("a" * 257)
     assert len(bounded) == 256

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 
@@ -14,7 +13,16 @@ from function import InboundMessage, OperationRef, SourceKind
 from function._core import check_message
 from function._model import CheckRequest, Source
 from function._names import GLOBAL, LOCATIONS, REGISTRY, VERSIONS, Service
-from function._requests import MAX_BATCH, MAX_BODY_BYTES, Parsed, is_check, parse_check, parse_message
+from function._requests import (
+    EXPLICIT_KEYS,
+    MAX_BATCH,
+    MAX_BODY_BYTES,
+    REJECTED_KEYS,
+    Parsed,
+    is_check,
+    parse_check,
+    parse_message,
+)
 from function.errors import InvalidRequest
 from tests.support import DATA_DIR
 
@@ -76,8 +84,8 @@ def assert_ignored(parsed: Parsed, reason: str, *, unreadable: bool = False, rou
     assert parsed.routine is routine
 
 
-def rejection_key(offending: str) -> str:
-    return "rejected/" + hashlib.sha256(offending.encode("utf-8")).hexdigest()[:40]
+def explicit(key: str) -> str:
+    return EXPLICIT_KEYS + key
 
 
 def incident(name_: str) -> dict:
@@ -135,7 +143,7 @@ def test_a_bad_line_is_rejected_and_the_good_lines_still_act():
     (rejection,) = parsed.rejections
     assert rejection.offending == "organizations/1/operations/a%2Fb"
     assert "operation id must be 1-128 characters" in rejection.error
-    assert rejection.idempotency_key == rejection_key("organizations/1/operations/a%2Fb")
+    assert rejection.idempotency_key.startswith(REJECTED_KEYS)
     assert (rejection.location, rejection.api_version) == ("global", "v2")
     assert rejection.source == Source(SourceKind.PUBSUB, message_id="m-1")
 
@@ -143,7 +151,8 @@ def test_a_bad_line_is_rejected_and_the_good_lines_still_act():
 def test_a_rejection_key_is_deterministic_so_a_redelivery_reports_once():
     first = only_rejection(parse("not a name"))
     again = only_rejection(parse("not a name", message_id="m-2"))
-    assert first.idempotency_key == again.idempotency_key == rejection_key("not a name")
+    assert first.idempotency_key == again.idempotency_key
+    assert first.idempotency_key.startswith(REJECTED_KEYS)
 
 
 def test_rejected_text_is_escaped_and_bounded():
@@ -184,7 +193,7 @@ def test_a_json_object_with_every_field():
     }
     request = only_request(parse(body))
     assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "eu", "v2")
-    assert request.idempotency_key == "my-key"
+    assert request.idempotency_key == explicit("my-key")
     assert request.reason == "runaway discovery"
     assert request.deadline_s == 3600.0
     assert isinstance(request.deadline_s, float)
@@ -266,9 +275,11 @@ def test_unknown_fields_are_rejected_naming_the_field():
     assert rejection.offending == name("abc")
 
 
-def test_a_rejection_keeps_an_explicit_key():
+def test_a_rejection_never_binds_the_explicit_key_but_is_keyed_by_it():
     rejection = only_rejection(parse({"operation": name("abc"), "bogus": 1, "idempotency_key": "k-1"}))
-    assert rejection.idempotency_key == "k-1"
+    other = only_rejection(parse({"operation": name("abc"), "bogus": 1, "idempotency_key": "k-2"}))
+    assert rejection.idempotency_key.startswith(REJECTED_KEYS)
+    assert rejection.idempotency_key != other.idempotency_key
 
 
 def test_a_json_object_naming_nothing_is_set_aside():
@@ -353,21 +364,24 @@ def test_bad_idempotency_keys_are_rejected(key):
     rejection = only_rejection(parse({"operation": name("abc"), "idempotency_key": key}))
     assert rejection.error.startswith("idempotency_key: ")
     # A bad explicit key is never reused as the rejection's own key.
-    assert rejection.idempotency_key == rejection_key(name("abc"))
+    assert rejection.idempotency_key.startswith(REJECTED_KEYS)
 
 
 @pytest.mark.parametrize("key", ["k", "k" * 256, "has inner spaces", "a/b/c:d@e", "ключ-名前"])
-def test_good_idempotency_keys_are_used_verbatim(key):
-    assert only_request(parse({"operation": name("abc"), "idempotency_key": key})).idempotency_key == key
+def test_good_idempotency_keys_are_used_verbatim_in_their_own_namespace(key):
+    assert only_request(parse({"operation": name("abc"), "idempotency_key": key})).idempotency_key == explicit(key)
 
 
-@pytest.mark.parametrize("reason", ["r" * 1025, 5, None, ["why"]])
+@pytest.mark.parametrize("reason", [5, None, ["why"]])
 def test_bad_reasons_are_rejected(reason):
     assert only_rejection(parse({"operation": name("abc"), "reason": reason})).error.startswith("reason: ")
 
 
-def test_a_reason_of_1024_characters_is_accepted():
-    assert only_request(parse({"operation": name("abc"), "reason": "r" * 1024})).reason == "r" * 1024
+def test_a_reason_is_only_echoed_so_it_is_escaped_and_bounded_not_refused():
+    assert only_request(parse({"operation": name("abc"), "reason": "r" * 256})).reason == "r" * 256
+    assert only_request(parse({"operation": name("abc"), "reason": "r" * 5000})).reason == "r" * 255 + "…"
+    hostile = only_request(parse({"operation": name("abc"), "reason": "a\ud800\u2028\\"})).reason
+    assert hostile == "a\\ud800\\u2028\\\\"
 
 
 @pytest.mark.parametrize(
@@ -407,7 +421,7 @@ def test_every_form_of_one_operation_gets_one_default_key():
 
 def test_an_explicit_key_wins_over_the_attribute_and_the_default():
     body = {"operation": name("abc"), "idempotency_key": "body-key"}
-    assert only_request(parse(body, {"idempotency_key": "attr-key"})).idempotency_key == "body-key"
+    assert only_request(parse(body, {"idempotency_key": "attr-key"})).idempotency_key == explicit("body-key")
 
 
 # --- batches -----------------------------------------------------------------------------------
@@ -432,7 +446,7 @@ def test_a_batch_mixes_names_and_objects():
     )
     assert b.idempotency_key == identity("b", EU_HOST)
     assert c.ref == OperationRef(f"organizations/{ORG}/operations/c", "us", "v2")
-    assert d.idempotency_key == "own-key"
+    assert d.idempotency_key == explicit("own-key")
 
 
 def test_batch_level_fields_are_defaults_that_items_override():
@@ -456,7 +470,7 @@ def test_a_url_in_a_batch_is_not_contradicted_by_batch_defaults():
 def test_a_batch_level_key_is_combined_with_each_identity():
     body = {"operations": [name("a"), {"operation": name("b"), "location": "eu"}], "idempotency_key": "batch-7"}
     keys = [request.idempotency_key for request in parse(body).requests]
-    assert keys == [f"batch-7/{identity('a')}", f"batch-7/{identity('b', EU_HOST)}"]
+    assert keys == [explicit(f"batch-7/{identity('a')}"), explicit(f"batch-7/{identity('b', EU_HOST)}")]
 
 
 def test_a_bad_item_in_a_batch_is_rejected_and_the_rest_act():
@@ -508,14 +522,14 @@ def test_a_batch_with_a_bad_default_is_set_aside_whole():
 def test_attributes_apply_to_a_bare_name():
     request = only_request(parse(name("abc"), {"idempotency_key": "attr-key", "location": "eu", "api_version": "v2"}))
     assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "eu", "v2")
-    assert request.idempotency_key == "attr-key"
+    assert request.idempotency_key == explicit("attr-key")
 
 
 def test_the_body_overrides_attributes():
     body = {"operation": name("abc"), "location": "global", "api_version": "v1", "idempotency_key": "body-key"}
     request = only_request(parse(body, {"idempotency_key": "attr-key", "location": "eu", "api_version": "v2"}))
     assert request.ref == OperationRef(f"organizations/{ORG}/operations/abc", "global", "v1")
-    assert request.idempotency_key == "body-key"
+    assert request.idempotency_key == explicit("body-key")
 
 
 def test_a_url_overrides_attributes_without_contradiction():
@@ -535,23 +549,23 @@ def test_a_message_key_on_a_batch_is_combined_so_items_never_collide():
     body = {"operations": [name("a"), name("b"), {"operation": name("a"), "location": "eu"}, {"operation": name("c")}]}
     keys = [r.idempotency_key for r in parse(body, {"idempotency_key": "msg-key"}).requests]
     assert keys == [
-        f"msg-key/{identity('a')}",
-        f"msg-key/{identity('b')}",
-        f"msg-key/{identity('a', EU_HOST)}",
-        f"msg-key/{identity('c')}",
+        explicit(f"msg-key/{identity('a')}"),
+        explicit(f"msg-key/{identity('b')}"),
+        explicit(f"msg-key/{identity('a', EU_HOST)}"),
+        explicit(f"msg-key/{identity('c')}"),
     ]
     assert len(set(keys)) == 4
 
 
 def test_a_message_key_on_multi_line_text_is_combined_too():
     keys = [r.idempotency_key for r in parse(f"{name('a')}\n{name('b')}", {"idempotency_key": "k"}).requests]
-    assert keys == [f"k/{identity('a')}", f"k/{identity('b')}"]
+    assert keys == [explicit(f"k/{identity('a')}"), explicit(f"k/{identity('b')}")]
 
 
 def test_an_item_key_in_a_batch_wins_over_the_message_key():
     body = {"operations": [{"operation": name("a"), "idempotency_key": "own"}, name("b")]}
     keys = [r.idempotency_key for r in parse(body, {"idempotency_key": "msg"}).requests]
-    assert keys == ["own", f"msg/{identity('b')}"]
+    assert keys == [explicit("own"), explicit(f"msg/{identity('b')}")]
 
 
 def test_unrelated_attributes_are_ignored():
@@ -605,13 +619,15 @@ def test_the_allow_list_passes_listed_parents_and_rejects_the_rest():
     (rejection,) = parsed.rejections
     assert rejection.offending == name("b", "222")
     assert rejection.error == "organizations/222 is not in OPCANCEL_ALLOWED_PARENTS"
-    assert rejection.idempotency_key == identity("b", org="222")
+    # Never the key the request would have had: a widened allow-list takes effect at once.
+    assert rejection.idempotency_key.startswith(REJECTED_KEYS)
 
 
-def test_the_allow_list_rejection_keeps_the_request_location_version_and_key():
+def test_the_allow_list_rejection_keeps_the_request_location_and_version_not_its_key():
     url = f"https://{EU_HOST}/v2/{name('a', '222')}"
     rejection = only_rejection(parse({"operation": url, "idempotency_key": "k"}, allowed=("organizations/111",)))
-    assert (rejection.location, rejection.api_version, rejection.idempotency_key) == ("eu", "v2", "k")
+    assert (rejection.location, rejection.api_version) == ("eu", "v2")
+    assert rejection.idempotency_key.startswith(REJECTED_KEYS)
     assert rejection.offending == name("a", "222")
 
 
@@ -657,12 +673,17 @@ def test_a_json_array_is_set_aside(body):
 
 @pytest.mark.parametrize("depth", [10_000, 100_000])
 def test_deeply_nested_json_is_set_aside(depth):
-    assert_ignored(parse('{"operation":' + "[" * depth + "]" * depth + "}"), "body is not valid JSON", unreadable=True)
-    assert_ignored(parse('{"a":' * depth + "1" + "}" * depth), "body is not valid JSON", unreadable=True)
+    assert_ignored(parse('{"operation":' + "[" * depth + "]" * depth + "}"), "nested deeper than 64", unreadable=True)
+    assert_ignored(parse('{"a":' * depth + "1" + "}" * depth), "nested deeper than 64", unreadable=True)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    deep_text = "[" * 10_000 + '\\"{' * 100
+    assert "longer than 512" in only_rejection(parse({"operation": deep_text})).error
 
 
 def test_moderately_nested_json_items_are_rejected_not_raised():
-    nested = "[" * 500 + "]" * 500
+    nested = "[" * 60 + "]" * 60
     rejection = only_rejection(parse('{"operations": [' + nested + "]}"))
     assert rejection.error == "each operation must be a name or an object"
     assert len(rejection.offending) <= 256
@@ -797,7 +818,8 @@ def test_labels_composing_an_invalid_name_are_rejected():
 
 
 def test_a_message_key_wins_over_the_incident_default():
-    assert only_request(parse(incident("alert-incident-open.json"), {"idempotency_key": "k"})).idempotency_key == "k"
+    request = only_request(parse(incident("alert-incident-open.json"), {"idempotency_key": "k"}))
+    assert request.idempotency_key == explicit("k")
 
 
 def test_attribute_location_and_version_apply_to_incident_names():
@@ -962,8 +984,8 @@ _DROP = object()
         ({"deadline_at": 1790000000}, "RFC 3339 UTC"),
         ({"requested_at": None}, "RFC 3339 UTC"),
         ({"idempotency_key": "bad\nkey"}, "control characters"),
-        ({"idempotency_key": "k" * 257}, "1-256 characters"),
-        ({"idempotency_key": ""}, "1-256 characters"),
+        ({"idempotency_key": "k" * 4097}, "1-4096 characters"),
+        ({"idempotency_key": ""}, "1-4096 characters"),
         ({"source": "pubsub"}, "check source is malformed"),
         ({"source": {}}, "check source is malformed"),
         ({"source": {"kind": "pubsub", "extra": "x"}}, "check source is malformed"),
@@ -1152,9 +1174,9 @@ def test_a_batch_mixes_services_and_a_message_key_combines_with_each_identity():
     body = {"operations": [VERTEX_FULL, f"//dataproc.googleapis.com/{DATAPROC_NAME}", name("a")]}
     parsed = parse(body, {"idempotency_key": "ticket-7"})
     assert [request.idempotency_key for request in parsed.requests] == [
-        f"ticket-7/{VERTEX_FULL}",
-        f"ticket-7///dataproc.googleapis.com/{DATAPROC_NAME}",
-        f"ticket-7/{identity('a')}",
+        explicit(f"ticket-7/{VERTEX_FULL}"),
+        explicit(f"ticket-7///dataproc.googleapis.com/{DATAPROC_NAME}"),
+        explicit(f"ticket-7/{identity('a')}"),
     ]
     assert [request.ref.service_name for request in parsed.requests] == [
         "aiplatform.googleapis.com",

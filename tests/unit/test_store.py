@@ -172,8 +172,10 @@ def test_backend_failures_surface_as_store_unavailable():
         def _create(self, record):
             raise ConnectionError("store is down")
 
-    with pytest.raises(StoreUnavailable, match="store is down"):
+    with pytest.raises(StoreUnavailable, match="ConnectionError") as caught:
         BrokenStore(lease_s=LEASE, ttl_s=TTL).claim_request("k", "h", now=NOW)
+    # Named by type alone: a backend's exception text can quote what the call carried (a refused header).
+    assert "store is down" not in str(caught.value)
 
 
 def test_sqlite_records_survive_a_restart(tmp_path):
@@ -298,7 +300,7 @@ def test_a_lost_update_response_is_recovered_and_a_stale_writer_still_fenced(sto
 def test_a_store_that_keeps_failing_is_unavailable_after_bounded_attempts(store):
     store = LostResponses(store)
     store.lose = 3
-    with pytest.raises(StoreUnavailable, match="response lost"):
+    with pytest.raises(StoreUnavailable, match="TimeoutError"):
         store.claim_request("k", "h", now=NOW)
     # All three attempts were the same create; the first landed, so the key is held.
     with pytest.raises(KeyBusy):

@@ -1,0 +1,49 @@
+"""The one JSON reader for everything that arrives: request bodies, CloudEvents, checks and upstream answers.
+
+Python's ``json`` recurses once per nesting level, so a small body of brackets raises ``RecursionError``
+(or worse, near the interpreter's limit, fails somewhere else). Nesting is measured first, in one pass
+outside strings, and anything deeper than any message opcancel reads is refused with a clear reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from typing import Any
+
+#: Far deeper than any request, incident, CloudEvent or Operation opcancel reads.
+MAX_JSON_DEPTH = 64
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+class JsonUnreadable(ValueError):
+    """Not JSON opcancel reads: not UTF-8, malformed, a non-standard constant, or nested too deeply."""
+
+
+def read_json(data: bytes | str) -> Any:
+    """Parse ``data``, or raise ``JsonUnreadable`` with a reason that echoes nothing of it."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError:
+        raise JsonUnreadable("not UTF-8 text") from None
+    brackets = _BRACKET.findall(_STRING.sub("", text))
+    depth = max(itertools.accumulate(_STEP[bracket] for bracket in brackets), default=0)
+    if depth > MAX_JSON_DEPTH:
+        raise JsonUnreadable(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as problem:
+        # The decoder's own words name a line and column, never the text itself.
+        if isinstance(problem, json.JSONDecodeError):
+            raise JsonUnreadable(
+                f"not valid JSON: {problem.msg} at line {problem.lineno} column {problem.colno}"
+            ) from None
+        raise JsonUnreadable(f"not valid JSON: {problem}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
