@@ -105,6 +105,8 @@ class LocalStack:
             "OPCANCEL_RESULTS_TOPIC": TOPICS["results"],
             "OPCANCEL_CHECKS_TOPIC": TOPICS["checks"],
             "PYTHONUNBUFFERED": "1",
+            # The strictest stdout a UTF-8 locale gives: a log line no UTF-8 encoder takes fails here too.
+            "PYTHONIOENCODING": "utf-8:strict",
             **self._polling,
         }
         command = [

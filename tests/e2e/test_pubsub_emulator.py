@@ -176,7 +176,7 @@ def test_a_vertex_ai_regional_operation_is_cancelled_through_its_regional_host_w
     (result,) = messages_for(stack, name)
     attributes, data = result["attributes"], result["data"]
     assert (attributes["outcome"], attributes["operation"]) == ("CANCELLED", name)
-    assert attributes["ce-id"] == event_id(full, name)
+    assert attributes["ce-id"] == event_id(full, name, "CANCELLED")
     assert data["service"] == "aiplatform.googleapis.com"
     assert (data["location"], data["api_version"]) == ("us-central1", "v1")
     assert data["idempotency_key"] == full
@@ -216,3 +216,40 @@ def test_an_unregistered_service_is_rejected_with_no_call(stack):
     assert "service compute.googleapis.com is not in the registry" in result["data"]["error"]
     assert result["data"]["service"] is None
     assert len(stack.simulator.calls) == calls_before
+
+
+# Hostile senders (issue 13), through the emulator and a strict UTF-8 stdout.
+
+
+def test_a_lone_surrogate_in_a_reason_is_escaped_and_the_request_gets_its_one_result(stack):
+    name = f"{ORG}/operations/e2e-hostile-reason"
+    # Valid JSON, ASCII on the wire: json.dumps escapes the lone surrogate and the separators.
+    stack.publish(json.dumps({"operation": name, "reason": "why\ud800\u2028\u202e"}))
+    (result,) = messages_for(stack, name)
+    assert result["data"]["outcome"] == "CANCELLED"
+    (sent,) = log_lines(stack, name, "cancel_sent")
+    assert sent["reason"] == "why\\ud800\\u2028\\u202e"
+    assert "Traceback" not in stack.function_output()
+    assert len(stack.simulator.cancel_calls(name)) == 1
+
+
+def test_an_explicit_key_equal_to_a_derived_key_does_not_block_that_operation(stack):
+    victim = f"{ORG}/operations/e2e-victim"
+    squatter = json.dumps({"operation": "not a name", "idempotency_key": f"securitycenter.googleapis.com/{victim}"})
+    stack.publish(squatter)
+    (rejected,) = messages_for(stack, "not a name")
+    assert rejected["data"]["idempotency_key"].startswith("rejected/")
+    stack.publish(victim)
+    (result,) = messages_for(stack, victim)
+    assert result["data"]["outcome"] == "CANCELLED"
+    assert result["data"]["idempotency_key"] == f"securitycenter.googleapis.com/{victim}"
+    assert result["attributes"]["ce-id"] != rejected["attributes"]["ce-id"]
+
+
+def test_deeply_nested_json_is_acknowledged_once_with_a_clear_reason(stack):
+    stack.publish(b'{"operation": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+    # Long enough for the emulator's one-second redelivery to have shown itself twice.
+    time.sleep(2.5)
+    reasons = [line["reason"] for line in stack.function_logs() if line.get("event") == "message_ignored"]
+    assert reasons.count("body is JSON nested deeper than 64 levels") == 1
+    assert "Traceback" not in stack.function_output()
