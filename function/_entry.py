@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from werkzeug.exceptions import RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.wrappers import Response
 
 from ._app import build_service
 from ._json import JsonUnreadable, read_json
@@ -90,7 +91,7 @@ class Runtime:
         if report.must_retry:
             raise RedeliveryRequested(description=_retry_summary(report))
 
-    def on_http(self, request: Any) -> tuple[str, int, dict[str, str]]:
+    def on_http(self, request: Any) -> tuple[str, int, dict[str, str]] | Response:
         with traced(self._trace(request.headers)):
             return self._on_http(request)
 
@@ -108,7 +109,7 @@ class Runtime:
                 return f"projects/{self._project}/traces/{match['trace'].lower()}"
         return None
 
-    def _on_http(self, request: Any) -> tuple[str, int, dict[str, str]]:
+    def _on_http(self, request: Any) -> tuple[str, int, dict[str, str]] | Response:
         if request.method != "POST":
             return _answer(405, {"error": "only POST is accepted"}, {"Allow": "POST"})
         # One limit however the body is framed: werkzeug refuses a Content-Length over the maximum, and
@@ -119,7 +120,7 @@ class Runtime:
         except RequestEntityTooLarge:
             data = None
         if data is None or len(data) > MAX_BODY_BYTES:
-            return _answer(413, {"error": f"body is larger than {MAX_BODY_BYTES} bytes"})
+            return _too_large()
         try:
             message = self._http_message(request, data)
         except UnusableEvent as problem:
@@ -255,6 +256,14 @@ def _legacy_message(body: Mapping[str, Any]) -> InboundMessage:
 def _retry_summary(report: Report) -> str:
     retried = [item for item in report.items if item.status is ItemStatus.RETRY]
     return f"{len(retried)} of {len(report.items)} items hit transient trouble ({retried[0].detail})"
+
+
+def _too_large() -> Response:
+    """413, as a streamed response: functions-framework reads the whole body after any other answer
+    ("to avoid connection errors"), which would buffer what the limit refused, or raise over it.
+    The server discards the unread rest as it arrives."""
+    body = json.dumps({"error": f"body is larger than {MAX_BODY_BYTES} bytes"})
+    return Response(iter([body]), status=413, content_type="application/json")
 
 
 def _answer(

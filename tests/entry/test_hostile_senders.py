@@ -361,6 +361,17 @@ def test_a_chunked_body_over_the_limit_is_a_413_read_no_further_than_the_limit()
     assert rig.simulator.calls == [] and rig.publisher.messages == []
 
 
+def test_a_long_content_length_is_a_413_with_the_body_left_unread():
+    client, rig = wired("on_http", "http")
+    body = EndlessBody(20 * 1024 * 1024)
+    response = client.post("/", input_stream=body, headers={"Content-Type": "text/plain"})
+    assert response.status_code == 413
+    assert "larger than" in response.get_json()["error"]
+    # Neither opcancel nor functions-framework (which reads the whole body after most answers) read it.
+    assert body.read_bytes == 0
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+
+
 def test_a_chunked_body_within_the_limit_is_read_and_served():
     client, rig = wired("on_http", "http")
     response = post_chunked(client, EndlessBody(len(NAME) + 1, fill=NAME.encode() + b"\n"))
