@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ._json import JsonUnreadable, read_json
 from ._names import DEFAULT_VERSION, REGISTRY, VERSIONS, Service, ServiceRegistry, parse_allowed_parent
 from .errors import ConfigError, InvalidRequest
 
@@ -210,8 +210,8 @@ class _Reader:
         if text is None:
             return REGISTRY
         try:
-            entries = json.loads(text)
-        except (ValueError, RecursionError):
+            entries = read_json(text)
+        except JsonUnreadable:
             raise ConfigError(name, "is not JSON; expected an object of service entries") from None
         if not isinstance(entries, dict) or not entries:
             raise ConfigError(name, 'must be a JSON object such as {"NAME": {"version": "v1", "host": "..."}}')
