@@ -7,7 +7,7 @@ Modules are private; import from here.
 
 from . import errors
 from ._api import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, MetadataServerAuth, OperationsClient
-from ._app import build_api, build_auth, build_publisher, build_service, build_store
+from ._app import build_api, build_auth, build_publisher, build_scheduler, build_service, build_store
 from ._clock import SystemClock, format_time, parse_time
 from ._entry import RedeliveryRequested, Runtime, message_from_cloud_event
 from ._http import SharedTransport
@@ -15,6 +15,7 @@ from ._log import Logger
 from ._model import InboundMessage, Outcome, SourceKind
 from ._names import OperationRef, parse_name
 from ._pubsub import PubSubPublisher
+from ._scheduler import CloudTasksScheduler, RedeliveryScheduler, task_id
 from ._service import ItemStatus, Opcancel, Report
 from ._settings import PollingPolicy, Settings
 from ._store import IdempotencyStore, MemoryStore, Record, SqliteStore, State
@@ -32,6 +33,7 @@ def __getattr__(name: str):
 __all__ = [
     "AnonymousAuth",
     "CancelAnswer",
+    "CloudTasksScheduler",
     "DefaultCredentialsAuth",
     "FirestoreStore",
     "IdempotencyStore",
@@ -46,6 +48,7 @@ __all__ = [
     "Outcome",
     "PollingPolicy",
     "PubSubPublisher",
+    "RedeliveryScheduler",
     "Record",
     "RedeliveryRequested",
     "Report",
@@ -59,6 +62,7 @@ __all__ = [
     "build_api",
     "build_auth",
     "build_publisher",
+    "build_scheduler",
     "build_service",
     "build_store",
     "errors",
@@ -66,4 +70,5 @@ __all__ = [
     "message_from_cloud_event",
     "parse_name",
     "parse_time",
+    "task_id",
 ]

@@ -12,7 +12,7 @@ import math
 import random
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -378,6 +378,43 @@ def _error(response: httpx.Response) -> dict[str, Any]:
 def _rpc_status(response: httpx.Response) -> str | None:
     status = _error(response).get("status")
     return status if isinstance(status, str) else None
+
+
+def post_json(
+    http: httpx.Client,
+    url: str,
+    body: Any,
+    *,
+    headers: Callable[[], Mapping[str, str]],
+    refresh: Callable[[], bool] | None,
+    clock: Any,
+    backoff: Backoff,
+    retryable: frozenset[int],
+    failed: Callable[[str], Exception],
+) -> httpx.Response:
+    """POST ``body`` to a Google REST method: retried at once within ``backoff`` on a transport error or a
+    ``retryable`` status, a 401 refreshing credentials once. Returns the first other answer; raises
+    ``failed(why)`` when attempts or time run out. Callers decide what each final status means."""
+    started = clock.now()
+    refreshed = False
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            response = http.post(url, json=body, headers=dict(headers()))
+        except httpx.RequestError as problem:
+            failure = type(problem).__name__
+        else:
+            if response.status_code == 401 and not refreshed and refresh is not None and refresh():
+                refreshed = True
+                continue
+            if response.status_code not in retryable:
+                return response
+            failure = error_summary(response)
+        delay = backoff.delay(attempt, elapsed_s=clock.now() - started)
+        if delay is None:
+            raise failed(f"failed after {attempt} attempts: {failure}")
+        clock.sleep(delay)
 
 
 def error_summary(response: httpx.Response) -> str:

@@ -11,6 +11,7 @@ from ._clock import Clock, SystemClock
 from ._http import SharedTransport
 from ._log import Logger
 from ._pubsub import Publisher, PubSubPublisher
+from ._scheduler import CloudTasksScheduler, RedeliveryScheduler, Scheduler
 from ._service import Opcancel
 from ._settings import Settings
 from ._store import IdempotencyStore, MemoryStore, SqliteStore
@@ -54,6 +55,32 @@ def build_publisher(
     )
 
 
+def build_scheduler(
+    settings: Settings,
+    *,
+    publisher: Publisher,
+    auth: Authenticator,
+    clock: Clock,
+    transport: httpx.BaseTransport | None = None,
+) -> Scheduler:
+    """Cloud Tasks when a queue is set (what deploy.sh deploys); otherwise checks wait for redelivery."""
+    if settings.tasks_queue is None:
+        return RedeliveryScheduler(publisher, settings.checks_topic)
+    if settings.project is None:
+        raise ConfigError("GOOGLE_CLOUD_PROJECT", "is required to schedule checks as Cloud Tasks")
+    return CloudTasksScheduler(
+        queue=settings.tasks_queue,
+        project=settings.project,
+        checks_topic=settings.checks_topic,
+        auth=auth,
+        clock=clock,
+        service_account=settings.tasks_service_account,
+        endpoint=settings.tasks_endpoint,
+        pubsub_emulator_host=settings.pubsub_emulator_host,
+        transport=transport,
+    )
+
+
 def build_auth(settings: Settings, *, clock: Clock, transport: httpx.BaseTransport | None = None) -> Authenticator:
     if settings.auth == "anonymous":
         return AnonymousAuth()
@@ -75,11 +102,13 @@ def build_service(settings: Settings, *, log: Logger | None = None) -> Opcancel:
     transport = SharedTransport()
     # One credential cache serves the Operations API, Pub/Sub and Firestore: all use the cloud-platform scope.
     auth = build_auth(settings, clock=clock, transport=transport)
+    publisher = build_publisher(settings, auth=auth, clock=clock, transport=transport)
     return Opcancel(
         settings=settings,
         api=build_api(settings, auth=auth, clock=clock, log=log, transport=transport),
-        publisher=build_publisher(settings, auth=auth, clock=clock, transport=transport),
+        publisher=publisher,
         store=build_store(settings, auth=auth, transport=transport),
         clock=clock,
         log=log,
+        scheduler=build_scheduler(settings, publisher=publisher, auth=auth, clock=clock, transport=transport),
     )

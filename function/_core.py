@@ -85,8 +85,9 @@ def result_message(stored: dict[str, Any], *, project: str | None) -> tuple[byte
     return data, attributes
 
 
-def check_message(check: CheckRequest) -> tuple[bytes, dict[str, str]]:
-    body = {
+def check_body(check: CheckRequest) -> dict[str, Any]:
+    """A check as its message carries it, and as the record keeps it to recognise it."""
+    body: dict[str, Any] = {
         "operation": check.ref.name,
         "location": check.ref.location,
         "api_version": check.ref.api_version,
@@ -102,6 +103,12 @@ def check_message(check: CheckRequest) -> tuple[bytes, dict[str, str]]:
     # Security Command Center checks keep their shape, so a check in flight across an upgrade still parses.
     if not check.ref.service.is_scc:
         body["service"] = check.ref.service_name
+    return body
+
+
+def check_message(check: CheckRequest) -> tuple[bytes, dict[str, str]]:
+    # The attributes are for people and subscription filters; a check is recognised by its topic alone.
+    body = check_body(check)
     attributes = {CHECK_KIND_ATTRIBUTE: CHECK_KIND, "operation": check.ref.name, "attempt": str(check.attempt)}
     return json.dumps(body, separators=(",", ":")).encode("utf-8"), attributes
 

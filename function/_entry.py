@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from werkzeug.exceptions import RequestEntityTooLarge, ServiceUnavailable
@@ -67,18 +68,32 @@ class Runtime:
         return cls(build_service(settings, log=log), log=log, project=settings.project)
 
     def on_event(self, cloud_event: Any, headers: Mapping[str, str] | None = None) -> None:
-        """``headers`` are the push request's, for its trace; the event's own ``traceparent`` is the fallback."""
-        with traced(self._trace(headers or {}, cloud_event.get("traceparent"))):
-            self._on_event(cloud_event)
+        """Requests, and checks when the event's source is the checks topic. ``headers`` are the push
+        request's, for its trace; the event's own ``traceparent`` is the fallback."""
+        self._traced_event(cloud_event, headers, self._service.handle)
 
-    def _on_event(self, cloud_event: Any) -> None:
+    def on_request(self, cloud_event: Any, headers: Mapping[str, str] | None = None) -> None:
+        """Requests only, for a function deployed on the requests topic: nothing here is ever a check."""
+        self._traced_event(cloud_event, headers, self._service.handle_request)
+
+    def on_check(self, cloud_event: Any, headers: Mapping[str, str] | None = None) -> None:
+        """Checks only, for a function deployed on the checks topic; an event from anywhere else is set aside."""
+        self._traced_event(cloud_event, headers, self._service.handle_check)
+
+    def _traced_event(
+        self, cloud_event: Any, headers: Mapping[str, str] | None, handle: Callable[[InboundMessage], Report]
+    ) -> None:
+        with traced(self._trace(headers or {}, cloud_event.get("traceparent"))):
+            self._event(cloud_event, handle)
+
+    def _event(self, cloud_event: Any, handle: Callable[[InboundMessage], Report]) -> None:
         try:
             message = message_from_cloud_event(cloud_event)
         except UnusableEvent as problem:
             self._log.warning(f"event set aside: {problem}", event="event_unusable", reason=str(problem))
             return
         try:
-            report = self._service.handle(message)
+            report = handle(message)
         except Exception as bug:
             # Not a known failure mode: let Pub/Sub redeliver (and, past the attempt limit,
             # dead-letter) rather than acknowledge work that may not be done.
@@ -127,7 +142,8 @@ class Runtime:
             return _answer(400, {"error": str(problem)})
         except _UnsupportedMediaType as problem:
             return _answer(415, {"error": str(problem)})
-        report = self._service.handle(message)
+        # Never a check, whatever the body or a CloudEvent in it says: checks come only from the checks topic.
+        report = self._service.handle_request(message)
         if report.ignored is not None:
             if report.unreadable:
                 return _answer(400, {"error": report.ignored})
@@ -194,7 +210,8 @@ def _cloud_event(headers: Any, media_type: str, data: bytes) -> Any:
 
 
 def message_from_cloud_event(event: Any) -> InboundMessage:
-    """A Pub/Sub messagePublished event unwraps to its message; any other event's data is the request."""
+    """A Pub/Sub messagePublished event unwraps to its message, noting the topic it came from (the event's
+    source); any other event's data is the request."""
     data = event.data
     if event["type"] == PUBSUB_MESSAGE_PUBLISHED:
         if isinstance(data, (bytes, bytearray)):
@@ -204,7 +221,10 @@ def message_from_cloud_event(event: Any) -> InboundMessage:
                 raise UnusableEvent(f"messagePublished data is {problem}") from None
         if not isinstance(data, Mapping) or not isinstance(data.get("message"), Mapping):
             raise UnusableEvent("messagePublished event without a message")
-        return _pubsub_message(data["message"])
+        source = event.get("source")
+        return dataclasses.replace(
+            _pubsub_message(data["message"]), event_source=source if isinstance(source, str) else None
+        )
     if isinstance(data, (bytes, bytearray)):
         payload = bytes(data)
     elif isinstance(data, str):

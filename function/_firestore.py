@@ -3,6 +3,9 @@
 Conditional writes go through ``:commit`` with an ``updateTime`` precondition
 (the emulator ignores that precondition when given as a PATCH query parameter).
 
+Running chains are found with ``:runQuery`` on the ``state`` field (an equality filter ordered by
+document name, which Firestore's automatic single-field indexes serve), a page at a time.
+
 Why REST and not ``google-cloud-firestore``: the store needs four calls (get,
 create-if-absent, update-if-unchanged, delete-if-unchanged), each one request
 with a precondition, while the official client costs 240-400 ms of imports on
@@ -22,17 +25,19 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from ._api import Authenticator, error_summary
 from ._clock import format_time
-from ._store import IdempotencyStore, Record
+from ._store import IdempotencyStore, Record, State
 from .errors import StoreUnavailable
 
 DEFAULT_COLLECTION = "opcancel-idempotency"
 _REMEMBERED_VERSIONS = 4096
+_QUERY_PAGE = 300
 
 
 class FirestoreError(StoreUnavailable):
@@ -99,6 +104,34 @@ class FirestoreStore(IdempotencyStore):
         if update_time is None:
             return False
         return self._commit({"delete": self._document_name(key)}, update_time) is not None
+
+    def _checking(self) -> Iterator[Record]:
+        after: str | None = None
+        while True:
+            query: dict[str, Any] = {
+                "from": [{"collectionId": self._collection}],
+                "where": {
+                    "fieldFilter": {
+                        "field": {"fieldPath": "state"},
+                        "op": "EQUAL",
+                        "value": {"stringValue": State.CHECKING.value},
+                    }
+                },
+                "orderBy": [{"field": {"fieldPath": "__name__"}, "direction": "ASCENDING"}],
+                "limit": _QUERY_PAGE,
+            }
+            if after is not None:
+                query["startAt"] = {"values": [{"referenceValue": after}], "before": False}
+            response = self._request(
+                "POST", f"{self._base}/v1/{self._documents}:runQuery", json={"structuredQuery": query}
+            )
+            self._expect_success(response)
+            documents = [item["document"] for item in response.json() if isinstance(item, dict) and "document" in item]
+            for document in documents:
+                yield self._record(document)
+            if len(documents) < _QUERY_PAGE:
+                return
+            after = documents[-1]["name"]
 
     def _commit(self, write: dict[str, Any], update_time: str) -> str | None:
         """One write, applied only if the document's update time is still ``update_time``; its new update time."""

@@ -50,6 +50,9 @@ class InboundMessage:
     attributes: dict[str, str] = field(default_factory=dict)
     message_id: str | None = None
     kind: SourceKind = SourceKind.PUBSUB
+    #: The CloudEvent ``source`` it came in (a Pub/Sub topic); None for HTTP bodies. Only the checks topic's
+    #: source makes a message a check.
+    event_source: str | None = None
 
 
 @dataclass(frozen=True)

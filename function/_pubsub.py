@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ._api import Authenticator, error_summary, json_object
+from ._api import Authenticator, error_summary, json_object, post_json
 from ._clock import Clock
 from ._http import Backoff
 from .errors import OpcancelError, PublishFailed
@@ -79,36 +79,35 @@ class PubSubPublisher:
         self._http.close()
 
     def _send(self, url: str, body: dict[str, Any], topic: str) -> dict[str, Any]:
-        started = self._clock.now()
-        refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                headers = {} if self._emulated else self._auth.headers()
-            except OpcancelError as problem:
-                # No credentials just now: the message comes again later.
-                raise PublishFailed(f"publish to {topic} failed: {problem}") from problem
-            try:
-                response = self._http.post(url, json=body, headers=headers)
-            except httpx.RequestError as problem:
-                failure = type(problem).__name__
-            else:
-                if response.status_code == 401 and not refreshed and not self._emulated and self._refresh(topic):
-                    refreshed = True
-                    continue
-                if 200 <= response.status_code < 300:
-                    answer = json_object(response)
-                    if answer is None:
-                        raise PublishFailed(f"publish to {topic} answered {response.status_code} without JSON")
-                    return answer
-                failure = error_summary(response)
-                if response.status_code not in _RETRYABLE_STATUS:
-                    raise PublishFailed(f"publish to {topic} failed: {failure}")
-            delay = self._backoff.delay(attempt, elapsed_s=self._clock.now() - started)
-            if delay is None:
-                raise PublishFailed(f"publish to {topic} failed after {attempt} attempts: {failure}")
-            self._clock.sleep(delay)
+        def failed(why: str) -> PublishFailed:
+            return PublishFailed(f"publish to {topic} {why}")
+
+        response = post_json(
+            self._http,
+            url,
+            body,
+            headers=lambda: self._headers(topic),
+            refresh=None if self._emulated else lambda: self._refresh(topic),
+            clock=self._clock,
+            backoff=self._backoff,
+            retryable=_RETRYABLE_STATUS,
+            failed=failed,
+        )
+        if not 200 <= response.status_code < 300:
+            raise failed(f"failed: {error_summary(response)}")
+        answer = json_object(response)
+        if answer is None:
+            raise failed(f"answered {response.status_code} without JSON")
+        return answer
+
+    def _headers(self, topic: str) -> dict[str, str]:
+        if self._emulated:
+            return {}
+        try:
+            return self._auth.headers()
+        except OpcancelError as problem:
+            # No credentials just now: the message comes again later.
+            raise PublishFailed(f"publish to {topic} failed: {problem}") from problem
 
     def _refresh(self, topic: str) -> bool:
         try:

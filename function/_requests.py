@@ -112,10 +112,6 @@ class _Defaults:
     deadline_s: float | None
 
 
-def is_check(message: InboundMessage) -> bool:
-    return message.attributes.get(CHECK_KIND_ATTRIBUTE) == CHECK_KIND
-
-
 def parse_message(
     message: InboundMessage,
     *,

@@ -10,18 +10,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._api import CancelAnswer, OperationsApi
 from ._clock import Clock, format_time
-from ._core import check_message, next_due, operation_error, outcome_of, payload_hash, result_message, result_to_json
+from ._core import check_body, next_due, operation_error, outcome_of, payload_hash, result_message, result_to_json
 from ._log import Logger, current_trace, traced
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef, allows
 from ._pubsub import Publisher
-from ._requests import is_check, parse_check, parse_message
+from ._requests import parse_check, parse_message
+from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
 from .errors import ApiRejected, CheckNotDue, InvalidRequest, StaleFence, TransientError
@@ -79,6 +81,7 @@ class Opcancel:
         store: IdempotencyStore,
         clock: Clock,
         log: Logger,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self._settings = settings
         self._api = api
@@ -86,10 +89,39 @@ class Opcancel:
         self._store = store
         self._clock = clock
         self._log = log
+        self._scheduler = scheduler or RedeliveryScheduler(publisher, settings.checks_topic)
+        #: The CloudEvent source of the checks topic: the only place a check can come from.
+        self._checks_source = (
+            f"//pubsub.googleapis.com/projects/{settings.project}/topics/{settings.checks_topic}"
+            if settings.project
+            else None
+        )
+
+    def is_check(self, message: InboundMessage) -> bool:
+        """A check is recognised by where it came from alone, never by anything its sender controls."""
+        return self._checks_source is not None and message.event_source == self._checks_source
 
     def handle(self, message: InboundMessage) -> Report:
-        if is_check(message):
-            return Report((self._check_message(message),))
+        """A message from any source: a check when it came from the checks topic, else requests."""
+        if self.is_check(message):
+            return self.handle_check(message)
+        return self.handle_request(message)
+
+    def handle_check(self, message: InboundMessage) -> Report:
+        if not self.is_check(message):
+            reason = "not from the checks topic, so not a check"
+            self._log.warning(
+                f"event set aside: {reason}",
+                event="message_ignored",
+                reason=reason,
+                message_id=message.message_id,
+                event_source=message.event_source,
+            )
+            return Report(ignored=reason)
+        return Report((self._check_message(message),))
+
+    def handle_request(self, message: InboundMessage) -> Report:
+        """Requests only: whatever the message looks like, it is never taken as a check."""
         parsed = parse_message(
             message,
             default_version=self._settings.api_version,
@@ -161,6 +193,10 @@ class Opcancel:
                 "idempotency_key is already bound to a different operation",
                 service=ref.service_name,
             )
+        if claim.status is ClaimStatus.CHAIN_RUNNING and claim.record is not None:
+            now = self._clock.now()
+            if self._overdue(claim.record, now):
+                return self._resume_chain(claim.record, now)
         if claim.status is not ClaimStatus.ACQUIRED:
             return self._duplicate(ref.name, key, claim)
         record = claim.record
@@ -273,14 +309,7 @@ class Opcancel:
             source=source,
             trace=current_trace(),
         )
-        # Publish before recording: a crash in between leaves a duplicate check, which the
-        # attempt number makes stale, rather than a recorded check that was never sent.
-        try:
-            self._publisher.publish_all(self._settings.checks_topic, [check_message(check)])
-        except TransientError as trouble:
-            self._release(record, trouble)
-            raise
-        self._store.update(record, now=now, state=State.CHECKING, attempt=attempt, checks=checks, lease_until=0.0)
+        self._schedule(record, check, now=now, checks=checks)
         self._log.info(
             "operation still running; next check scheduled",
             event="check_scheduled",
@@ -293,6 +322,91 @@ class Opcancel:
         return ItemReport(
             ref.name, ItemStatus.ACCEPTED, record.key, detail=f"check {attempt} due {format_time(check.due_at)}"
         )
+
+    def _schedule(self, record: Record, check: CheckRequest, *, now: float, **changes: Any) -> Record:
+        """Record the check the chain now waits for, then schedule it; if scheduling fails, put the record back.
+
+        Recording first means every check that can arrive is one the record already expects, and a
+        new attempt number is never one a task was created under. A worker that dies between the two
+        leaves a chain whose check never comes: it becomes overdue, and ``_resume_chain`` sends another.
+        """
+        scheduled = self._store.update(
+            record,
+            now=now,
+            state=State.CHECKING,
+            attempt=check.attempt,
+            check=check_body(check),
+            due_at=check.due_at,
+            lease_until=0.0,
+            **changes,
+        )
+        try:
+            self._scheduler.schedule(check)
+        except TransientError as trouble:
+            retry_at = now + trouble.retry_after if trouble.retry_after else 0.0
+            # If putting it back fails too, the chain is overdue later and is resumed then.
+            with contextlib.suppress(TransientError, StaleFence):
+                self._store.update(
+                    scheduled,
+                    now=self._clock.now(),
+                    state=record.state,
+                    attempt=record.attempt,
+                    check=record.check,
+                    due_at=record.due_at,
+                    lease_until=0.0,
+                    not_before=retry_at,
+                )
+            raise
+        return scheduled
+
+    def _overdue(self, record: Record, now: float) -> bool:
+        """The chain's check is past due by more than the longest polling delay, and no worker is running it."""
+        return (
+            record.state is State.CHECKING
+            and record.check is not None
+            and record.due_at is not None
+            and record.lease_until <= now
+            and now > record.due_at + self._settings.polling.max_delay_s
+        )
+
+    def _resume_chain(self, record: Record, now: float) -> ItemReport:
+        """Schedule a new check, due now, for a chain whose check never ran (lost, dead-lettered, never sent)."""
+        assert record.check is not None and record.due_at is not None
+        waited_for = parse_check(InboundMessage(data=json.dumps(record.check).encode("utf-8")), self._settings.services)
+        check = dataclasses.replace(waited_for, attempt=record.attempt + 1, due_at=now)
+        self._schedule(record, check, now=now)
+        self._log.notice(
+            "overdue check chain resumed with a new check",
+            event="chain_resumed",
+            operation=check.ref.name,
+            idempotency_key=record.key,
+            attempt=check.attempt,
+            overdue_check=record.attempt,
+            was_due_at=format_time(record.due_at),
+        )
+        return ItemReport(
+            check.ref.name, ItemStatus.ACCEPTED, record.key, detail=f"overdue chain resumed: check {check.attempt}"
+        )
+
+    def overdue_chains(self) -> list[Record]:
+        """Every running chain whose check is overdue, as ``resume`` would find it."""
+        now = self._clock.now()
+        return [record for record in self._store.chains(now) if self._overdue(record, now)]
+
+    def resume(self, records: list[Record]) -> list[ItemReport]:
+        """Resume each overdue chain of ``records`` (from ``overdue_chains``); one report each."""
+        reports = []
+        for record in records:
+            operation = str((record.check or {}).get("operation", ""))
+
+            def work(record: Record = record, operation: str = operation) -> ItemReport:
+                now = self._clock.now()
+                if not self._overdue(record, now):
+                    return ItemReport(operation, ItemStatus.SKIPPED, record.key, detail="no longer overdue")
+                return self._resume_chain(record, now)
+
+            reports.append(self._guarded(operation, record.key, work))
+        return reports
 
     # Checks
 
@@ -307,30 +421,35 @@ class Opcancel:
                 message_id=message.message_id,
             )
             return ItemReport("", ItemStatus.REJECTED, detail=str(problem))
+        # As it arrived: the record recognises its check by this body, not by a re-encoding of it.
+        body = json.loads(message.data)
         with traced(check.trace or current_trace()):
-            return self._guarded(check.ref.name, check.idempotency_key, lambda: self._run_check(check))
+            return self._guarded(check.ref.name, check.idempotency_key, lambda: self._run_check(check, body))
 
-    def _run_check(self, check: CheckRequest) -> ItemReport:
+    def _run_check(self, check: CheckRequest, body: dict[str, Any]) -> ItemReport:
         ref, key = check.ref, check.idempotency_key
-        if not allows(self._settings.allowed_parents, ref.service, ref.name):
-            self._log.warning(
-                "check for a parent outside OPCANCEL_ALLOWED_PARENTS dropped",
-                event="check_not_allowed",
-                operation=ref.name,
-                idempotency_key=key,
-            )
-            return ItemReport(ref.name, ItemStatus.REJECTED, key, detail="parent not allowed")
         now = self._clock.now()
-        if now < check.due_at:
+        if now < check.due_at - self._scheduler.early_tolerance_s:
             raise CheckNotDue(
                 f"check {check.attempt} is due at {format_time(check.due_at)}", retry_after=check.due_at - now
             )
-        claim = self._store.claim_check(key, payload_hash(ref.identity), check.attempt, now=now)
+        claim = self._store.claim_check(key, payload_hash(ref.identity), body, now=now)
         if claim.status is not ClaimStatus.ACQUIRED:
             return self._duplicate(ref.name, key, claim, attempt=check.attempt)
         record = claim.record
         assert record is not None
         if record.state is State.RESULT_READY:
+            return self._publish_result(record)
+        if not allows(self._settings.allowed_parents, ref.service, ref.name):
+            # Taken off the list while the chain ran: no further call, but the request still gets its one result.
+            self._log.warning(
+                "check for a parent outside OPCANCEL_ALLOWED_PARENTS: chain ended as REJECTED",
+                event="check_not_allowed",
+                operation=ref.name,
+                idempotency_key=key,
+            )
+            error = f"{ref.name} is no longer under OPCANCEL_ALLOWED_PARENTS; checks stopped"
+            record = self._ready(record, ref, check.source, Outcome.REJECTED, error, None, checks=record.checks)
             return self._publish_result(record)
         if record.deadline_at is None:
             record = self._store.update(record, now=now, deadline_at=check.deadline_at)

@@ -20,6 +20,14 @@ _DATABASE_ID = re.compile(r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]")
 _COLLECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _SERVICE_FIELDS = frozenset({"version", "versions", "host", "global_host"})
 _HOST_PORT = re.compile(r"[A-Za-z0-9.-]{1,253}(:[1-9][0-9]{0,4})?")
+# Cloud Tasks resource names (tasks/docs/reference/rest/v2/projects.locations.queues): queue ids are
+# letters, digits and hyphens, at most 100; locations are region names.
+_TASKS_QUEUE = re.compile(
+    r"projects/(?:[a-z][a-z0-9-]{4,28}[a-z0-9]|[a-z0-9.:-]{1,100})/locations/[a-z][a-z0-9-]{0,62}/queues/[A-Za-z0-9-]{1,100}"
+)
+_SERVICE_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}@[a-z0-9][a-z0-9.-]{0,253}\.[a-z]{2,}")
+#: Default lease: a request's work is bounded by its retry budgets, well inside a minute.
+DEFAULT_LEASE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,13 @@ class Settings:
     allowed_parents: tuple[str, ...] | None = None
     services: ServiceRegistry = REGISTRY
     polling: PollingPolicy = PollingPolicy()
-    lease_s: float = 600.0
+    lease_s: float = DEFAULT_LEASE_S
+    #: ``projects/P/locations/L/queues/Q``: checks are Cloud Tasks tasks; None: checks wait for redelivery.
+    tasks_queue: str | None = None
+    #: The account whose OAuth token each task's publish carries (none against the Pub/Sub emulator).
+    tasks_service_account: str | None = None
+    #: Base URL replacing ``https://cloudtasks.googleapis.com`` (tests, the devkit stand-in).
+    tasks_endpoint: str | None = None
     record_ttl_s: float = 8 * 24 * 3600.0
     pubsub_emulator_host: str | None = None
     firestore_emulator_host: str | None = None
@@ -80,6 +94,18 @@ class Settings:
                 "must not be smaller than OPCANCEL_CHECK_INITIAL_DELAY_S",
             )
         services = reader.services("OPCANCEL_SERVICES")
+        tasks_queue = reader.optional(
+            "OPCANCEL_TASKS_QUEUE", _TASKS_QUEUE, "of the form projects/P/locations/L/queues/Q"
+        )
+        tasks_service_account = reader.optional(
+            "OPCANCEL_TASKS_SERVICE_ACCOUNT", _SERVICE_ACCOUNT, "a service account email"
+        )
+        pubsub_emulator_host = environ.get("PUBSUB_EMULATOR_HOST") or None
+        if tasks_queue is not None and tasks_service_account is None and pubsub_emulator_host is None:
+            raise ConfigError(
+                "OPCANCEL_TASKS_SERVICE_ACCOUNT",
+                "is required with OPCANCEL_TASKS_QUEUE: each task's publish carries that account's token",
+            )
         return cls(
             project=reader.optional("GOOGLE_CLOUD_PROJECT", _PROJECT_ID, "a Google Cloud project id"),
             results_topic=reader.topic("OPCANCEL_RESULTS_TOPIC", "opcancel-results"),
@@ -99,9 +125,12 @@ class Settings:
             allowed_parents=reader.parents("OPCANCEL_ALLOWED_PARENTS", services),
             services=services,
             polling=polling,
-            lease_s=reader.seconds("OPCANCEL_LEASE_S", 600.0),
+            lease_s=reader.seconds("OPCANCEL_LEASE_S", DEFAULT_LEASE_S),
             record_ttl_s=reader.seconds("OPCANCEL_RECORD_TTL_S", 8 * 24 * 3600.0),
-            pubsub_emulator_host=environ.get("PUBSUB_EMULATOR_HOST") or None,
+            tasks_queue=tasks_queue,
+            tasks_service_account=tasks_service_account,
+            tasks_endpoint=reader.endpoint("OPCANCEL_TASKS_ENDPOINT"),
+            pubsub_emulator_host=pubsub_emulator_host,
             firestore_emulator_host=environ.get("FIRESTORE_EMULATOR_HOST") or None,
             on_cloud=on_cloud,
             metadata_host=reader.optional("GCE_METADATA_HOST", _HOST_PORT, "a host or host:port")

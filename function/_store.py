@@ -9,8 +9,16 @@ Every write is conditional on the record's ``version`` (compare-and-swap), so
 the only way to hold a key is to win a conditional write: creating an absent
 record, or replacing one whose lease has run out. Each takeover raises the
 ``fence``; a worker whose write finds another version has been fenced off and
-gets ``StaleFence``. Backends implement four primitives (load, create if
-absent, replace or delete if the version matches); the rules live here, once.
+gets ``StaleFence``. Each claim carries a random ``claim_token``, so a record
+read back after a failed write is this claim's own only if it really is: two
+workers claiming a key in the same clock tick never write equal records.
+Backends implement four primitives (load, create if absent, replace or delete
+if the version matches) and one query (the records of running check chains);
+the rules live here, once.
+
+A check counts only where the record agrees: the record keeps the body of the
+one check its chain is waiting for (``check``), and a check message that is not
+exactly that body is stale, whatever its attempt number says.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import enum
 import functools
 import json
 import os
+import secrets
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +67,11 @@ class Record:
     #: The API asked us to wait (429 RetryInfo): nothing calls it before this time.
     not_before: float = 0.0
     result: dict[str, Any] | None = None
+    #: Random per claim: tells this claim's writes from another worker's, even in the same clock tick.
+    claim_token: str = ""
+    #: The body of the check the chain waits for (as published), and when it is due.
+    check: dict[str, Any] | None = None
+    due_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         # Shallow, for callers that serialise it at once: dataclasses.asdict deep-copies the result,
@@ -80,7 +94,7 @@ class ClaimStatus(enum.Enum):
     MISMATCH = "mismatch"
     #: A check chain is running; a duplicate request has nothing to add.
     CHAIN_RUNNING = "chain_running"
-    #: A check that a newer check (or a finished chain) has superseded.
+    #: A check that is not the one the record's chain waits for: superseded, or never scheduled by it.
     STALE_CHECK = "stale_check"
     #: A check for a key with no record: forged, or from before the record expired.
     UNKNOWN_KEY = "unknown_key"
@@ -124,6 +138,7 @@ class IdempotencyStore(abc.ABC):
             lease_until=now + self._lease_s,
             requested_at=now,
             expire_at=now + self._ttl_s,
+            claim_token=_new_token(),
         )
         # Create first: most requests name a new key, and a failed create costs what the read would.
         for _ in range(self._CLAIM_ROUNDS):
@@ -142,8 +157,9 @@ class IdempotencyStore(abc.ABC):
                 return Claim(ClaimStatus.ACQUIRED, taken, resumed=True)
         raise KeyBusy(f"lost {self._CLAIM_ROUNDS} claim races for the key")
 
-    def claim_check(self, key: str, payload_hash: str, attempt: int, *, now: float) -> Claim:
-        """Claim ``key`` to run check ``attempt``; older checks are stale, so a chain never forks."""
+    def claim_check(self, key: str, payload_hash: str, check: dict[str, Any], *, now: float) -> Claim:
+        """Claim ``key`` to run ``check`` (a check message's body); only the check the record waits for
+        is acquired, so a chain never forks and no other message can end, stall or rewrite it."""
         for _ in range(self._CLAIM_ROUNDS):
             current = self._read(key, now)
             if current is None:
@@ -151,12 +167,18 @@ class IdempotencyStore(abc.ABC):
             settled = self._settled(current, payload_hash, now)
             if settled is not None:
                 return settled
-            if current.state is State.CLAIMED or attempt < current.attempt:
+            if current.check != check or current.state not in (State.CHECKING, State.RESULT_READY):
                 return Claim(ClaimStatus.STALE_CHECK, current)
-            taken = self._take(current, now, attempt=max(attempt, current.attempt))
+            taken = self._take(current, now)
             if taken is not None:
-                return Claim(ClaimStatus.ACQUIRED, taken, resumed=current.state is not State.CHECKING)
+                return Claim(ClaimStatus.ACQUIRED, taken)
         raise KeyBusy(f"lost {self._CLAIM_ROUNDS} claim races for the key")
+
+    def chains(self, now: float) -> Iterator[Record]:
+        """Every unexpired record of a running check chain (state ``checking``), for the ``resume`` command."""
+        for record in self._guard(lambda: list(self._checking())):
+            if record.state is State.CHECKING and record.expire_at > now:
+                yield record
 
     def update(self, held: Record, *, now: float, **changes: Any) -> Record:
         """Write ``changes`` if ``held`` is still the current version; else ``StaleFence``."""
@@ -188,6 +210,7 @@ class IdempotencyStore(abc.ABC):
             lease_until=now + self._lease_s,
             version=current.version + 1,
             expire_at=now + self._ttl_s,
+            claim_token=_new_token(),
         )
         return record if self._written(functools.partial(self._replace, record, current.version), record) else None
 
@@ -242,6 +265,14 @@ class IdempotencyStore(abc.ABC):
     def _delete_if_version(self, key: str, expected_version: int) -> bool:
         """Delete only if the stored version is ``expected_version``; True if deleted."""
 
+    @abc.abstractmethod
+    def _checking(self) -> Iterator[Record]:
+        """Every stored record in state ``checking`` (expired ones included)."""
+
+
+def _new_token() -> str:
+    return secrets.token_hex(16)
+
 
 def _store_failure(problem: Exception | None) -> StoreUnavailable:
     """What failed, in words that are safe to log and answer with.
@@ -289,6 +320,10 @@ class MemoryStore(IdempotencyStore):
                 return False
             del self._records[key]
             return True
+
+    def _checking(self) -> Iterator[Record]:
+        with self._lock:
+            return iter([r for r in self._records.values() if r.state is State.CHECKING])
 
 
 class SqliteStore(IdempotencyStore):
@@ -364,3 +399,9 @@ class SqliteStore(IdempotencyStore):
     def _delete_if_version(self, key: str, expected_version: int) -> bool:
         changed, _ = self._execute("DELETE FROM records WHERE key = ? AND version = ?", (key, expected_version))
         return changed == 1
+
+    def _checking(self) -> Iterator[Record]:
+        _, rows = self._execute(
+            "SELECT body FROM records WHERE json_extract(body, '$.state') = ?", (State.CHECKING.value,)
+        )
+        return (Record.from_json(json.loads(row[0])) for row in rows)

@@ -10,6 +10,7 @@
         ├── ApiUnavailable     429, 5xx, 409, timeouts and connection errors after in-process retries
         ├── StoreUnavailable   the idempotency store could not be read or written
         ├── PublishFailed      a Pub/Sub publish was not confirmed
+        ├── ScheduleFailed     a follow-up check could not be scheduled (Cloud Tasks create)
         ├── CheckNotDue        a follow-up check arrived before its due time
         └── KeyBusy            another live worker holds the idempotency key
 
@@ -86,6 +87,10 @@ class StoreUnavailable(TransientError):
 
 class PublishFailed(TransientError):
     reason = "publish_failed"
+
+
+class ScheduleFailed(TransientError):
+    reason = "schedule_failed"
 
 
 class CheckNotDue(TransientError):

@@ -28,6 +28,11 @@ from function import (
 from function.errors import PublishFailed
 
 
+def checks_source(project: str = "test-project", topic: str = "opcancel-checks") -> str:
+    """The CloudEvent source of the checks topic: what makes a message a check."""
+    return f"//pubsub.googleapis.com/projects/{project}/topics/{topic}"
+
+
 class FakeClock:
     """Time moves only when told to, or by the amount a retry sleeps."""
 
@@ -72,13 +77,19 @@ class MemoryPublisher:
     def results(self) -> list[dict[str, Any]]:
         return [json.loads(data) for data, _ in self.on("opcancel-results")]
 
-    def take_checks(self) -> list[InboundMessage]:
+    def take_checks(self, project: str = "test-project") -> list[InboundMessage]:
         """Remove and return the published checks, as the checks subscription would deliver them."""
         with self._lock:
             checks = [m for m in self.messages if m[0] == "opcancel-checks"]
             self.messages = [m for m in self.messages if m[0] != "opcancel-checks"]
         return [
-            InboundMessage(data=data, attributes=attributes, message_id=f"check-{i}", kind=SourceKind.PUBSUB)
+            InboundMessage(
+                data=data,
+                attributes=attributes,
+                message_id=f"check-{i}",
+                kind=SourceKind.PUBSUB,
+                event_source=checks_source(project),
+            )
             for i, (_, data, attributes) in enumerate(checks)
         ]
 

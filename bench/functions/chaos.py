@@ -108,6 +108,9 @@ class FaultyStore(IdempotencyStore):
     def _delete_if_version(self, key, expected_version):
         return self._backend._delete_if_version(key, expected_version)
 
+    def _checking(self):
+        return self._backend._checking()
+
 
 class FaultyPublisher:
     def __init__(self, inner: PubSubPublisher) -> None:

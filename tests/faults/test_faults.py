@@ -30,10 +30,11 @@ from function import (
     Settings,
     State,
     SystemClock,
+    errors,
     parse_time,
 )
 from function._store import IdempotencyStore
-from tests.support import FakeClock, MemoryPublisher, Rig, open_store
+from tests.support import FakeClock, MemoryPublisher, Rig, checks_source, open_store
 
 NAME = "organizations/123456789/operations/slow-1-fault"
 
@@ -61,8 +62,11 @@ class CrashingStore(IdempotencyStore):
             self._die_if("after", "claim")
         return claim
 
-    def claim_check(self, key, payload_hash, attempt, *, now):
-        return self._inner.claim_check(key, payload_hash, attempt, now=now)
+    def claim_check(self, key, payload_hash, check, *, now):
+        return self._inner.claim_check(key, payload_hash, check, now=now)
+
+    def chains(self, now):
+        return self._inner.chains(now)
 
     def update(self, held, *, now, **changes):
         self._die_if("before", changes.get("state"))
@@ -86,13 +90,18 @@ class CrashingStore(IdempotencyStore):
     def _delete_if_version(self, key, expected_version):
         raise NotImplementedError
 
+    def _checking(self):
+        raise NotImplementedError
 
-def pubsub_event(data: bytes, attributes: dict[str, str] | None = None, message_id: str = "1") -> CloudEvent:
+
+REQUESTS_SOURCE = "//pubsub.googleapis.com/projects/test-project/topics/opcancel-requests"
+
+
+def pubsub_event(
+    data: bytes, attributes: dict[str, str] | None = None, message_id: str = "1", source: str = REQUESTS_SOURCE
+) -> CloudEvent:
     return CloudEvent(
-        {
-            "type": "google.cloud.pubsub.topic.v1.messagePublished",
-            "source": "//pubsub.googleapis.com/projects/p/topics/t",
-        },
+        {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": source},
         {"message": {"data": base64.b64encode(data).decode(), "attributes": attributes or {}, "messageId": message_id}},
     )
 
@@ -131,7 +140,9 @@ class Pipeline:
         while checks := self.rig.publisher.take_checks():
             for check in checks:
                 self.rig.clock.current = max(self.rig.clock.current, _due(check.data))
-                self.until_acknowledged(pubsub_event(check.data, check.attributes, message_id="check"))
+                self.until_acknowledged(
+                    pubsub_event(check.data, check.attributes, message_id="check", source=checks_source())
+                )
 
     def distinct_results(self) -> set[str]:
         return {attributes["ce-id"] for _, attributes in self.rig.publisher.on("opcancel-results")}
@@ -141,10 +152,24 @@ def _due(data: bytes) -> float:
     return parse_time(json.loads(data)["due_at"])
 
 
+def resume_if_never_scheduled(pipeline: Pipeline, crash, request: CloudEvent) -> None:
+    """After a crash between recording a check and scheduling it, the check the record waits for never comes:
+    the chain is overdue once its due time is more than the longest polling delay past, and the request
+    delivered again then resumes it."""
+    if crash != ("after", State.CHECKING):
+        return
+    assert pipeline.rig.publisher.results() == []
+    pipeline.rig.clock.advance(pipeline.rig.settings.polling.max_delay_s + 10)
+    assert deliver(pipeline.runtime, request) == "ack"
+    (resumed,) = [line for line in pipeline.rig.logs() if line.get("event") == "chain_resumed"]
+    assert resumed["attempt"] == 2
+    pipeline.drain_checks()
+
+
 STEPS = {
     "after the claim": ("after", "claim"),
     "after the cancel is recorded": ("after", State.CANCEL_SENT),
-    "after a check is scheduled": ("after", State.CHECKING),
+    "after a check is recorded, before it is scheduled": ("after", State.CHECKING),
     "after the result is stored": ("after", State.RESULT_READY),
     "after the result is published": ("before", State.FINISHED),
     "after the key is finished": ("after", State.FINISHED),
@@ -157,6 +182,7 @@ def test_a_crash_after_each_step_then_redelivery_gives_one_cancel_and_one_result
     request = pubsub_event(NAME.encode())
     pipeline.until_acknowledged(request)
     pipeline.drain_checks()
+    resume_if_never_scheduled(pipeline, crash, request)
     # Pub/Sub may redeliver the request even after it was acknowledged.
     assert deliver(pipeline.runtime, request) == "ack"
     assert pipeline.crashing.crash is None, "the crash was never injected"
@@ -260,6 +286,9 @@ def test_a_store_outage_is_retried_and_nothing_is_acknowledged():
         def _delete_if_version(self, key, expected_version):
             raise ConnectionError("store is down")
 
+        def _checking(self):
+            raise ConnectionError("store is down")
+
     rig = Rig(store=DownStore(lease_s=60, ttl_s=3600))
     runtime = Runtime(rig.service, log=rig.log)
     assert deliver(runtime, pubsub_event(NAME.encode())) == "retry"
@@ -323,6 +352,7 @@ def test_another_services_operation_survives_a_crash_after_each_step_with_one_ca
     request = pubsub_event(f"//aiplatform.googleapis.com/{name}".encode())
     pipeline.until_acknowledged(request)
     pipeline.drain_checks()
+    resume_if_never_scheduled(pipeline, crash, request)
     assert deliver(pipeline.runtime, request) == "ack"
     assert pipeline.crashing.crash is None, "the crash was never injected"
     assert len(pipeline.rig.simulator.cancel_calls()) == 1
@@ -334,3 +364,55 @@ def test_another_services_operation_survives_a_crash_after_each_step_with_one_ca
         "CANCELLED",
     )
     assert result["idempotency_key"] == f"//aiplatform.googleapis.com/{name}"
+
+
+class ClaimedMeanwhile(IdempotencyStore):
+    """Any backend whose first create fails before landing, while another worker claims the same key in the
+    same clock tick: that worker's record is the one this worker's read-back finds."""
+
+    def __init__(self, backend: IdempotencyStore) -> None:
+        super().__init__(lease_s=backend.lease_s, ttl_s=backend.ttl_s)
+        self._backend = backend
+        self.other_claim = None
+
+    def _create(self, record):
+        if self.other_claim is None:
+            self.other_claim = self._backend.claim_request(record.key, record.payload_hash, now=record.requested_at)
+            raise ConnectionError("injected: the create never reached the store")
+        return self._backend._create(record)
+
+    def _load(self, key):
+        return self._backend._load(key)
+
+    def _replace(self, record, expected_version):
+        return self._backend._replace(record, expected_version)
+
+    def _delete_if_version(self, key, expected_version):
+        return self._backend._delete_if_version(key, expected_version)
+
+    def _checking(self):
+        return self._backend._checking()
+
+
+def test_a_create_that_failed_while_another_worker_claimed_the_key_in_the_same_tick_does_not_hold_it(make_store):
+    store = ClaimedMeanwhile(make_store())
+    with pytest.raises(errors.KeyBusy):
+        store.claim_request("k", "h", now=1_790_000_000.0)
+    assert store.other_claim.status.value == "acquired"
+
+
+def test_two_workers_in_the_same_tick_with_one_create_lost_cancel_once(make_store):
+    """Through the entry point: the worker whose create failed is told to retry, and the other one's claim
+    stands; its redelivery then finds the key finished."""
+    backend = make_store()
+    store = ClaimedMeanwhile(backend)
+    first, second = Rig(store=store), Rig(store=backend)
+    second.clock = first.clock
+    request = pubsub_event(b"organizations/1/operations/plain")
+    assert deliver(Runtime(first.service, log=first.log), request) == "retry"
+    assert first.simulator.calls == []
+    # The other worker's claim was the store-level one above; its holder goes on after its lease, as a redelivery.
+    first.clock.advance(backend.lease_s + 1)
+    assert deliver(Runtime(first.service, log=first.log), request) == "ack"
+    assert len(first.simulator.cancel_calls()) == 1
+    assert [r["outcome"] for r in first.publisher.results()] == ["CANCELLED"]

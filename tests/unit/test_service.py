@@ -506,15 +506,22 @@ def test_an_unregistered_service_and_a_project_outside_the_allow_list_are_reject
     assert len(rig.simulator.cancel_calls()) == 1
 
 
-def test_a_check_for_another_service_outside_the_allow_list_is_dropped_without_a_call():
+def test_a_check_for_another_service_outside_the_allow_list_ends_its_chain_rejected_without_a_call():
     rig = Rig()
     rig.send(VERTEX_FULL)
     (check,) = rig.publisher.take_checks()
-    narrowed = Rig(settings=Settings(project="p", polling=TEST_POLICY, allowed_parents=("projects/other-proj",)))
-    narrowed.clock.current = rig.clock.current + 3600
+    narrowed = Rig(
+        settings=Settings(project="test-project", polling=TEST_POLICY, allowed_parents=("projects/other-proj",)),
+        store=rig.store,
+        clock=rig.clock,
+    )
+    narrowed.clock.current += 3600
     (item,) = narrowed.service.handle(check).items
-    assert item.status is ItemStatus.REJECTED and item.detail == "parent not allowed"
+    assert (item.status, item.outcome) == (ItemStatus.REJECTED, "REJECTED")
+    assert "OPCANCEL_ALLOWED_PARENTS" in item.detail
     assert narrowed.simulator.calls == []
+    (result,) = narrowed.publisher.results()
+    assert (result["outcome"], result["service"]) == ("REJECTED", "aiplatform.googleapis.com")
 
 
 def test_security_command_center_results_name_their_service_and_keep_their_identity(rig):

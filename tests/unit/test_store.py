@@ -133,35 +133,86 @@ def test_a_rate_limit_pause_defers_the_next_claim(store):
 
 
 def test_a_duplicate_request_while_checks_run_adds_nothing(store):
-    record = store.claim_request("k", "h", now=NOW).record
-    store.update(record, now=NOW, state=State.CHECKING, attempt=1, lease_until=0.0)
+    waiting_for(store, check(1))
     assert store.claim_request("k", "h", now=NOW + 1).status is ClaimStatus.CHAIN_RUNNING
 
 
-def test_checks_older_than_the_live_one_are_stale(store):
+def check(attempt: int, **changes) -> dict:
+    """A check body as the service records and publishes it."""
+    return {
+        "operation": "organizations/1/operations/x",
+        "attempt": attempt,
+        "due_at": "2001-01-01T00:00:00.000Z",
+        **changes,
+    }
+
+
+def waiting_for(store, body: dict, attempt: int | None = None):
     record = store.claim_request("k", "h", now=NOW).record
-    store.update(record, now=NOW, state=State.CHECKING, attempt=3, lease_until=0.0)
-    assert store.claim_check("k", "h", 2, now=NOW + 1).status is ClaimStatus.STALE_CHECK
-    claim = store.claim_check("k", "h", 3, now=NOW + 1)
+    return store.update(
+        record,
+        now=NOW,
+        state=State.CHECKING,
+        attempt=attempt or body["attempt"],
+        check=body,
+        due_at=NOW + 5,
+        lease_until=0.0,
+    )
+
+
+def test_only_the_check_the_record_waits_for_is_acquired(store):
+    waiting_for(store, check(3))
+    assert store.claim_check("k", "h", check(2), now=NOW + 1).status is ClaimStatus.STALE_CHECK
+    # A later attempt, or the same attempt saying anything else, is not the chain's check either.
+    assert store.claim_check("k", "h", check(4), now=NOW + 1).status is ClaimStatus.STALE_CHECK
+    assert store.claim_check("k", "h", check(3, api_version="v1"), now=NOW + 1).status is ClaimStatus.STALE_CHECK
+    claim = store.claim_check("k", "h", check(3), now=NOW + 1)
     assert claim.status is ClaimStatus.ACQUIRED
     assert claim.record.attempt == 3
+    assert claim.record.fence == 2
     assert not claim.resumed
 
 
-def test_a_check_newer_than_the_record_wins_after_a_crash_before_recording(store):
-    record = store.claim_request("k", "h", now=NOW).record
-    store.update(record, now=NOW, state=State.CHECKING, attempt=1, lease_until=0.0)
-    claim = store.claim_check("k", "h", 2, now=NOW + 1)
-    assert claim.status is ClaimStatus.ACQUIRED
-    assert claim.record.attempt == 2
-    assert store.claim_check("k", "h", 1, now=NOW + LEASE + 5).status is ClaimStatus.STALE_CHECK
-
-
 def test_a_check_for_an_unknown_key_or_before_any_cancel_is_not_run(store):
-    assert store.claim_check("nobody", "h", 1, now=NOW).status is ClaimStatus.UNKNOWN_KEY
+    assert store.claim_check("nobody", "h", check(1), now=NOW).status is ClaimStatus.UNKNOWN_KEY
     record = store.claim_request("k", "h", now=NOW).record
     store.release(record, now=NOW)
-    assert store.claim_check("k", "h", 1, now=NOW + 1).status is ClaimStatus.STALE_CHECK
+    assert store.claim_check("k", "h", check(1), now=NOW + 1).status is ClaimStatus.STALE_CHECK
+
+
+def test_the_check_whose_result_is_stored_may_publish_it_again(store):
+    record = waiting_for(store, check(1))
+    record = store.claim_check("k", "h", check(1), now=NOW + 1).record
+    record = store.update(record, now=NOW + 1, state=State.RESULT_READY, result={"outcome": "CANCELLED"})
+    store.release(record, now=NOW + 1)
+    claim = store.claim_check("k", "h", check(1), now=NOW + 2)
+    assert claim.status is ClaimStatus.ACQUIRED and claim.record.state is State.RESULT_READY
+
+
+def test_running_chains_are_listed_and_nothing_else(store):
+    waiting_for(store, check(2))
+    other = store.claim_request("done", "h", now=NOW).record
+    store.update(other, now=NOW, state=State.FINISHED, lease_until=0.0)
+    store.claim_request("held", "h", now=NOW)
+    (chain,) = store.chains(NOW + 1)
+    assert (chain.key, chain.attempt, chain.check) == ("k", 2, check(2))
+    # An expired record is no chain, whatever TTL deletion has not caught up with yet.
+    assert list(store.chains(NOW + TTL + 1)) == []
+
+
+def test_running_chains_are_listed_past_one_page(store):
+    for index in range(305):
+        record = store.claim_request(f"k{index}", "h", now=NOW).record
+        store.update(record, now=NOW, state=State.CHECKING, attempt=1, check=check(1), lease_until=0.0)
+    assert len({chain.key for chain in store.chains(NOW + 1)}) == 305
+
+
+def test_each_claim_carries_its_own_token(store):
+    first = store.claim_request("k", "h", now=NOW).record
+    taken = store.claim_request("k", "h", now=NOW + LEASE + 1).record
+    assert first.claim_token and taken.claim_token and first.claim_token != taken.claim_token
+    # Updates keep the claim's token: it names the claim, not the write.
+    assert store.update(taken, now=NOW + LEASE + 1, state=State.CANCEL_SENT).claim_token == taken.claim_token
 
 
 def test_backend_failures_surface_as_store_unavailable():
@@ -276,6 +327,9 @@ class LostResponses(IdempotencyStore):
     def _delete_if_version(self, key, expected_version):
         return self._backend._delete_if_version(key, expected_version)
 
+    def _checking(self):
+        return self._backend._checking()
+
 
 def test_a_lost_create_response_is_recovered_by_checking_what_landed(store):
     store = LostResponses(store)
@@ -330,6 +384,9 @@ class Counted(IdempotencyStore):
     def _delete_if_version(self, key, expected_version):
         self.calls.append("delete")
         return self._backend._delete_if_version(key, expected_version)
+
+    def _checking(self):
+        return self._backend._checking()
 
 
 def test_a_new_key_is_claimed_by_one_create_and_no_read(store):
