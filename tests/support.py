@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import pathlib
@@ -10,9 +11,11 @@ from typing import Any
 
 import httpx
 
+from devkit.cloudtasks import CloudTasks
 from devkit.simulator import Simulator
 from function import (
     AnonymousAuth,
+    CloudTasksScheduler,
     FirestoreStore,
     InboundMessage,
     Logger,
@@ -114,8 +117,17 @@ DATA_DIR = pathlib.Path(__file__).parent / "data"
 TEST_POLICY = PollingPolicy(initial_delay_s=5.0, multiplier=2.0, max_delay_s=60.0, deadline_s=600.0)
 
 
+TASKS_QUEUE = "projects/test-project/locations/europe-west1/queues/opcancel-checks"
+TASKS_ACCOUNT = "opcancel-tasks@test-project.iam.gserviceaccount.com"
+CHECKS_PUBLISH_URL = "https://pubsub.googleapis.com/v1/projects/test-project/topics/opcancel-checks:publish"
+
+
 class Rig:
-    """One service wired to the simulator (in-process), a memory publisher and store, and a fake clock."""
+    """One service wired to the simulator (in-process), a memory publisher and store, and a fake clock.
+
+    With ``tasks``, checks are scheduled through the real Cloud Tasks adapter into the devkit stand-in
+    (in-process, on the rig's clock), whose dispatch publishes them to the memory publisher's checks topic.
+    """
 
     def __init__(
         self,
@@ -126,6 +138,7 @@ class Rig:
         transport: httpx.BaseTransport | None = None,
         clock: FakeClock | None = None,
         endpoint: str = "http://simulator.test",
+        tasks: bool = False,
     ) -> None:
         self.clock = clock or FakeClock()
         self.simulator = simulator or Simulator()
@@ -144,6 +157,21 @@ class Rig:
             transport=transport or httpx.WSGITransport(app=self.simulator),
             jitter=lambda: 0.5,
         )
+        self.cloudtasks: CloudTasks | None = None
+        scheduler = None
+        if tasks:
+            self.cloudtasks = CloudTasks(queues=[TASKS_QUEUE], clock=self.clock.now, deliver=self._publish_task)
+            scheduler = CloudTasksScheduler(
+                queue=TASKS_QUEUE,
+                project="test-project",
+                checks_topic=self.settings.checks_topic,
+                auth=AnonymousAuth(),
+                clock=self.clock,
+                service_account=TASKS_ACCOUNT,
+                endpoint="http://cloudtasks.test",
+                transport=httpx.WSGITransport(app=self.cloudtasks),
+                jitter=lambda: 0.5,
+            )
         self.service = Opcancel(
             settings=self.settings,
             api=self.api,
@@ -151,16 +179,46 @@ class Rig:
             store=self.store,
             clock=self.clock,
             log=self.log,
+            scheduler=scheduler,
         )
+
+    def _publish_task(self, url: str, method: str, headers: dict[str, str], body: bytes) -> int:
+        """A dispatched task's request, as Pub/Sub's publish method takes it."""
+        assert (url, method) == (CHECKS_PUBLISH_URL, "POST")
+        assert headers["Authorization"].endswith(TASKS_ACCOUNT)
+        messages = json.loads(body)["messages"]
+        self.publisher.publish_all(
+            self.settings.checks_topic,
+            [(base64.b64decode(m["data"]), m.get("attributes", {})) for m in messages],
+        )
+        return 200
+
+    def dispatch_tasks(self) -> int:
+        """Move the clock to the next task's time and let the stand-in dispatch what is due then."""
+        assert self.cloudtasks is not None
+        due = self.cloudtasks.next_due_at()
+        if due is None:
+            return 0
+        self.clock.current = max(self.clock.current, due)
+        return self.cloudtasks.dispatch_due()
 
     def send(self, body: str | bytes, attributes: dict[str, str] | None = None, message_id: str = "m-1"):
         data = body.encode() if isinstance(body, str) else body
-        return self.service.handle(InboundMessage(data=data, attributes=attributes or {}, message_id=message_id))
+        return self.service.handle(
+            InboundMessage(
+                data=data,
+                attributes=attributes or {},
+                message_id=message_id,
+                event_source="//pubsub.googleapis.com/projects/test-project/topics/opcancel-requests",
+            )
+        )
 
     def run_checks(self, max_rounds: int = 50) -> int:
         """Deliver checks as Pub/Sub would, advancing time to each due check; returns how many ran."""
         delivered = 0
         for _ in range(max_rounds):
+            if self.cloudtasks is not None:
+                self.dispatch_tasks()
             pending = self.publisher.take_checks()
             if not pending:
                 return delivered

@@ -20,7 +20,7 @@ from function import Logger, Runtime
 from function._clock import parse_time
 from function._log import TRACE_FIELD
 from function.errors import ConfigError
-from tests.support import DATA_DIR
+from tests.support import DATA_DIR, checks_source
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WIRED = ROOT / "tests" / "functions" / "wired.py"
@@ -169,7 +169,7 @@ def test_an_early_check_is_deferred_by_a_503(on_event):
     event_client, rig = on_event
     post_event(event_client, pubsub_event(b"organizations/1/operations/slow-1-x"))
     (check,) = rig.publisher.take_checks()
-    event = pubsub_event(check.data, check.attributes, message_id="check-1")
+    event = pubsub_event(check.data, check.attributes, message_id="check-1", source=checks_source())
     assert post_event(event_client, event).status_code == 503
     rig.clock.advance(5)
     assert post_event(event_client, event).status_code == 200

@@ -22,3 +22,13 @@ def on_event(cloud_event):
 @functions_framework.http
 def on_http(request):
     return runtime.on_http(request)
+
+
+@functions_framework.cloud_event
+def on_request(cloud_event):
+    runtime.on_request(cloud_event, flask.request.headers)
+
+
+@functions_framework.cloud_event
+def on_check(cloud_event):
+    runtime.on_check(cloud_event, flask.request.headers)
