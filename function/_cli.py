@@ -1,12 +1,14 @@
 """The operator command line, ``python -m function``: cancel (one, or every operation under a parent), get,
-list, publish.
+list, publish, resume.
 
 It follows the function's rules: every name goes through the request parser
 (the same accepted forms, the same rejections, the same allow-list) before
 anything reaches the network, outcomes come from ``outcome_of``, and the API
 client is the function's own, retries included. ``cancel`` calls the API
 directly, with no idempotency store and no checks topic; ``publish`` and
-``cancel --all`` hand requests to the deployed function instead.
+``cancel --all`` hand requests to the deployed function instead; ``resume``
+works on the function's own store and scheduler, to restart check chains whose
+check was lost.
 
 ``main`` is the only place that reads the environment. Commands take their
 clients from click's context object, so tests pass their own as ``obj``.
@@ -26,7 +28,7 @@ from typing import Any
 import click
 
 from ._api import Authenticator, OperationsClient
-from ._app import build_api, build_auth, build_publisher
+from ._app import build_api, build_auth, build_publisher, build_service
 from ._clock import Clock, SystemClock, format_time
 from ._core import next_due, operation_error, outcome_of
 from ._http import SharedTransport
@@ -48,8 +50,17 @@ from ._names import (
 )
 from ._pubsub import Publisher
 from ._requests import Parsed, parse_message
+from ._service import ItemStatus, Opcancel
 from ._settings import MAX_DEADLINE_S, PollingPolicy, Settings
-from .errors import ApiRejected, ApiUnavailable, ConfigError, InvalidRequest, NoCredentials, PublishFailed
+from .errors import (
+    ApiRejected,
+    ApiUnavailable,
+    ConfigError,
+    InvalidRequest,
+    NoCredentials,
+    PublishFailed,
+    TransientError,
+)
 
 _NO_CREDENTIALS = (
     "no Google credentials: run `gcloud auth application-default login`, "
@@ -80,6 +91,7 @@ class Exit(enum.IntEnum):
     NO_CREDENTIALS = 11
     BAD_CONFIGURATION = 12
     PUBLISH_FAILED = 13
+    UNAVAILABLE = 14
 
 
 def exit_for(outcome: Outcome) -> Exit:
@@ -106,6 +118,8 @@ class CliClients:
     publisher: Publisher | None = None
     #: Whether a person can answer a confirmation prompt; tests say so rather than own a terminal.
     is_terminal: Callable[[], bool] = lambda: sys.stdin.isatty()
+    #: Builds the function's own pipeline (store, scheduler); only ``resume`` needs it, so it is built on demand.
+    service: Callable[[], Opcancel] | None = None
 
 
 def main() -> None:
@@ -124,6 +138,7 @@ def main() -> None:
         api=build_api(settings, auth=auth, clock=clock, log=Logger(sys.stderr), transport=transport),
         clock=clock,
         publisher=build_publisher(settings, auth=auth, clock=clock, transport=transport) if settings.project else None,
+        service=lambda: build_service(settings, log=Logger(sys.stderr)),
     )
     cli.main(prog_name="python -m function", obj=clients)
 
@@ -145,6 +160,7 @@ Exit status:
   11  no usable Google credentials
   12  bad configuration (an environment variable)
   13  the publish to Pub/Sub was not confirmed
+  14  resume: the store or the scheduler was unavailable (run it again)
 """
 
 
@@ -391,6 +407,64 @@ def publish(
     else:
         operations = ", ".join(request.ref.name for request in parsed.requests)
         click.echo(f"published message {message_id} to {path}: {operations}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="List the overdue chains and resume none.")
+@_as_json
+@click.pass_obj
+def resume(clients: CliClients, dry_run: bool, as_json: bool) -> None:
+    """Find check chains whose check is overdue and schedule a new one for each.
+
+    A chain is overdue when its check's due time passed more than
+    OPCANCEL_CHECK_MAX_DELAY_S ago and no worker is running it: the check was
+    lost (dead-lettered, dropped, never scheduled). Each gets a new check, due
+    now, so its request still ends in one result. Safe to run at any time and
+    from several places (Cloud Scheduler, by hand): a chain resumed by one run
+    is no longer overdue for the next.
+    """
+    if clients.service is None:
+        raise CliFailure("resume needs the function's configuration", Exit.BAD_CONFIGURATION)
+    try:
+        service = clients.service()
+        overdue = service.overdue_chains()
+    except ConfigError as problem:
+        raise CliFailure(str(problem), Exit.BAD_CONFIGURATION) from None
+    except TransientError as problem:
+        raise CliFailure(_echo(str(problem)), Exit.UNAVAILABLE) from None
+    now = clients.clock.now()
+    rows = []
+    for record in overdue:
+        check = record.check or {}
+        rows.append(
+            {
+                "operation": check.get("operation"),
+                "idempotency_key": record.key,
+                "attempt": record.attempt,
+                "due_at": format_time(record.due_at or 0.0),
+                "overdue_s": round(now - (record.due_at or 0.0), 1),
+            }
+        )
+    reports = [] if dry_run else service.resume(overdue)
+    for row, report in zip(rows, reports, strict=False):
+        row["resumed"] = report.status is ItemStatus.ACCEPTED
+        row["detail"] = report.detail
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "overdue": rows}, indent=2))
+    else:
+        for row in rows:
+            fate = (
+                "would resume" if dry_run else ("resumed: " if row["resumed"] else "not resumed: ") + str(row["detail"])
+            )
+            click.echo(
+                f"{_echo(str(row['operation']))}  check {row['attempt']} due {row['due_at']} "
+                f"({_seconds(row['overdue_s'])} ago)  {fate}"
+            )
+        click.echo(
+            f"{len(rows)} overdue chain(s)" + ("" if dry_run else f", {sum(r['resumed'] for r in rows)} resumed")
+        )
+    if any(report.status is ItemStatus.RETRY for report in reports):
+        raise CliFailure("some chains could not be resumed; run resume again", Exit.UNAVAILABLE)
 
 
 @dataclass

@@ -491,3 +491,61 @@ def test_the_api_endpoint_may_carry_the_host_in_its_path(value):
 )
 def test_the_host_placeholder_may_not_choose_the_server(value):
     assert "is not an http(s) base URL" in bad({"OPCANCEL_API_ENDPOINT": value}, "OPCANCEL_API_ENDPOINT")
+
+
+# --- Cloud Tasks and the lease ----------------------------------------------------------------
+
+QUEUE = "projects/sec-ops-prod/locations/europe-west1/queues/opcancel-checks"
+ACCOUNT = "opcancel-tasks@sec-ops-prod.iam.gserviceaccount.com"
+
+
+def test_without_a_queue_checks_wait_for_redelivery_and_the_lease_is_a_minute():
+    settings = Settings.from_env({})
+    assert (settings.tasks_queue, settings.tasks_service_account, settings.tasks_endpoint) == (None, None, None)
+    assert settings.lease_s == 60.0
+
+
+def test_a_queue_with_its_account_and_an_endpoint():
+    settings = Settings.from_env(
+        {
+            "OPCANCEL_TASKS_QUEUE": QUEUE,
+            "OPCANCEL_TASKS_SERVICE_ACCOUNT": ACCOUNT,
+            "OPCANCEL_TASKS_ENDPOINT": "http://127.0.0.1:8123/",
+        }
+    )
+    assert (settings.tasks_queue, settings.tasks_service_account) == (QUEUE, ACCOUNT)
+    assert settings.tasks_endpoint == "http://127.0.0.1:8123"
+
+
+def test_against_the_pubsub_emulator_a_queue_needs_no_account():
+    settings = Settings.from_env({"OPCANCEL_TASKS_QUEUE": QUEUE, "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085"})
+    assert settings.tasks_queue == QUEUE and settings.tasks_service_account is None
+
+
+def test_a_queue_without_its_account_fails_start_up_naming_the_account_variable():
+    assert "required" in bad({"OPCANCEL_TASKS_QUEUE": QUEUE}, "OPCANCEL_TASKS_SERVICE_ACCOUNT")
+
+
+@pytest.mark.parametrize(
+    "queue",
+    [
+        "opcancel-checks",
+        "projects/p/queues/q",
+        "projects/sec-ops-prod/locations/europe-west1/queues/",
+        "projects/sec-ops-prod/locations/europe-west1/queues/q/tasks/t",
+        "projects/sec-ops-prod/locations/europe-west1/queues/q_with_underscore",
+        "https://cloudtasks.googleapis.com/v2/projects/p/locations/l/queues/q",
+    ],
+)
+def test_a_malformed_queue_fails_start_up_naming_it(queue):
+    bad({"OPCANCEL_TASKS_QUEUE": queue, "OPCANCEL_TASKS_SERVICE_ACCOUNT": ACCOUNT}, "OPCANCEL_TASKS_QUEUE")
+
+
+@pytest.mark.parametrize("account", ["opcancel", "a b@c.iam.gserviceaccount.com", "@example.com"])
+def test_a_malformed_account_fails_start_up_naming_it(account):
+    bad({"OPCANCEL_TASKS_QUEUE": QUEUE, "OPCANCEL_TASKS_SERVICE_ACCOUNT": account}, "OPCANCEL_TASKS_SERVICE_ACCOUNT")
+
+
+@pytest.mark.parametrize("endpoint", ["cloudtasks.googleapis.com", "ftp://x", "http://u:p@host"])
+def test_a_malformed_tasks_endpoint_fails_start_up_naming_it(endpoint):
+    bad({"OPCANCEL_TASKS_ENDPOINT": endpoint}, "OPCANCEL_TASKS_ENDPOINT")
