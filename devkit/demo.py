@@ -1,7 +1,7 @@
 """./demo.sh: opcancel running locally, no Google account needed.
 
-Starts the Operations API simulator, Google's Pub/Sub emulator and main.py under
-functions-framework, publishes one cancel request per name given (a sample by
+Starts the Operations API simulator, Google's Pub/Sub emulator, the Cloud Tasks stand-in and main.py
+under functions-framework, publishes one cancel request per name given (a sample by
 default) to the requests topic, prints the function's log lines as they come,
 then the result events pulled from the results topic, and stops everything.
 """
@@ -31,7 +31,7 @@ def main(names: list[str]) -> int:
     # closed terminal; turning those into an exception lets the stack stop them on the way out.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-    print("Starting the Operations API simulator, the Pub/Sub emulator and the function...", flush=True)
+    print("Starting the Operations API simulator, the Pub/Sub emulator, Cloud Tasks and the function...", flush=True)
     try:
         with LocalStack() as stack:
             return _run(stack, names)
@@ -51,7 +51,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _run(stack: LocalStack, names: list[str]) -> int:
-    print(f"  simulator  {stack.api_endpoint}\n  function   {stack.function_url}\n  pubsub     {stack.pubsub.host}\n")
+    print(f"  simulator  {stack.api_endpoint}\n  function   {stack.function_url}\n  pubsub     {stack.pubsub.host}")
+    print(f"  tasks      {stack.tasks_endpoint} (the Cloud Tasks stand-in: each check is a task)\n")
     for name in names:
         message_id = stack.publish(name)
         print(f"published to {TOPICS['requests']}: {name!r} (message {message_id})", flush=True)

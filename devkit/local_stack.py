@@ -1,7 +1,13 @@
 """opcancel running locally for real: main.py under functions-framework, the Operations API simulator,
-and Google's Pub/Sub emulator with push subscriptions delivering requests and checks to the function.
+Google's Pub/Sub emulator with push subscriptions delivering requests and checks to the function, and
+(by default) the devkit's Cloud Tasks stand-in scheduling each check, as deploy.sh deploys it.
 
 Used by ``./demo.sh`` and by the emulator test tier, so both exercise the same wiring a deployment has.
+``mode="redelivery"`` runs without a queue: checks are published at once and refused until due.
+
+Each push subscription pushes to ``{function}/projects/P/topics/T``: functions-framework turns a raw
+push body into a CloudEvent whose source names the topic in that path, as Eventarc's does, and the
+function takes a message for a check only when that source is the checks topic.
 
 On the emulator's redelivery (measured with gcloud 528, Pub/Sub emulator 2025.06): a push answered
 with an error is redelivered about 1 s later, every time, when the subscription has no retry
@@ -26,6 +32,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from devkit import cloudtasks
 from devkit.emulators import Emulator, free_port, stop_group
 from devkit.simulator import Simulator, serve
 
@@ -34,7 +41,9 @@ PROJECT = "opcancel-local"
 TOPICS = {"requests": "opcancel-requests", "checks": "opcancel-checks", "results": "opcancel-results"}
 #: Pull subscriptions the stack reads: every result, and a copy of every check message (the push one consumes them).
 PULL_SUBSCRIPTIONS = {"results": "opcancel-results-pull", "checks": "opcancel-checks-tap"}
-#: Slow enough that the demo shows a check refused as early and redelivered.
+TASKS_QUEUE = f"projects/{PROJECT}/locations/local/queues/opcancel-checks"
+MODES = ("tasks", "redelivery")
+#: Slow enough that the demo shows a check waiting for its time (a task's schedule, or, without a queue, refusals).
 DEMO_POLLING = {
     "OPCANCEL_CHECK_INITIAL_DELAY_S": "1",
     "OPCANCEL_CHECK_MULTIPLIER": "2",
@@ -50,9 +59,22 @@ class StackFailed(Exception):
 class LocalStack:
     """Bring everything up with ``with LocalStack() as stack:``; everything started is stopped on exit."""
 
-    def __init__(self, *, polling: dict[str, str] | None = None, workdir: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        polling: dict[str, str] | None = None,
+        workdir: str | None = None,
+        mode: str = "tasks",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
         self.simulator = Simulator()
+        self.mode = mode
+        #: The Cloud Tasks stand-in, in tasks mode; its ``tasks`` tell what was scheduled and dispatched.
+        self.cloudtasks: cloudtasks.CloudTasks | None = None
         self._polling = polling or DEMO_POLLING
+        self._extra_env = extra_env or {}
         self._workdir = workdir
         #: How to stop each thing started, in the order started.
         self._stops: list[Callable[[], None]] = []
@@ -74,6 +96,12 @@ class LocalStack:
         self.api_endpoint = f"http://127.0.0.1:{server.server_address[1]}"
         self.pubsub = Emulator("pubsub", project=PROJECT)
         self._stops.append(self.pubsub.stop)
+        self.tasks_endpoint: str | None = None
+        if self.mode == "tasks":
+            self.cloudtasks = cloudtasks.CloudTasks(queues=[TASKS_QUEUE])
+            served = cloudtasks.serve(self.cloudtasks)
+            self._stops.append(served.stop)
+            self.tasks_endpoint = served.endpoint
         # The Google clients in this process (topic admin, publish, pull) find the emulator this way.
         saved = os.environ.get("PUBSUB_EMULATOR_HOST")
         os.environ["PUBSUB_EMULATOR_HOST"] = self.pubsub.host
@@ -108,7 +136,11 @@ class LocalStack:
             # The strictest stdout a UTF-8 locale gives: a log line no UTF-8 encoder takes fails here too.
             "PYTHONIOENCODING": "utf-8:strict",
             **self._polling,
+            **self._extra_env,
         }
+        if self.mode == "tasks":
+            # Against the Pub/Sub emulator the tasks' publish carries no token, so no service account is needed.
+            env |= {"OPCANCEL_TASKS_QUEUE": TASKS_QUEUE, "OPCANCEL_TASKS_ENDPOINT": str(self.tasks_endpoint)}
         command = [
             sys.executable, "-m", "functions_framework",
             "--source", str(ROOT / "main.py"), "--target", "on_event", "--signature-type", "cloudevent",
@@ -146,7 +178,9 @@ class LocalStack:
                 request={
                     "name": self.subscriber.subscription_path(PROJECT, f"{TOPICS[kind]}-push"),
                     "topic": self.publisher.topic_path(PROJECT, TOPICS[kind]),
-                    "push_config": types.PushConfig(push_endpoint=f"{self.function_url}/"),
+                    "push_config": types.PushConfig(
+                        push_endpoint=f"{self.function_url}/projects/{PROJECT}/topics/{TOPICS[kind]}"
+                    ),
                     "ack_deadline_seconds": 30,
                 }
             )

@@ -1,12 +1,15 @@
 """End to end: main.py under functions-framework, Google's Pub/Sub emulator pushing requests and checks
-to it, the Operations API simulator answering, and result events pulled back from the results topic.
+to it, the Operations API simulator answering, and result events pulled back from the results topic; in
+both scheduling modes: checks as tasks of the Cloud Tasks stand-in (what deploy.sh deploys), and checks
+refused until due and redelivered.
 
-One stack serves the module; every test uses operation names of its own, and messages read from the
+One stack per mode serves the module; every test uses operation names of its own, and messages read from the
 shared pull subscriptions are kept in ``stack.seen`` so a test never loses another's.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -28,10 +31,12 @@ POLLING = {
 }
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+@pytest.fixture(scope="module", params=["tasks", "redelivery"])
+def stack(request, tmp_path_factory):
     try:
-        running = LocalStack(polling=POLLING, workdir=str(tmp_path_factory.mktemp("stack"))).__enter__()
+        running = LocalStack(
+            polling=POLLING, workdir=str(tmp_path_factory.mktemp("stack")), mode=request.param
+        ).__enter__()
     except EmulatorUnavailable as reason:
         pytest.skip(str(reason))
     running.seen = {"results": [], "checks": []}
@@ -89,7 +94,7 @@ def test_a_bare_name_published_as_gcloud_does_gives_one_cancelled_result(stack):
     assert len(stack.simulator.cancel_calls(name)) == 1
 
 
-def test_delayed_checks_travel_the_checks_topic_and_early_ones_wait_for_redelivery(stack):
+def test_delayed_checks_travel_the_checks_topic_once_each_as_tasks_or_after_refusals_without(stack):
     name = f"{ORG}/operations/slow-2-e2e"
     stack.publish(name)
     (result,) = messages_for(stack, name)
@@ -106,7 +111,19 @@ def test_delayed_checks_travel_the_checks_topic_and_early_ones_wait_for_redelive
 
     assert [line["attempt"] for line in log_lines(stack, name, "check_scheduled")] == [1, 2]
     deferred = [line for line in log_lines(stack, name, "retry_later") if line["reason"] == "check_not_due"]
-    assert deferred, "no check arrived early, so redelivery was not exercised"
+    if stack.mode == "tasks":
+        # Each check a task, created once, dispatched once at its time, and never refused as early.
+        assert deferred == []
+        tasks = [
+            task
+            for task in stack.cloudtasks.tasks.values()
+            if json.loads(base64.b64decode(task.http_request["body"]))["messages"][0]["attributes"]["operation"] == name
+        ]
+        assert len(tasks) == 2
+        assert all(len(task.attempts) == 1 and task.attempts[0][1] == 200 for task in tasks)
+        assert all(task.attempts[0][0] >= task.schedule_time for task in tasks)
+    else:
+        assert deferred, "no check arrived early, so redelivery was not exercised"
     assert len(stack.simulator.cancel_calls(name)) == 1
 
 
@@ -253,3 +270,23 @@ def test_deeply_nested_json_is_acknowledged_once_with_a_clear_reason(stack):
     reasons = [line["reason"] for line in stack.function_logs() if line.get("event") == "message_ignored"]
     assert reasons.count("body is JSON nested deeper than 64 levels") == 1
     assert "Traceback" not in stack.function_output()
+
+
+def test_a_check_published_to_the_requests_topic_is_rejected_as_a_request(stack):
+    name = f"{ORG}/operations/e2e-forged"
+    body = {
+        "operation": name,
+        "location": "global",
+        "api_version": "v1beta1",
+        "idempotency_key": f"securitycenter.googleapis.com/{name}",
+        "attempt": 1,
+        "due_at": "2020-01-01T00:00:00.000Z",
+        "deadline_at": "2099-01-01T00:00:00.000Z",
+        "requested_at": "2020-01-01T00:00:00.000Z",
+        "source": {"kind": "pubsub"},
+    }
+    stack.publish(json.dumps(body), opcancel_kind="check", operation=name, attempt="1")
+    (result,) = messages_for(stack, name)
+    assert result["data"]["outcome"] == "REJECTED"
+    assert "attempt" in result["data"]["error"]
+    assert not [call for call in stack.simulator.calls if call.path.endswith(name)]
