@@ -9,6 +9,11 @@ dependency misbehaves, and whose workers die, then an account of every request.
   effect); ``failure_rate`` of store writes and publishes fail (half after taking effect); any API
   answer, write or publish kills the worker with probability ``crash_rate``; and a killer SIGKILLs a
   random worker every one to three seconds. gunicorn starts a new one each time, as Cloud Run would.
+- Checks: with ``mode="tasks"`` (the default, what deploy.sh deploys) each check is a task of the devkit's
+  Cloud Tasks stand-in, which fails ``tasks_failure_rate`` of creates and of dispatches and loses
+  ``lost_rate`` of the tasks it accepted; with ``mode="redelivery"`` checks are published at once and
+  ``lost_rate`` of them are lost. Lost checks are what ``python -m function resume`` is for: a resumer
+  runs it every few seconds, as Cloud Scheduler would.
 - Account: operations cancelled more than once (the simulator counts cancels it accepted while the
   operation ran), requests without exactly one distinct result (by ``ce-id``, with the outcome the
   operation's kind calls for), request messages never acknowledged, and the time until all is done.
@@ -29,6 +34,8 @@ import os
 import pathlib
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,9 +49,13 @@ from bench._harness import (
     Pythons,
     Services,
 )
+from devkit.cloudtasks import CloudTasks
+from devkit.cloudtasks import serve as serve_tasks
 from devkit.emulators import Emulator
 
 REQUESTS_TOPIC = "opcancel-requests"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TASKS_QUEUE = f"projects/{PROJECT}/locations/local/queues/opcancel-checks"
 #: Operation kinds, their share of the operations, and the outcome each must end in.
 KINDS = (
     ("chaos", 0.5, "CANCELLED"),
@@ -63,6 +74,7 @@ class ChaosReport:
     cancelled_twice: tuple[str, ...]
     #: Of those, the ones with a cancel sent and never refused or recorded: its worker died in between.
     cancelled_twice_after_a_crash_in_the_window: tuple[str, ...]
+    mode: str
     without_one_result: int
     wrong_outcome: int
     lost: int
@@ -73,6 +85,14 @@ class ChaosReport:
     kills: int
     api_calls: int
     api_faults: int
+    #: Chains the resumer found overdue and resumed.
+    resumed: int = 0
+    #: Seconds from a worker's death to the next claim of each key it held (a takeover).
+    takeovers_s: tuple[float, ...] = ()
+    #: Cloud Tasks: creates answered per status, dispatch attempts that failed, tasks lost.
+    task_creates: collections.Counter = field(default_factory=collections.Counter)
+    task_dispatch_failures: int = 0
+    tasks_lost: int = 0
     faults: collections.Counter = field(default_factory=collections.Counter)
     outcomes: collections.Counter = field(default_factory=collections.Counter)
 
@@ -109,11 +129,29 @@ def run(
     store: str = "sqlite",
     timeout_s: float = 600.0,
     pythons: Pythons = THIS_PYTHON,
+    mode: str = "tasks",
+    tasks_failure_rate: float = 0.1,
+    lost_rate: float = 0.05,
+    lease_s: float = 10.0,
 ) -> ChaosReport:
-    """``store`` is ``sqlite`` (one file the workers share) or ``firestore`` (Google's emulator)."""
+    """``store`` is ``sqlite`` (one file the workers share) or ``firestore`` (Google's emulator); ``mode`` is
+    ``tasks`` (checks as tasks of the Cloud Tasks stand-in) or ``redelivery``."""
     rng = random.Random(seed)
     names = _operation_names(operations)
     with Services(pythons) as services, contextlib.ExitStack() as stack:
+        tasks_settings: dict[str, str] = {}
+        cloudtasks = None
+        if mode == "tasks":
+            cloudtasks = CloudTasks(
+                queues=[TASKS_QUEUE],
+                create_failure_rate=tasks_failure_rate,
+                dispatch_failure_rate=tasks_failure_rate,
+                lose_rate=lost_rate,
+                seed=seed,
+            )
+            served = serve_tasks(cloudtasks)
+            stack.callback(served.stop)
+            tasks_settings = {"OPCANCEL_TASKS_QUEUE": TASKS_QUEUE, "OPCANCEL_TASKS_ENDPOINT": served.endpoint}
         if store == "firestore":
             firestore = stack.enter_context(Emulator("firestore", project=PROJECT))
             store_settings = {
@@ -129,7 +167,7 @@ def run(
         env = services.environment(
             workdir,
             WORKERS=str(workers),
-            OPCANCEL_LEASE_S="10",
+            OPCANCEL_LEASE_S=str(lease_s),
             OPCANCEL_CHECK_INITIAL_DELAY_S="0.5",
             OPCANCEL_CHECK_MULTIPLIER="2",
             OPCANCEL_CHECK_MAX_DELAY_S="2",
@@ -138,29 +176,45 @@ def run(
             CHAOS_PUBLISH_FAILURES=str(failure_rate),
             CHAOS_CRASH_RATE=str(crash_rate),
             CHAOS_SEED=str(seed),
+            CHAOS_LOST_CHECKS=str(lost_rate if mode == "redelivery" else 0.0),
             **store_settings,
+            **tasks_settings,
         )
         log = workdir / "function.log"
         with services.running_function("chaos", env, log=log) as function:
-            pubsub = _PubSub(services.pubsub.host, f"http://127.0.0.1:{function.port}/")
+            pubsub = _PubSub(services.pubsub.host, f"http://127.0.0.1:{function.port}")
             killer = _Killer(function, rng)
+            resumer = _Resumer(env, workdir / "resume.log")
             try:
                 messages = [name for name in names for _ in range(duplicates)]
                 rng.shuffle(messages)
                 started = time.monotonic()
                 killer.start()
+                resumer.start()
                 sent = pubsub.publish_requests(messages)
                 results, acked, drained = _drain(pubsub, log, names, set(sent), started + timeout_s)
                 drain_s = time.monotonic() - started
                 killer.stop()
+                resumer.stop()
                 # Anything still in flight (a duplicate result) has a moment to show up.
                 results += pubsub.pull_results(settle_s=3.0)
             finally:
                 killer.stop()
+                resumer.stop()
                 pubsub.close()
         operations_seen = services.simulator("GET", "operations")["operations"]
         calls = services.simulator("GET", "calls")["calls"]
-    return _account(store, names, sent, results, acked, operations_seen, calls, log, killer.kills, drain_s, drained)
+    report = _account(store, names, sent, results, acked, operations_seen, calls, log, killer.kills, drain_s, drained)
+    report.mode = mode
+    report.resumed = resumer.resumed
+    report.takeovers_s = _takeovers(_log_lines(log), killer.killed)
+    if cloudtasks is not None:
+        report.task_creates = collections.Counter(status for status, _ in cloudtasks.creates)
+        report.task_dispatch_failures = sum(
+            1 for task in cloudtasks.tasks.values() for _, status in task.attempts if status is None or status >= 300
+        )
+        report.tasks_lost = sum(task.lost for task in cloudtasks.tasks.values())
+    return report
 
 
 def _operation_names(count: int) -> list[str]:
@@ -198,7 +252,8 @@ class _PubSub:
                 request={
                     "name": self._subscription(f"{topic}-push"),
                     "topic": self._topic(topic),
-                    "push_config": pubsub_v1.types.PushConfig(push_endpoint=push_endpoint),
+                    # The topic in the path becomes the CloudEvent's source: only the checks topic's is a check.
+                    "push_config": pubsub_v1.types.PushConfig(push_endpoint=f"{push_endpoint}/{self._topic(topic)}"),
                     "ack_deadline_seconds": 30,
                 }
             )
@@ -254,14 +309,18 @@ class _Killer(threading.Thread):
         self._rng = rng
         self._stopped = threading.Event()
         self.kills = 0
+        #: (time, pid) of each kill.
+        self.killed: list[tuple[float, int]] = []
 
     def run(self) -> None:
         while not self._stopped.wait(self._rng.uniform(1.0, 3.0)):
             workers = self._function.worker_pids()
             if workers:
+                victim = self._rng.choice(workers)
                 try:
-                    os.kill(self._rng.choice(workers), signal.SIGKILL)
+                    os.kill(victim, signal.SIGKILL)
                     self.kills += 1
+                    self.killed.append((time.time(), victim))
                 except ProcessLookupError:
                     pass
 
@@ -269,6 +328,52 @@ class _Killer(threading.Thread):
         self._stopped.set()
         if self.is_alive():
             self.join()
+
+
+class _Resumer(threading.Thread):
+    """Runs ``python -m function resume`` with the function's settings every few seconds, as Cloud Scheduler would."""
+
+    def __init__(self, env: dict[str, str], log: pathlib.Path, every_s: float = 3.0) -> None:
+        super().__init__(daemon=True)
+        self._env = env
+        self._log = log
+        self._every_s = every_s
+        self._stopped = threading.Event()
+        self.resumed = 0
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._every_s):
+            run = subprocess.run(
+                [sys.executable, "-m", "function", "resume", "--json"],
+                cwd=ROOT, env=self._env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            with open(self._log, "a") as log:
+                log.write(run.stdout + run.stderr)
+            with contextlib.suppress(ValueError):
+                self.resumed += sum(1 for row in json.loads(run.stdout)["overdue"] if row.get("resumed"))
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.is_alive():
+            self.join()
+
+
+def _takeovers(lines: list[dict], killed: list[tuple[float, int]]) -> tuple[float, ...]:
+    """For each key a killed worker held (its lease still running at the kill), the seconds until the next claim."""
+    leases: dict[str, list[dict]] = collections.defaultdict(list)
+    for line in lines:
+        if line.get("event") == "chaos_lease":
+            leases[line["key"]].append(line)
+    waits = []
+    for killed_at, pid in killed:
+        for history in leases.values():
+            held = [lease for lease in history if lease["at"] <= killed_at]
+            if not held or held[-1]["pid"] != pid or held[-1]["lease_until"] <= killed_at:
+                continue
+            later = [lease for lease in history if lease["at"] > killed_at and lease["fence"] > held[-1]["fence"]]
+            if later:
+                waits.append(later[0]["at"] - killed_at)
+    return tuple(sorted(waits))
 
 
 def _drain(
@@ -338,6 +443,7 @@ def _account(store, names, sent, results, acked, operations_seen, calls, log, ki
     injected = sum(1 for call in calls if call.get("injected"))
     return ChaosReport(
         store=store,
+        mode="",
         operations=len(names),
         requests=len(sent),
         cancelled_twice=tuple(sorted(cancelled_twice)),

@@ -3,7 +3,12 @@
 ``CHAOS_STORE_FAILURES`` and ``CHAOS_PUBLISH_FAILURES`` are the share of store writes (to the store
 ``OPCANCEL_STORE`` chooses) and of publishes that fail, half of them before taking effect and half
 after (the write lands or the message goes out, but the answer is lost). ``CHAOS_CRASH_RATE`` is the chance that the worker process dies on the spot
-after any API answer, store write or publish. Every fault is logged as ``chaos_fault``, every
+after any API answer, store write or publish. ``CHAOS_LOST_CHECKS`` is the share of check messages
+published (without a queue) that are silently lost, as a dead-lettered or dropped message would be;
+with a queue, checks go through the scheduler the settings choose (the Cloud Tasks stand-in, which
+loses tasks and fails creates and dispatches by itself). Each claim of a key (a create, or a takeover
+raising the fence) is logged as ``chaos_lease`` with the time and pid, so the run can measure how long
+a key held by a killed worker waited for its next holder. Every fault is logged as ``chaos_fault``, every
 delivery the function acknowledges as ``chaos_acked``, and each cancel sent, refused and recorded in
 the store as ``chaos_cancel_sending``, ``chaos_cancel_failed`` and ``chaos_cancel_recorded``, so the
 run can account for each message and tell a second cancel caused by a worker's death between sending
@@ -13,6 +18,7 @@ one and recording it from any other.
 import os
 import random
 import threading
+import time
 
 import functions_framework
 
@@ -28,6 +34,7 @@ from function import (
     State,
     SystemClock,
     build_auth,
+    build_scheduler,
     build_store,
 )
 from function.errors import PublishFailed
@@ -37,6 +44,7 @@ settings = Settings.from_env(os.environ)
 STORE_FAILURES = float(os.environ["CHAOS_STORE_FAILURES"])
 PUBLISH_FAILURES = float(os.environ["CHAOS_PUBLISH_FAILURES"])
 CRASH_RATE = float(os.environ["CHAOS_CRASH_RATE"])
+LOST_CHECKS = float(os.environ.get("CHAOS_LOST_CHECKS", "0"))
 SEED = int(os.environ["CHAOS_SEED"])
 
 
@@ -94,13 +102,29 @@ class FaultyStore(IdempotencyStore):
         return self._backend._load(key)
 
     def _create(self, record):
-        return self._faulty("create", lambda: self._backend._create(record))
+        return self._faulty("create", lambda: self._leased(record, self._backend._create(record)))
+
+    @staticmethod
+    def _leased(record, written):
+        if written:
+            log.info(
+                "lease taken",
+                event="chaos_lease",
+                key=record.key,
+                pid=os.getpid(),
+                at=time.time(),
+                fence=record.fence,
+                lease_until=record.lease_until,
+            )
+        return written
 
     def _replace(self, record, expected_version):
         return self._faulty("replace", lambda: self._replace_and_tell(record, expected_version))
 
     def _replace_and_tell(self, record, expected_version):
         written = self._backend._replace(record, expected_version)
+        if written and record.lease_until > time.time():
+            self._leased(record, written)
         if written and record.state is State.CANCEL_SENT:
             log.info("cancel recorded", event="chaos_cancel_recorded", key=record.key, pid=os.getpid())
         return written
@@ -117,6 +141,9 @@ class FaultyPublisher:
         self._inner = inner
 
     def publish_all(self, topic, messages):
+        if topic == settings.checks_topic and dice.roll() < LOST_CHECKS:
+            log.warning("check message lost", event="chaos_fault", where="check message", when="lost")
+            return [f"lost-{index}" for index, _ in enumerate(messages)]
         fault = dice.fault(f"publish to {topic}", PUBLISH_FAILURES)
         if fault == "before":
             raise PublishFailed(f"publish to {topic} failed: injected before sending")
@@ -150,6 +177,12 @@ class CrashingApi:
 clock = SystemClock()
 transport = SharedTransport()
 auth = build_auth(settings, clock=clock, transport=transport)
+publisher = FaultyPublisher(
+    PubSubPublisher(
+        settings.project, auth=auth, clock=clock, emulator_host=settings.pubsub_emulator_host, transport=transport,
+        budget_s=2.0,
+    )
+)  # fmt: skip
 service = Opcancel(
     settings=settings,
     # Retry budgets kept well inside OPCANCEL_LEASE_S, as the deployment keeps its 540 s timeout inside 600 s:
@@ -165,19 +198,11 @@ service = Opcancel(
             retry_budget_s=2.0,
         )
     ),  # fmt: skip
-    publisher=FaultyPublisher(
-        PubSubPublisher(
-            settings.project,
-            auth=auth,
-            clock=clock,
-            emulator_host=settings.pubsub_emulator_host,
-            transport=transport,
-            budget_s=2.0,
-        )
-    ),  # fmt: skip
+    publisher=publisher,
     store=FaultyStore(build_store(settings, auth=auth, transport=transport)),
     clock=clock,
     log=log,
+    scheduler=build_scheduler(settings, publisher=publisher, auth=auth, clock=clock, transport=transport),
 )
 runtime = Runtime(service, log=log)
 

@@ -12,10 +12,20 @@ from devkit.emulators import EmulatorUnavailable
 pytestmark = pytest.mark.emulator
 
 
-@pytest.mark.parametrize("store", ["sqlite", "firestore"])
-def test_a_short_chaos_run_cancels_once_reports_once_and_loses_nothing(tmp_path, store):
+@pytest.mark.parametrize(("store", "mode"), [("sqlite", "tasks"), ("firestore", "tasks"), ("sqlite", "redelivery")])
+def test_a_short_chaos_run_cancels_once_reports_once_and_loses_nothing(tmp_path, store, mode):
     try:
-        report = chaos.run(tmp_path, operations=10, duplicates=10, seed=7, store=store, timeout_s=240)
+        report = chaos.run(
+            tmp_path,
+            operations=10,
+            duplicates=10,
+            seed=7,
+            store=store,
+            timeout_s=240,
+            mode=mode,
+            lost_rate=0.25,
+            tasks_failure_rate=0.3,
+        )
     except EmulatorUnavailable as reason:
         pytest.skip(str(reason))
     assert report.drained, report
@@ -28,6 +38,14 @@ def test_a_short_chaos_run_cancels_once_reports_once_and_loses_nothing(tmp_path,
     # The chaos did happen: the API failed, writes and publishes failed, workers died.
     assert report.api_faults > 0 and report.kills > 0, report
     assert any(where.startswith(("store", "publish")) for where in report.faults), report
+    # Killed workers' keys were taken over, each within the lease (10 s here) and a redelivery's wait.
+    assert all(wait < 60 for wait in report.takeovers_s), report
+    # Checks were lost (tasks the stand-in dropped, or check messages), and each such chain was resumed.
+    lost_checks = report.tasks_lost + report.faults["check message (lost)"]
+    assert lost_checks > 0 and report.resumed >= lost_checks, report
+    if mode == "tasks":
+        # The stand-in failed creates and dispatches too; nothing was lost for good.
+        assert report.task_creates[503] + report.task_dispatch_failures > 0, report
 
 
 def test_the_benchmark_harness_measures_opcancel_handling_real_requests(tmp_path):
