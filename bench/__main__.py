@@ -1,6 +1,6 @@
 """``bench/run``: every benchmark and the chaos run, side by side with their baselines; writes RESULTS.md.
 
-Usage: ``bench/run [--quick] [--only coldstart,warm,cost,chaos] [--output PATH]``. ``--quick`` runs
+Usage: ``bench/run [--quick] [--only coldstart,warm,cost,checks,chaos] [--output PATH]``. ``--quick`` runs
 each part briefly, to check the harness, not to measure. ``bench/run`` also names the interpreters the
 functions run under (``$BENCH_DEPLOYED_PYTHON``, ``$BENCH_OFFICIAL_PYTHON``, or ``--deployed-python``,
 ``--official-python``): venvs holding only what each deploys.
@@ -16,19 +16,27 @@ import sys
 import tempfile
 import time
 
-from bench import chaos, coldstart, cost, warm
+from bench import chaos, checks, coldstart, cost, warm
 from bench._harness import ROOT, Pythons, Services
 from bench.report import write_report
 
-PARTS = ("coldstart", "warm", "cost", "chaos")
+PARTS = ("coldstart", "warm", "cost", "checks", "chaos")
 FULL = {
     "cold_runs": 31,
     "warm_rounds": 21,
     "warm_seconds": 3.0,
     "warm_warmup_s": 30.0,
     "concurrencies": (1, 8, 32),
-    "chaos_runs": (("sqlite", 1), ("sqlite", 2), ("sqlite", 3), ("firestore", 1), ("firestore", 2)),
+    "chaos_runs": (
+        ("sqlite", 1, "tasks"),
+        ("sqlite", 2, "tasks"),
+        ("sqlite", 3, "tasks"),
+        ("firestore", 1, "tasks"),
+        ("firestore", 2, "tasks"),
+        ("sqlite", 1, "redelivery"),
+    ),
     "chaos_operations": 100,
+    "check_chains": 1000,
 }
 QUICK = {
     "cold_runs": 1,
@@ -36,8 +44,9 @@ QUICK = {
     "warm_seconds": 0.5,
     "warm_warmup_s": 0.5,
     "concurrencies": (1, 8),
-    "chaos_runs": (("sqlite", 1), ("firestore", 1)),
+    "chaos_runs": (("sqlite", 1, "tasks"), ("firestore", 1, "tasks"), ("sqlite", 1, "redelivery")),
     "chaos_operations": 10,
+    "check_chains": 20,
 }
 
 
@@ -95,14 +104,27 @@ def main(argv: list[str]) -> int:
         if "cost" in parts:
             _say("cost per cancellation")
             found["cost"] = cost.measure(workdir)
+        if "checks" in parts:
+            found["checks"] = []
+            for mode in ("tasks", "redelivery"):
+                _say(f"delayed checks, {mode} mode, {plan['check_chains']} chains")
+                run_dir = workdir / f"checks-{mode}"
+                run_dir.mkdir()
+                found["checks"].append(checks.run(run_dir, mode=mode, chains=plan["check_chains"]))
         if "chaos" in parts:
             found["chaos"] = []
-            for store, seed in plan["chaos_runs"]:
-                _say(f"chaos on {store}, seed {seed}")
-                run_dir = workdir / f"chaos-{store}-{seed}"
+            for store, seed, mode in plan["chaos_runs"]:
+                _say(f"chaos on {store}, seed {seed}, {mode} mode")
+                run_dir = workdir / f"chaos-{store}-{seed}-{mode}"
                 run_dir.mkdir()
                 report = chaos.run(
-                    run_dir, operations=plan["chaos_operations"], duplicates=10, seed=seed, store=store, pythons=pythons
+                    run_dir,
+                    operations=plan["chaos_operations"],
+                    duplicates=10,
+                    seed=seed,
+                    store=store,
+                    pythons=pythons,
+                    mode=mode,
                 )
                 found["chaos"].append((seed, report))
     write_report(

@@ -10,8 +10,9 @@ import shutil
 import subprocess
 from typing import Any
 
-from bench._harness import ROOT, Pythons
+from bench._harness import ROOT, Pythons, percentile
 from bench.chaos import ChaosReport
+from bench.checks import ChecksReport
 from bench.coldstart import ColdStart
 from bench.cost import Cost
 from bench.warm import WARMUP_SPELL_S, WarmResults
@@ -100,6 +101,8 @@ def write_report(
         parts.append(_warm(found["warm"]))
     if "cost" in found:
         parts.append(_cost(found["cost"]))
+    if "checks" in found:
+        parts.append(_checks(found["checks"]))
     if "chaos" in found:
         parts.append(_chaos(found["chaos"]))
     parts.append(CHANGES)
@@ -253,7 +256,8 @@ plus the memory only the master maps (its pages shared with the worker are alrea
 def _cost(costs: list[Cost]) -> str:
     rows = "\n".join(
         f"| {c.scenario} | {c.api_calls['cancel']} | {c.api_calls['get']} | {c.publish_calls} "
-        f"| {', '.join(f'{n} to {t}' for t, n in sorted(c.messages.items())) or '—'} | {c.store_reads} | {c.store_writes} |"
+        f"| {', '.join(f'{n} to {t}' for t, n in sorted(c.messages.items())) or '—'} | {c.store_reads} | {c.store_writes} "
+        f"| {2 * c.messages.get('opcancel-checks', 0)} |"
         for c in costs
     )
     return f"""## Cost per cancellation
@@ -263,20 +267,62 @@ delayed check delivered when due). Store reads and writes are the backend's prim
 each is one request (a write is one `:commit` or create; a replace whose version this process has not
 seen costs one more read).
 
-| request | cancel calls | get calls | publish calls | messages | store reads | store writes |
-| --- | --- | --- | --- | --- | --- | --- |
+| request | cancel calls | get calls | publish calls | messages | store reads | store writes | Cloud Tasks operations (tasks mode) |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
+
+Cloud Tasks operations are counted from the checks: in tasks mode each check is one task create and
+one dispatch, each a billable operation (cloud.google.com/tasks/pricing), and the task's own publish
+replaces the function's (the publish calls above then exclude the checks). In redelivery mode each
+check instead costs at least one refused delivery: an invocation answered 503 (see the next section).
 """
+
+
+def _checks(reports: list[ChecksReport]) -> str:
+    rows = "\n".join(
+        f"| {r.mode} | {r.chains} | {r.results}{'' if r.drained else ' (timed out)'} | {r.checks_scheduled} "
+        f"| **{r.deliveries_per_check:.2f}** | **{r.refused_per_cancellation:.2f}** | {r.stale} "
+        f"| {r.lateness(0.5):.2f} s | {r.lateness(0.99):.2f} s "
+        f"| {_dispatch_lateness(r)} | {r.task_operations_per_cancellation:.1f} | {r.drain_s:.1f} s |"
+        for r in reports
+    )
+    return f"""## Delayed checks: Cloud Tasks beside redelivery
+
+`bench/checks.py`: the local stack (`devkit/local_stack.py`: main.py under functions-framework,
+Google's Pub/Sub emulator pushing requests and checks, and in tasks mode the devkit's Cloud Tasks
+stand-in) in each mode; every request is published at once, for an operation needing two delayed
+checks (due 1 s and 3 s after its cancel). Deliveries per check count every delivery of a check to the
+function (run, refused as early, dropped as stale) over the checks scheduled; lateness is when a check
+ran (its log line, stamped as written) less its due time.
+
+| mode | chains | results | checks | deliveries per check (goal 1) | refused deliveries per cancellation (goal 0) | stale | lateness p50 | lateness p99 | stand-in dispatch lateness p50 / p99 | task operations per cancellation | time to drain |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+The counts carry over to Google's services: a check as a task is delivered once and never refused;
+without a queue every check is refused at least once (the emulator redelivers about every second, so
+more often here). The lateness does not: the emulator pushes a couple of messages at a time and has no
+per-subscription push backoff, Pub/Sub does (cloud.google.com/pubsub/docs/push, "Push backoff"), and
+the stand-in is not Cloud Tasks. Here the simulator and the stand-in share the benchmark's process.
+"""
+
+
+def _dispatch_lateness(report: ChecksReport) -> str:
+    if not report.dispatch_lateness_s:
+        return "—"
+    waits = sorted(report.dispatch_lateness_s)
+    return f"{percentile(waits, 0.5):.3f} s / {percentile(waits, 0.99):.3f} s"
 
 
 def _chaos(runs: list[tuple[int, ChaosReport]]) -> str:
     rows = "\n".join(
-        f"| {r.store} | {seed} | {r.requests} over {r.operations} | {r.kills} | {sum(n for k, n in r.faults.items() if k.endswith('(crash)'))} "
+        f"| {r.store} | {r.mode} | {seed} | {r.requests} over {r.operations} | {r.kills} | {sum(n for k, n in r.faults.items() if k.endswith('(crash)'))} "
         f"| {r.api_faults} of {r.api_calls} | {sum(n for k, n in r.faults.items() if k.startswith('store'))} "
         f"| {sum(n for k, n in r.faults.items() if k.startswith('publish'))} "
         f"| **{r.cancelled_twice_otherwise}** (+{r.cancelled_again_after_a_crash_in_the_window} in the window) "
         f"| **{r.without_one_result}** | **{r.wrong_outcome}** | **{r.lost}** | {r.drain_s:.1f} s{'' if r.drained else ' (timed out)'} "
-        f"| {r.results_published} / {r.distinct_results} | {'clean' if r.clean else '**NOT CLEAN**'} |"
+        f"| {r.results_published} / {r.distinct_results} | {_lost_checks(r)} | {r.resumed} | {_takeover(r)} "
+        f"| {'clean' if r.clean else '**NOT CLEAN**'} |"
         for seed, r in runs
     )
     crash_points = sorted({k for _, r in runs for k in r.faults})
@@ -295,10 +341,14 @@ before they take effect; 10% of store writes and of publishes fail, half of them
 (the answer is lost); a worker dies on the spot (`os._exit`) with probability 1% after any API
 answer, store write or publish; and a random worker is SIGKILLed every 1–3 s. Operations: 50% cancel
 at once, 30% need two delayed checks, 10% complete and 10% fail despite the cancel; each must end in
-that outcome.
+that outcome. Checks: in tasks mode each is a task of the devkit's Cloud Tasks stand-in, which fails
+10% of creates (503) and of dispatch attempts and loses 5% of the tasks it accepted; in redelivery mode
+5% of check messages are lost. `python -m function resume` runs every 3 s, as Cloud Scheduler would,
+and restarts chains whose check is overdue. A takeover is measured from a SIGKILL to the next claim
+of each key the killed worker held (the lease here is 10 s; deployed, 60 s).
 
-| store | seed | requests | SIGKILLs | in-process deaths | API faults | store faults | publish faults | cancelled more than once | requests without exactly one distinct result | wrong outcome | messages lost | time to drain | results published / distinct | |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| store | checks | seed | requests | SIGKILLs | in-process deaths | API faults | store faults | publish faults | cancelled more than once | requests without exactly one distinct result | wrong outcome | messages lost | time to drain | results published / distinct | checks lost (tasks: creates failed / dispatches failed / tasks lost) | chains resumed | takeover after a kill, median / max | |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
 "Cancelled more than once" counts operations for which the simulator accepted a cancel twice while
@@ -317,6 +367,20 @@ Faults injected, by where they struck:
 | --- | {" | ".join("---" for _ in runs)} |
 {fault_rows}
 """
+
+
+def _lost_checks(report: ChaosReport) -> str:
+    lost_messages = report.faults.get("check message (lost)", 0)
+    if report.mode != "tasks":
+        return f"{lost_messages} messages"
+    return f"{report.task_creates.get(503, 0)} / {report.task_dispatch_failures} / {report.tasks_lost}"
+
+
+def _takeover(report: ChaosReport) -> str:
+    if not report.takeovers_s:
+        return "none needed"
+    waits = sorted(report.takeovers_s)
+    return f"{percentile(waits, 0.5):.1f} s / {waits[-1]:.1f} s ({len(waits)})"
 
 
 def _verdict(goal: bool, done: bool | None = None) -> str:

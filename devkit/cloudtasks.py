@@ -73,6 +73,7 @@ class Task:
     http_request: dict[str, Any]
     #: Set on a lost task (``lose_rate``): accepted, never dispatched.
     lost: bool = False
+    #: (when each dispatch attempt started, its HTTP status or None when it failed without one).
     attempts: list[tuple[float, int | None]] = field(default_factory=list)
     #: When a dispatch was first answered 2xx; the task is done then.
     succeeded_at: float | None = None
@@ -304,6 +305,7 @@ class CloudTasks:
             if token_field in request:
                 headers["Authorization"] = f"Bearer stand-in-token-for-{request[token_field]['serviceAccountEmail']}"
         body = base64.b64decode(request["body"]) if "body" in request else b""
+        started = self._clock()
         status: int | None
         if self._roll() < self.dispatch_failure_rate:
             status = None
@@ -314,7 +316,7 @@ class CloudTasks:
                 status = None
         now = self._clock()
         with self._lock:
-            task.attempts.append((now, status))
+            task.attempts.append((started, status))
             if status is not None and 200 <= status < 300:
                 task.succeeded_at = now
                 return
@@ -325,7 +327,7 @@ class CloudTasks:
             heapq.heappush(self._due, (task.next_attempt_at, task.name))
             self._wake.notify_all()
 
-    def run_dispatcher(self, stop: threading.Event, *, workers: int = 16) -> None:
+    def run_dispatcher(self, stop: threading.Event, *, workers: int = 64) -> None:
         """Dispatch tasks as they fall due, ``workers`` at a time, until ``stop`` is set."""
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cloudtasks-dispatch") as pool:
             while not stop.is_set():
@@ -402,10 +404,17 @@ def _read_body(environ: dict[str, Any]) -> bytes:
     return environ["wsgi.input"].read(length) if length else b""
 
 
+_client_lock = threading.Lock()
+_clients: dict[str, Any] = {}
+
+
 def _deliver_over_http(url: str, method: str, headers: dict[str, str], body: bytes) -> int:
     import httpx
 
-    return httpx.request(method, url, headers=headers, content=body, timeout=30.0).status_code
+    # One client, so dispatches reuse connections as a queue's would.
+    with _client_lock:
+        client = _clients.setdefault("client", httpx.Client(timeout=30.0))
+    return client.request(method, url, headers=headers, content=body).status_code
 
 
 class Served:

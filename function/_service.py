@@ -403,7 +403,11 @@ class Opcancel:
                 now = self._clock.now()
                 if not self._overdue(record, now):
                     return ItemReport(operation, ItemStatus.SKIPPED, record.key, detail="no longer overdue")
-                return self._resume_chain(record, now)
+                try:
+                    return self._resume_chain(record, now)
+                except StaleFence:
+                    # The record moved on since it was listed: another resume, a delivery, or the check itself.
+                    return ItemReport(operation, ItemStatus.SKIPPED, record.key, detail="resumed or moved on elsewhere")
 
             reports.append(self._guarded(operation, record.key, work))
         return reports

@@ -416,3 +416,17 @@ def test_resume_is_an_operator_command_of_the_function(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "--dry-run" in run.stdout
+
+
+def test_resume_skips_a_chain_that_moved_on_since_it_was_listed():
+    chain = Chain("redelivery")
+    chain.request()
+    chain.next_checks()
+    overdue(chain)
+    listed = chain.rig.service.overdue_chains()
+    assert len(listed) == 1
+    # Another runner resumes it first.
+    (first,) = chain.rig.service.resume(listed)
+    (second,) = chain.rig.service.resume(listed)
+    assert (first.status.value, second.status.value) == ("accepted", "skipped")
+    assert len(chain.next_checks()) == 1
