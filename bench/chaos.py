@@ -207,7 +207,12 @@ def run(
     report = _account(store, names, sent, results, acked, operations_seen, calls, log, killer.kills, drain_s, drained)
     report.mode = mode
     report.resumed = resumer.resumed
-    report.takeovers_s = _takeovers(_log_lines(log), killer.killed)
+    lines = _log_lines(log)
+    # Workers killed from outside, and those that died on the spot in the middle of a request.
+    deaths = killer.killed + [
+        (line["at"], line["pid"]) for line in lines if line.get("event") == "chaos_fault" and "pid" in line
+    ]
+    report.takeovers_s = _takeovers(lines, deaths)
     if cloudtasks is not None:
         report.task_creates = collections.Counter(status for status, _ in cloudtasks.creates)
         report.task_dispatch_failures = sum(
@@ -359,12 +364,14 @@ class _Resumer(threading.Thread):
 
 
 def _takeovers(lines: list[dict], killed: list[tuple[float, int]]) -> tuple[float, ...]:
-    """For each key a killed worker held (its lease still running at the kill), the seconds until the next claim."""
+    """For each key a dead worker held (its lease still running at its death), the seconds until the next claim."""
     leases: dict[str, list[dict]] = collections.defaultdict(list)
     for line in lines:
         if line.get("event") == "chaos_lease":
             leases[line["key"]].append(line)
     waits = []
+    for history in leases.values():
+        history.sort(key=lambda lease: lease["at"])
     for killed_at, pid in killed:
         for history in leases.values():
             held = [lease for lease in history if lease["at"] <= killed_at]

@@ -301,7 +301,10 @@ ran (its log line, stamped as written) less its due time.
 
 The counts carry over to Google's services: a check as a task is delivered once and never refused;
 without a queue every check is refused at least once (the emulator redelivers about every second, so
-more often here). The lateness does not: the emulator pushes a couple of messages at a time and has no
+more often here). The lateness does not. In tasks mode the stand-in publishes on time (its column),
+so the rest lies between that publish and the emulator's push of the new message, and in the
+function's work; in redelivery mode the emulator's one-second redelivery of a message it already
+holds happens to land a check soon after its due time. Neither is how Google's services behave: the emulator pushes a couple of messages at a time and has no
 per-subscription push backoff, Pub/Sub does (cloud.google.com/pubsub/docs/push, "Push backoff"), and
 the stand-in is not Cloud Tasks. Here the simulator and the stand-in share the benchmark's process.
 """
@@ -344,8 +347,8 @@ at once, 30% need two delayed checks, 10% complete and 10% fail despite the canc
 that outcome. Checks: in tasks mode each is a task of the devkit's Cloud Tasks stand-in, which fails
 10% of creates (503) and of dispatch attempts and loses 5% of the tasks it accepted; in redelivery mode
 5% of check messages are lost. `python -m function resume` runs every 3 s, as Cloud Scheduler would,
-and restarts chains whose check is overdue. A takeover is measured from a SIGKILL to the next claim
-of each key the killed worker held (the lease here is 10 s; deployed, 60 s).
+and restarts chains whose check is overdue. A takeover is measured from a worker's death (SIGKILL, or dying on the
+spot mid-request) to the next claim of each key it held (the lease here is 10 s; deployed, 60 s).
 
 | store | checks | seed | requests | SIGKILLs | in-process deaths | API faults | store faults | publish faults | cancelled more than once | requests without exactly one distinct result | wrong outcome | messages lost | time to drain | results published / distinct | checks lost (tasks: creates failed / dispatches failed / tasks lost) | chains resumed | takeover after a kill, median / max | |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |

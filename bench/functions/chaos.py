@@ -6,8 +6,9 @@ after (the write lands or the message goes out, but the answer is lost). ``CHAOS
 after any API answer, store write or publish. ``CHAOS_LOST_CHECKS`` is the share of check messages
 published (without a queue) that are silently lost, as a dead-lettered or dropped message would be;
 with a queue, checks go through the scheduler the settings choose (the Cloud Tasks stand-in, which
-loses tasks and fails creates and dispatches by itself). Each claim of a key (a create, or a takeover
-raising the fence) is logged as ``chaos_lease`` with the time and pid, so the run can measure how long
+loses tasks and fails creates and dispatches by itself). Each write of a key's record (a create, a
+takeover raising the fence, an update or a release) is logged as ``chaos_lease`` with the time, pid,
+fence and lease, so the run can measure how long
 a key held by a killed worker waited for its next holder. Every fault is logged as ``chaos_fault``, every
 delivery the function acknowledges as ``chaos_acked``, and each cancel sent, refused and recorded in
 the store as ``chaos_cancel_sending``, ``chaos_cancel_failed`` and ``chaos_cancel_recorded``, so the
@@ -73,7 +74,10 @@ class Dice:
 
     def maybe_crash(self, where: str, operation: str | None = None) -> None:
         if self.roll() < CRASH_RATE:
-            log.warning("worker dies here", event="chaos_fault", where=where, when="crash", operation=operation)
+            log.warning(
+                "worker dies here", event="chaos_fault", where=where, when="crash", operation=operation,
+                pid=os.getpid(), at=time.time(),
+            )  # fmt: skip
             os._exit(70)
 
 
@@ -123,8 +127,8 @@ class FaultyStore(IdempotencyStore):
 
     def _replace_and_tell(self, record, expected_version):
         written = self._backend._replace(record, expected_version)
-        if written and record.lease_until > time.time():
-            self._leased(record, written)
+        # Every write, releases included, so the run knows whether a killed worker still held the key.
+        self._leased(record, written)
         if written and record.state is State.CANCEL_SENT:
             log.info("cancel recorded", event="chaos_cancel_recorded", key=record.key, pid=os.getpid())
         return written
