@@ -85,7 +85,7 @@ class ChaosReport:
     kills: int
     api_calls: int
     api_faults: int
-    #: Chains the resumer found overdue and resumed.
+    #: Overdue chains resumed, by the resume command or by a delivery of their request.
     resumed: int = 0
     #: Seconds from a worker's death to the next claim of each key it held (a takeover).
     takeovers_s: tuple[float, ...] = ()
@@ -206,7 +206,8 @@ def run(
         calls = services.simulator("GET", "calls")["calls"]
     report = _account(store, names, sent, results, acked, operations_seen, calls, log, killer.kills, drain_s, drained)
     report.mode = mode
-    report.resumed = resumer.resumed
+    # Resumed by the resume command, or by a delivery of the request once its chain was overdue.
+    report.resumed = resumer.resumed + sum(1 for line in _log_lines(log) if line.get("event") == "chain_resumed")
     lines = _log_lines(log)
     # Workers killed from outside, and those that died on the spot in the middle of a request.
     deaths = killer.killed + [

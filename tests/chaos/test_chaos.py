@@ -23,7 +23,7 @@ def test_a_short_chaos_run_cancels_once_reports_once_and_loses_nothing(tmp_path,
             store=store,
             timeout_s=240,
             mode=mode,
-            lost_rate=0.25,
+            lost_rate=0.5,
             tasks_failure_rate=0.3,
         )
     except EmulatorUnavailable as reason:
