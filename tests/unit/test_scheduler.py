@@ -29,7 +29,7 @@ NOW = 1_790_000_000.0
 
 def a_check(attempt: int = 1, due_in: float = 5.0) -> CheckRequest:
     return CheckRequest(
-        ref=OperationRef("123", "abc", "global", "v2"),
+        ref=OperationRef("organizations/123/operations/abc", "global", "v2"),
         idempotency_key="securitycenter.googleapis.com/organizations/123/operations/abc",
         attempt=attempt,
         due_at=NOW + due_in,
