@@ -31,6 +31,7 @@ from ._names import escape_text
 from ._requests import MAX_BODY_BYTES
 from ._service import ItemStatus, Opcancel, Report
 from ._settings import Settings
+from .errors import TransientError
 
 PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 # Google's own header, then W3C trace context: Cloud Run passes one or both on every request it serves.
@@ -109,6 +110,33 @@ class Runtime:
     def on_http(self, request: Any) -> tuple[str, int, dict[str, str]] | Response:
         with traced(self._trace(request.headers)):
             return self._on_http(request)
+
+    def on_resume(self, request: Any) -> tuple[str, int, dict[str, str]]:
+        """``python -m function resume`` as an HTTP function, for Cloud Scheduler: ``POST`` resumes every
+        overdue chain (``?dry_run=true`` only lists them); 200 with what was found, 503 when some chain
+        could not be resumed (the next run tries again)."""
+        with traced(self._trace(request.headers)):
+            if request.method != "POST":
+                return _answer(405, {"error": "only POST is accepted"}, {"Allow": "POST"})
+            dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
+            try:
+                overdue = self._service.overdue_chains()
+            except TransientError as trouble:
+                self._log.warning(f"resume failed: {trouble}", event="retry_later", reason=trouble.reason)
+                return _answer(503, {"error": str(trouble)}, {"Retry-After": "60"})
+            reports = [] if dry_run else self._service.resume(overdue)
+            found = [
+                {
+                    "operation": (record.check or {}).get("operation"),
+                    "idempotency_key": record.key,
+                    "attempt": record.attempt,
+                }
+                for record in overdue
+            ]
+            for row, report in zip(found, reports, strict=False):
+                row["status"] = report.status.value
+            failed = any(report.status is ItemStatus.RETRY for report in reports)
+            return _answer(503 if failed else 200, {"dry_run": dry_run, "overdue": found})
 
     def _trace(self, headers: Mapping[str, str], traceparent: object = None) -> str | None:
         """Cloud Logging's trace name for this request, or None where there is no project or no usable header."""

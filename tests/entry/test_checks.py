@@ -430,3 +430,24 @@ def test_resume_skips_a_chain_that_moved_on_since_it_was_listed():
     (second,) = chain.rig.service.resume(listed)
     assert (first.status.value, second.status.value) == ("accepted", "skipped")
     assert len(chain.next_checks()) == 1
+
+
+def test_on_resume_serves_cloud_scheduler_through_functions_framework():
+    client, rig = load_wired("on_resume", "http")
+    rig.send(NAME)
+    rig.publisher.take_checks()  # lost
+    assert client.get("/").status_code == 405
+    fresh = client.post("/")
+    assert (fresh.status_code, fresh.get_json()) == (200, {"dry_run": False, "overdue": []})
+    rig.clock.advance(TEST_POLICY.initial_delay_s + TEST_POLICY.max_delay_s + 1)
+    listed = client.post("/?dry_run=true")
+    assert listed.status_code == 200
+    assert listed.get_json()["overdue"] == [{"operation": NAME, "idempotency_key": KEY, "attempt": 1}]
+    assert rig.publisher.take_checks() == []
+    rig.publisher.fail_next = 1
+    failed = client.post("/")
+    assert failed.status_code == 503 and failed.get_json()["overdue"][0]["status"] == "retry"
+    done = client.post("/")
+    assert done.status_code == 200 and done.get_json()["overdue"][0]["status"] == "accepted"
+    (check,) = rig.publisher.take_checks()
+    assert json.loads(check.data)["attempt"] == 2

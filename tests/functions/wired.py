@@ -32,3 +32,8 @@ def on_request(cloud_event):
 @functions_framework.cloud_event
 def on_check(cloud_event):
     runtime.on_check(cloud_event, flask.request.headers)
+
+
+@functions_framework.http
+def on_resume(request):
+    return runtime.on_resume(request)
