@@ -123,3 +123,22 @@ def test_the_floor_handler_publishes_what_opcancel_publishes(monkeypatch):
     assert len(floor_data) == len(ours_data)
     assert floor_attributes.keys() == ours_attributes.keys()
     assert sum(map(len, floor_attributes.values())) == sum(map(len, ours_attributes.values()))
+
+
+@pytest.mark.parametrize("mode", ["tasks", "redelivery"])
+def test_the_checks_benchmark_counts_deliveries_refusals_and_lateness(tmp_path, mode):
+    from bench import checks
+
+    try:
+        report = checks.run(tmp_path, mode=mode, chains=3, timeout_s=120)
+    except EmulatorUnavailable as reason:
+        pytest.skip(str(reason))
+    assert report.drained and report.results == 3, report
+    assert report.checks_scheduled == report.checks_run == 6, report
+    assert len(report.lateness_s) == 6 and all(late > -2.5 for late in report.lateness_s), report
+    if mode == "tasks":
+        # Each check a task, delivered once and never refused: the goal the benchmark measures.
+        assert report.deliveries_per_check == 1.0 and report.refused == 0, report
+        assert report.task_creates[200] == 6 and report.task_dispatches == 6, report
+    else:
+        assert report.refused > 0 and report.deliveries_per_check > 1.0, report
