@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Take a Google Cloud project to a running, least-privilege opcancel, or tear it down again.
-# Every step looks before it creates, so a second run changes nothing. ./deploy.sh --help explains.
+# Every step looks before it acts, so a second run only reads. ./deploy.sh --help explains;
+# docs/deploy.md describes what is created and why, with the Google pages each choice rests on.
 set -euo pipefail
 
 # Empty arrays under set -u, used throughout, need bash 4.4 (macOS ships 3.2: brew install bash).
@@ -12,50 +13,84 @@ fi
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
 readonly RUNTIME=python312
-# The longest Cloud Functions allows an event-driven function; a batch of 100 operations needs room.
+# The longest Cloud Functions allows an event-driven function (functions/docs/configuring/timeout);
+# a batch of 100 operations needs room.
 readonly TIMEOUT_S=540
-# A claim must outlive the worker holding it, plus a minute for the platform to stop a timed-out instance.
-readonly LEASE_S=$((TIMEOUT_S + 60))
-# A check that arrives early is refused and redelivered by Pub/Sub, so the retry policy is the polling
-# clock: the minimum is the first check delay (OPCANCEL_CHECK_INITIAL_DELAY_S) and the maximum the
-# longest one (OPCANCEL_CHECK_MAX_DELAY_S), so a deferred check comes back at most one interval late.
-readonly MIN_RETRY_DELAY=5s
+# For a push subscription the ack deadline is also the push request's timeout (pubsub/docs/push), so
+# it must outlast the function: the function's timeout plus a minute, within Pub/Sub's 600 s maximum.
+readonly ACK_DEADLINE_S=$((TIMEOUT_S + 60 > 600 ? 600 : TIMEOUT_S + 60))
+# With Cloud Tasks delivering each check when due, the subscriptions' retry policy only paces
+# redeliveries after transient trouble (API or store outages, a key held by a live worker); it is no
+# longer the polling clock. Pub/Sub applies it per message, best effort (RetryPolicy reference).
+readonly MIN_RETRY_DELAY=10s
 readonly MAX_RETRY_DELAY=300s
-# Waiting out a 300 s check takes about seven refusals; 100 attempts also ride out hours of outage
-# (about 8 h at the 300 s cap, inside the subscription's 24 h retention) before dead-lettering.
+# The most Pub/Sub allows (5-100). An estimate, since Pub/Sub's backoff is best effort: if every wait
+# reached the 300 s cap, 100 attempts would span about 8 h, inside the default 24 h retention.
 readonly MAX_DELIVERY_ATTEMPTS=100
+# The checks queue's retries cover a failed publish of a check to the checks topic: from a few
+# seconds up to OPCANCEL_CHECK_MAX_DELAY_S (300 s), the longest the polling policy ever waits. A task
+# gives up once it has used both 100 attempts and a day (gcloud tasks queues create --help); its
+# chain is then overdue, and a redelivered request or `python -m function resume` re-schedules it.
+readonly TASKS_MIN_BACKOFF=5s
+readonly TASKS_MAX_BACKOFF=300s
+readonly TASKS_MAX_DOUBLINGS=6
+readonly TASKS_MAX_ATTEMPTS=100
+readonly TASKS_MAX_RETRY_DURATION=86400s
 readonly DEFAULT_PERMISSIONS=securitycenter.operations.cancel,securitycenter.operations.get
 readonly DEPLOY_LABEL=opcancel_deploy
+# What Cloud Build needs to build a function as a user-chosen account (functions/docs/securing/
+# build-custom-sa; run/docs/configuring/services/build-service-account names Storage Object Admin
+# for reading the uploaded source and storing the build's layers).
+readonly BUILD_ROLES=(roles/logging.logWriter roles/artifactregistry.writer roles/storage.objectAdmin)
+# The google.longrunning services whose operation permissions deploy.sh grants at a project, and the
+# permission prefix of each. IAM is asked first whether it knows each permission at that project.
+readonly OPERATION_SERVICES=(aiplatform dataproc documentai speech translate healthcare)
+declare -rA OPERATION_PERMISSION_PREFIX=(
+  [aiplatform]=aiplatform.operations [dataproc]=dataproc.operations [documentai]=documentai.operations
+  [speech]=speech.operations [translate]=cloudtranslate.operations [healthcare]=healthcare.operations
+)
 # macOS has shasum where Linux has sha256sum.
 if command -v sha256sum >/dev/null; then CHECKSUM=(sha256sum); else CHECKSUM=(shasum -a 256); fi
 readonly CHECKSUM
+# Enabled first, before anything calls them: Resource Manager answers `projects describe` and IAM
+# answers `list-testable-permissions`.
 readonly APIS=(
-  cloudfunctions.googleapis.com run.googleapis.com eventarc.googleapis.com pubsub.googleapis.com
-  firestore.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com
-  securitycenter.googleapis.com iam.googleapis.com
+  cloudresourcemanager.googleapis.com iam.googleapis.com cloudfunctions.googleapis.com run.googleapis.com
+  eventarc.googleapis.com pubsub.googleapis.com firestore.googleapis.com cloudbuild.googleapis.com
+  artifactregistry.googleapis.com cloudtasks.googleapis.com logging.googleapis.com monitoring.googleapis.com
+  securitycenter.googleapis.com
 )
 
 usage() {
   cat <<'EOF'
-Usage: ./deploy.sh --project PROJECT --region REGION [--allowed-parents organizations/ID,...]
+Usage: ./deploy.sh --project PROJECT --region REGION [--allowed-parents PARENT,...]
                    [--name NAME] [--firestore-location LOCATION] [--role-permissions P,...]
-                   [--dry-run] [--destroy]
+                   [--notification-channel CHANNEL,...] [--dry-run] [--destroy]
 
-Deploys opcancel to Cloud Functions (2nd gen): the Pub/Sub topics, two service accounts,
-a custom role at each allowed organization, the Firestore database and its TTL policy,
-the functions and their subscriptions' retry and dead-letter policies. Safe to run again.
+Deploys opcancel to Cloud Functions (2nd gen): the Pub/Sub topics, four service accounts, the
+Cloud Tasks queue for delayed checks, custom roles where operations may be cancelled, the
+Firestore database and its TTL policy, the functions and their subscriptions' ack deadline,
+retry and dead-letter policies, log-based metrics, a dashboard and a dead-letter alert.
+Safe to run again. docs/deploy.md explains each piece.
 
   --project P            Google Cloud project id.       env OPCANCEL_PROJECT, GOOGLE_CLOUD_PROJECT
-  --region R             region of the functions, e.g. europe-west1.          env OPCANCEL_REGION
-  --allowed-parents L    comma list of organizations/ID the function may act on; each gets a custom
-                         role bound to the function's service account. Unset: every organization
-                         is allowed and no permission is granted anywhere. env OPCANCEL_ALLOWED_PARENTS
+  --region R             region of the functions and the queue, e.g. europe-west1.
+                                                                               env OPCANCEL_REGION
+  --allowed-parents L    comma list of where the function may act, its OPCANCEL_ALLOWED_PARENTS:
+                           organizations/ID    Security Command Center, with a custom role there;
+                           projects/PROJECT    every registered service, custom role at PROJECT;
+                           //SERVICE.googleapis.com/projects/PROJECT[/...]  one service there.
+                         Unset: everything is allowed and no permission is granted anywhere.
+                                                                      env OPCANCEL_ALLOWED_PARENTS
   --name N               prefix of every resource name (default opcancel).      env OPCANCEL_NAME
   --firestore-location L location of a new Firestore database (default: the region).
                                                               env OPCANCEL_FIRESTORE_LOCATION
-  --role-permissions P   permissions of the custom role
+  --role-permissions P   Security Command Center permissions of the organization role
                          (default securitycenter.operations.cancel,securitycenter.operations.get).
                                                                 env OPCANCEL_ROLE_PERMISSIONS
+  --notification-channel C  comma list of projects/P/notificationChannels/ID the dead-letter
+                         alert notifies (default: none; the alert still shows in the console).
+                                                         env OPCANCEL_NOTIFICATION_CHANNEL
   --dry-run              print every gcloud command, one per line, and run none.
                                                                        env OPCANCEL_DRY_RUN=1
   --destroy              remove what deploy.sh created (not the Firestore database, not the APIs).
@@ -63,7 +98,8 @@ the functions and their subscriptions' retry and dead-letter policies. Safe to r
   -h, --help             this text.
 
 A dry run answers every check as for a project where nothing exists yet (with --destroy: where
-everything does), and shows values only a real run can read as <placeholders>.
+everything does), and shows values only a real run can read as <placeholders>. The files its
+commands name (metric, dashboard and alert definitions) are kept, and their directory printed.
 EOF
 }
 
@@ -96,6 +132,7 @@ firestore_location=${OPCANCEL_FIRESTORE_LOCATION:-}
 permissions_text=${OPCANCEL_ROLE_PERMISSIONS:-$DEFAULT_PERMISSIONS}
 parents_given=${OPCANCEL_ALLOWED_PARENTS+yes}
 parents_text=${OPCANCEL_ALLOWED_PARENTS-}
+channels_text=${OPCANCEL_NOTIFICATION_CHANNEL:-}
 destroy=false
 case ${OPCANCEL_DRY_RUN:-} in
   "" | 0 | false) dry_run=false ;;
@@ -111,32 +148,36 @@ set_option() {
     --name) name=$2 ;;
     --firestore-location) firestore_location=$2 ;;
     --role-permissions) permissions_text=$2 ;;
+    --notification-channel) channels_text=$2 ;;
   esac
 }
 
+readonly VALUED_OPTIONS=" --project --region --allowed-parents --name --firestore-location --role-permissions \
+--notification-channel "
 while (($#)); do
-  case $1 in
-    --project | --region | --allowed-parents | --name | --firestore-location | --role-permissions)
-      # A flag followed by another flag is a forgotten value, not a value that starts with dashes.
-      if (($# < 2)) || [[ $2 == --* ]]; then
-        usage_error "$1 needs a value"
-      fi
-      set_option "$1" "$2"
-      shift 2
-      ;;
-    --project=* | --region=* | --allowed-parents=* | --name=* | --firestore-location=* | --role-permissions=*)
-      set_option "${1%%=*}" "${1#*=}"
-      shift
-      ;;
-    --dry-run) dry_run=true && shift ;;
-    --destroy) destroy=true && shift ;;
-    -h | --help) usage && exit 0 ;;
-    *) usage_error "unknown argument '$1'" ;;
-  esac
+  if [[ $VALUED_OPTIONS == *" $1 "* ]]; then
+    # A flag followed by another flag is a forgotten value, not a value that starts with dashes.
+    if (($# < 2)) || [[ $2 == --* ]]; then
+      usage_error "$1 needs a value"
+    fi
+    set_option "$1" "$2"
+    shift 2
+  elif [[ $1 == --*=* && $VALUED_OPTIONS == *" ${1%%=*} "* ]]; then
+    set_option "${1%%=*}" "${1#*=}"
+    shift
+  else
+    case $1 in
+      --dry-run) dry_run=true && shift ;;
+      --destroy) destroy=true && shift ;;
+      -h | --help) usage && exit 0 ;;
+      *) usage_error "unknown argument '$1'" ;;
+    esac
+  fi
 done
 
+readonly PROJECT_PATTERN='[a-z][a-z0-9-]{4,28}[a-z0-9]'
 [[ -n $project ]] || usage_error "no project: pass --project or set OPCANCEL_PROJECT or GOOGLE_CLOUD_PROJECT"
-[[ $project =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] ||
+[[ $project =~ ^${PROJECT_PATTERN}$ ]] ||
   usage_error "'$project' is not a project id (6-30 lowercase letters, digits and hyphens, starting with a letter)"
 [[ -n $region ]] || usage_error "no region: pass --region or set OPCANCEL_REGION"
 [[ $region =~ ^[a-z]+(-[a-z]+)+[0-9]+$ ]] || usage_error "'$region' is not a region such as europe-west1"
@@ -146,31 +187,73 @@ firestore_location=${firestore_location:-$region}
 [[ $firestore_location =~ ^[a-z][a-z0-9-]*[0-9]$ ]] ||
   usage_error "'$firestore_location' is not a Firestore location such as europe-west1 or eur3"
 
-parents=()
-if [[ -n $parents_given ]]; then
-  # Set but blank is most likely a templating slip; allowing every organization would fail open.
-  [[ $parents_text =~ [^[:space:],] ]] ||
-    usage_error "allowed parents are set but empty; leave them unset to allow every organization"
-  IFS=, read -ra entries <<<"${parents_text//$'\n'/,}"
+split_list() {
+  local entry entries
+  listed=()
+  IFS=, read -ra entries <<<"${1//$'\n'/,}"
   for entry in "${entries[@]}"; do
     entry=$(trim "$entry")
     [[ -n $entry ]] || continue
-    [[ $entry =~ ^organizations/[1-9][0-9]{0,31}$ ]] ||
-      usage_error "allowed parent '$entry' is not of the form organizations/DIGITS"
-    [[ " ${parents[*]} " == *" $entry "* ]] || parents+=("$entry")
+    [[ " ${listed[*]} " == *" $entry "* ]] || listed+=("$entry")
   done
+}
+
+# Where an allowed parent lets the function act, as the scope deploy.sh grants at: organizations/ID
+# for Security Command Center, projects/PROJECT for the services of OPERATION_SERVICES. Sets $scope and
+# $scope_services (the services a project scope covers, or "" where deploy.sh knows none to grant).
+readonly SEGMENT='[A-Za-z0-9._~-]+'
+parent_scope() {
+  local parent=$1 project_part
+  scope="" scope_services=""
+  if [[ $parent =~ ^organizations/[1-9][0-9]{0,31}$ ]]; then
+    scope=$parent
+  elif [[ $parent =~ ^projects/(${PROJECT_PATTERN}|[1-9][0-9]{0,31})$ ]]; then
+    scope=$parent scope_services="${OPERATION_SERVICES[*]}"
+  elif [[ $parent =~ ^//([a-z][a-z0-9-]*)\.googleapis\.com/(organizations/[1-9][0-9]{0,31}|projects/(${PROJECT_PATTERN}|[1-9][0-9]{0,31})((/${SEGMENT})*))$ ]]; then
+    local service=${BASH_REMATCH[1]} resource=${BASH_REMATCH[2]}
+    project_part=${BASH_REMATCH[4]}
+    [[ /$project_part/ != */./* && /$project_part/ != */../* ]] || return 1
+    if [[ $resource == organizations/* ]]; then
+      [[ $service == securitycenter ]] || return 1
+      scope=$resource
+    else
+      scope=projects/${BASH_REMATCH[3]}
+      if [[ -n ${OPERATION_PERMISSION_PREFIX[$service]:-} ]]; then
+        scope_services=$service
+      fi
+    fi
+  else
+    return 1
+  fi
+}
+
+parents=()
+if [[ -n $parents_given ]]; then
+  # Set but blank is most likely a templating slip; allowing everything would fail open.
+  [[ $parents_text =~ [^[:space:],] ]] ||
+    usage_error "allowed parents are set but empty; leave them unset to allow everything"
+  split_list "$parents_text"
+  for entry in "${listed[@]}"; do
+    parent_scope "$entry" || usage_error "allowed parent '$entry' is not organizations/ID, projects/PROJECT \
+or //SERVICE.googleapis.com/projects/PROJECT[/...]"
+  done
+  parents=("${listed[@]}")
 fi
 
-permissions=()
-IFS=, read -ra entries <<<"${permissions_text//$'\n'/,}"
-for entry in "${entries[@]}"; do
-  entry=$(trim "$entry")
-  [[ -n $entry ]] || continue
+split_list "$permissions_text"
+permissions=("${listed[@]}")
+for entry in "${permissions[@]}"; do
   [[ $entry =~ ^[a-z][a-zA-Z0-9]*(\.[a-zA-Z0-9]+){2}$ ]] ||
     usage_error "'$entry' is not an IAM permission such as securitycenter.operations.cancel"
-  permissions+=("$entry")
 done
-((${#permissions[@]})) || usage_error "the custom role needs at least one permission"
+((${#permissions[@]})) || usage_error "the organization role needs at least one permission"
+
+split_list "$channels_text"
+channels=("${listed[@]}")
+for entry in "${channels[@]}"; do
+  [[ $entry =~ ^projects/(${PROJECT_PATTERN}|[1-9][0-9]{0,31})/notificationChannels/[A-Za-z0-9_-]+$ ]] ||
+    usage_error "'$entry' is not a notification channel such as projects/$project/notificationChannels/123"
+done
 
 topic_requests=$name-requests
 topic_checks=$name-checks
@@ -179,12 +262,24 @@ topic_dead_letter=$name-dead-letter
 function_requests=$name-requests
 function_checks=$name-checks
 function_http=$name-http
+queue=$name-checks
+queue_path=projects/$project/locations/$region/queues/$queue
 runtime_account=$name-function@$project.iam.gserviceaccount.com
 trigger_account=$name-trigger@$project.iam.gserviceaccount.com
+build_account=$name-build@$project.iam.gserviceaccount.com
+tasks_account=$name-tasks@$project.iam.gserviceaccount.com
 runtime_member=serviceAccount:$runtime_account
 trigger_member=serviceAccount:$trigger_account
+build_member=serviceAccount:$build_account
+tasks_member=serviceAccount:$tasks_account
 role_id=${name//-/_}_operation_canceller
 collection=$name-idempotency
+metric_results=$name-results
+metric_cancels=$name-cancels-sent
+metric_retries=$name-retries
+metric_takeovers=$name-takeovers
+dashboard_title="opcancel ($name)"
+policy_title="opcancel ($name): messages in the dead-letter subscription"
 if $destroy; then dry_exists=0; else dry_exists=1; fi
 
 $dry_run || command -v gcloud >/dev/null || die "gcloud is not installed: see https://cloud.google.com/sdk/docs/install"
@@ -259,6 +354,26 @@ lookup() {
   fi
 }
 
+# A value found by listing (a dashboard, an alert policy), into $answer: the first line of a list's
+# output, whose status says whether anything was found. A dry run shows the placeholder given first.
+find_one() {
+  local placeholder=$1
+  shift
+  answer=""
+  if $dry_run; then
+    show "$@"
+    answer=$placeholder
+    return $dry_exists
+  fi
+  answer=$("$@") || die "could not list: $(show "$@")"
+  answer=${answer%%$'\n'*}
+  [[ -n $answer ]]
+}
+
+digest_of() {
+  "${CHECKSUM[@]}" | cut -c1-32
+}
+
 sorted_csv() {
   tr ',' '\n' <<<"$1" | sed '/^$/d' | LC_ALL=C sort -u | paste -sd, -
 }
@@ -272,14 +387,6 @@ binding_filter() {
   printf 'bindings.role="%s" AND bindings.members="%s"' "$1" "$2"
 }
 
-# --- pieces shared by deploy and destroy ----------------------------------------------------------
-
-# Prints "DELETED<TAB>PERMISSIONS" into $answer: a deleted custom role keeps its id for weeks.
-role_state() {
-  query gcloud iam roles describe "$role_id" --organization="$1" \
-    --format='value(deleted,includedPermissions.list())'
-}
-
 # policy_has MEMBER ROLE GET_IAM_POLICY_COMMAND...: whether the policy already grants ROLE to MEMBER.
 policy_has() {
   local member=$1 role=$2
@@ -288,49 +395,99 @@ policy_has() {
     --format='value(bindings.role)' && { $dry_run || [[ -n $answer ]]; }
 }
 
-# The organizations the deployed function was last given, so narrowing the list narrows the grants.
-read_deployed_parents() {
-  local entry entries
-  deployed_parents=()
+# grant MEMBER ROLE RESOURCE_COMMAND...: adds the binding unless the policy has it. RESOURCE_COMMAND is
+# the gcloud command naming the resource with VERB where the verb goes, e.g.
+# `gcloud pubsub topics VERB T --project=P`. Bindings on projects and organizations are unconditional.
+grant() {
+  local member=$1 role=$2 extra=()
+  shift 2
+  [[ $2 != projects && $2 != organizations ]] || extra=(--condition=None)
+  policy_has "$member" "$role" "${@/#VERB/get-iam-policy}" ||
+    change_retrying "${@/#VERB/add-iam-policy-binding}" --member="$member" --role="$role" "${extra[@]}"
+}
+
+# revoke MEMBER ROLE RESOURCE_COMMAND...: removes the binding where the policy has it.
+revoke() {
+  local member=$1 role=$2 extra=()
+  shift 2
+  [[ $2 != projects && $2 != organizations ]] || extra=(--all)
+  if policy_has "$member" "$role" "${@/#VERB/get-iam-policy}"; then
+    change "${@/#VERB/remove-iam-policy-binding}" --member="$member" --role="$role" "${extra[@]}"
+  fi
+}
+
+# --- custom roles, at organizations (Security Command Center) and projects (other services) -----
+
+# The gcloud words that name a scope's custom role and its IAM policy.
+scope_words() {
+  case $1 in
+    organizations/*) scope_flag=--organization=${1#organizations/} scope_policy=(gcloud organizations VERB "${1#organizations/}") ;;
+    projects/*) scope_flag=--project=${1#projects/} scope_policy=(gcloud projects VERB "${1#projects/}") ;;
+  esac
+}
+
+# Prints "DELETED<TAB>PERMISSIONS" into $answer: a deleted custom role keeps its id for weeks.
+role_state() {
+  scope_words "$1"
+  query gcloud iam roles describe "$role_id" "$scope_flag" --format='value(deleted,includedPermissions.list())'
+}
+
+grant_scope() {
+  local scope=$1 wanted
+  wanted=$(sorted_csv "$2")
+  scope_words "$scope"
+  if role_state "$scope"; then
+    if [[ ${answer%%$'\t'*} == True ]]; then
+      change gcloud iam roles undelete "$role_id" "$scope_flag"
+    fi
+    if [[ $(sorted_csv "${answer#*$'\t'}") != "$wanted" ]]; then
+      change gcloud iam roles update "$role_id" "$scope_flag" --permissions="$wanted" --quiet
+    fi
+  else
+    change gcloud iam roles create "$role_id" "$scope_flag" --title="opcancel operation canceller" \
+      --description="Cancel and get long-running operations, for the opcancel deployment $name in $project" \
+      --permissions="$wanted" --stage=GA --quiet
+  fi
+  grant "$runtime_member" "$scope/roles/$role_id" "${scope_policy[@]}"
+}
+
+revoke_scope() {
+  local scope=$1
+  scope_words "$scope"
+  revoke "$runtime_member" "$scope/roles/$role_id" "${scope_policy[@]}"
+  if role_state "$scope" && [[ ${answer%%$'\t'*} != True ]]; then
+    change gcloud iam roles delete "$role_id" "$scope_flag" --quiet
+  fi
+}
+
+# The scopes of a list of allowed parents, in the order first named, into $scopes (and each project
+# scope's services into $services_at).
+declare -A services_at=()
+scopes_of() {
+  local parent service
+  scopes=()
+  services_at=()
+  for parent in "$@"; do
+    parent_scope "$parent" || continue
+    [[ " ${scopes[*]} " == *" $scope "* ]] || scopes+=("$scope")
+    for service in $scope_services; do
+      [[ " ${services_at[$scope]:-} " == *" $service "* ]] || services_at[$scope]+="${services_at[$scope]:+ }$service"
+    done
+  done
+}
+
+# The scopes the deployed function was last given, so narrowing the list narrows the grants.
+read_deployed_scopes() {
+  local entries
+  deployed_scopes=()
   query gcloud functions describe "$function_requests" --project="$project" --region="$region" --gen2 \
     --format='value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS)' || return 0
   IFS=, read -ra entries <<<"$answer"
-  for entry in "${entries[@]}"; do
-    if [[ $entry =~ ^organizations/[0-9]+$ ]]; then
-      deployed_parents+=("$entry")
-    fi
-  done
-}
-
-revoke_organization() {
-  local organization=${1#organizations/}
-  if policy_has "$runtime_member" "organizations/$organization/roles/$role_id" \
-    gcloud organizations get-iam-policy "$organization"; then
-    change gcloud organizations remove-iam-policy-binding "$organization" --member="$runtime_member" \
-      --role="organizations/$organization/roles/$role_id" --all
-  fi
-  if role_state "$organization" && [[ ${answer%%$'\t'*} != True ]]; then
-    change gcloud iam roles delete "$role_id" --organization="$organization" --quiet
-  fi
+  scopes_of "${entries[@]}"
+  deployed_scopes=("${scopes[@]}")
 }
 
 # --- deploy ---------------------------------------------------------------------------------------
-
-check_permissions() {
-  local organization=${parents[0]#organizations/} permission level
-  # Custom-role permissions are one catalogue, so asking at one organization answers for all.
-  if ! query gcloud iam list-testable-permissions "//cloudresourcemanager.googleapis.com/organizations/$organization" \
-    --format='value(name,customRolesSupportLevel)'; then
-    $dry_run || die "could not list the permissions testable at organizations/$organization"
-    return 0
-  fi
-  for permission in "${permissions[@]}"; do
-    level=$(awk -F '\t' -v p="$permission" '$1 == p { print ($2 == "" ? "SUPPORTED" : $2) }' <<<"$answer")
-    [[ -n $level ]] || die "IAM does not know the permission $permission at organizations/$organization; \
-pass the permissions Security Command Center checks with --role-permissions"
-    [[ $level != NOT_SUPPORTED ]] || die "the permission $permission cannot be used in a custom role"
-  done
-}
 
 enable_apis() {
   local api missing=()
@@ -341,6 +498,69 @@ enable_apis() {
   if ((${#missing[@]})); then
     change gcloud services enable "${missing[@]}" --project="$project"
   fi
+}
+
+# The permissions IAM can test at RESOURCE, as "NAME<TAB>LEVEL" lines in $answer; false in a dry run.
+testable_at() {
+  query gcloud iam list-testable-permissions "//cloudresourcemanager.googleapis.com/$1" \
+    --format='value(name,customRolesSupportLevel)'
+}
+
+# LEVEL of PERMISSION in $answer (SUPPORTED, TESTING, NOT_SUPPORTED), or nothing where IAM does not know it.
+support_level() {
+  awk -F '\t' -v p="$1" '$1 == p { print ($2 == "" ? "SUPPORTED" : $2) }' <<<"$answer"
+}
+
+# Decides each scope's permissions before anything is created: at an organization the Security
+# Command Center ones, which must all be known (stop otherwise); at a project those of its services
+# that IAM knows there, skipping the others with a message. Fills $scope_permissions.
+declare -A scope_permissions=()
+plan_permissions() {
+  local scope permission level organization="" service kept
+  for scope in "${scopes[@]}"; do
+    if [[ $scope == organizations/* ]]; then
+      scope_permissions[$scope]=$(joined "${permissions[@]}")
+      [[ -z $organization ]] || continue
+      organization=$scope
+      # Custom-role permissions are one catalogue, so asking at one organization answers for all.
+      if ! testable_at "$scope"; then
+        $dry_run || die "could not list the permissions testable at $scope"
+        continue
+      fi
+      for permission in "${permissions[@]}"; do
+        level=$(support_level "$permission")
+        [[ -n $level ]] || die "IAM does not know the permission $permission at $scope; \
+pass the permissions Security Command Center checks with --role-permissions"
+        [[ $level != NOT_SUPPORTED ]] || die "the permission $permission cannot be used in a custom role"
+      done
+      continue
+    fi
+    kept=()
+    if [[ -z ${services_at[$scope]:-} ]]; then
+      note "No permission is granted at $scope: deploy.sh knows no operation permissions of the services" \
+        "named there; grant them yourself."
+      continue
+    fi
+    testable_at "$scope" || $dry_run || die "could not list the permissions testable at $scope"
+    for service in ${services_at[$scope]}; do
+      for permission in "${OPERATION_PERMISSION_PREFIX[$service]}".{cancel,get}; do
+        if ! $dry_run; then
+          level=$(support_level "$permission")
+          if [[ -z $level || $level == NOT_SUPPORTED ]]; then
+            note "Skipping $permission at $scope: IAM ${level:+cannot put it in a custom role}${level:-does not know it there}" \
+              "(see docs/deploy.md, Known limitations)."
+            continue
+          fi
+        fi
+        kept+=("$permission")
+      done
+    done
+    if ((${#kept[@]})); then
+      scope_permissions[$scope]=$(joined "${kept[@]}")
+    else
+      note "No permission is granted at $scope: IAM knows none of its services' operation permissions there."
+    fi
+  done
 }
 
 ensure_topic() {
@@ -370,25 +590,20 @@ ensure_firestore() {
   fi
 }
 
-grant_organization() {
-  local organization=${1#organizations/} wanted
-  wanted=$(sorted_csv "$(joined "${permissions[@]}")")
-  if role_state "$organization"; then
-    if [[ ${answer%%$'\t'*} == True ]]; then
-      change gcloud iam roles undelete "$role_id" --organization="$organization"
-    fi
-    if [[ $(sorted_csv "${answer#*$'\t'}") != "$wanted" ]]; then
-      change gcloud iam roles update "$role_id" --organization="$organization" --permissions="$wanted" --quiet
-    fi
+ensure_queue() {
+  local settings=(--max-attempts="$TASKS_MAX_ATTEMPTS" --min-backoff="$TASKS_MIN_BACKOFF"
+    --max-backoff="$TASKS_MAX_BACKOFF" --max-doublings="$TASKS_MAX_DOUBLINGS"
+    --max-retry-duration="$TASKS_MAX_RETRY_DURATION")
+  local wanted=$TASKS_MAX_ATTEMPTS$'\t'$TASKS_MIN_BACKOFF$'\t'$TASKS_MAX_BACKOFF$'\t'$TASKS_MAX_DOUBLINGS
+  wanted+=$'\t'$TASKS_MAX_RETRY_DURATION
+  local fields=retryConfig.maxAttempts,retryConfig.minBackoff,retryConfig.maxBackoff,retryConfig.maxDoublings
+  fields+=,retryConfig.maxRetryDuration
+  if query gcloud tasks queues describe "$queue" --project="$project" --location="$region" --format="value($fields)"; then
+    [[ $answer == "$wanted" ]] ||
+      change gcloud tasks queues update "$queue" --project="$project" --location="$region" "${settings[@]}"
   else
-    change gcloud iam roles create "$role_id" --organization="$organization" --title="opcancel operation canceller" \
-      --description="Cancel and get long-running operations, for the opcancel deployment $name in $project" \
-      --permissions="$wanted" --stage=GA --quiet
+    change gcloud tasks queues create "$queue" --project="$project" --location="$region" "${settings[@]}"
   fi
-  policy_has "$runtime_member" "organizations/$organization/roles/$role_id" \
-    gcloud organizations get-iam-policy "$organization" ||
-    change_retrying gcloud organizations add-iam-policy-binding "$organization" --member="$runtime_member" \
-      --role="organizations/$organization/roles/$role_id" --condition=None
 }
 
 # Everything gcloud uploads (see .gcloudignore), so a digest of it tells whether the code changed.
@@ -398,31 +613,59 @@ source_listing() {
     LC_ALL=C sort -z | xargs -0 "${CHECKSUM[@]}"
 }
 
+# deploy_function FUNCTION ENTRY_POINT [TOPIC]: a function triggered by TOPIC, or over HTTP without one.
 # A deploy rebuilds and rolls out a new revision, so it runs only when the code or the configuration
 # changed: their digest is kept in a label, and a function that is not ACTIVE is always redeployed.
+# Trigger flags are sent only to create the function or to change a trigger that differs: gcloud puts
+# `event_trigger` in the update mask whenever one is given (command_lib/functions/v2/deploy/command.py,
+# _GetEventTrigger), and a trigger sent again can be recreated with its subscription, dropping the
+# messages waiting in it (google-github-actions/deploy-cloud-functions#419). Without one, gcloud
+# keeps the function's trigger as it is (gcloud functions deploy --help).
 deploy_function() {
-  local function=$1 entry_point=$2 env_vars sources digest
-  shift 2
-  env_vars=GOOGLE_CLOUD_PROJECT=$project@OPCANCEL_STORE=firestore@OPCANCEL_FIRESTORE_COLLECTION=$collection
-  env_vars+=@OPCANCEL_CHECKS_TOPIC=$topic_checks@OPCANCEL_RESULTS_TOPIC=$topic_results@OPCANCEL_LEASE_S=$LEASE_S
+  local function=$1 entry_point=$2 topic=${3:-} env_vars sources digest trigger_flags wanted_trigger
+  env_vars=GOOGLE_CLOUD_PROJECT=$project\|OPCANCEL_STORE=firestore\|OPCANCEL_FIRESTORE_COLLECTION=$collection
+  env_vars+=\|OPCANCEL_CHECKS_TOPIC=$topic_checks\|OPCANCEL_RESULTS_TOPIC=$topic_results
+  env_vars+=\|OPCANCEL_TASKS_QUEUE=$queue_path\|OPCANCEL_TASKS_SERVICE_ACCOUNT=$tasks_account
   if ((${#parents[@]})); then
-    env_vars+=@OPCANCEL_ALLOWED_PARENTS=$(joined "${parents[@]}")
+    env_vars+=\|OPCANCEL_ALLOWED_PARENTS=$(joined "${parents[@]}")
   fi
-  # ^@^ makes @ the separator, because the list of parents is itself comma-separated.
+  # ^|^ makes | the separator (gcloud topic escaping): the list of parents is comma-separated and an
+  # account's email holds an @, and no value here can hold a |.
   local command=(gcloud functions deploy "$function" --project="$project" --region="$region" --gen2
-    --runtime="$RUNTIME" --source="$SCRIPT_DIR" --entry-point="$entry_point" "$@"
-    --service-account="$runtime_account" --timeout="${TIMEOUT_S}s" --no-allow-unauthenticated
-    --set-env-vars="^@^$env_vars")
-  sources=$(source_listing) || die "could not read the function's source in $SCRIPT_DIR"
-  digest=$(printf '%s\n' "$sources" "${command[@]}" | "${CHECKSUM[@]}" | cut -c1-32)
-  if query gcloud functions describe "$function" --project="$project" --region="$region" --gen2 \
-    --format="value(state,labels.$DEPLOY_LABEL)" && [[ $answer == "ACTIVE"$'\t'"$digest" ]]; then
-    return
+    --runtime="$RUNTIME" --source="$SCRIPT_DIR" --entry-point="$entry_point"
+    --build-service-account="projects/$project/serviceAccounts/$build_account"
+    --service-account="$runtime_account" --timeout="${TIMEOUT_S}s" --no-allow-unauthenticated)
+  if [[ -n $topic ]]; then
+    command+=(--ingress-settings=internal-only)
+    trigger_flags=(--trigger-topic="$topic" --trigger-service-account="$trigger_account" --retry)
+    wanted_trigger=projects/$project/topics/$topic$'\t'$trigger_account$'\t'RETRY_POLICY_RETRY
+  else
+    trigger_flags=(--trigger-http)
+    wanted_trigger=$'\t\t'
   fi
-  change "${command[@]}" --update-labels="$DEPLOY_LABEL=$digest" --quiet
+  command+=(--set-env-vars="^|^$env_vars")
+  sources=$(source_listing) || die "could not read the function's source in $SCRIPT_DIR"
+  digest=$(printf '%s\n' "$sources" "${command[@]}" "${trigger_flags[@]}" | digest_of)
+  if query gcloud functions describe "$function" --project="$project" --region="$region" --gen2 \
+    --format="value(state,labels.$DEPLOY_LABEL,eventTrigger.pubsubTopic,eventTrigger.serviceAccountEmail,eventTrigger.retryPolicy)"; then
+    local state=${answer%%$'\t'*} rest=${answer#*$'\t'}
+    local label=${rest%%$'\t'*} trigger=${rest#*$'\t'}
+    if [[ $trigger != "$wanted_trigger" ]]; then
+      note "The trigger of $function is not the one deploy.sh sets (${trigger//$'\t'/ } instead of" \
+        "${wanted_trigger//$'\t'/ }): redeploying it with its trigger, which can recreate the trigger's" \
+        "subscription and drop the messages waiting in it."
+    elif [[ $state == ACTIVE && $label == "$digest" ]]; then
+      return
+    else
+      trigger_flags=()
+    fi
+  fi
+  change "${command[@]}" "${trigger_flags[@]}" --update-labels="$DEPLOY_LABEL=$digest" --quiet
 }
 
-# Eventarc made the function's push subscription; its retry policy is the check delay.
+# Eventarc made the function's push subscription. Its ack deadline, which for push is the request's
+# timeout, must outlast the function; its retry and dead-letter policies are deploy.sh's. Each is read
+# and corrected on every run, since a trigger recreated by hand gets a subscription with defaults.
 configure_subscription() {
   local function=$1 pubsub_agent=$2 subscription
   lookup "<trigger of $function>" gcloud functions describe "$function" --project="$project" --region="$region" \
@@ -430,36 +673,211 @@ configure_subscription() {
   lookup "<subscription of $function>" gcloud eventarc triggers describe "$answer" --project="$project" \
     --format='value(transport.pubsub.subscription)'
   subscription=$answer
-  local wanted=$MIN_RETRY_DELAY$'\t'$MAX_RETRY_DELAY$'\t'projects/$project/topics/$topic_dead_letter
-  wanted+=$'\t'$MAX_DELIVERY_ATTEMPTS
-  local fields=retryPolicy.minimumBackoff,retryPolicy.maximumBackoff
+  local wanted=$ACK_DEADLINE_S$'\t'$MIN_RETRY_DELAY$'\t'$MAX_RETRY_DELAY
+  wanted+=$'\t'projects/$project/topics/$topic_dead_letter$'\t'$MAX_DELIVERY_ATTEMPTS
+  local fields=ackDeadlineSeconds,retryPolicy.minimumBackoff,retryPolicy.maximumBackoff
   fields+=,deadLetterPolicy.deadLetterTopic,deadLetterPolicy.maxDeliveryAttempts
   if ! query gcloud pubsub subscriptions describe "$subscription" --project="$project" --format="value($fields)" ||
     [[ $answer != "$wanted" ]]; then
     change gcloud pubsub subscriptions update "$subscription" --project="$project" \
-      --min-retry-delay="$MIN_RETRY_DELAY" --max-retry-delay="$MAX_RETRY_DELAY" \
+      --ack-deadline="$ACK_DEADLINE_S" --min-retry-delay="$MIN_RETRY_DELAY" --max-retry-delay="$MAX_RETRY_DELAY" \
       --dead-letter-topic="projects/$project/topics/$topic_dead_letter" \
       --max-delivery-attempts="$MAX_DELIVERY_ATTEMPTS"
   fi
   # Pub/Sub's own agent moves a message to the dead-letter topic, so it must be able to pull it.
-  policy_has "$pubsub_agent" roles/pubsub.subscriber \
-    gcloud pubsub subscriptions get-iam-policy "$subscription" --project="$project" ||
-    change_retrying gcloud pubsub subscriptions add-iam-policy-binding "$subscription" --project="$project" \
-      --member="$pubsub_agent" --role=roles/pubsub.subscriber
+  grant "$pubsub_agent" roles/pubsub.subscriber gcloud pubsub subscriptions VERB "$subscription" --project="$project"
+}
+
+# --- observability --------------------------------------------------------------------------------
+
+# opcancel's log lines as Cloud Logging stores them: a 2nd gen function logs as the Cloud Run
+# service of its name (the query `gcloud functions logs read` builds, in surface/functions/logs/read.py),
+# and every line carries the label component=opcancel.
+logs_of_functions() {
+  printf 'resource.type="cloud_run_revision" AND resource.labels.service_name=~"^%s-(requests|checks|http)$" AND labels.component="opcancel"' "$name"
+}
+
+json_string() {
+  local text=${1//\\/\\\\}
+  text=${text//\"/\\\"}
+  printf '"%s"' "${text//$'\n'/\\n}"
+}
+
+# write_log_metric FILE EVENT DESCRIPTION [LABEL]: a counter of log lines whose jsonPayload.event is
+# EVENT, with jsonPayload.LABEL as the metric label LABEL. The definition's digest ends the description,
+# so a re-run can tell whether the metric is the one this script would create.
+write_log_metric() {
+  local file=$1 event=$2 description=$3 label=${4:-} definition
+  local filter
+  filter="$(logs_of_functions) AND jsonPayload.event=\"$event\""
+  definition="{
+  \"description\": $(json_string "$description [$DEPLOY_LABEL=@DIGEST@]"),
+  \"filter\": $(json_string "$filter"),
+  \"metricDescriptor\": {
+    \"metricKind\": \"DELTA\",
+    \"valueType\": \"INT64\",
+    \"unit\": \"1\""
+  if [[ -n $label ]]; then
+    definition+=",
+    \"labels\": [{\"key\": \"$label\", \"valueType\": \"STRING\", \"description\": \"jsonPayload.$label of the log line\"}]
+  },
+  \"labelExtractors\": {\"$label\": \"EXTRACT(jsonPayload.$label)\"}
+}"
+  else
+    definition+="
+  }
+}"
+  fi
+  render "$definition" >"$file"
+}
+
+# TEXT with @DIGEST@ replaced by the digest of TEXT, which is left in $digest: a re-run compares it with
+# the one the deployed resource carries, to tell whether the definition changed.
+render() {
+  digest=$(printf '%s' "$1" | digest_of)
+  printf '%s\n' "${1//@DIGEST@/$digest}"
+}
+
+ensure_log_metric() {
+  local metric=$1 file=$2
+  if query gcloud logging metrics describe "$metric" --project="$project" --format='value(description)'; then
+    [[ $answer == *"[$DEPLOY_LABEL=$digest]" ]] ||
+      change gcloud logging metrics update "$metric" --project="$project" --config-from-file="$file"
+  else
+    change gcloud logging metrics create "$metric" --project="$project" --config-from-file="$file"
+  fi
+}
+
+# One chart: TITLE, the time series FILTER, the aligner and the label to group by ("" for none).
+chart() {
+  local title=$1 filter=$2 aligner=$3 group=$4 x=$5 y=$6 grouping=""
+  if [[ -n $group ]]; then
+    grouping=", \"crossSeriesReducer\": \"REDUCE_SUM\", \"groupByFields\": [\"$group\"]"
+  elif [[ $aligner != ALIGN_MAX ]]; then
+    grouping=", \"crossSeriesReducer\": \"REDUCE_SUM\""
+  fi
+  printf '      {"xPos": %s, "yPos": %s, "width": 6, "height": 4, "widget": {"title": %s, "xyChart": {"dataSets": [
+        {"plotType": "STACKED_BAR", "minAlignmentPeriod": "60s", "timeSeriesQuery": {"timeSeriesFilter": {
+          "filter": %s,
+          "aggregation": {"alignmentPeriod": "60s", "perSeriesAligner": "%s"%s}}}}]}}}' \
+    "$x" "$y" "$(json_string "$title")" "$(json_string "$filter")" "$aligner" "$grouping"
+}
+
+user_metric() {
+  printf 'metric.type="logging.googleapis.com/user/%s" resource.type="cloud_run_revision"' "$1"
+}
+
+dead_letter_backlog() {
+  printf 'metric.type="pubsub.googleapis.com/subscription/num_undelivered_messages" resource.type="pubsub_subscription" resource.label.subscription_id="%s"' "$topic_dead_letter"
+}
+
+# write_dashboard FILE [ETAG]: an update names the etag it read, so it never overwrites a newer edit.
+write_dashboard() {
+  local file=$1 etag=${2:-} definition
+  definition="{
+  \"displayName\": $(json_string "$dashboard_title"),
+  \"labels\": {\"$DEPLOY_LABEL\": \"@DIGEST@\"},
+  \"mosaicLayout\": {\"columns\": 12, \"tiles\": [
+$(chart "Results by outcome" "$(user_metric "$metric_results")" ALIGN_SUM metric.label.outcome 0 0),
+$(chart "Cancels sent" "$(user_metric "$metric_cancels")" ALIGN_SUM "" 6 0),
+$(chart "Retries (redelivery asked for) by reason" "$(user_metric "$metric_retries")" ALIGN_SUM metric.label.reason 0 4),
+$(chart "Takeovers of keys left by dead workers" "$(user_metric "$metric_takeovers")" ALIGN_SUM "" 6 4),
+$(chart "Dead-letter backlog (undelivered messages)" "$(dead_letter_backlog)" ALIGN_MAX "" 0 8)
+  ]}
+}"
+  render "$definition" >"$file"
+  if [[ -n $etag ]]; then
+    local rendered
+    rendered=$(<"$file")
+    printf '{\n  "etag": %s,%s\n' "$(json_string "$etag")" "${rendered#\{}" >"$file"
+  fi
+}
+
+write_alert_policy() {
+  local file=$1 channel_list="" channel
+  for channel in "${channels[@]}"; do
+    channel_list+="${channel_list:+, }$(json_string "$channel")"
+  done
+  local content="Messages that kept failing wait in the subscription $topic_dead_letter of project $project.
+Each is a request or a check that was never handled: read them with
+gcloud pubsub subscriptions pull $topic_dead_letter --project=$project --limit=10,
+fix the cause, and publish them again to their topic. docs/deploy.md, Observability, explains."
+  render "{
+  \"displayName\": $(json_string "$policy_title"),
+  \"userLabels\": {\"$DEPLOY_LABEL\": \"@DIGEST@\"},
+  \"combiner\": \"OR\",
+  \"conditions\": [{
+    \"displayName\": $(json_string "$topic_dead_letter has undelivered messages"),
+    \"conditionThreshold\": {
+      \"filter\": $(json_string "$(dead_letter_backlog)"),
+      \"comparison\": \"COMPARISON_GT\",
+      \"thresholdValue\": 0,
+      \"duration\": \"0s\",
+      \"aggregations\": [{\"alignmentPeriod\": \"300s\", \"perSeriesAligner\": \"ALIGN_MAX\"}],
+      \"trigger\": {\"count\": 1}
+    }
+  }],
+  \"documentation\": {\"mimeType\": \"text/markdown\", \"content\": $(json_string "$content")},
+  \"notificationChannels\": [$channel_list]
+}" >"$file"
+}
+
+ensure_dashboard() {
+  local file=$work_dir/dashboard.json wanted
+  write_dashboard "$file"
+  wanted=$digest
+  if find_one "<dashboard of $name>" gcloud monitoring dashboards list --project="$project" \
+    --filter="displayName=$(json_string "$dashboard_title")" --format="value(name,etag,labels.$DEPLOY_LABEL)"; then
+    local dashboard=${answer%%$'\t'*} rest=${answer#*$'\t'}
+    if [[ ${rest#*$'\t'} != "$wanted" ]]; then
+      write_dashboard "$file" "${rest%%$'\t'*}"
+      change gcloud monitoring dashboards update "$dashboard" --project="$project" --config-from-file="$file"
+    fi
+  else
+    change gcloud monitoring dashboards create --project="$project" --config-from-file="$file"
+  fi
+}
+
+ensure_alert_policy() {
+  local file=$work_dir/alert-policy.json
+  write_alert_policy "$file"
+  if find_one "<alert policy of $name>" gcloud alpha monitoring policies list --project="$project" \
+    --filter="displayName=$(json_string "$policy_title")" --format="value(name,userLabels.$DEPLOY_LABEL)"; then
+    [[ ${answer#*$'\t'} == "$digest" ]] ||
+      change gcloud alpha monitoring policies update "${answer%%$'\t'*}" --project="$project" --policy-from-file="$file"
+  else
+    change gcloud alpha monitoring policies create --project="$project" --policy-from-file="$file"
+  fi
+}
+
+observe() {
+  write_log_metric "$work_dir/metric-results.json" result_published \
+    "opcancel ($name): result events published, by outcome" outcome
+  ensure_log_metric "$metric_results" "$work_dir/metric-results.json"
+  write_log_metric "$work_dir/metric-cancels-sent.json" cancel_sent "opcancel ($name): cancels the API accepted"
+  ensure_log_metric "$metric_cancels" "$work_dir/metric-cancels-sent.json"
+  write_log_metric "$work_dir/metric-retries.json" retry_later \
+    "opcancel ($name): deliveries answered with a retry, by reason" reason
+  ensure_log_metric "$metric_retries" "$work_dir/metric-retries.json"
+  write_log_metric "$work_dir/metric-takeovers.json" takeover "opcancel ($name): keys taken over from dead workers"
+  ensure_log_metric "$metric_takeovers" "$work_dir/metric-takeovers.json"
+  ensure_dashboard
+  ensure_alert_policy
 }
 
 deploy() {
-  local pubsub_agent topic parent previous function event_flags
+  local pubsub_agent topic scope previous function account role
+  # Everything else calls these APIs, so they come first; `services enable` needs only Service Usage.
+  enable_apis
   lookup "<project-number>" gcloud projects describe "$project" --format='value(projectNumber)'
   pubsub_agent=serviceAccount:service-$answer@gcp-sa-pubsub.iam.gserviceaccount.com
-  if ((${#parents[@]})); then
-    check_permissions
+  scopes_of "${parents[@]}"
+  if ((${#scopes[@]})); then
+    plan_permissions
   else
-    note "No allowed parents: the function will accept every organization, and its service account" \
-      "gets no Security Command Center permission anywhere; grant one where it should act."
+    note "No allowed parents: the function will accept every organization and project, and its service" \
+      "account gets no operation permission anywhere; grant one where it should act."
   fi
-
-  enable_apis
 
   for topic in "$topic_requests" "$topic_checks" "$topic_results" "$topic_dead_letter"; do
     ensure_topic "$topic"
@@ -471,40 +889,43 @@ deploy() {
 
   ensure_service_account "$runtime_account" "opcancel function ($name)"
   ensure_service_account "$trigger_account" "opcancel Eventarc trigger ($name)"
+  ensure_service_account "$build_account" "opcancel Cloud Build ($name)"
+  ensure_service_account "$tasks_account" "opcancel Cloud Tasks publisher of checks ($name)"
 
   ensure_firestore
-  policy_has "$runtime_member" roles/datastore.user gcloud projects get-iam-policy "$project" ||
-    change_retrying gcloud projects add-iam-policy-binding "$project" --member="$runtime_member" \
-      --role=roles/datastore.user --condition=None
-  for topic in "$topic_checks" "$topic_results"; do
-    policy_has "$runtime_member" roles/pubsub.publisher gcloud pubsub topics get-iam-policy "$topic" \
-      --project="$project" ||
-      change_retrying gcloud pubsub topics add-iam-policy-binding "$topic" --project="$project" \
-        --member="$runtime_member" --role=roles/pubsub.publisher
-  done
-  policy_has "$pubsub_agent" roles/pubsub.publisher gcloud pubsub topics get-iam-policy "$topic_dead_letter" \
-    --project="$project" ||
-    change_retrying gcloud pubsub topics add-iam-policy-binding "$topic_dead_letter" --project="$project" \
-      --member="$pubsub_agent" --role=roles/pubsub.publisher
+  grant "$runtime_member" roles/datastore.user gcloud projects VERB "$project"
+  grant "$runtime_member" roles/pubsub.publisher gcloud pubsub topics VERB "$topic_results" --project="$project"
+  # Only the tasks' account publishes checks: the function schedules them through the queue.
+  revoke "$runtime_member" roles/pubsub.publisher gcloud pubsub topics VERB "$topic_checks" --project="$project"
+  grant "$tasks_member" roles/pubsub.publisher gcloud pubsub topics VERB "$topic_checks" --project="$project"
+  grant "$pubsub_agent" roles/pubsub.publisher gcloud pubsub topics VERB "$topic_dead_letter" --project="$project"
   # Push requests carry an identity token for the trigger's account. Projects made before April 2021
-  # do not let Pub/Sub mint one unless granted, and granting it on that one account is the narrowest.
-  policy_has "$pubsub_agent" roles/iam.serviceAccountTokenCreator \
-    gcloud iam service-accounts get-iam-policy "$trigger_account" --project="$project" ||
-    change_retrying gcloud iam service-accounts add-iam-policy-binding "$trigger_account" --project="$project" \
-      --member="$pubsub_agent" --role=roles/iam.serviceAccountTokenCreator
-
-  for parent in "${parents[@]}"; do
-    grant_organization "$parent"
-  done
-  read_deployed_parents
-  for previous in "${deployed_parents[@]}"; do
-    [[ " ${parents[*]} " == *" $previous "* ]] || revoke_organization "$previous"
+  # do not let Pub/Sub mint one unless granted (pubsub/docs/push, authentication), and granting it on
+  # that one account is the narrowest.
+  grant "$pubsub_agent" roles/iam.serviceAccountTokenCreator \
+    gcloud iam service-accounts VERB "$trigger_account" --project="$project"
+  for role in "${BUILD_ROLES[@]}"; do
+    grant "$build_member" "$role" gcloud projects VERB "$project"
   done
 
-  event_flags=(--trigger-service-account="$trigger_account" --retry --ingress-settings=internal-only)
-  deploy_function "$function_requests" on_event --trigger-topic="$topic_requests" "${event_flags[@]}"
-  deploy_function "$function_checks" on_event --trigger-topic="$topic_checks" "${event_flags[@]}"
-  deploy_function "$function_http" on_http --trigger-http
+  ensure_queue
+  grant "$runtime_member" roles/cloudtasks.enqueuer gcloud tasks queues VERB "$queue" --project="$project" \
+    --location="$region"
+  # A task carrying the tasks' account's token is created only by a principal that may act as it.
+  grant "$runtime_member" roles/iam.serviceAccountUser \
+    gcloud iam service-accounts VERB "$tasks_account" --project="$project"
+
+  for scope in "${scopes[@]}"; do
+    [[ -z ${scope_permissions[$scope]:-} ]] || grant_scope "$scope" "${scope_permissions[$scope]}"
+  done
+  read_deployed_scopes
+  for previous in "${deployed_scopes[@]}"; do
+    [[ -n ${scope_permissions[$previous]:-} ]] || revoke_scope "$previous"
+  done
+
+  deploy_function "$function_requests" on_event "$topic_requests"
+  deploy_function "$function_checks" on_event "$topic_checks"
+  deploy_function "$function_http" on_http
   for function in "$function_requests" "$function_checks"; do
     # A 2nd gen function is a Cloud Run service of the same name, and that service holds run.invoker.
     policy_has "$trigger_member" roles/run.invoker \
@@ -514,17 +935,24 @@ deploy() {
     configure_subscription "$function" "$pubsub_agent"
   done
 
-  $dry_run || note "Done. Send a first request with: gcloud pubsub topics publish $topic_requests" \
-    "--project=$project --message=organizations/ORGANIZATION_ID/operations/OPERATION_ID"
+  observe
+
+  if $dry_run; then
+    note "The files the commands above name are kept in $work_dir."
+  else
+    note "Done. Send a first request with: gcloud pubsub topics publish $topic_requests" \
+      "--project=$project --message=organizations/ORGANIZATION_ID/operations/OPERATION_ID"
+  fi
 }
 
 # --- destroy --------------------------------------------------------------------------------------
 
 destroy() {
-  local function topic parent account
-  read_deployed_parents
-  for parent in "${deployed_parents[@]}"; do
-    [[ " ${parents[*]} " == *" $parent "* ]] || parents+=("$parent")
+  local function topic scope account role metric
+  read_deployed_scopes
+  scopes_of "${parents[@]}"
+  for scope in "${deployed_scopes[@]}"; do
+    [[ " ${scopes[*]} " == *" $scope "* ]] || scopes+=("$scope")
   done
   # Deleting a function also deletes its Eventarc trigger, that trigger's subscription and its IAM.
   for function in "$function_requests" "$function_checks" "$function_http"; do
@@ -533,6 +961,9 @@ destroy() {
       change gcloud functions delete "$function" --project="$project" --region="$region" --gen2 --quiet
     fi
   done
+  if query gcloud tasks queues describe "$queue" --project="$project" --location="$region" --format='value(name)'; then
+    change gcloud tasks queues delete "$queue" --project="$project" --location="$region" --quiet
+  fi
   if query gcloud pubsub subscriptions describe "$topic_dead_letter" --project="$project" --format='value(name)'; then
     change gcloud pubsub subscriptions delete "$topic_dead_letter" --project="$project"
   fi
@@ -541,20 +972,40 @@ destroy() {
       change gcloud pubsub topics delete "$topic" --project="$project"
     fi
   done
-  for parent in "${parents[@]}"; do
-    revoke_organization "$parent"
+  for scope in "${scopes[@]}"; do
+    revoke_scope "$scope"
   done
-  if policy_has "$runtime_member" roles/datastore.user gcloud projects get-iam-policy "$project"; then
-    change gcloud projects remove-iam-policy-binding "$project" --member="$runtime_member" \
-      --role=roles/datastore.user --all
-  fi
-  for account in "$runtime_account" "$trigger_account"; do
+  revoke "$runtime_member" roles/datastore.user gcloud projects VERB "$project"
+  for role in "${BUILD_ROLES[@]}"; do
+    revoke "$build_member" "$role" gcloud projects VERB "$project"
+  done
+  for account in "$runtime_account" "$trigger_account" "$build_account" "$tasks_account"; do
     if query gcloud iam service-accounts describe "$account" --project="$project" --format='value(email)'; then
       change gcloud iam service-accounts delete "$account" --project="$project" --quiet
     fi
   done
+  for metric in "$metric_results" "$metric_cancels" "$metric_retries" "$metric_takeovers"; do
+    if query gcloud logging metrics describe "$metric" --project="$project" --format='value(name)'; then
+      change gcloud logging metrics delete "$metric" --project="$project" --quiet
+    fi
+  done
+  if find_one "<dashboard of $name>" gcloud monitoring dashboards list --project="$project" \
+    --filter="displayName=$(json_string "$dashboard_title")" --format='value(name)'; then
+    change gcloud monitoring dashboards delete "$answer" --project="$project" --quiet
+  fi
+  if find_one "<alert policy of $name>" gcloud alpha monitoring policies list --project="$project" \
+    --filter="displayName=$(json_string "$policy_title")" --format='value(name)'; then
+    change gcloud alpha monitoring policies delete "$answer" --project="$project" --quiet
+  fi
   $dry_run || note "Done. Kept: the Firestore database, whose TTL policy goes on expiring the idempotency records," \
     "and the APIs, which other workloads in the project may use."
 }
 
-if $destroy; then destroy; else deploy; fi
+if $destroy; then
+  destroy
+else
+  work_dir=$(mktemp -d "${TMPDIR:-/tmp}/opcancel-deploy.XXXXXX")
+  # A dry run keeps the files its printed commands name; a real run needs them only while it runs.
+  $dry_run || trap 'rm -rf "$work_dir"' EXIT
+  deploy
+fi

@@ -4,9 +4,15 @@ Each call appends its argv, as one JSON line, to ``$FAKE_GCLOUD_LOG`` and acts o
 JSON state in ``$FAKE_GCLOUD_STATE``: describes find what exists, creates refuse what
 already does, deletes refuse what does not, IAM bindings are kept as triples, and
 ``--format=value(...)`` projects the stored resource. Enough of gcloud's behaviour for a
-deploy run against it to fail where the real one would: a binding naming a service
-account that does not exist yet, a deploy before its topic, a command on another project.
-A call the model does not know exits 3, so a new command in deploy.sh needs a model here.
+deploy run against it to fail where the real one would: a call to an API not enabled yet,
+a binding naming a service account that does not exist yet, a deploy before its topic, a
+command on another project. ``gcloud functions deploy`` follows gcloud's own rule for
+triggers (command_lib/functions/v2/deploy/command.py): a trigger flag replaces the
+function's trigger, and the fake then recreates the trigger and its subscription, as
+google-github-actions/deploy-cloud-functions#419 reports, losing the subscription's settings;
+without one the trigger is kept. Files named by ``--config-from-file`` and
+``--policy-from-file`` are read and must hold JSON. A call the model does not know exits 3,
+so a new command in deploy.sh needs a model here.
 """
 
 from __future__ import annotations
@@ -32,6 +38,22 @@ VERBS = {
     "add-invoker-policy-binding",
     "list-testable-permissions",
 }
+
+# The API each command group calls, which must be enabled in the project first.
+APIS = {
+    "projects": "cloudresourcemanager.googleapis.com",
+    "organizations": "cloudresourcemanager.googleapis.com",
+    "iam": "iam.googleapis.com",
+    "pubsub": "pubsub.googleapis.com",
+    "functions": "cloudfunctions.googleapis.com",
+    "run": "run.googleapis.com",
+    "eventarc": "eventarc.googleapis.com",
+    "firestore": "firestore.googleapis.com",
+    "tasks": "cloudtasks.googleapis.com",
+    "logging": "logging.googleapis.com",
+    "monitoring": "monitoring.googleapis.com",
+}
+TRIGGER_FLAGS = ("trigger-topic", "trigger-http", "trigger-bucket", "trigger-event", "trigger-event-filters")
 
 
 class Refused(Exception):
@@ -93,6 +115,9 @@ class Gcloud:
         handler = getattr(self, "_" + "_".join(self.group).replace("-", "_"), None)
         if handler is None:
             raise Refused(f"fake gcloud has no model for {self.argv}", 3)
+        api = APIS.get(self.group[1] if self.group[0] == "alpha" else self.group[0])
+        if api and api not in self.state.get("services", []):
+            raise Refused(f"PERMISSION_DENIED: {api} has not been used in project {self.project} or it is disabled")
         return handler() or ""
 
     # --- helpers ----------------------------------------------------------------------------
@@ -119,6 +144,33 @@ class Gcloud:
     def project_account(self, email: str) -> None:
         if email.endswith(f"@{self.project}.iam.gserviceaccount.com"):
             self.get(f"serviceaccount/{email}")
+
+    def known_project(self, project: str) -> None:
+        if project != self.project and project not in self.state.get("other_projects", []):
+            raise Refused(f"project {project} is not one of the test's projects", 4)
+
+    def serial(self) -> int:
+        self.state["serial"] = self.state.get("serial", 0) + 1
+        return self.state["serial"]
+
+    def config(self, flag: str) -> dict[str, Any]:
+        """The JSON file a ``--config-from-file``-style flag names, as gcloud reads it."""
+        try:
+            with open(self.flags[flag]) as file:
+                return json.load(file)
+        except (OSError, ValueError) as error:
+            raise Refused(f"--{flag}: {error}", 2) from error
+
+    def listed(self, kind: str) -> str:
+        """``list`` of the resources of KIND, filtered by ``displayName="..."`` as deploy.sh asks."""
+        match = re.fullmatch(r'displayName="(.*)"', self.flags.get("filter", ""))
+        if not match:
+            raise Refused(f"fake gcloud cannot filter {kind} by {self.flags.get('filter')!r}", 3)
+        return "\n".join(
+            self.shown(resource)
+            for key, resource in self.resources.items()
+            if key.startswith(f"{kind}/") and resource["displayName"] == match.group(1)
+        )
 
     def policy(self, key: str) -> str:
         """add/remove/get-iam-policy on the resource ``key``."""
@@ -158,8 +210,9 @@ class Gcloud:
     # --- commands ---------------------------------------------------------------------------
 
     def _projects(self) -> str:
-        if self.name != self.project:
+        if self.verb == "describe" and self.name != self.project:
             raise Refused(f"project {self.name} is not the test's project {self.project}", 4)
+        self.known_project(self.name)
         if self.verb == "describe":
             return self.shown({"projectId": self.project, "projectNumber": self.state["project_number"]})
         return self.policy(f"project/{self.name}")
@@ -176,7 +229,8 @@ class Gcloud:
         return ""
 
     def _iam(self) -> str:
-        return "\n".join(f"{name}\t{level}" for name, level in self.state["testable_permissions"].items())
+        catalogue = self.state.get("testable_by_resource", {}).get(self.name, self.state["testable_permissions"])
+        return "\n".join(f"{name}\t{level}" for name, level in catalogue.items())
 
     def _pubsub_topics(self) -> str:
         self.in_project()
@@ -203,17 +257,23 @@ class Gcloud:
         elif self.verb == "delete":
             self.remove(key)
         elif self.verb == "update":
-            self.get(f"topic/{self.flags['dead-letter-topic'].rpartition('/')[2]}")
-            self.get(key).update(
-                retryPolicy={
+            subscription = self.get(key)
+            if "ack-deadline" in self.flags:
+                deadline = int(self.flags["ack-deadline"])
+                if not 10 <= deadline <= 600:
+                    raise Refused("INVALID_ARGUMENT: the ack deadline must be between 10 and 600 seconds")
+                subscription["ackDeadlineSeconds"] = deadline
+            if "min-retry-delay" in self.flags:
+                subscription["retryPolicy"] = {
                     "minimumBackoff": self.flags["min-retry-delay"],
                     "maximumBackoff": self.flags["max-retry-delay"],
-                },
-                deadLetterPolicy={
+                }
+            if "dead-letter-topic" in self.flags:
+                self.get(f"topic/{self.flags['dead-letter-topic'].rpartition('/')[2]}")
+                subscription["deadLetterPolicy"] = {
                     "deadLetterTopic": self.flags["dead-letter-topic"],
                     "maxDeliveryAttempts": int(self.flags["max-delivery-attempts"]),
-                },
-            )
+                }
         else:
             self.get(key)
             return self.policy(key)
@@ -235,7 +295,11 @@ class Gcloud:
         return self.policy(key)
 
     def _iam_roles(self) -> str:
-        key = f"role/organizations/{self.flags['organization']}/roles/{self.name}"
+        if "organization" in self.flags:
+            key = f"role/organizations/{self.flags['organization']}/roles/{self.name}"
+        else:
+            self.known_project(self.flags["project"])
+            key = f"role/projects/{self.flags['project']}/roles/{self.name}"
         if self.verb == "create":
             self.add(
                 key, {"name": key.removeprefix("role/"), "includedPermissions": self.flags["permissions"].split(",")}
@@ -288,10 +352,7 @@ class Gcloud:
             return self.deploy(key)
         function = self.get(key)
         if self.verb == "delete":
-            trigger = function.get("eventTrigger", {}).get("trigger")
-            if trigger:
-                subscription = self.resources.pop(f"trigger/{trigger}")["transport"]["pubsub"]["subscription"]
-                self.remove(f"subscription/{subscription.rpartition('/')[2]}")
+            self.drop_trigger(function)
             self.remove(key)
             return ""
         self.flags["role"] = "roles/run.invoker"
@@ -302,24 +363,63 @@ class Gcloud:
         for account in ("service-account", "trigger-service-account"):
             if account in self.flags:
                 self.project_account(self.flags[account])
+        build = self.flags.get("build-service-account")
+        if build is not None:
+            match = re.fullmatch(r"projects/([^/]+)/serviceAccounts/([^/]+)", build)
+            if not match:
+                raise Refused(f"--build-service-account: {build} is not projects/PROJECT/serviceAccounts/EMAIL", 2)
+            self.project_account(match.group(2))
+        if "retry" in self.flags and "trigger-http" in self.flags:
+            raise Refused("`--retry` is only supported with an event trigger not http triggers.", 2)
+        triggered = [flag for flag in TRIGGER_FLAGS if flag in self.flags]
+        if key not in self.resources and not triggered:
+            raise Refused("You must specify a trigger when deploying a new function.", 2)
         variables = self.flags["set-env-vars"]
-        separator = "@" if variables.startswith("^@^") else ","
-        environment = dict(item.split("=", 1) for item in variables.removeprefix("^@^").split(separator))
+        separator = ","
+        if match := re.match(r"\^(.)\^", variables):
+            separator, variables = match.group(1), variables[3:]
+        environment = dict(item.split("=", 1) for item in variables.split(separator))
         label, _, value = self.flags["update-labels"].partition("=")
         function = self.resources.setdefault(key, {"name": key})
-        function.update(state="ACTIVE", labels={label: value}, serviceConfig={"environmentVariables": environment})
+        function.update(
+            state="ACTIVE",
+            labels={label: value},
+            serviceConfig={"environmentVariables": environment},
+            buildConfig={"serviceAccount": build},
+        )
+        self.state.setdefault("deploys", []).append({"function": self.name, "triggers": triggered})
+        if triggered:
+            # gcloud sends the whole trigger in the update mask: the old one is replaced.
+            self.drop_trigger(function)
         topic = self.flags.get("trigger-topic")
-        if topic and "eventTrigger" not in function:
+        if topic:
             self.get(f"topic/{topic}")
-            region = self.flags["region"]
-            trigger = f"projects/{self.project}/locations/{region}/triggers/{self.name}-{len(self.resources)}"
-            subscription = f"eventarc-{region}-{self.name}-{len(self.resources)}-sub-001"
-            function["eventTrigger"] = {"trigger": trigger, "pubsubTopic": f"projects/{self.project}/topics/{topic}"}
+            region, serial = self.flags["region"], self.serial()
+            trigger = f"projects/{self.project}/locations/{region}/triggers/{self.name}-{serial}"
+            subscription = f"eventarc-{region}-{self.name}-{serial}-sub-001"
+            function["eventTrigger"] = {
+                "trigger": trigger,
+                "pubsubTopic": f"projects/{self.project}/topics/{topic}",
+                "serviceAccountEmail": self.flags.get("trigger-service-account", self.flags.get("service-account")),
+                "retryPolicy": "RETRY_POLICY_RETRY" if "retry" in self.flags else "RETRY_POLICY_DO_NOT_RETRY",
+            }
             self.resources[f"trigger/{trigger}"] = {
                 "transport": {"pubsub": {"subscription": f"projects/{self.project}/subscriptions/{subscription}"}}
             }
-            self.add(f"subscription/{subscription}", {"name": subscription, "topic": topic})
+            self.add(f"subscription/{subscription}", {"name": subscription, "topic": topic, "ackDeadlineSeconds": 10})
+        elif "retry" in self.flags:
+            if "eventTrigger" not in function:
+                raise Refused("`--retry` is only supported with an event trigger not http triggers.", 2)
+            function["eventTrigger"]["retryPolicy"] = "RETRY_POLICY_RETRY"
         return ""
+
+    def drop_trigger(self, function: dict[str, Any]) -> None:
+        """Deletes the function's trigger with its subscription, the messages waiting in it and its settings."""
+        trigger = function.pop("eventTrigger", {}).get("trigger")
+        if trigger:
+            subscription = self.resources.pop(f"trigger/{trigger}")["transport"]["pubsub"]["subscription"]
+            self.remove(f"subscription/{subscription.rpartition('/')[2]}")
+            self.state["subscriptions_deleted"] = self.state.get("subscriptions_deleted", 0) + 1
 
     def _run_services(self) -> str:
         """A 2nd gen function's Cloud Run service: only its IAM policy, which holds run.invoker."""
@@ -331,6 +431,83 @@ class Gcloud:
     def _eventarc_triggers(self) -> str:
         self.in_project()
         return self.shown(self.get(f"trigger/{self.name}"))
+
+    def _tasks_queues(self) -> str:
+        self.in_project()
+        key = f"queue/{self.flags['location']}/{self.name}"
+        if self.verb == "describe":
+            return self.shown(self.get(key))
+        if self.verb == "create":
+            self.add(key, {"name": f"projects/{self.project}/locations/{self.flags['location']}/queues/{self.name}"})
+        if self.verb in ("create", "update"):
+            retry = self.get(key).setdefault("retryConfig", {})
+            for flag, field, kind in (
+                ("max-attempts", "maxAttempts", int),
+                ("min-backoff", "minBackoff", str),
+                ("max-backoff", "maxBackoff", str),
+                ("max-doublings", "maxDoublings", int),
+                ("max-retry-duration", "maxRetryDuration", str),
+            ):
+                if flag in self.flags:
+                    retry[field] = kind(self.flags[flag])
+        elif self.verb == "delete":
+            self.remove(key)
+        else:
+            self.get(key)
+            return self.policy(key)
+        return ""
+
+    def _logging_metrics(self) -> str:
+        self.in_project()
+        key = f"metric/{self.name}"
+        if self.verb == "describe":
+            return self.shown({"name": self.name, **self.get(key)})
+        if self.verb == "create":
+            self.add(key, self.config("config-from-file"))
+        elif self.verb == "update":
+            self.get(key).update(self.config("config-from-file"))
+        else:
+            self.remove(key)
+        return ""
+
+    def _monitoring_dashboards(self) -> str:
+        self.in_project()
+        if self.verb == "list":
+            return self.listed("dashboard")
+        if self.verb == "create":
+            dashboard = self.config("config-from-file")
+            if "etag" in dashboard:
+                raise Refused("INVALID_ARGUMENT: etag must not be set on create")
+            serial = self.serial()
+            name = f"projects/{self.state['project_number']}/dashboards/{serial}"
+            self.add(f"dashboard/{serial}", {**dashboard, "name": name, "etag": f"etag-{serial}"})
+            return ""
+        key = f"dashboard/{self.name.rpartition('/')[2]}"
+        if self.verb == "update":
+            dashboard = self.config("config-from-file")
+            if dashboard.get("etag") != self.get(key)["etag"]:
+                raise Refused("ABORTED: the dashboard changed since its etag was read")
+            self.resources[key] = {**dashboard, "name": self.name, "etag": f"etag-{self.serial()}"}
+        else:
+            self.remove(key)
+        return ""
+
+    def _alpha_monitoring_policies(self) -> str:
+        self.in_project()
+        if self.verb == "list":
+            return self.listed("policy")
+        if self.verb == "create":
+            serial = self.serial()
+            name = f"projects/{self.project}/alertPolicies/{serial}"
+            self.add(f"policy/{serial}", {**self.config("policy-from-file"), "name": name})
+            return ""
+        key = f"policy/{self.name.rpartition('/')[2]}"
+        if self.verb == "update":
+            self.get(key)
+            self.resources[key] = {**self.config("policy-from-file"), "name": self.name}
+        else:
+            self.remove(key)
+        return ""
 
 
 if __name__ == "__main__":
