@@ -26,25 +26,31 @@ FAKE = Path(__file__).with_name("fake_gcloud.py")
 PROJECT = "opcancel-test"
 REGION = "europe-west1"
 PARENTS = "organizations/123,organizations/456"
+NOT_A_PARENT = "is not organizations/ID, projects/PROJECT or //SERVICE.googleapis.com/projects/PROJECT[/...]"
 BASE = ("--project", PROJECT, "--region", REGION)
 FUNCTION_SA = f"opcancel-function@{PROJECT}.iam.gserviceaccount.com"
 TRIGGER_SA = f"opcancel-trigger@{PROJECT}.iam.gserviceaccount.com"
+BUILD_SA = f"opcancel-build@{PROJECT}.iam.gserviceaccount.com"
+TASKS_SA = f"opcancel-tasks@{PROJECT}.iam.gserviceaccount.com"
 PUBSUB_AGENT = "serviceAccount:service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com"
 READ_VERBS = {"describe", "list", "get-iam-policy", "list-testable-permissions"}
+BUILD_ROLES = ("roles/logging.logWriter", "roles/artifactregistry.writer", "roles/storage.objectAdmin")
 
 # The exact calls of a first deploy with two organizations; DIGEST stands for the source-and-config
-# digest in each function's label, which changes with every edit of the function's code.
+# digest in each function's label (and the definitions' digests), WORK for the directory deploy.sh
+# writes the metric, dashboard and alert definitions to, SUBSCRIPTION-x for Eventarc's subscriptions.
 ENV_VARS = (
-    f"^@^GOOGLE_CLOUD_PROJECT={PROJECT}@OPCANCEL_STORE=firestore@OPCANCEL_FIRESTORE_COLLECTION=opcancel-idempotency"
-    "@OPCANCEL_CHECKS_TOPIC=opcancel-checks@OPCANCEL_RESULTS_TOPIC=opcancel-results@OPCANCEL_LEASE_S=600"
-    f"@OPCANCEL_ALLOWED_PARENTS={PARENTS}"
+    f"^|^GOOGLE_CLOUD_PROJECT={PROJECT}|OPCANCEL_STORE=firestore|OPCANCEL_FIRESTORE_COLLECTION=opcancel-idempotency"
+    "|OPCANCEL_CHECKS_TOPIC=opcancel-checks|OPCANCEL_RESULTS_TOPIC=opcancel-results"
+    f"|OPCANCEL_TASKS_QUEUE=projects/{PROJECT}/locations/{REGION}/queues/opcancel-checks"
+    f"|OPCANCEL_TASKS_SERVICE_ACCOUNT={TASKS_SA}|OPCANCEL_ALLOWED_PARENTS={PARENTS}"
 )
 POLICY = "--flatten=bindings[].members --format=value(bindings.role)"
 FRESH_DEPLOY = f"""
+services list --enabled --project={PROJECT} --format=value(config.name)
+services enable cloudresourcemanager.googleapis.com iam.googleapis.com cloudfunctions.googleapis.com run.googleapis.com eventarc.googleapis.com pubsub.googleapis.com firestore.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com cloudtasks.googleapis.com logging.googleapis.com monitoring.googleapis.com securitycenter.googleapis.com --project={PROJECT}
 projects describe {PROJECT} --format=value(projectNumber)
 iam list-testable-permissions //cloudresourcemanager.googleapis.com/organizations/123 --format=value(name,customRolesSupportLevel)
-services list --enabled --project={PROJECT} --format=value(config.name)
-services enable cloudfunctions.googleapis.com run.googleapis.com eventarc.googleapis.com pubsub.googleapis.com firestore.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com securitycenter.googleapis.com iam.googleapis.com --project={PROJECT}
 pubsub topics describe opcancel-requests --project={PROJECT} --format=value(name)
 pubsub topics create opcancel-requests --project={PROJECT}
 pubsub topics describe opcancel-checks --project={PROJECT} --format=value(name)
@@ -59,20 +65,37 @@ iam service-accounts describe {FUNCTION_SA} --project={PROJECT} --format=value(e
 iam service-accounts create opcancel-function --project={PROJECT} '--display-name=opcancel function (opcancel)'
 iam service-accounts describe {TRIGGER_SA} --project={PROJECT} --format=value(email)
 iam service-accounts create opcancel-trigger --project={PROJECT} '--display-name=opcancel Eventarc trigger (opcancel)'
+iam service-accounts describe {BUILD_SA} --project={PROJECT} --format=value(email)
+iam service-accounts create opcancel-build --project={PROJECT} '--display-name=opcancel Cloud Build (opcancel)'
+iam service-accounts describe {TASKS_SA} --project={PROJECT} --format=value(email)
+iam service-accounts create opcancel-tasks --project={PROJECT} '--display-name=opcancel Cloud Tasks publisher of checks (opcancel)'
 firestore databases describe --project={PROJECT} --database=(default) --format=value(type)
 firestore databases create --project={PROJECT} --database=(default) --location={REGION} --type=firestore-native
 firestore fields ttls list --project={PROJECT} --database=(default) --collection-group=opcancel-idempotency --format=value(name)
 firestore fields ttls update expire_at --project={PROJECT} --database=(default) --collection-group=opcancel-idempotency --enable-ttl --async
-projects get-iam-policy {PROJECT} POLICY 'roles/datastore.user' serviceAccount:{FUNCTION_SA}
+projects get-iam-policy {PROJECT} POLICY roles/datastore.user serviceAccount:{FUNCTION_SA}
 projects add-iam-policy-binding {PROJECT} --member=serviceAccount:{FUNCTION_SA} --role=roles/datastore.user --condition=None
-pubsub topics get-iam-policy opcancel-checks --project={PROJECT} POLICY roles/pubsub.publisher serviceAccount:{FUNCTION_SA}
-pubsub topics add-iam-policy-binding opcancel-checks --project={PROJECT} --member=serviceAccount:{FUNCTION_SA} --role=roles/pubsub.publisher
 pubsub topics get-iam-policy opcancel-results --project={PROJECT} POLICY roles/pubsub.publisher serviceAccount:{FUNCTION_SA}
 pubsub topics add-iam-policy-binding opcancel-results --project={PROJECT} --member=serviceAccount:{FUNCTION_SA} --role=roles/pubsub.publisher
+pubsub topics get-iam-policy opcancel-checks --project={PROJECT} POLICY roles/pubsub.publisher serviceAccount:{FUNCTION_SA}
+pubsub topics get-iam-policy opcancel-checks --project={PROJECT} POLICY roles/pubsub.publisher serviceAccount:{TASKS_SA}
+pubsub topics add-iam-policy-binding opcancel-checks --project={PROJECT} --member=serviceAccount:{TASKS_SA} --role=roles/pubsub.publisher
 pubsub topics get-iam-policy opcancel-dead-letter --project={PROJECT} POLICY roles/pubsub.publisher {PUBSUB_AGENT}
 pubsub topics add-iam-policy-binding opcancel-dead-letter --project={PROJECT} --member={PUBSUB_AGENT} --role=roles/pubsub.publisher
 iam service-accounts get-iam-policy {TRIGGER_SA} --project={PROJECT} POLICY roles/iam.serviceAccountTokenCreator {PUBSUB_AGENT}
 iam service-accounts add-iam-policy-binding {TRIGGER_SA} --project={PROJECT} --member={PUBSUB_AGENT} --role=roles/iam.serviceAccountTokenCreator
+projects get-iam-policy {PROJECT} POLICY roles/logging.logWriter serviceAccount:{BUILD_SA}
+projects add-iam-policy-binding {PROJECT} --member=serviceAccount:{BUILD_SA} --role=roles/logging.logWriter --condition=None
+projects get-iam-policy {PROJECT} POLICY roles/artifactregistry.writer serviceAccount:{BUILD_SA}
+projects add-iam-policy-binding {PROJECT} --member=serviceAccount:{BUILD_SA} --role=roles/artifactregistry.writer --condition=None
+projects get-iam-policy {PROJECT} POLICY roles/storage.objectAdmin serviceAccount:{BUILD_SA}
+projects add-iam-policy-binding {PROJECT} --member=serviceAccount:{BUILD_SA} --role=roles/storage.objectAdmin --condition=None
+tasks queues describe opcancel-checks --project={PROJECT} --location={REGION} --format=value(retryConfig.maxAttempts,retryConfig.minBackoff,retryConfig.maxBackoff,retryConfig.maxDoublings,retryConfig.maxRetryDuration)
+tasks queues create opcancel-checks --project={PROJECT} --location={REGION} --max-attempts=100 --min-backoff=5s --max-backoff=300s --max-doublings=6 --max-retry-duration=86400s
+tasks queues get-iam-policy opcancel-checks --project={PROJECT} --location={REGION} POLICY roles/cloudtasks.enqueuer serviceAccount:{FUNCTION_SA}
+tasks queues add-iam-policy-binding opcancel-checks --project={PROJECT} --location={REGION} --member=serviceAccount:{FUNCTION_SA} --role=roles/cloudtasks.enqueuer
+iam service-accounts get-iam-policy {TASKS_SA} --project={PROJECT} POLICY roles/iam.serviceAccountUser serviceAccount:{FUNCTION_SA}
+iam service-accounts add-iam-policy-binding {TASKS_SA} --project={PROJECT} --member=serviceAccount:{FUNCTION_SA} --role=roles/iam.serviceAccountUser
 iam roles describe opcancel_operation_canceller --organization=123 --format=value(deleted,includedPermissions.list())
 iam roles create opcancel_operation_canceller --organization=123 '--title=opcancel operation canceller' '--description=Cancel and get long-running operations, for the opcancel deployment opcancel in {PROJECT}' --permissions=securitycenter.operations.cancel,securitycenter.operations.get --stage=GA --quiet
 organizations get-iam-policy 123 POLICY organizations/123/roles/opcancel_operation_canceller serviceAccount:{FUNCTION_SA}
@@ -82,28 +105,40 @@ iam roles create opcancel_operation_canceller --organization=456 '--title=opcanc
 organizations get-iam-policy 456 POLICY organizations/456/roles/opcancel_operation_canceller serviceAccount:{FUNCTION_SA}
 organizations add-iam-policy-binding 456 --member=serviceAccount:{FUNCTION_SA} --role=organizations/456/roles/opcancel_operation_canceller --condition=None
 functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS)
-functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy)
-functions deploy opcancel-requests --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_event --trigger-topic=opcancel-requests --trigger-service-account={TRIGGER_SA} --retry --ingress-settings=internal-only --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --set-env-vars={ENV_VARS} --update-labels=opcancel_deploy=DIGEST --quiet
-functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy)
-functions deploy opcancel-checks --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_event --trigger-topic=opcancel-checks --trigger-service-account={TRIGGER_SA} --retry --ingress-settings=internal-only --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --set-env-vars={ENV_VARS} --update-labels=opcancel_deploy=DIGEST --quiet
-functions describe opcancel-http --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy)
-functions deploy opcancel-http --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_http --trigger-http --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --set-env-vars={ENV_VARS} --update-labels=opcancel_deploy=DIGEST --quiet
+functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy,eventTrigger.pubsubTopic,eventTrigger.serviceAccountEmail,eventTrigger.retryPolicy)
+functions deploy opcancel-requests --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_event --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --ingress-settings=internal-only --set-env-vars='{ENV_VARS}' --trigger-topic=opcancel-requests --trigger-service-account={TRIGGER_SA} --retry --update-labels=opcancel_deploy=DIGEST --quiet
+functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy,eventTrigger.pubsubTopic,eventTrigger.serviceAccountEmail,eventTrigger.retryPolicy)
+functions deploy opcancel-checks --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_event --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --ingress-settings=internal-only --set-env-vars='{ENV_VARS}' --trigger-topic=opcancel-checks --trigger-service-account={TRIGGER_SA} --retry --update-labels=opcancel_deploy=DIGEST --quiet
+functions describe opcancel-http --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy,eventTrigger.pubsubTopic,eventTrigger.serviceAccountEmail,eventTrigger.retryPolicy)
+functions deploy opcancel-http --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_http --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --set-env-vars='{ENV_VARS}' --trigger-http --update-labels=opcancel_deploy=DIGEST --quiet
 run services get-iam-policy opcancel-requests --project={PROJECT} --region={REGION} POLICY roles/run.invoker serviceAccount:{TRIGGER_SA}
 functions add-invoker-policy-binding opcancel-requests --project={PROJECT} --region={REGION} --member=serviceAccount:{TRIGGER_SA}
 functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(eventTrigger.trigger)
-eventarc triggers describe projects/{PROJECT}/locations/{REGION}/triggers/opcancel-requests-12 --project={PROJECT} --format=value(transport.pubsub.subscription)
-pubsub subscriptions describe SUBSCRIPTION-requests --project={PROJECT} --format=value(retryPolicy.minimumBackoff,retryPolicy.maximumBackoff,deadLetterPolicy.deadLetterTopic,deadLetterPolicy.maxDeliveryAttempts)
-pubsub subscriptions update SUBSCRIPTION-requests --project={PROJECT} --min-retry-delay=5s --max-retry-delay=300s --dead-letter-topic=projects/{PROJECT}/topics/opcancel-dead-letter --max-delivery-attempts=100
+eventarc triggers describe projects/{PROJECT}/locations/{REGION}/triggers/opcancel-requests-1 --project={PROJECT} --format=value(transport.pubsub.subscription)
+pubsub subscriptions describe SUBSCRIPTION-requests --project={PROJECT} --format=value(ackDeadlineSeconds,retryPolicy.minimumBackoff,retryPolicy.maximumBackoff,deadLetterPolicy.deadLetterTopic,deadLetterPolicy.maxDeliveryAttempts)
+pubsub subscriptions update SUBSCRIPTION-requests --project={PROJECT} --ack-deadline=600 --min-retry-delay=10s --max-retry-delay=300s --dead-letter-topic=projects/{PROJECT}/topics/opcancel-dead-letter --max-delivery-attempts=100
 pubsub subscriptions get-iam-policy SUBSCRIPTION-requests --project={PROJECT} POLICY roles/pubsub.subscriber {PUBSUB_AGENT}
 pubsub subscriptions add-iam-policy-binding SUBSCRIPTION-requests --project={PROJECT} --member={PUBSUB_AGENT} --role=roles/pubsub.subscriber
 run services get-iam-policy opcancel-checks --project={PROJECT} --region={REGION} POLICY roles/run.invoker serviceAccount:{TRIGGER_SA}
 functions add-invoker-policy-binding opcancel-checks --project={PROJECT} --region={REGION} --member=serviceAccount:{TRIGGER_SA}
 functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 --format=value(eventTrigger.trigger)
-eventarc triggers describe projects/{PROJECT}/locations/{REGION}/triggers/opcancel-checks-15 --project={PROJECT} --format=value(transport.pubsub.subscription)
-pubsub subscriptions describe SUBSCRIPTION-checks --project={PROJECT} --format=value(retryPolicy.minimumBackoff,retryPolicy.maximumBackoff,deadLetterPolicy.deadLetterTopic,deadLetterPolicy.maxDeliveryAttempts)
-pubsub subscriptions update SUBSCRIPTION-checks --project={PROJECT} --min-retry-delay=5s --max-retry-delay=300s --dead-letter-topic=projects/{PROJECT}/topics/opcancel-dead-letter --max-delivery-attempts=100
+eventarc triggers describe projects/{PROJECT}/locations/{REGION}/triggers/opcancel-checks-2 --project={PROJECT} --format=value(transport.pubsub.subscription)
+pubsub subscriptions describe SUBSCRIPTION-checks --project={PROJECT} --format=value(ackDeadlineSeconds,retryPolicy.minimumBackoff,retryPolicy.maximumBackoff,deadLetterPolicy.deadLetterTopic,deadLetterPolicy.maxDeliveryAttempts)
+pubsub subscriptions update SUBSCRIPTION-checks --project={PROJECT} --ack-deadline=600 --min-retry-delay=10s --max-retry-delay=300s --dead-letter-topic=projects/{PROJECT}/topics/opcancel-dead-letter --max-delivery-attempts=100
 pubsub subscriptions get-iam-policy SUBSCRIPTION-checks --project={PROJECT} POLICY roles/pubsub.subscriber {PUBSUB_AGENT}
 pubsub subscriptions add-iam-policy-binding SUBSCRIPTION-checks --project={PROJECT} --member={PUBSUB_AGENT} --role=roles/pubsub.subscriber
+logging metrics describe opcancel-results --project={PROJECT} --format=value(description)
+logging metrics create opcancel-results --project={PROJECT} --config-from-file=WORK/metric-results.json
+logging metrics describe opcancel-cancels-sent --project={PROJECT} --format=value(description)
+logging metrics create opcancel-cancels-sent --project={PROJECT} --config-from-file=WORK/metric-cancels-sent.json
+logging metrics describe opcancel-retries --project={PROJECT} --format=value(description)
+logging metrics create opcancel-retries --project={PROJECT} --config-from-file=WORK/metric-retries.json
+logging metrics describe opcancel-takeovers --project={PROJECT} --format=value(description)
+logging metrics create opcancel-takeovers --project={PROJECT} --config-from-file=WORK/metric-takeovers.json
+monitoring dashboards list --project={PROJECT} '--filter=displayName="opcancel (opcancel)"' --format=value(name,etag,labels.opcancel_deploy)
+monitoring dashboards create --project={PROJECT} --config-from-file=WORK/dashboard.json
+alpha monitoring policies list --project={PROJECT} '--filter=displayName="opcancel (opcancel): messages in the dead-letter subscription"' --format=value(name,userLabels.opcancel_deploy)
+alpha monitoring policies create --project={PROJECT} --policy-from-file=WORK/alert-policy.json
 """
 
 DESTROY = f"""
@@ -114,6 +149,8 @@ functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 
 functions delete opcancel-checks --project={PROJECT} --region={REGION} --gen2 --quiet
 functions describe opcancel-http --project={PROJECT} --region={REGION} --gen2 --format=value(name)
 functions delete opcancel-http --project={PROJECT} --region={REGION} --gen2 --quiet
+tasks queues describe opcancel-checks --project={PROJECT} --location={REGION} --format=value(name)
+tasks queues delete opcancel-checks --project={PROJECT} --location={REGION} --quiet
 pubsub subscriptions describe opcancel-dead-letter --project={PROJECT} --format=value(name)
 pubsub subscriptions delete opcancel-dead-letter --project={PROJECT}
 pubsub topics describe opcancel-requests --project={PROJECT} --format=value(name)
@@ -134,14 +171,36 @@ iam roles describe opcancel_operation_canceller --organization=456 --format=valu
 iam roles delete opcancel_operation_canceller --organization=456 --quiet
 projects get-iam-policy {PROJECT} POLICY roles/datastore.user serviceAccount:{FUNCTION_SA}
 projects remove-iam-policy-binding {PROJECT} --member=serviceAccount:{FUNCTION_SA} --role=roles/datastore.user --all
+projects get-iam-policy {PROJECT} POLICY roles/logging.logWriter serviceAccount:{BUILD_SA}
+projects remove-iam-policy-binding {PROJECT} --member=serviceAccount:{BUILD_SA} --role=roles/logging.logWriter --all
+projects get-iam-policy {PROJECT} POLICY roles/artifactregistry.writer serviceAccount:{BUILD_SA}
+projects remove-iam-policy-binding {PROJECT} --member=serviceAccount:{BUILD_SA} --role=roles/artifactregistry.writer --all
+projects get-iam-policy {PROJECT} POLICY roles/storage.objectAdmin serviceAccount:{BUILD_SA}
+projects remove-iam-policy-binding {PROJECT} --member=serviceAccount:{BUILD_SA} --role=roles/storage.objectAdmin --all
 iam service-accounts describe {FUNCTION_SA} --project={PROJECT} --format=value(email)
 iam service-accounts delete {FUNCTION_SA} --project={PROJECT} --quiet
 iam service-accounts describe {TRIGGER_SA} --project={PROJECT} --format=value(email)
 iam service-accounts delete {TRIGGER_SA} --project={PROJECT} --quiet
+iam service-accounts describe {BUILD_SA} --project={PROJECT} --format=value(email)
+iam service-accounts delete {BUILD_SA} --project={PROJECT} --quiet
+iam service-accounts describe {TASKS_SA} --project={PROJECT} --format=value(email)
+iam service-accounts delete {TASKS_SA} --project={PROJECT} --quiet
+logging metrics describe opcancel-results --project={PROJECT} --format=value(name)
+logging metrics delete opcancel-results --project={PROJECT} --quiet
+logging metrics describe opcancel-cancels-sent --project={PROJECT} --format=value(name)
+logging metrics delete opcancel-cancels-sent --project={PROJECT} --quiet
+logging metrics describe opcancel-retries --project={PROJECT} --format=value(name)
+logging metrics delete opcancel-retries --project={PROJECT} --quiet
+logging metrics describe opcancel-takeovers --project={PROJECT} --format=value(name)
+logging metrics delete opcancel-takeovers --project={PROJECT} --quiet
+monitoring dashboards list --project={PROJECT} '--filter=displayName="opcancel (opcancel)"' --format=value(name)
+monitoring dashboards delete DASHBOARD --project={PROJECT} --quiet
+alpha monitoring policies list --project={PROJECT} '--filter=displayName="opcancel (opcancel): messages in the dead-letter subscription"' --format=value(name)
+alpha monitoring policies delete ALERT_POLICY --project={PROJECT} --quiet
 """
 
 
-def expected(script: str, subscriptions: dict[str, str] | None = None) -> list[list[str]]:
+def expected(script: str, names: dict[str, str] | None = None) -> list[list[str]]:
     """The calls in ``script``: POLICY ROLE MEMBER stands for a get-iam-policy's flatten, filter and format."""
     calls = []
     for line in script.strip().splitlines():
@@ -151,7 +210,7 @@ def expected(script: str, subscriptions: dict[str, str] | None = None) -> list[l
             role, member = words[at + 1 : at + 3]
             flatten, format_ = POLICY.split()
             words[at : at + 3] = [flatten, f'--filter=bindings.role="{role}" AND bindings.members="{member}"', format_]
-        for placeholder, value in (subscriptions or {}).items():
+        for placeholder, value in (names or {}).items():
             words = [word.replace(placeholder, value) for word in words]
         calls.append(words)
     return calls
@@ -161,8 +220,19 @@ def is_read(call: list[str]) -> bool:
     return any(word in READ_VERBS for word in call if not word.startswith("--"))
 
 
-def without_digests(calls: list[list[str]]) -> list[list[str]]:
-    return [[re.sub(r"(opcancel_deploy=)[0-9a-f]{32}$", r"\1DIGEST", word) for word in call] for call in calls]
+def normalized(calls: list[list[str]]) -> list[list[str]]:
+    """Calls with each digest as DIGEST and deploy.sh's directory of definitions as WORK."""
+    return [
+        [
+            re.sub(
+                r"(=)[^=]*/opcancel-deploy\.\w+/",
+                r"\1WORK/",
+                re.sub(r"(opcancel_deploy=)[0-9a-f]{32}$", r"\1DIGEST", word),
+            )
+            for word in call
+        ]
+        for call in calls
+    ]
 
 
 @dataclass
@@ -231,6 +301,16 @@ class FakeCloud:
         assert result.returncode == 0, result.stderr
         return result
 
+    def monitoring(self) -> dict[str, str]:
+        """The dashboard's and the alert policy's names, which the API chooses, for DASHBOARD and ALERT_POLICY."""
+        resources = self.state["resources"]
+        return {
+            placeholder: resource["name"]
+            for placeholder, kind in (("DASHBOARD", "dashboard/"), ("ALERT_POLICY", "policy/"))
+            for key, resource in resources.items()
+            if key.startswith(kind)
+        }
+
     def subscriptions(self) -> dict[str, str]:
         resources = self.state["resources"]
         return {
@@ -253,7 +333,7 @@ def cloud(tmp_path: Path) -> FakeCloud:
 def test_a_fresh_deploy_makes_exactly_these_calls(cloud):
     result = cloud.deploy()
 
-    assert without_digests(result.calls) == expected(FRESH_DEPLOY, cloud.subscriptions())
+    assert normalized(result.calls) == expected(FRESH_DEPLOY, cloud.subscriptions())
     assert "Send a first request with: gcloud pubsub topics publish opcancel-requests" in result.stderr
     assert not result.sleeps
 
@@ -277,19 +357,30 @@ def test_a_fresh_deploy_leaves_the_deployment_the_readme_describes(cloud):
             "securitycenter.operations.cancel",
             "securitycenter.operations.get",
         ]
-    requests = resources[f"function/{REGION}/opcancel-requests"]
-    assert requests["serviceConfig"]["environmentVariables"] == {
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "OPCANCEL_STORE": "firestore",
-        "OPCANCEL_FIRESTORE_COLLECTION": "opcancel-idempotency",
-        "OPCANCEL_CHECKS_TOPIC": "opcancel-checks",
-        "OPCANCEL_RESULTS_TOPIC": "opcancel-results",
-        "OPCANCEL_LEASE_S": "600",
-        "OPCANCEL_ALLOWED_PARENTS": PARENTS,
+    for function in ("opcancel-requests", "opcancel-checks", "opcancel-http"):
+        deployed = resources[f"function/{REGION}/{function}"]
+        assert deployed["serviceConfig"]["environmentVariables"] == {
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "OPCANCEL_STORE": "firestore",
+            "OPCANCEL_FIRESTORE_COLLECTION": "opcancel-idempotency",
+            "OPCANCEL_CHECKS_TOPIC": "opcancel-checks",
+            "OPCANCEL_RESULTS_TOPIC": "opcancel-results",
+            "OPCANCEL_TASKS_QUEUE": f"projects/{PROJECT}/locations/{REGION}/queues/opcancel-checks",
+            "OPCANCEL_TASKS_SERVICE_ACCOUNT": TASKS_SA,
+            "OPCANCEL_ALLOWED_PARENTS": PARENTS,
+        }
+        assert deployed["buildConfig"] == {"serviceAccount": f"projects/{PROJECT}/serviceAccounts/{BUILD_SA}"}
+    assert resources[f"queue/{REGION}/opcancel-checks"]["retryConfig"] == {
+        "maxAttempts": 100,
+        "minBackoff": "5s",
+        "maxBackoff": "300s",
+        "maxDoublings": 6,
+        "maxRetryDuration": "86400s",
     }
     for subscription in cloud.subscriptions().values():
         settings = resources[f"subscription/{subscription.rpartition('/')[2]}"]
-        assert settings["retryPolicy"] == {"minimumBackoff": "5s", "maximumBackoff": "300s"}
+        assert settings["ackDeadlineSeconds"] == 600
+        assert settings["retryPolicy"] == {"minimumBackoff": "10s", "maximumBackoff": "300s"}
         assert settings["deadLetterPolicy"] == {
             "deadLetterTopic": f"projects/{PROJECT}/topics/opcancel-dead-letter",
             "maxDeliveryAttempts": 100,
@@ -298,8 +389,12 @@ def test_a_fresh_deploy_leaves_the_deployment_the_readme_describes(cloud):
     assert sorted(map(tuple, state["bindings"])) == sorted(
         [
             (f"project/{PROJECT}", "roles/datastore.user", function_sa),
-            ("topic/opcancel-checks", "roles/pubsub.publisher", function_sa),
             ("topic/opcancel-results", "roles/pubsub.publisher", function_sa),
+            # Only the tasks' account may publish checks; the function may create tasks acting as it.
+            ("topic/opcancel-checks", "roles/pubsub.publisher", f"serviceAccount:{TASKS_SA}"),
+            (f"queue/{REGION}/opcancel-checks", "roles/cloudtasks.enqueuer", function_sa),
+            (f"serviceaccount/{TASKS_SA}", "roles/iam.serviceAccountUser", function_sa),
+            *[(f"project/{PROJECT}", role, f"serviceAccount:{BUILD_SA}") for role in BUILD_ROLES],
             ("topic/opcancel-dead-letter", "roles/pubsub.publisher", PUBSUB_AGENT),
             (f"serviceaccount/{TRIGGER_SA}", "roles/iam.serviceAccountTokenCreator", PUBSUB_AGENT),
             ("organization/123", "organizations/123/roles/opcancel_operation_canceller", function_sa),
@@ -328,11 +423,12 @@ def test_a_re_run_only_reads_and_changes_nothing(cloud):
 
 def test_a_destroy_removes_what_deploy_created_and_nothing_else(cloud):
     cloud.deploy()
+    names = cloud.monitoring()
 
     result = cloud.run(*BASE, "--allowed-parents", PARENTS, "--destroy")
 
     assert result.returncode == 0, result.stderr
-    assert result.calls == expected(DESTROY)
+    assert result.calls == expected(DESTROY, names)
     state = cloud.state
     assert state["bindings"] == []
     # IAM keeps a deleted custom role's id for weeks (a redeploy undeletes it); the database stays.
@@ -368,11 +464,12 @@ def test_a_second_destroy_only_reads(cloud):
 
 def test_destroy_finds_the_organizations_in_the_deployed_function(cloud):
     cloud.deploy()
+    names = cloud.monitoring()
 
     result = cloud.run(*BASE, "--destroy")
 
     assert result.returncode == 0, result.stderr
-    assert result.calls == expected(DESTROY)
+    assert result.calls == expected(DESTROY, names)
 
 
 def test_destroy_leaves_other_topics_and_bindings_alone(cloud):
@@ -477,7 +574,11 @@ def test_a_custom_name_prefixes_every_resource(cloud):
     result = cloud.run(*BASE, "--name", "sec-ops")
 
     assert result.returncode == 0, result.stderr
-    names = {key.split("/", 1)[1] for key in cloud.state["resources"] if not key.startswith(("trigger/", "database/"))}
+    names = {
+        key.split("/", 1)[1]
+        for key in cloud.state["resources"]
+        if not key.startswith(("trigger/", "database/", "dashboard/", "policy/"))
+    }
     assert names == {
         "sec-ops-requests",
         "sec-ops-checks",
@@ -485,6 +586,12 @@ def test_a_custom_name_prefixes_every_resource(cloud):
         "sec-ops-dead-letter",
         f"sec-ops-function@{PROJECT}.iam.gserviceaccount.com",
         f"sec-ops-trigger@{PROJECT}.iam.gserviceaccount.com",
+        f"sec-ops-build@{PROJECT}.iam.gserviceaccount.com",
+        f"sec-ops-tasks@{PROJECT}.iam.gserviceaccount.com",
+        f"{REGION}/sec-ops-checks",
+        "sec-ops-cancels-sent",
+        "sec-ops-retries",
+        "sec-ops-takeovers",
         "(default)/sec-ops-idempotency/expire_at",
         f"{REGION}/sec-ops-requests",
         f"{REGION}/sec-ops-checks",
@@ -502,7 +609,7 @@ def test_a_permission_iam_does_not_know_stops_before_any_change(cloud):
 
     assert result.returncode == 1
     assert "IAM does not know the permission securitycenter.operations.nope at organizations/123" in result.stderr
-    assert all(is_read(call) for call in result.calls)
+    assert [call[:2] for call in result.calls if not is_read(call)] == [["services", "enable"]]
 
 
 def test_a_permission_custom_roles_cannot_hold_stops_before_any_change(cloud):
@@ -512,7 +619,7 @@ def test_a_permission_custom_roles_cannot_hold_stops_before_any_change(cloud):
 
     assert result.returncode == 1
     assert "cannot be used in a custom role" in result.stderr
-    assert all(is_read(call) for call in result.calls)
+    assert [call[:2] for call in result.calls if not is_read(call)] == [["services", "enable"]]
 
 
 def test_a_datastore_mode_database_is_refused(cloud):
@@ -587,21 +694,29 @@ def test_a_failed_create_stops_the_run(cloud):
         (("--project", "abc", "--region", REGION), {}, "'abc' is not a project id"),
         (("--project", PROJECT, "--region", "Europe West"), {}, "'Europe West' is not a region"),
         (("--project", PROJECT, "--region", "europe-west"), {}, "'europe-west' is not a region"),
+        ((*BASE, "--allowed-parents", "organizations/12x"), {}, f"'organizations/12x' {NOT_A_PARENT}"),
+        ((*BASE, "--allowed-parents", "organizations/0123"), {}, f"'organizations/0123' {NOT_A_PARENT}"),
+        ((*BASE, "--allowed-parents", "folders/1"), {}, f"'folders/1' {NOT_A_PARENT}"),
+        ((*BASE, "--allowed-parents", "organizations/1 organizations/2"), {}, NOT_A_PARENT),
+        ((*BASE, "--allowed-parents", "projects/Bad_Project"), {}, f"'projects/Bad_Project' {NOT_A_PARENT}"),
+        ((*BASE, "--allowed-parents", "projects/my-proj/locations"), {}, NOT_A_PARENT),
+        ((*BASE, "--allowed-parents", "//aiplatform.googleapis.com/projects/p/../x"), {}, NOT_A_PARENT),
+        ((*BASE, "--allowed-parents", "//aiplatform.googleapis.com/projects/my-proj/a%2Fb"), {}, NOT_A_PARENT),
+        ((*BASE, "--allowed-parents", "//aiplatform.googleapis.com/organizations/1"), {}, NOT_A_PARENT),
+        ((*BASE, "--allowed-parents", "https://aiplatform.googleapis.com/v1/projects/my-proj"), {}, NOT_A_PARENT),
+        ((*BASE, "--notification-channel", "channels/1"), {}, "'channels/1' is not a notification channel"),
         (
-            (*BASE, "--allowed-parents", "organizations/12x"),
+            (*BASE, "--notification-channel", 'projects/p-1234/notificationChannels/1"'),
             {},
-            "'organizations/12x' is not of the form organizations/DIGITS",
+            "is not a notification channel",
         ),
-        ((*BASE, "--allowed-parents", "organizations/0123"), {}, "'organizations/0123' is not of the form"),
-        ((*BASE, "--allowed-parents", "folders/1"), {}, "'folders/1' is not of the form organizations/DIGITS"),
-        ((*BASE, "--allowed-parents", "organizations/1 organizations/2"), {}, "is not of the form"),
         ((*BASE, "--allowed-parents", " , "), {}, "allowed parents are set but empty"),
         (BASE, {"OPCANCEL_ALLOWED_PARENTS": ""}, "allowed parents are set but empty"),
         ((*BASE, "--name", "Opcancel"), {}, "'Opcancel' is not a usable name"),
         ((*BASE, "--name", "a-name-that-is-far-too-long"), {}, "is not a usable name"),
         ((*BASE, "--firestore-location", "EU"), {}, "'EU' is not a Firestore location"),
         ((*BASE, "--role-permissions", "cancel"), {}, "'cancel' is not an IAM permission"),
-        ((*BASE, "--role-permissions", ","), {}, "the custom role needs at least one permission"),
+        ((*BASE, "--role-permissions", ","), {}, "the organization role needs at least one permission"),
         (("--project", "--region", REGION), {}, "--project needs a value"),
         (("--project",), {}, "--project needs a value"),
         ((*BASE, "--allowed-parent", "organizations/1"), {}, "unknown argument '--allowed-parent'"),
@@ -656,14 +771,14 @@ def test_every_setting_can_come_from_the_environment(cloud):
 
     assert result.returncode == 0, result.stderr
     assert cloud.state["resources"]["database/(default)"]["locationId"] == "eur3"
-    assert without_digests(result.calls)[:3] == expected(FRESH_DEPLOY)[:3]
+    assert normalized(result.calls)[:3] == expected(FRESH_DEPLOY)[:3]
 
 
 def test_google_cloud_project_is_the_fallback_and_flags_win(cloud):
     environment = {"GOOGLE_CLOUD_PROJECT": "another-project", "OPCANCEL_REGION": "us-central1"}
 
     assert cloud.run("--region", REGION, "--dry-run", env=environment).stdout.startswith(
-        "gcloud projects describe another-project "
+        "gcloud services list --enabled --project=another-project "
     )
     environment["OPCANCEL_PROJECT"] = "third-project"
     assert " --project=third-project" in cloud.run("--dry-run", env=environment).stdout
@@ -691,16 +806,24 @@ def dry_run_lines(cloud: FakeCloud, *args: str, env: dict[str, str] | None = Non
 
 
 def test_a_dry_run_prints_the_fresh_deploy_and_runs_nothing(cloud):
-    lines = dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS)
+    dry = cloud.run(*BASE, "--allowed-parents", PARENTS, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.calls == [], "a dry run must not run gcloud"
+    lines = dry.stdout.splitlines()
 
     assert all(line.startswith("gcloud ") for line in lines)
     printed = [shlex.split(line)[1:] for line in lines]
     # The same commands a real fresh deploy runs, with what only a real run can read as placeholders.
     fresh = cloud.deploy()
+    triggers = {
+        key.rpartition("/")[2].rpartition("-")[0]: key.removeprefix("trigger/")
+        for key in cloud.state["resources"]
+        if key.startswith("trigger/")
+    }
     placeholders = {
         "<project-number>": "123456789012",
-        "<trigger of opcancel-requests>": f"projects/{PROJECT}/locations/{REGION}/triggers/opcancel-requests-12",
-        "<trigger of opcancel-checks>": f"projects/{PROJECT}/locations/{REGION}/triggers/opcancel-checks-15",
+        "<trigger of opcancel-requests>": triggers["opcancel-requests"],
+        "<trigger of opcancel-checks>": triggers["opcancel-checks"],
         **{
             f"<subscription of opcancel-{kind}>": name
             for kind, name in (
@@ -714,19 +837,33 @@ def test_a_dry_run_prints_the_fresh_deploy_and_runs_nothing(cloud):
         for placeholder, value in placeholders.items():
             call = [word.replace(placeholder, value) for word in call]
         resolved.append(call)
-    assert resolved == fresh.calls
+    assert normalized(resolved) == normalized(fresh.calls)
+    # The files the printed commands name are kept, and hold the definitions a real run would create.
+    work = Path(
+        next(word for line in printed for word in line if "--config-from-file=" in word).split("=", 1)[1]
+    ).parent
+    assert f"The files the commands above name are kept in {work}." in dry.stderr
+    assert sorted(path.name for path in work.iterdir()) == [
+        "alert-policy.json",
+        "dashboard.json",
+        "metric-cancels-sent.json",
+        "metric-results.json",
+        "metric-retries.json",
+        "metric-takeovers.json",
+    ]
 
 
 def test_the_dry_run_can_be_asked_for_in_the_environment(cloud):
     lines = dry_run_lines(cloud, *BASE, env={"OPCANCEL_DRY_RUN": "1"})
 
-    assert lines[0] == f"gcloud projects describe {PROJECT} '--format=value(projectNumber)'"
+    assert lines[0] == f"gcloud services list --enabled --project={PROJECT} '--format=value(config.name)'"
 
 
 def test_a_destroy_dry_run_prints_every_removal_and_runs_nothing(cloud):
     lines = dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS, "--destroy")
 
-    assert [shlex.split(line)[1:] for line in lines] == expected(DESTROY)
+    placeholders = {"DASHBOARD": "<dashboard of opcancel>", "ALERT_POLICY": "<alert policy of opcancel>"}
+    assert [shlex.split(line)[1:] for line in lines] == expected(DESTROY, placeholders)
 
 
 def test_dry_run_lines_are_shell_quoted(cloud):
