@@ -32,7 +32,8 @@ FUNCTION_SA = f"opcancel-function@{PROJECT}.iam.gserviceaccount.com"
 TRIGGER_SA = f"opcancel-trigger@{PROJECT}.iam.gserviceaccount.com"
 BUILD_SA = f"opcancel-build@{PROJECT}.iam.gserviceaccount.com"
 TASKS_SA = f"opcancel-tasks@{PROJECT}.iam.gserviceaccount.com"
-PUBSUB_AGENT = "serviceAccount:service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com"
+PROJECT_NUMBER = "123456789012"
+PUBSUB_AGENT = f"serviceAccount:service-{PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
 READ_VERBS = {"describe", "list", "get-iam-policy", "list-testable-permissions"}
 BUILD_ROLES = ("roles/logging.logWriter", "roles/artifactregistry.writer", "roles/storage.objectAdmin")
 
@@ -599,6 +600,357 @@ def test_a_custom_name_prefixes_every_resource(cloud):
     } | {name.rpartition("/")[2] for name in cloud.state["resources"] if name.startswith("subscription/eventarc-")}
     environment = cloud.state["resources"][f"function/{REGION}/sec-ops-http"]["serviceConfig"]["environmentVariables"]
     assert environment["OPCANCEL_FIRESTORE_COLLECTION"] == "sec-ops-idempotency"
+
+
+# --- triggers and their subscriptions ------------------------------------------------------------------
+
+
+def trigger_flags(call: list[str]) -> list[str]:
+    return [word for word in call if word.startswith(("--trigger-", "--retry"))]
+
+
+def test_a_redeploy_of_changed_functions_keeps_their_triggers_and_subscriptions(cloud):
+    cloud.deploy()
+    subscriptions = cloud.subscriptions()
+
+    # The allowed parents are part of every function's environment, so all three are redeployed.
+    result = cloud.run(*BASE, "--allowed-parents", "organizations/123")
+
+    assert result.returncode == 0, result.stderr
+    deploys = [call for call in result.calls if call[:2] == ["functions", "deploy"]]
+    assert [call[2] for call in deploys] == ["opcancel-requests", "opcancel-checks", "opcancel-http"]
+    assert [trigger_flags(call) for call in deploys] == [[], [], []]
+    # Sending a trigger again would have made the fake recreate the trigger and its subscription.
+    assert cloud.subscriptions() == subscriptions
+    assert "subscriptions_deleted" not in cloud.state
+    assert not [call for call in result.calls if call[:3] == ["pubsub", "subscriptions", "update"]]
+    # Every function is still built by the build account.
+    for call in deploys:
+        assert f"--build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA}" in call
+
+
+def test_a_function_whose_trigger_differs_is_redeployed_with_its_trigger_and_its_new_subscription_configured(cloud):
+    cloud.deploy()
+    state = cloud.state
+    function = state["resources"][f"function/{REGION}/opcancel-checks"]
+    function["eventTrigger"]["serviceAccountEmail"] = f"{PROJECT_NUMBER}-compute@developer.gserviceaccount.com"
+    cloud.state = state
+    old = cloud.subscriptions()
+
+    result = cloud.deploy()
+
+    deploys = [call for call in result.calls if call[:2] == ["functions", "deploy"]]
+    assert [call[2] for call in deploys] == ["opcancel-checks"]
+    assert trigger_flags(deploys[0]) == [
+        "--trigger-topic=opcancel-checks",
+        f"--trigger-service-account={TRIGGER_SA}",
+        "--retry",
+    ]
+    assert "The trigger of opcancel-checks is not the one deploy.sh sets" in result.stderr
+    new = cloud.subscriptions()
+    assert new["SUBSCRIPTION-requests"] == old["SUBSCRIPTION-requests"]
+    assert new["SUBSCRIPTION-checks"] != old["SUBSCRIPTION-checks"]
+    settings = cloud.state["resources"][f"subscription/{new['SUBSCRIPTION-checks'].rpartition('/')[2]}"]
+    assert settings["ackDeadlineSeconds"] == 600
+    assert settings["retryPolicy"] == {"minimumBackoff": "10s", "maximumBackoff": "300s"}
+    assert settings["deadLetterPolicy"]["maxDeliveryAttempts"] == 100
+    assert [
+        f"subscription/{new['SUBSCRIPTION-checks'].rpartition('/')[2]}",
+        "roles/pubsub.subscriber",
+        PUBSUB_AGENT,
+    ] in (cloud.state["bindings"])
+
+
+def test_an_ack_deadline_changed_by_hand_is_set_again(cloud):
+    cloud.deploy()
+    state = cloud.state
+    subscription = cloud.subscriptions()["SUBSCRIPTION-requests"]
+    state["resources"][f"subscription/{subscription.rpartition('/')[2]}"]["ackDeadlineSeconds"] = 10
+    cloud.state = state
+
+    result = cloud.deploy()
+
+    assert [call for call in result.calls if not is_read(call)] == [
+        [
+            "pubsub",
+            "subscriptions",
+            "update",
+            subscription,
+            f"--project={PROJECT}",
+            "--ack-deadline=600",
+            "--min-retry-delay=10s",
+            "--max-retry-delay=300s",
+            f"--dead-letter-topic=projects/{PROJECT}/topics/opcancel-dead-letter",
+            "--max-delivery-attempts=100",
+        ]
+    ]
+
+
+def test_apis_are_enabled_before_anything_calls_them(cloud):
+    state = cloud.state
+    state["failures"] = [{"argv": ["services", "enable"], "times": 1, "message": "PERMISSION_DENIED"}]
+    cloud.state = state
+
+    result = cloud.run(*BASE, "--allowed-parents", PARENTS)
+
+    assert result.returncode == 1
+    assert [call[:2] for call in result.calls] == [["services", "list"], ["services", "enable"]]
+    enabled = next(call for call in cloud.deploy().calls if call[:2] == ["services", "enable"])
+    for api in ("cloudresourcemanager", "iam", "cloudtasks", "logging", "monitoring"):
+        assert f"{api}.googleapis.com" in enabled
+
+
+# --- the checks queue and who may publish checks ---------------------------------------------------------
+
+
+def test_a_queue_whose_retry_config_drifted_is_updated(cloud):
+    cloud.deploy()
+    state = cloud.state
+    state["resources"][f"queue/{REGION}/opcancel-checks"]["retryConfig"]["maxBackoff"] = "3600s"
+    cloud.state = state
+
+    result = cloud.deploy()
+
+    assert [call for call in result.calls if not is_read(call)] == [
+        [
+            "tasks",
+            "queues",
+            "update",
+            "opcancel-checks",
+            f"--project={PROJECT}",
+            f"--location={REGION}",
+            "--max-attempts=100",
+            "--min-backoff=5s",
+            "--max-backoff=300s",
+            "--max-doublings=6",
+            "--max-retry-duration=86400s",
+        ]
+    ]
+    assert cloud.state["resources"][f"queue/{REGION}/opcancel-checks"]["retryConfig"]["maxBackoff"] == "300s"
+
+
+def test_the_function_s_publish_right_on_the_checks_topic_from_an_older_deploy_is_revoked(cloud):
+    cloud.deploy()
+    state = cloud.state
+    state["bindings"].append(["topic/opcancel-checks", "roles/pubsub.publisher", f"serviceAccount:{FUNCTION_SA}"])
+    cloud.state = state
+
+    result = cloud.deploy()
+
+    assert [call[:4] for call in result.calls if not is_read(call)] == [
+        ["pubsub", "topics", "remove-iam-policy-binding", "opcancel-checks"]
+    ]
+    publishers = [
+        binding[2]
+        for binding in cloud.state["bindings"]
+        if binding[:2] == ["topic/opcancel-checks", "roles/pubsub.publisher"]
+    ]
+    assert publishers == [f"serviceAccount:{TASKS_SA}"]
+
+
+# --- observability ----------------------------------------------------------------------------------------
+
+
+def test_the_log_metrics_count_opcancel_s_events_from_its_structured_logs(cloud):
+    cloud.deploy()
+
+    resources = cloud.state["resources"]
+    metrics = {
+        key.removeprefix("metric/"): resource for key, resource in resources.items() if key.startswith("metric/")
+    }
+    assert sorted(metrics) == ["opcancel-cancels-sent", "opcancel-results", "opcancel-retries", "opcancel-takeovers"]
+    logs = (
+        'resource.type="cloud_run_revision" AND resource.labels.service_name=~"^opcancel-(requests|checks|http)$"'
+        ' AND labels.component="opcancel"'
+    )
+    for metric, event in (
+        ("opcancel-results", "result_published"),
+        ("opcancel-cancels-sent", "cancel_sent"),
+        ("opcancel-retries", "retry_later"),
+        ("opcancel-takeovers", "takeover"),
+    ):
+        assert metrics[metric]["filter"] == f'{logs} AND jsonPayload.event="{event}"'
+        assert metrics[metric]["metricDescriptor"]["metricKind"] == "DELTA"
+    assert metrics["opcancel-results"]["labelExtractors"] == {"outcome": "EXTRACT(jsonPayload.outcome)"}
+    assert metrics["opcancel-retries"]["labelExtractors"] == {"reason": "EXTRACT(jsonPayload.reason)"}
+
+
+def test_the_dashboard_shows_the_metrics_and_the_dead_letter_backlog(cloud):
+    cloud.deploy()
+
+    (dashboard,) = [resource for key, resource in cloud.state["resources"].items() if key.startswith("dashboard/")]
+    assert dashboard["displayName"] == "opcancel (opcancel)"
+    tiles = dashboard["mosaicLayout"]["tiles"]
+    filters = {
+        tile["widget"]["title"]: tile["widget"]["xyChart"]["dataSets"][0]["timeSeriesQuery"]["timeSeriesFilter"]
+        for tile in tiles
+    }
+    assert filters["Results by outcome"]["aggregation"]["groupByFields"] == ["metric.label.outcome"]
+    assert 'logging.googleapis.com/user/opcancel-results"' in filters["Results by outcome"]["filter"]
+    assert 'logging.googleapis.com/user/opcancel-cancels-sent"' in filters["Cancels sent"]["filter"]
+    assert "opcancel-retries" in filters["Retries (redelivery asked for) by reason"]["filter"]
+    assert "opcancel-takeovers" in filters["Takeovers of keys left by dead workers"]["filter"]
+    backlog = filters["Dead-letter backlog (undelivered messages)"]["filter"]
+    assert "subscription/num_undelivered_messages" in backlog
+    assert 'resource.label.subscription_id="opcancel-dead-letter"' in backlog
+
+
+def test_the_dead_letter_alert_fires_on_any_undelivered_message_and_notifies_the_channels_given(cloud):
+    channels = f"projects/{PROJECT}/notificationChannels/111,projects/{PROJECT}/notificationChannels/222"
+    result = cloud.run(*BASE, "--notification-channel", channels)
+    assert result.returncode == 0, result.stderr
+
+    (policy,) = [resource for key, resource in cloud.state["resources"].items() if key.startswith("policy/")]
+    condition = policy["conditions"][0]["conditionThreshold"]
+    assert "subscription/num_undelivered_messages" in condition["filter"]
+    assert 'subscription_id="opcancel-dead-letter"' in condition["filter"]
+    assert (condition["comparison"], condition["thresholdValue"]) == ("COMPARISON_GT", 0)
+    assert policy["notificationChannels"] == channels.split(",")
+    assert "gcloud pubsub subscriptions pull opcancel-dead-letter" in policy["documentation"]["content"]
+
+    # Without the flag on the next run the policy's definition changed: it is updated in place.
+    again = cloud.run(*BASE)
+    assert [call[:4] for call in again.calls if not is_read(call)] == [["alpha", "monitoring", "policies", "update"]]
+    (policy,) = [resource for key, resource in cloud.state["resources"].items() if key.startswith("policy/")]
+    assert policy["notificationChannels"] == []
+
+
+def test_a_dashboard_edited_by_hand_is_replaced_with_the_etag_it_was_read_at(cloud):
+    cloud.deploy()
+    state = cloud.state
+    key = next(key for key in state["resources"] if key.startswith("dashboard/"))
+    state["resources"][key]["labels"] = {"opcancel_deploy": "edited"}
+    state["resources"][key]["etag"] = "etag-edited"
+    cloud.state = state
+
+    result = cloud.deploy()
+
+    assert [call[:3] for call in result.calls if not is_read(call)] == [["monitoring", "dashboards", "update"]]
+    dashboard = cloud.state["resources"][key]
+    assert dashboard["labels"]["opcancel_deploy"] != "edited"
+    assert len(dashboard["mosaicLayout"]["tiles"]) == 5
+
+
+def test_a_log_metric_whose_definition_changed_is_updated(cloud):
+    cloud.deploy()
+    state = cloud.state
+    state["resources"]["metric/opcancel-takeovers"]["filter"] = 'jsonPayload.event="takeover"'
+    state["resources"]["metric/opcancel-takeovers"]["description"] = "edited by hand"
+    cloud.state = state
+
+    result = cloud.deploy()
+
+    assert [call[:4] for call in result.calls if not is_read(call)] == [
+        ["logging", "metrics", "update", "opcancel-takeovers"]
+    ]
+    assert cloud.state["resources"]["metric/opcancel-takeovers"]["filter"].endswith('jsonPayload.event="takeover"')
+    assert "labels.component" in cloud.state["resources"]["metric/opcancel-takeovers"]["filter"]
+
+
+# --- other Google APIs: permissions at projects -------------------------------------------------------------
+
+OTHER_PARENTS = (
+    "organizations/123,projects/other-proj,//dataproc.googleapis.com/projects/third-proj/regions/europe-west1,"
+    "//aiplatform.googleapis.com/projects/third-proj/locations/us-central1"
+)
+
+
+def with_other_projects(cloud: FakeCloud, untestable: tuple[str, ...] = ()) -> None:
+    state = cloud.state
+    state["other_projects"] = ["other-proj", "third-proj"]
+    catalogue = {
+        f"{prefix}.operations.{verb}": ""
+        for prefix in ("aiplatform", "dataproc", "documentai", "speech", "cloudtranslate", "healthcare")
+        for verb in ("cancel", "get", "list")
+        if f"{prefix}.operations.{verb}" not in untestable
+    }
+    state["testable_by_resource"] = {
+        f"//cloudresourcemanager.googleapis.com/projects/{project}": catalogue
+        for project in ("other-proj", "third-proj")
+    }
+    cloud.state = state
+
+
+def role_permissions(cloud: FakeCloud, scope: str) -> list[str]:
+    return cloud.state["resources"][f"role/{scope}/roles/opcancel_operation_canceller"]["includedPermissions"]
+
+
+def test_project_parents_get_a_project_role_with_their_services_operation_permissions(cloud):
+    with_other_projects(cloud)
+
+    result = cloud.run(*BASE, "--allowed-parents", OTHER_PARENTS)
+
+    assert result.returncode == 0, result.stderr
+    assert role_permissions(cloud, "projects/other-proj") == [
+        "aiplatform.operations.cancel",
+        "aiplatform.operations.get",
+        "cloudtranslate.operations.cancel",
+        "cloudtranslate.operations.get",
+        "dataproc.operations.cancel",
+        "dataproc.operations.get",
+        "documentai.operations.cancel",
+        "documentai.operations.get",
+        "healthcare.operations.cancel",
+        "healthcare.operations.get",
+        "speech.operations.cancel",
+        "speech.operations.get",
+    ]
+    # A full resource prefix grants its own service only, at the project it names.
+    assert role_permissions(cloud, "projects/third-proj") == [
+        "aiplatform.operations.cancel",
+        "aiplatform.operations.get",
+        "dataproc.operations.cancel",
+        "dataproc.operations.get",
+    ]
+    function_sa = f"serviceAccount:{FUNCTION_SA}"
+    for project in ("other-proj", "third-proj"):
+        assert [f"project/{project}", f"projects/{project}/roles/opcancel_operation_canceller", function_sa] in (
+            cloud.state["bindings"]
+        )
+    environment = cloud.state["resources"][f"function/{REGION}/opcancel-requests"]["serviceConfig"]
+    assert environment["environmentVariables"]["OPCANCEL_ALLOWED_PARENTS"] == OTHER_PARENTS
+    # Each project's permissions were asked of IAM before anything was created.
+    asked = [call for call in result.calls if "list-testable-permissions" in call]
+    assert [call[2] for call in asked] == [
+        "//cloudresourcemanager.googleapis.com/organizations/123",
+        "//cloudresourcemanager.googleapis.com/projects/other-proj",
+        "//cloudresourcemanager.googleapis.com/projects/third-proj",
+    ]
+    first_change = next(
+        i for i, call in enumerate(result.calls) if not is_read(call) and call[:2] != ["services", "enable"]
+    )
+    assert all(result.calls.index(call) < first_change for call in asked)
+
+
+def test_permissions_iam_does_not_know_at_a_project_are_skipped_with_a_message(cloud):
+    with_other_projects(cloud, untestable=("aiplatform.operations.cancel", "aiplatform.operations.get"))
+
+    result = cloud.run(
+        *BASE, "--allowed-parents", "//aiplatform.googleapis.com/projects/third-proj,projects/other-proj"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Skipping aiplatform.operations.cancel at projects/third-proj: IAM does not know it there" in result.stderr
+    assert "No permission is granted at projects/third-proj" in result.stderr
+    assert "role/projects/third-proj/roles/opcancel_operation_canceller" not in cloud.state["resources"]
+    assert "aiplatform.operations.get" not in role_permissions(cloud, "projects/other-proj")
+    assert "dataproc.operations.cancel" in role_permissions(cloud, "projects/other-proj")
+
+
+def test_a_project_dropped_from_the_parents_loses_its_role_and_destroy_removes_the_rest(cloud):
+    with_other_projects(cloud)
+    assert cloud.run(*BASE, "--allowed-parents", OTHER_PARENTS).returncode == 0
+
+    result = cloud.run(*BASE, "--allowed-parents", "organizations/123,projects/other-proj")
+
+    assert result.returncode == 0, result.stderr
+    assert ["projects", "remove-iam-policy-binding", "third-proj"] in [call[:3] for call in result.calls]
+    assert cloud.state["resources"]["role/projects/third-proj/roles/opcancel_operation_canceller"]["deleted"]
+    assert not [binding for binding in cloud.state["bindings"] if binding[0] == "project/third-proj"]
+
+    assert cloud.run(*BASE, "--destroy").returncode == 0
+    assert cloud.state["bindings"] == []
+    assert cloud.state["resources"]["role/projects/other-proj/roles/opcancel_operation_canceller"]["deleted"]
 
 
 # --- failures ---------------------------------------------------------------------------------------
