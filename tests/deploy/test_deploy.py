@@ -1263,8 +1263,10 @@ def isolated_gcloud_environment(config: Path) -> dict[str, str]:
 
 @pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed: the dry run's commands cannot be parsed")
 def test_every_dry_run_command_passes_gcloud_s_own_parser(cloud, tmp_path):
+    channel = f"--notification-channel=projects/{PROJECT}/notificationChannels/123"
     lines = dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS)
-    lines += dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS, "--destroy")
+    lines += dry_run_lines(cloud, *BASE, "--allowed-parents", OTHER_PARENTS, channel)
+    lines += dry_run_lines(cloud, *BASE, "--allowed-parents", OTHER_PARENTS, "--destroy")
     commands = list(dict.fromkeys(lines))
     config = tmp_path / "gcloud-config"
     config.mkdir()
