@@ -16,8 +16,9 @@ readonly RUNTIME=python312
 # The longest Cloud Functions allows an event-driven function (functions/docs/configuring/timeout);
 # a batch of 100 operations needs room.
 readonly TIMEOUT_S=540
-# For a push subscription the ack deadline is also the push request's timeout (pubsub/docs/push), so
-# it must outlast the function: the function's timeout plus a minute, within Pub/Sub's 600 s maximum.
+# For push delivery the ack deadline also sets the push request's timeout, at most 600 s (Pub/Sub REST
+# reference, projects.subscriptions, ackDeadlineSeconds), so it must outlast the function: the
+# function's timeout plus a minute, within that maximum.
 readonly ACK_DEADLINE_S=$((TIMEOUT_S + 60 > 600 ? 600 : TIMEOUT_S + 60))
 # With Cloud Tasks delivering each check when due, the subscriptions' retry policy only paces
 # redeliveries after transient trouble (API or store outages, a key held by a live worker); it is no
@@ -603,6 +604,11 @@ ensure_queue() {
       change gcloud tasks queues update "$queue" --project="$project" --location="$region" "${settings[@]}"
   else
     change gcloud tasks queues create "$queue" --project="$project" --location="$region" "${settings[@]}"
+    # A queue deleted in the last few days can make a create seem to succeed while no queue exists
+    # (tasks/docs/reference/rest/v2/projects.locations.queues/delete), so look again.
+    $dry_run || query gcloud tasks queues describe "$queue" --project="$project" --location="$region" \
+      --format='value(name)' || die "Cloud Tasks did not create the queue $queue: a queue of that name deleted \
+in the last 3 days still holds it. Run deploy.sh again later, or deploy under another --name."
   fi
 }
 

@@ -438,6 +438,8 @@ class Gcloud:
         if self.verb == "describe":
             return self.shown(self.get(key))
         if self.verb == "create":
+            if self.name in self.state.get("tombstoned_queues", []):
+                return ""  # the reference's "may appear to recreate the queue": no error, no queue
             self.add(key, {"name": f"projects/{self.project}/locations/{self.flags['location']}/queues/{self.name}"})
         if self.verb in ("create", "update"):
             retry = self.get(key).setdefault("retryConfig", {})
