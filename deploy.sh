@@ -26,7 +26,8 @@ readonly ACK_DEADLINE_S=$((TIMEOUT_S + 60 > 600 ? 600 : TIMEOUT_S + 60))
 readonly MIN_RETRY_DELAY=10s
 readonly MAX_RETRY_DELAY=300s
 # The most Pub/Sub allows (5-100). An estimate, since Pub/Sub's backoff is best effort: if every wait
-# reached the 300 s cap, 100 attempts would span about 8 h, inside the default 24 h retention.
+# reached the 300 s cap, 100 attempts would span about 8 h, inside the 24 h retention Eventarc sets
+# (eventarc/docs/retry-events).
 readonly MAX_DELIVERY_ATTEMPTS=100
 # The checks queue's retries cover a failed publish of a check to the checks topic: from a few
 # seconds up to OPCANCEL_CHECK_MAX_DELAY_S (300 s), the longest the polling policy ever waits. A task

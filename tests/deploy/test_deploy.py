@@ -973,6 +973,27 @@ def test_a_project_dropped_from_the_parents_loses_its_role_and_destroy_removes_t
     assert cloud.state["resources"]["role/projects/other-proj/roles/opcancel_operation_canceller"]["deleted"]
 
 
+def test_docs_deploy_md_names_every_role_granted_every_option_and_every_panel(cloud):
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    with_other_projects(cloud)
+    channel = f"projects/{PROJECT}/notificationChannels/1"
+    assert cloud.run(*BASE, "--allowed-parents", OTHER_PARENTS, "--notification-channel", channel).returncode == 0
+
+    state = cloud.state
+    for _, role, _ in state["bindings"]:
+        assert role.rpartition("/roles/")[2] in docs, role
+    for key, resource in state["resources"].items():
+        if key.startswith("dashboard/"):
+            for tile in resource["mosaicLayout"]["tiles"]:
+                assert f"| {tile['widget']['title']} |" in docs
+        elif key.startswith("metric/"):
+            assert f"`{key.removeprefix('metric/')}`" in docs
+        elif key.startswith(("policy/", "dashboard/")):
+            assert resource["displayName"] in docs
+    for option in re.findall(r"^  (--[a-z-]+)", cloud.run("--help").stdout, re.MULTILINE):
+        assert f"`{option}`" in docs, option
+
+
 # --- failures ---------------------------------------------------------------------------------------
 
 
