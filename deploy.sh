@@ -314,7 +314,9 @@ change() {
   "$@" || die "failed: $(show "$@")"
 }
 
-# IAM is eventually consistent: a binding naming a service account created seconds ago can be refused.
+# A binding naming a service account created seconds ago can be refused while IAM catches up (IAM calls
+# its changes eventually consistent, iam/docs/access-change-propagation; reported for new accounts in
+# hashicorp/terraform-provider-google#6758), so a refused binding is tried again.
 change_retrying() {
   if $dry_run; then
     show "$@"
@@ -428,7 +430,8 @@ scope_words() {
   esac
 }
 
-# Prints "DELETED<TAB>PERMISSIONS" into $answer: a deleted custom role keeps its id for weeks.
+# Prints "DELETED<TAB>PERMISSIONS" into $answer: a deleted custom role keeps its id, and can be undeleted
+# for 7 days (iam/docs/creating-custom-roles, deleting a custom role).
 role_state() {
   scope_words "$1"
   query gcloud iam roles describe "$role_id" "$scope_flag" --format='value(deleted,includedPermissions.list())'
@@ -691,7 +694,8 @@ configure_subscription() {
       --dead-letter-topic="projects/$project/topics/$topic_dead_letter" \
       --max-delivery-attempts="$MAX_DELIVERY_ATTEMPTS"
   fi
-  # Pub/Sub's own agent moves a message to the dead-letter topic, so it must be able to pull it.
+  # Pub/Sub's own agent moves a message to the dead-letter topic, so it must be able to pull it
+  # (pubsub/docs/handling-failures, dead-letter topics).
   grant "$pubsub_agent" roles/pubsub.subscriber gcloud pubsub subscriptions VERB "$subscription" --project="$project"
 }
 
@@ -889,7 +893,8 @@ deploy() {
   for topic in "$topic_requests" "$topic_checks" "$topic_results" "$topic_dead_letter"; do
     ensure_topic "$topic"
   done
-  # Pub/Sub keeps messages only for subscriptions: without this one, dead letters would vanish.
+  # A topic delivers only to the subscriptions it has (pubsub/docs/subscription-overview): without this
+  # one, dead letters would vanish.
   query gcloud pubsub subscriptions describe "$topic_dead_letter" --project="$project" --format='value(name)' ||
     change gcloud pubsub subscriptions create "$topic_dead_letter" --project="$project" \
       --topic="$topic_dead_letter" --message-retention-duration=7d --expiration-period=never
@@ -918,7 +923,8 @@ deploy() {
   ensure_queue
   grant "$runtime_member" roles/cloudtasks.enqueuer gcloud tasks queues VERB "$queue" --project="$project" \
     --location="$region"
-  # A task carrying the tasks' account's token is created only by a principal that may act as it.
+  # A task carrying the tasks' account's token is created only by a principal that may act as it
+  # (iam.serviceAccounts.actAs: tasks/docs/reference/rest/v2, OAuthToken).
   grant "$runtime_member" roles/iam.serviceAccountUser \
     gcloud iam service-accounts VERB "$tasks_account" --project="$project"
 
@@ -934,7 +940,8 @@ deploy() {
   deploy_function "$function_checks" on_event "$topic_checks"
   deploy_function "$function_http" on_http
   for function in "$function_requests" "$function_checks"; do
-    # A 2nd gen function is a Cloud Run service of the same name, and that service holds run.invoker.
+    # A 2nd gen function's invoker binding lives on its Cloud Run service ("the IAM binding for the invoker
+    # role on the function's Cloud Run service": gcloud's command_lib/functions/run_util.py).
     policy_has "$trigger_member" roles/run.invoker \
       gcloud run services get-iam-policy "$function" --project="$project" --region="$region" ||
       change_retrying gcloud functions add-invoker-policy-binding "$function" --project="$project" \
@@ -961,7 +968,9 @@ destroy() {
   for scope in "${deployed_scopes[@]}"; do
     [[ " ${scopes[*]} " == *" $scope "* ]] || scopes+=("$scope")
   done
-  # Deleting a function also deletes its Eventarc trigger, that trigger's subscription and its IAM.
+  # A function's trigger is part of the function (eventTrigger), so deleting the function deletes the
+  # trigger and the subscription Eventarc made for it (observed in kernelci/kcidb#361, which lost the
+  # messages waiting in it), and with them their IAM.
   for function in "$function_requests" "$function_checks" "$function_http"; do
     if query gcloud functions describe "$function" --project="$project" --region="$region" --gen2 \
       --format='value(name)'; then
