@@ -258,6 +258,9 @@ class FakeCloud:
     def __init__(self, root: Path) -> None:
         self.bin = root / "bin"
         self.bin.mkdir()
+        # Where deploy.sh writes its definitions (and a dry run leaves them), inside the test's directory.
+        self.tmp = root / "tmp"
+        self.tmp.mkdir()
         self.state_file = root / "state.json"
         self.log = root / "calls.jsonl"
         (self.bin / "gcloud").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{FAKE}" "$@"\n')
@@ -293,6 +296,7 @@ class FakeCloud:
         }
         environment.update(
             PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            TMPDIR=str(self.tmp),
             FAKE_GCLOUD_STATE=str(self.state_file),
             FAKE_GCLOUD_LOG=str(self.log),
             **(env or {}),
