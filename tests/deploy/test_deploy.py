@@ -961,6 +961,20 @@ def test_permissions_iam_does_not_know_at_a_project_are_skipped_with_a_message(c
     assert "dataproc.operations.cancel" in role_permissions(cloud, "projects/other-proj")
 
 
+def test_a_service_deploy_sh_knows_no_permissions_of_is_allowed_but_granted_nothing(cloud):
+    with_other_projects(cloud)
+    parents = "//workflows.googleapis.com/projects/third-proj/locations/europe-west1"
+
+    result = cloud.run(*BASE, "--allowed-parents", parents)
+
+    assert result.returncode == 0, result.stderr
+    assert "No permission is granted at projects/third-proj: deploy.sh knows no operation permissions" in result.stderr
+    assert not [key for key in cloud.state["resources"] if key.startswith("role/")]
+    assert not [call for call in result.calls if "list-testable-permissions" in call]
+    environment = cloud.state["resources"][f"function/{REGION}/opcancel-requests"]["serviceConfig"]
+    assert environment["environmentVariables"]["OPCANCEL_ALLOWED_PARENTS"] == parents
+
+
 def test_a_project_dropped_from_the_parents_loses_its_role_and_destroy_removes_the_rest(cloud):
     with_other_projects(cloud)
     assert cloud.run(*BASE, "--allowed-parents", OTHER_PARENTS).returncode == 0
