@@ -481,15 +481,17 @@ scopes_of() {
   done
 }
 
-# The scopes the deployed function was last given, so narrowing the list narrows the grants.
+# The scopes the deployed function was last given, so narrowing the list narrows the grants. Leaves
+# $scopes as it found it.
 read_deployed_scopes() {
-  local entries
+  local entries current=("${scopes[@]}")
   deployed_scopes=()
   query gcloud functions describe "$function_requests" --project="$project" --region="$region" --gen2 \
     --format='value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS)' || return 0
   IFS=, read -ra entries <<<"$answer"
   scopes_of "${entries[@]}"
   deployed_scopes=("${scopes[@]}")
+  scopes=("${current[@]}")
 }
 
 # --- deploy ---------------------------------------------------------------------------------------
@@ -963,6 +965,7 @@ deploy() {
 
 destroy() {
   local function topic scope account role metric
+  scopes=()
   read_deployed_scopes
   scopes_of "${parents[@]}"
   for scope in "${deployed_scopes[@]}"; do
