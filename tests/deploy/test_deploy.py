@@ -884,7 +884,7 @@ def with_other_projects(cloud: FakeCloud, untestable: tuple[str, ...] = ()) -> N
     state["other_projects"] = ["other-proj", "third-proj"]
     catalogue = {
         f"{prefix}.operations.{verb}": ""
-        for prefix in ("aiplatform", "dataproc", "documentai", "speech", "cloudtranslate", "healthcare")
+        for prefix in ("aiplatform", "dataproc", "documentai", "speech", "cloudtranslate", "cloudbuild")
         for verb in ("cancel", "get", "list")
         if f"{prefix}.operations.{verb}" not in untestable
     }
@@ -908,14 +908,14 @@ def test_project_parents_get_a_project_role_with_their_services_operation_permis
     assert role_permissions(cloud, "projects/other-proj") == [
         "aiplatform.operations.cancel",
         "aiplatform.operations.get",
+        "cloudbuild.operations.cancel",
+        "cloudbuild.operations.get",
         "cloudtranslate.operations.cancel",
         "cloudtranslate.operations.get",
         "dataproc.operations.cancel",
         "dataproc.operations.get",
         "documentai.operations.cancel",
         "documentai.operations.get",
-        "healthcare.operations.cancel",
-        "healthcare.operations.get",
         "speech.operations.cancel",
         "speech.operations.get",
     ]
@@ -944,6 +944,14 @@ def test_project_parents_get_a_project_role_with_their_services_operation_permis
         i for i, call in enumerate(result.calls) if not is_read(call) and call[:2] != ["services", "enable"]
     )
     assert all(result.calls.index(call) < first_change for call in asked)
+
+
+def test_projects_parents_cover_every_service_of_the_registry_the_code_ships():
+    from function._names import BUILTIN_SERVICES, SCC_SERVICE
+
+    script = DEPLOY.read_text()
+    (listed,) = re.findall(r"^readonly OPERATION_SERVICES=\((.*)\)$", script, re.MULTILINE)
+    assert listed.split() == [service.name for service in BUILTIN_SERVICES if service is not SCC_SERVICE]
 
 
 def test_permissions_iam_does_not_know_at_a_project_are_skipped_with_a_message(cloud):
