@@ -14,11 +14,40 @@ from tests.cli.test_cli import ROOT, Rig
 from tests.support import DATA_DIR
 
 README = (ROOT / "README.md").read_text()
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MODULE = ".venv/bin/python -m function "
 
 
 def section(title: str) -> str:
-    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    """A section of the README or of a document under docs/, whose own title may be the section's."""
+    for path in DOCS:
+        text = "\n" + path.read_text()
+        if text.startswith(f"\n# {title}\n"):
+            return text  # a document of its own
+        if f"\n## {title}\n" in text:
+            return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    raise AssertionError(f"no section {title!r} in the README or docs/")
+
+
+def slug(title: str) -> str:
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_resolves():
+    broken = []
+    for path in DOCS:
+        for link in re.findall(r"\]\(([^)\s]*)\)", path.read_text()):
+            if link.startswith(("http://", "https://", "mailto:")):
+                continue
+            target_path, _, anchor = link.partition("#")
+            target = (path.parent / target_path).resolve() if target_path else path
+            if not target.exists():
+                broken.append((path.name, link))
+            elif anchor and target.suffix == ".md":
+                headings = {slug(h) for h in re.findall(r"(?m)^#{1,6} (.+)$", target.read_text())}
+                if anchor not in headings:
+                    broken.append((path.name, link))
+    assert broken == []
 
 
 def blocks(text: str, language: str) -> list[str]:
