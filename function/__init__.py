@@ -6,18 +6,21 @@ Modules are private; import from here.
 """
 
 from . import errors
-from ._api import AnonymousAuth, CancelAnswer, DefaultCredentialsAuth, MetadataServerAuth, OperationsClient
 from ._app import build_api, build_auth, build_publisher, build_scheduler, build_service, build_store
+from ._backoff import PollingPolicy
 from ._clock import SystemClock, format_time, parse_time
 from ._entry import RedeliveryRequested, Runtime, message_from_cloud_event
-from ._http import SharedTransport
+from ._gcp.auth import AnonymousAuth, DefaultCredentialsAuth, MetadataServerAuth
+from ._gcp.operations import CancelAnswer, OperationsClient
+from ._gcp.pubsub import PubSubPublisher
+from ._gcp.tasks import CloudTasksScheduler, task_id
+from ._gcp.transport import SharedTransport
 from ._log import Logger
 from ._model import InboundMessage, Outcome, SourceKind
 from ._names import OperationRef, parse_name
-from ._pubsub import PubSubPublisher
-from ._scheduler import CloudTasksScheduler, RedeliveryScheduler, task_id
+from ._scheduler import RedeliveryScheduler
 from ._service import ItemStatus, Opcancel, Report
-from ._settings import PollingPolicy, Settings
+from ._settings import Settings
 from ._store import IdempotencyStore, MemoryStore, Record, SqliteStore, State
 
 

@@ -6,12 +6,14 @@ import sqlite3
 
 import httpx
 
-from ._api import AnonymousAuth, Authenticator, DefaultCredentialsAuth, MetadataServerAuth, OperationsClient
 from ._clock import Clock, SystemClock
-from ._http import SharedTransport
+from ._gcp.auth import AnonymousAuth, Authenticator, DefaultCredentialsAuth, MetadataServerAuth
+from ._gcp.operations import OperationsClient
+from ._gcp.pubsub import Publisher, PubSubPublisher
+from ._gcp.tasks import CloudTasksScheduler
+from ._gcp.transport import SharedTransport
 from ._log import Logger
-from ._pubsub import Publisher, PubSubPublisher
-from ._scheduler import CloudTasksScheduler, RedeliveryScheduler, Scheduler
+from ._scheduler import RedeliveryScheduler, Scheduler
 from ._service import Opcancel
 from ._settings import Settings
 from ._store import IdempotencyStore, MemoryStore, SqliteStore

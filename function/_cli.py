@@ -27,11 +27,13 @@ from typing import Any
 
 import click
 
-from ._api import Authenticator, OperationsClient
 from ._app import build_api, build_auth, build_publisher, build_service
 from ._clock import Clock, SystemClock, format_time
 from ._core import next_due, operation_error, outcome_of
-from ._http import SharedTransport
+from ._gcp.auth import Authenticator
+from ._gcp.operations import OperationsClient
+from ._gcp.pubsub import Publisher
+from ._gcp.transport import SharedTransport
 from ._log import Logger
 from ._model import CancelRequest, InboundMessage, Outcome, Rejection, Source, SourceKind
 from ._names import (
@@ -48,7 +50,6 @@ from ._names import (
     parse_parent,
     version_for,
 )
-from ._pubsub import Publisher
 from ._requests import Parsed, parse_message
 from ._service import ItemStatus, Opcancel
 from ._settings import MAX_DEADLINE_S, PollingPolicy, Settings

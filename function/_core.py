@@ -6,31 +6,13 @@ import hashlib
 import json
 from typing import Any
 
+from ._backoff import PollingPolicy
 from ._clock import format_time
-from ._model import CheckRequest, Outcome, Result, Source, SourceKind
-from ._names import escape_text
+from ._gcp.operations import operation_error, outcome_of  # noqa: F401 (imported from here by the pipeline and the CLI)
+from ._model import CheckRequest, Result, Source, SourceKind
 from ._requests import CHECK_KIND, CHECK_KIND_ATTRIBUTE
-from ._settings import PollingPolicy
 
 RESULT_EVENT_TYPE = "dev.opcancel.operation.result.v1"
-_RPC_CANCELLED = 1
-
-
-def outcome_of(operation: dict[str, Any]) -> Outcome | None:
-    """The outcome a ``get`` body shows, or None while the operation runs."""
-    if operation.get("done") is not True:
-        return None
-    error = operation.get("error")
-    if isinstance(error, dict):
-        return Outcome.CANCELLED if error.get("code") == _RPC_CANCELLED else Outcome.FAILED
-    return Outcome.COMPLETED
-
-
-def operation_error(operation: dict[str, Any]) -> str | None:
-    error = operation.get("error")
-    if not isinstance(error, dict):
-        return None
-    return escape_text(f"rpc code {error.get('code')}: {error.get('message', '')}")
 
 
 def next_due(policy: PollingPolicy, attempt: int, *, now: float, deadline_at: float) -> float:

@@ -30,8 +30,9 @@ from typing import Any
 
 import httpx
 
-from ._api import Authenticator, error_summary
 from ._clock import format_time
+from ._gcp.auth import Authenticator, FixedTokenAuth
+from ._gcp.errors import decode_error, error_summary
 from ._store import IdempotencyStore, Record, State
 from .errors import StoreUnavailable
 
@@ -64,10 +65,10 @@ class FirestoreStore(IdempotencyStore):
         self._base = base
         self._collection_url = f"{base}/v1/{self._documents}/{collection}"
         self._collection = collection
-        self._auth = auth
         # The emulator accepts this fixed token as an admin; it never reaches Google.
-        self._static_headers = {"authorization": "Bearer owner"} if emulator_host else None
-        self._http = httpx.Client(transport=transport, timeout=timeout_s)
+        self._http = httpx.Client(
+            transport=transport, timeout=timeout_s, auth=FixedTokenAuth("owner") if emulator_host else auth
+        )
         self._update_times: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -186,11 +187,7 @@ class FirestoreStore(IdempotencyStore):
         return f"{self._documents}/{self._collection}/{_document_id(key)}"
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        headers = self._static_headers if self._static_headers is not None else self._auth.headers()
-        response = self._http.request(method, url, headers=headers, **kwargs)
-        if response.status_code == 401 and self._static_headers is None and self._auth.refresh():
-            response = self._http.request(method, url, headers=self._auth.headers(), **kwargs)
-        return response
+        return self._http.request(method, url, **kwargs)
 
     @staticmethod
     def _expect_success(response: httpx.Response) -> None:
@@ -205,9 +202,4 @@ def _document_id(key: str) -> str:
 def _precondition_failed(response: httpx.Response) -> bool:
     if response.status_code in (404, 409):
         return True
-    if response.status_code != 400:
-        return False
-    try:
-        return response.json().get("error", {}).get("status") == "FAILED_PRECONDITION"
-    except ValueError:
-        return False
+    return response.status_code == 400 and decode_error(response).rpc_status == "FAILED_PRECONDITION"

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._api import CancelAnswer, OperationsApi
 from ._clock import Clock, format_time
 from ._core import check_body, next_due, operation_error, outcome_of, payload_hash, result_message, result_to_json
+from ._gcp.operations import CancelAnswer, OperationsApi
+from ._gcp.pubsub import Publisher
 from ._log import Logger, current_trace, traced
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef, allows
-from ._pubsub import Publisher
 from ._requests import parse_check, parse_message
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ._backoff import PollingPolicy  # also imported from here: the policy is read from the environment here
 from ._json import JsonUnreadable, read_json
 from ._names import DEFAULT_VERSION, REGISTRY, VERSIONS, Service, ServiceRegistry, parse_allowed_parent
 from .errors import ConfigError, InvalidRequest
@@ -28,21 +29,6 @@ _TASKS_QUEUE = re.compile(
 _SERVICE_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}@[a-z0-9][a-z0-9.-]{0,253}\.[a-z]{2,}")
 #: Default lease: a request's work is bounded by its retry budgets, well inside a minute.
 DEFAULT_LEASE_S = 60.0
-
-
-@dataclass(frozen=True)
-class PollingPolicy:
-    initial_delay_s: float = 5.0
-    multiplier: float = 2.0
-    max_delay_s: float = 300.0
-    deadline_s: float = 3600.0
-
-    def delay_before(self, attempt: int) -> float:
-        """Seconds between check ``attempt - 1`` (0 is the immediate get) and check ``attempt``."""
-        exponent = max(attempt - 1, 0)
-        # Capping the exponent keeps huge attempt numbers from overflowing a float.
-        growth = self.multiplier ** min(exponent, 64)
-        return min(self.initial_delay_s * growth, self.max_delay_s)
 
 
 @dataclass(frozen=True)

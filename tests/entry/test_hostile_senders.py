@@ -20,6 +20,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
 from function import FirestoreStore, Runtime, Settings
+from function._gcp.auth import Authenticator
 from function._requests import MAX_BODY_BYTES
 from tests.entry.test_entrypoints import NAME, load_wired, post_event, pubsub_event
 from tests.support import DATA_DIR, TEST_POLICY, Rig
@@ -396,7 +397,7 @@ def firestore_rig(handler) -> Rig:
     return Rig(settings=settings, store=store)
 
 
-class _SecretAuth:
+class _SecretAuth(Authenticator):
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {SECRET}"}
 

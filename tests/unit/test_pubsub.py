@@ -12,13 +12,14 @@ from google.cloud import pubsub_v1
 
 from devkit.emulators import Emulator, EmulatorUnavailable
 from function import PubSubPublisher
+from function._gcp.auth import Authenticator
 from function.errors import ApiUnavailable, PublishFailed
 from tests.support import FakeClock, Scripted
 
 MESSAGES = [(b'{"outcome":"CANCELLED"}', {"ce-id": "abc", "outcome": "CANCELLED"}), (b"\x00\xffbinary", {})]
 
 
-class Auth:
+class Auth(Authenticator):
     def __init__(self, *, fail: Exception | None = None, fail_refresh: Exception | None = None) -> None:
         self.token = "token-0"
         self.refreshes = 0

@@ -17,6 +17,7 @@ import pytest
 from devkit.cloudtasks import CloudTasks
 from function import CloudTasksScheduler, OperationRef, RedeliveryScheduler, format_time, task_id
 from function._core import check_message
+from function._gcp.auth import Authenticator
 from function._model import CheckRequest, Source, SourceKind
 from function.errors import ScheduleFailed
 from tests.support import FakeClock, MemoryPublisher, Scripted
@@ -39,7 +40,7 @@ def a_check(attempt: int = 1, due_in: float = 5.0) -> CheckRequest:
     )
 
 
-class Auth:
+class Auth(Authenticator):
     def __init__(self) -> None:
         self.refreshes = 0
 

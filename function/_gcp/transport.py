@@ -1,41 +1,24 @@
-"""One HTTP stack per process, shared by the Operations API client, the Pub/Sub publisher, the
-Firestore store and credential refreshes; and the backoff their retries share."""
+"""One HTTP stack per process, shared by every Google API client and by credential refreshes; and how one
+REST call is sent, retried and read."""
 
 from __future__ import annotations
 
-import random
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-
-@dataclass(frozen=True)
-class Backoff:
-    """When to try an HTTP call again: jittered exponential delays, bounded by attempts and by time."""
-
-    first_s: float
-    max_s: float
-    attempts: int
-    budget_s: float
-    #: Draws in [0, 1): each delay is between half and all of its exponential ceiling.
-    jitter: Callable[[], float] = random.random
-
-    def delay(self, attempt: int, *, elapsed_s: float) -> float | None:
-        """Seconds to wait after failed ``attempt`` (1-based), or None when no attempt or time is left."""
-        delay = min(self.first_s * 2 ** (attempt - 1), self.max_s) * (0.5 + self.jitter() / 2)
-        if attempt >= self.attempts or elapsed_s + delay > self.budget_s:
-            return None
-        return delay
+from .._backoff import Backoff, RetryHook, TryAgain, retry_context
+from .._clock import Clock
+from .._json import JsonUnreadable, read_json
 
 
 class SharedTransport(httpx.BaseTransport):
     """httpx's own ``HTTPTransport``, one per process, built on the first request.
 
-    Every client in the process (Operations API, Pub/Sub, Firestore, token refreshes) sends through
-    it, so there is one connection pool and one TLS context; building it on first use keeps its
+    Every client in the process (Operations API, Pub/Sub, Cloud Tasks, Firestore, token refreshes) sends
+    through it, so there is one connection pool and one TLS context; building it on first use keeps its
     set-up out of start-up, where a bad setting should fail fast and cheaply.
     """
 
@@ -56,6 +39,45 @@ class SharedTransport(httpx.BaseTransport):
             if self._transport is None:
                 self._transport = httpx.HTTPTransport(**self._options)
             return self._transport
+
+
+def send(
+    http: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    retry_status: frozenset[int],
+    backoff: Backoff,
+    clock: Clock,
+    on_retry: RetryHook | None = None,
+    **request: Any,
+) -> httpx.Response:
+    """One REST call, tried again within ``backoff`` on a transport error or a ``retry_status`` answer.
+
+    Returns the first other answer. When attempts or time run out, raises the last ``TryAgain``: its
+    ``answer`` is the last response, or None when the last try got none. Callers decide what each final
+    status means. ``httpx.RequestError`` rather than ``TransportError``: a body that fails to decode (bad
+    gzip) is the same kind of passing trouble.
+    """
+    for attempt in retry_context(backoff, clock, on_retry=on_retry):
+        with attempt:
+            try:
+                response = http.request(method, url, **request)
+            except httpx.RequestError as problem:
+                raise TryAgain(type(problem).__name__) from None
+            if response.status_code in retry_status:
+                raise TryAgain(f"HTTP {response.status_code}", answer=response)
+            return response
+    raise AssertionError("retry_context ends by returning or raising")  # pragma: no cover
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's body as a JSON object, or None when it is anything else (a proxy's page, say)."""
+    try:
+        body = read_json(response.content)
+    except JsonUnreadable:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def auth_request(transport: httpx.BaseTransport | None = None) -> Any:

@@ -23,7 +23,7 @@ from function import (
     Settings,
     build_auth,
 )
-from function._api import SCOPE
+from function._gcp.auth import SCOPE, Authenticator
 from function._names import GLOBAL, LOCATIONS, REGISTRY, VERSIONS, OperationParent
 from function.errors import ApiRejected, ApiUnavailable
 from tests.support import DATA_DIR, FakeClock, Scripted
@@ -58,7 +58,7 @@ def api_error(status: int, rpc_status: str, message: str = "nope") -> httpx.Resp
 OPERATION = json.loads(data("operation-running.json"))
 
 
-class CountingAuth:
+class CountingAuth(Authenticator):
     """An Authenticator whose token changes on each refresh, counting the refreshes."""
 
     def __init__(self, token: str = SECRET, *, can_refresh: bool = True) -> None:
