@@ -44,7 +44,11 @@ class Authenticator(httpx.Auth):
         if response.status_code == 401 and self.refresh():
             # A new request rather than the first one changed: what was sent stays as it was sent.
             again = httpx.Request(
-                request.method, request.url, headers=request.headers, stream=request.stream, extensions=request.extensions
+                request.method,
+                request.url,
+                headers=request.headers,
+                stream=request.stream,
+                extensions=request.extensions,
             )
             again.headers.update(self.headers())
             yield again

@@ -57,13 +57,13 @@ class RetriedPost:
         clock: Clock,
         transport: httpx.BaseTransport | None,
         timeout_s: float,
-        attempts: int,
         budget_s: float,
         jitter: Callable[[], float],
     ) -> None:
         self._clock = clock
         self._http = httpx.Client(transport=transport, timeout=timeout_s, follow_redirects=False, auth=auth)
-        self._backoff = Backoff(first_s=0.1, max_s=math.inf, attempts=attempts, budget_s=budget_s, jitter=jitter)
+        # A few attempts, then the message's redelivery takes over.
+        self._backoff = Backoff(first_s=0.1, max_s=math.inf, attempts=3, budget_s=budget_s, jitter=jitter)
 
     def post(self, url: str, body: Any, failed: Callable[[str], TransientError]) -> httpx.Response:
         """The first answer that is not passing trouble; ``failed(why)`` when none came or no credentials."""
@@ -104,7 +104,6 @@ class PubSubPublisher:
         emulator_host: str | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout_s: float = 10.0,
-        attempts: int = 3,
         budget_s: float = 15.0,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -116,7 +115,6 @@ class PubSubPublisher:
             clock=clock,
             transport=transport,
             timeout_s=timeout_s,
-            attempts=attempts,
             budget_s=budget_s,
             jitter=jitter,
         )

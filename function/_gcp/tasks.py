@@ -49,7 +49,6 @@ class CloudTasksScheduler:
         pubsub_emulator_host: str | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout_s: float = 10.0,
-        attempts: int = 3,
         budget_s: float = 15.0,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -68,7 +67,6 @@ class CloudTasksScheduler:
             clock=clock,
             transport=transport,
             timeout_s=timeout_s,
-            attempts=attempts,
             budget_s=budget_s,
             jitter=jitter,
         )
