@@ -20,6 +20,8 @@ from function import (
     Outcome,
 )
 from function._gcp.auth import Authenticator
+from function._gcp.errors import decode_error
+from function._gcp.operations import settle
 from function._names import GLOBAL, LOCATIONS, REGISTRY, VERSIONS, OperationParent
 from function.errors import ApiRejected, ApiUnavailable
 from tests.support import DATA_DIR, FakeClock
@@ -643,8 +645,6 @@ def test_the_pager_follows_every_page_and_stops_on_a_repeated_token():
 
 
 def test_an_error_body_is_decoded_once_into_its_status_fields():
-    from function._gcp.errors import decode_error
-
     error = decode_error(reply(429, data("error-rate-limited.json")))
     assert (error.status, error.rpc_status, error.retry_delay_s) == (429, "RESOURCE_EXHAUSTED", 30.0)
     assert error.message is not None and error.message.startswith("Quota exceeded")
@@ -660,8 +660,33 @@ def test_an_error_body_is_decoded_once_into_its_status_fields():
     ids=["wrong-types", "error-not-an-object", "body-not-an-object"],
 )
 def test_malformed_error_fields_are_left_out_not_trusted(body):
-    from function._gcp.errors import decode_error
-
     error = decode_error(httpx.Response(403, json=body))
     assert (error.rpc_status, error.message, error.retry_delay_s) == (None, None, None)
     assert error.summary == "HTTP 403: Forbidden"
+
+
+# --- what an Operation's state means -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "outcome", "error"),
+    [
+        ("operation-completed.json", Outcome.COMPLETED, None),
+        ("operation-cancelled.json", Outcome.CANCELLED, None),
+        ("operation-failed.json", Outcome.FAILED, "rpc code"),
+    ],
+)
+def test_a_done_operation_settles_as_its_outcome_even_past_the_deadline(name, outcome, error):
+    for now in (0.0, 100.0):
+        settled = settle(json.loads(data(name)), now=now, deadline_at=50.0)
+        assert settled is not None and settled[0] is outcome
+        assert (settled[1] or "").startswith(error or "")
+        assert (settled[1] is None) == (error is None)
+
+
+def test_a_running_operation_waits_until_its_deadline_then_times_out():
+    assert settle(OPERATION, now=49.999, deadline_at=50.0) is None
+    assert settle(OPERATION, now=50.0, deadline_at=50.0) == (
+        Outcome.TIMED_OUT,
+        "operation still running at the deadline 1970-01-01T00:00:50.000Z",
+    )
