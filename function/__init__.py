@@ -27,7 +27,7 @@ from ._store import IdempotencyStore, MemoryStore, Record, SqliteStore, State
 def __getattr__(name: str):
     # Imported on first use, so a function on another store never loads it (cold start).
     if name == "FirestoreStore":
-        from ._firestore import FirestoreStore
+        from ._store.firestore import FirestoreStore
 
         return FirestoreStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,7 @@ def build_store(
     if settings.project is None:
         raise ConfigError("GOOGLE_CLOUD_PROJECT", "is required for the firestore store")
     # Imported only when chosen: local runs never load it.
-    from ._firestore import FirestoreStore
+    from ._store.firestore import FirestoreStore
 
     return FirestoreStore(
         project=settings.project,

@@ -255,9 +255,7 @@ class Opcancel:
             raise
         now = self._clock.now()
         deadline_s = request.deadline_s or self._settings.polling.deadline_s
-        record = self._store.update(
-            record, now=now, state=State.CANCEL_SENT, cancel_accepted_at=now, deadline_at=now + deadline_s
-        )
+        record = self._store.cancel_sent(record, now=now, deadline_at=now + deadline_s)
         self._log.info(
             "cancel accepted" if answer is CancelAnswer.ACCEPTED else "cancel refused as already done; checking",
             event="cancel_sent",
@@ -323,22 +321,15 @@ class Opcancel:
             ref.name, ItemStatus.ACCEPTED, record.key, detail=f"check {attempt} due {format_time(check.due_at)}"
         )
 
-    def _schedule(self, record: Record, check: CheckRequest, *, now: float, **changes: Any) -> Record:
+    def _schedule(self, record: Record, check: CheckRequest, *, now: float, checks: int) -> Record:
         """Record the check the chain now waits for, then schedule it; if scheduling fails, put the record back.
 
         Recording first means every check that can arrive is one the record already expects, and a
         new attempt number is never one a task was created under. A worker that dies between the two
         leaves a chain whose check never comes: it becomes overdue, and ``_resume_chain`` sends another.
         """
-        scheduled = self._store.update(
-            record,
-            now=now,
-            state=State.CHECKING,
-            attempt=check.attempt,
-            check=check_body(check),
-            due_at=check.due_at,
-            lease_until=0.0,
-            **changes,
+        scheduled = self._store.check_scheduled(
+            record, now=now, attempt=check.attempt, check=check_body(check), due_at=check.due_at, checks=checks
         )
         try:
             self._scheduler.schedule(check)
@@ -346,16 +337,7 @@ class Opcancel:
             retry_at = now + trouble.retry_after if trouble.retry_after else 0.0
             # If putting it back fails too, the chain is overdue later and is resumed then.
             with contextlib.suppress(TransientError, StaleFence):
-                self._store.update(
-                    scheduled,
-                    now=self._clock.now(),
-                    state=record.state,
-                    attempt=record.attempt,
-                    check=record.check,
-                    due_at=record.due_at,
-                    lease_until=0.0,
-                    not_before=retry_at,
-                )
+                self._store.scheduling_failed(scheduled, now=self._clock.now(), back_to=record, not_before=retry_at)
             raise
         return scheduled
 
@@ -374,7 +356,7 @@ class Opcancel:
         assert record.check is not None and record.due_at is not None
         waited_for = parse_check(InboundMessage(data=json.dumps(record.check).encode("utf-8")), self._settings.services)
         check = dataclasses.replace(waited_for, attempt=record.attempt + 1, due_at=now)
-        self._schedule(record, check, now=now)
+        self._schedule(record, check, now=now, checks=record.checks)
         self._log.notice(
             "overdue check chain resumed with a new check",
             event="chain_resumed",
@@ -456,7 +438,7 @@ class Opcancel:
             record = self._ready(record, ref, check.source, Outcome.REJECTED, error, None, checks=record.checks)
             return self._publish_result(record)
         if record.deadline_at is None:
-            record = self._store.update(record, now=now, deadline_at=check.deadline_at)
+            record = self._store.deadline_set(record, now=now, deadline_at=check.deadline_at)
         return self._check(record, ref, check.source)
 
     # Results
@@ -508,7 +490,7 @@ class Opcancel:
             requested_at=record.requested_at,
             service=rejection.service,
         )
-        return self._store.update(record, now=self._clock.now(), state=State.RESULT_READY, result=result)
+        return self._store.result_ready(record, now=self._clock.now(), result=result, checks=record.checks)
 
     def _ready(
         self,
@@ -535,7 +517,7 @@ class Opcancel:
             requested_at=record.requested_at,
             service=ref.service_name,
         )
-        return self._store.update(record, now=self._clock.now(), state=State.RESULT_READY, result=result, checks=checks)
+        return self._store.result_ready(record, now=self._clock.now(), result=result, checks=checks)
 
     def _result(
         self,
@@ -579,7 +561,7 @@ class Opcancel:
         except TransientError as trouble:
             self._release(record, trouble)
             raise
-        self._store.update(record, now=self._clock.now(), state=State.FINISHED, lease_until=0.0)
+        self._store.finished(record, now=self._clock.now())
         self._log_result(result)
         status = ItemStatus.REJECTED if result["outcome"] == Outcome.REJECTED.value else ItemStatus.ACCEPTED
         return ItemReport(result["operation"], status, record.key, result["outcome"], result["error"])
@@ -658,4 +640,4 @@ class Opcancel:
         not_before = now + trouble.retry_after if trouble.retry_after else 0.0
         # If the release fails the lease runs out by itself; the redelivery only waits longer.
         with contextlib.suppress(TransientError, StaleFence):
-            self._store.release(record, now=now, not_before=not_before)
+            self._store.released(record, now=now, not_before=not_before)

@@ -44,7 +44,7 @@ class Crash(BaseException):
 
 
 class CrashingStore(IdempotencyStore):
-    """Delegates to a real store; dies just before or just after the write that reaches a state."""
+    """Delegates to a real store; dies just before or just after the write that moves a record into a state."""
 
     def __init__(self, inner: IdempotencyStore, crash: tuple[str, State | str] | None) -> None:
         super().__init__(lease_s=inner.lease_s, ttl_s=inner.ttl_s)
@@ -68,14 +68,13 @@ class CrashingStore(IdempotencyStore):
     def chains(self, now):
         return self._inner.chains(now)
 
-    def update(self, held, *, now, **changes):
-        self._die_if("before", changes.get("state"))
-        record = self._inner.update(held, now=now, **changes)
-        self._die_if("after", changes.get("state"))
+    def _advance(self, held, changed, *, now):
+        # Every transition's write comes here; only one that moves the record into another state can die.
+        moves_to = changed.state if changed.state is not held.state else None
+        self._die_if("before", moves_to)
+        record = self._inner._advance(held, changed, now=now)
+        self._die_if("after", moves_to)
         return record
-
-    def release(self, held, *, now, not_before=0.0):
-        return self._inner.release(held, now=now, not_before=not_before)
 
     # The inner store does the storage; these are never reached through the overrides above.
     def _load(self, key):

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from devkit.simulator import Simulator
-from function import ItemStatus, Settings, State, format_time, parse_time
+from function import ItemStatus, Settings, format_time, parse_time
 from function._core import RESULT_EVENT_TYPE, event_id, payload_hash
 from tests.support import DATA_DIR, TEST_POLICY, Rig
 
@@ -343,7 +343,7 @@ def test_a_live_holder_makes_a_duplicate_wait(rig):
 def test_a_dead_holder_after_a_recorded_cancel_is_resumed_without_a_second_cancel(rig):
     key = f"securitycenter.googleapis.com/{name('slow-1-a')}"
     record = rig.store.claim_request(key, payload_hash(key), now=rig.clock.now()).record
-    rig.store.update(record, now=rig.clock.now(), state=State.CANCEL_SENT, deadline_at=rig.clock.now() + 3600)
+    rig.store.cancel_sent(record, now=rig.clock.now(), deadline_at=rig.clock.now() + 3600)
     rig.clock.advance(rig.settings.lease_s + 1)
     rig.send(name("slow-1-a"))
     assert rig.simulator.cancel_calls() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import multiprocessing
 import os
@@ -11,7 +12,7 @@ import threading
 import pytest
 
 from function import IdempotencyStore, MemoryStore, SqliteStore, State
-from function._store import ClaimStatus
+from function._store import ClaimStatus, Record, TransitionRefused
 from function.errors import KeyBusy, StaleFence, StoreUnavailable
 from tests.support import open_store
 
@@ -79,20 +80,19 @@ def test_the_old_holder_is_fenced_off_after_a_takeover(store):
     zombie = store.claim_request("k", "h", now=NOW).record
     newer = store.claim_request("k", "h", now=NOW + LEASE + 1).record
     with pytest.raises(StaleFence):
-        store.update(zombie, now=NOW + LEASE + 2, state=State.CANCEL_SENT)
+        store.cancel_sent(zombie, now=NOW + LEASE + 2, deadline_at=NOW + 99)
     with pytest.raises(StaleFence):
-        store.release(zombie, now=NOW + LEASE + 2)
-    assert store.update(newer, now=NOW + LEASE + 2, state=State.CANCEL_SENT).state is State.CANCEL_SENT
+        store.released(zombie, now=NOW + LEASE + 2)
+    assert store.cancel_sent(newer, now=NOW + LEASE + 2, deadline_at=NOW + 99).state is State.CANCEL_SENT
 
 
-def test_updates_keep_state_and_bump_the_version(store):
+def test_transitions_keep_state_and_bump_the_version(store):
     record = store.claim_request("k", "h", now=NOW).record
-    updated = store.update(
-        record, now=NOW + 5, state=State.CANCEL_SENT, cancel_accepted_at=NOW + 5, deadline_at=NOW + 99
-    )
+    updated = store.cancel_sent(record, now=NOW + 5, deadline_at=NOW + 99)
     assert updated.version == record.version + 1
     assert updated.expire_at == NOW + 5 + TTL
-    released = store.release(updated, now=NOW + 6)
+    assert updated.cancel_accepted_at == NOW + 5
+    released = store.released(updated, now=NOW + 6)
     claim = store.claim_request("k", "h", now=NOW + 7)
     assert claim.status is ClaimStatus.ACQUIRED
     assert claim.record.state is State.CANCEL_SENT
@@ -102,8 +102,8 @@ def test_updates_keep_state_and_bump_the_version(store):
 
 def test_a_finished_key_stays_finished_with_its_result(store):
     record = store.claim_request("k", "h", now=NOW).record
-    record = store.update(record, now=NOW, state=State.RESULT_READY, result={"outcome": "CANCELLED"})
-    store.update(record, now=NOW, state=State.FINISHED, lease_until=0.0)
+    record = store.result_ready(record, now=NOW, result={"outcome": "CANCELLED"}, checks=0)
+    store.finished(record, now=NOW)
     claim = store.claim_request("k", "h", now=NOW + 1)
     assert claim.status is ClaimStatus.FINISHED
     assert claim.record.result == {"outcome": "CANCELLED"}
@@ -115,8 +115,7 @@ def test_the_same_key_for_another_payload_is_a_mismatch(store):
 
 
 def test_an_expired_record_counts_as_absent_even_before_ttl_deletion(store):
-    record = store.claim_request("k", "h1", now=NOW).record
-    store.update(record, now=NOW, state=State.FINISHED, lease_until=0.0, result={"outcome": "CANCELLED"})
+    finish(store, store.claim_request("k", "h1", now=NOW).record, {"outcome": "CANCELLED"})
     claim = store.claim_request("k", "h2", now=NOW + TTL + 1)
     assert claim.status is ClaimStatus.ACQUIRED
     assert claim.record.fence == 1
@@ -125,7 +124,7 @@ def test_an_expired_record_counts_as_absent_even_before_ttl_deletion(store):
 
 def test_a_rate_limit_pause_defers_the_next_claim(store):
     record = store.claim_request("k", "h", now=NOW).record
-    store.release(record, now=NOW, not_before=NOW + 30)
+    store.released(record, now=NOW, not_before=NOW + 30)
     with pytest.raises(KeyBusy) as busy:
         store.claim_request("k", "h", now=NOW + 10)
     assert busy.value.retry_after == pytest.approx(20)
@@ -147,17 +146,18 @@ def check(attempt: int, **changes) -> dict:
     }
 
 
-def waiting_for(store, body: dict, attempt: int | None = None):
-    record = store.claim_request("k", "h", now=NOW).record
-    return store.update(
-        record,
-        now=NOW,
-        state=State.CHECKING,
-        attempt=attempt or body["attempt"],
-        check=body,
-        due_at=NOW + 5,
-        lease_until=0.0,
+def waiting_for(store, body: dict, attempt: int | None = None, key: str = "k"):
+    record = store.claim_request(key, "h", now=NOW).record
+    record = store.cancel_sent(record, now=NOW, deadline_at=NOW + 99)
+    return store.check_scheduled(
+        record, now=NOW, attempt=attempt or body["attempt"], check=body, due_at=NOW + 5, checks=1
     )
+
+
+def finish(store, record, result: dict):
+    """A held record's result stored and published: the key is finished."""
+    record = store.result_ready(record, now=NOW, result=result, checks=record.checks)
+    return store.finished(record, now=NOW)
 
 
 def test_only_the_check_the_record_waits_for_is_acquired(store):
@@ -176,23 +176,22 @@ def test_only_the_check_the_record_waits_for_is_acquired(store):
 def test_a_check_for_an_unknown_key_or_before_any_cancel_is_not_run(store):
     assert store.claim_check("nobody", "h", check(1), now=NOW).status is ClaimStatus.UNKNOWN_KEY
     record = store.claim_request("k", "h", now=NOW).record
-    store.release(record, now=NOW)
+    store.released(record, now=NOW)
     assert store.claim_check("k", "h", check(1), now=NOW + 1).status is ClaimStatus.STALE_CHECK
 
 
 def test_the_check_whose_result_is_stored_may_publish_it_again(store):
     record = waiting_for(store, check(1))
     record = store.claim_check("k", "h", check(1), now=NOW + 1).record
-    record = store.update(record, now=NOW + 1, state=State.RESULT_READY, result={"outcome": "CANCELLED"})
-    store.release(record, now=NOW + 1)
+    record = store.result_ready(record, now=NOW + 1, result={"outcome": "CANCELLED"}, checks=2)
+    store.released(record, now=NOW + 1)
     claim = store.claim_check("k", "h", check(1), now=NOW + 2)
     assert claim.status is ClaimStatus.ACQUIRED and claim.record.state is State.RESULT_READY
 
 
 def test_running_chains_are_listed_and_nothing_else(store):
     waiting_for(store, check(2))
-    other = store.claim_request("done", "h", now=NOW).record
-    store.update(other, now=NOW, state=State.FINISHED, lease_until=0.0)
+    finish(store, store.claim_request("done", "h", now=NOW).record, {"outcome": "CANCELLED"})
     store.claim_request("held", "h", now=NOW)
     (chain,) = store.chains(NOW + 1)
     assert (chain.key, chain.attempt, chain.check) == ("k", 2, check(2))
@@ -202,8 +201,7 @@ def test_running_chains_are_listed_and_nothing_else(store):
 
 def test_running_chains_are_listed_past_one_page(store):
     for index in range(305):
-        record = store.claim_request(f"k{index}", "h", now=NOW).record
-        store.update(record, now=NOW, state=State.CHECKING, attempt=1, check=check(1), lease_until=0.0)
+        waiting_for(store, check(1), key=f"k{index}")
     assert len({chain.key for chain in store.chains(NOW + 1)}) == 305
 
 
@@ -212,7 +210,7 @@ def test_each_claim_carries_its_own_token(store):
     taken = store.claim_request("k", "h", now=NOW + LEASE + 1).record
     assert first.claim_token and taken.claim_token and first.claim_token != taken.claim_token
     # Updates keep the claim's token: it names the claim, not the write.
-    assert store.update(taken, now=NOW + LEASE + 1, state=State.CANCEL_SENT).claim_token == taken.claim_token
+    assert store.cancel_sent(taken, now=NOW + LEASE + 1, deadline_at=NOW + 99).claim_token == taken.claim_token
 
 
 def test_backend_failures_surface_as_store_unavailable():
@@ -232,9 +230,7 @@ def test_backend_failures_surface_as_store_unavailable():
 def test_sqlite_records_survive_a_restart(tmp_path):
     path = str(tmp_path / "nested" / "store.sqlite3")
     record = SqliteStore(path, lease_s=LEASE, ttl_s=TTL).claim_request("k", "h", now=NOW).record
-    SqliteStore(path, lease_s=LEASE, ttl_s=TTL).update(
-        record, now=NOW, state=State.FINISHED, result={"outcome": "FAILED"}
-    )
+    finish(SqliteStore(path, lease_s=LEASE, ttl_s=TTL), record, {"outcome": "FAILED"})
     claim = SqliteStore(path, lease_s=LEASE, ttl_s=TTL).claim_request("k", "h", now=NOW + 1)
     assert claim.status is ClaimStatus.FINISHED
     assert claim.record.result == {"outcome": "FAILED"}
@@ -344,11 +340,11 @@ def test_a_lost_update_response_is_recovered_and_a_stale_writer_still_fenced(sto
     store = LostResponses(store)
     record = store.claim_request("k", "h", now=NOW).record
     store.lose = 1
-    updated = store.update(record, now=NOW, state=State.CANCEL_SENT)
+    updated = store.cancel_sent(record, now=NOW, deadline_at=NOW + 99)
     assert updated.state is State.CANCEL_SENT
     # The old version is gone for good: writing from it again is refused, never applied twice.
     with pytest.raises(StaleFence):
-        store.update(record, now=NOW, state=State.CANCEL_SENT)
+        store.cancel_sent(record, now=NOW, deadline_at=NOW + 99)
 
 
 def test_a_store_that_keeps_failing_is_unavailable_after_bounded_attempts(store):
@@ -397,8 +393,7 @@ def test_a_new_key_is_claimed_by_one_create_and_no_read(store):
 
 def test_a_known_key_costs_the_refused_create_and_one_read(store):
     store = Counted(store)
-    record = store.claim_request("k", "h", now=NOW).record
-    store.update(record, now=NOW, state=State.FINISHED, result={"outcome": "CANCELLED"})
+    finish(store, store.claim_request("k", "h", now=NOW).record, {"outcome": "CANCELLED"})
     store.calls.clear()
     assert store.claim_request("k", "h", now=NOW + 1).status is ClaimStatus.FINISHED
     assert store.calls == ["create", "load"]
@@ -411,3 +406,94 @@ def test_an_expired_record_is_deleted_and_the_key_claimed_afresh(store):
     claim = store.claim_request("k", "other", now=NOW + TTL + 1)
     assert claim.status is ClaimStatus.ACQUIRED and claim.record.payload_hash == "other"
     assert store.calls == ["create", "load", "delete", "create"]
+
+
+# Each transition starts only from the states the pipeline reaches it from; written out here, not read
+# from the code, so a widened or narrowed rule fails.
+STARTS_FROM = {
+    "cancel_sent": {State.CLAIMED},
+    "check_scheduled": {State.CANCEL_SENT, State.CHECKING},
+    "scheduling_failed": {State.CHECKING},
+    "deadline_set": {State.CHECKING},
+    "result_ready": {State.CLAIMED, State.CANCEL_SENT, State.CHECKING},
+    "finished": {State.RESULT_READY},
+    "released": {State.CLAIMED, State.CANCEL_SENT, State.CHECKING, State.RESULT_READY},
+}
+
+
+def held_in(store, state: State, key: str) -> Record:
+    """A record of ``key`` in ``state``, written through the store's own transitions, as its holder has it."""
+    record = store.claim_request(key, "h", now=NOW).record
+    if state in (State.RESULT_READY, State.FINISHED):
+        record = store.result_ready(record, now=NOW, result={"outcome": "CANCELLED"}, checks=0)
+        return store.finished(record, now=NOW) if state is State.FINISHED else record
+    if state is State.CLAIMED:
+        return record
+    record = store.cancel_sent(record, now=NOW, deadline_at=NOW + 99)
+    if state is State.CANCEL_SENT:
+        return record
+    return store.check_scheduled(record, now=NOW, attempt=1, check=check(1), due_at=NOW + 5, checks=1)
+
+
+def transition(store, name: str, held: Record) -> Record:
+    later = NOW + 1
+    return {
+        "cancel_sent": lambda: store.cancel_sent(held, now=later, deadline_at=NOW + 99),
+        "check_scheduled": lambda: store.check_scheduled(
+            held, now=later, attempt=2, check=check(2), due_at=NOW + 9, checks=2
+        ),
+        "scheduling_failed": lambda: store.scheduling_failed(
+            held, now=later, back_to=dataclasses.replace(held, state=State.CANCEL_SENT), not_before=0.0
+        ),
+        "deadline_set": lambda: store.deadline_set(held, now=later, deadline_at=NOW + 99),
+        "result_ready": lambda: store.result_ready(held, now=later, result={"outcome": "FAILED"}, checks=1),
+        "finished": lambda: store.finished(held, now=later),
+        "released": lambda: store.released(held, now=later),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", STARTS_FROM)
+def test_each_transition_is_written_only_from_the_states_it_starts_from(store, name):
+    for state in State:
+        key = f"{name}-{state.value}"
+        held = held_in(store, state, key)
+        if state in STARTS_FROM[name]:
+            assert transition(store, name, held).version == held.version + 1
+            continue
+        with pytest.raises(TransitionRefused, match=f"{name} cannot start from {state.value}"):
+            transition(store, name, held)
+        # Refused before any write: the stored record is still the one its holder has.
+        assert store._load(key) == held
+
+
+def test_a_record_refuses_a_transition_from_a_state_it_does_not_start_from():
+    """The same rules on the record alone, and the two a store applies without a name of their own."""
+    fresh = Record.claimed("k", "h", now=NOW, lease_s=LEASE, ttl_s=TTL)
+    for state in State:
+        record = dataclasses.replace(fresh, state=state)
+        if state is State.FINISHED:
+            with pytest.raises(TransitionRefused):
+                record.taken_over(now=NOW, lease_s=LEASE)
+        else:
+            assert record.taken_over(now=NOW, lease_s=LEASE).fence == fresh.fence + 1
+    scheduled = dataclasses.replace(fresh, state=State.CHECKING)
+    for state in State:
+        back_to = dataclasses.replace(fresh, state=state)
+        if state in (State.CANCEL_SENT, State.CHECKING):
+            assert scheduled.scheduling_failed(back_to=back_to, not_before=0.0).state is state
+        else:
+            with pytest.raises(TransitionRefused):
+                scheduled.scheduling_failed(back_to=back_to, not_before=0.0)
+
+
+def test_scheduling_failed_puts_back_the_check_the_chain_waited_for(store):
+    before = held_in(store, State.CHECKING, "k")
+    scheduled = store.check_scheduled(before, now=NOW + 1, attempt=2, check=check(2), due_at=NOW + 9, checks=2)
+    restored = store.scheduling_failed(scheduled, now=NOW + 2, back_to=before, not_before=NOW + 30)
+    assert (restored.state, restored.attempt, restored.check, restored.due_at) == (
+        State.CHECKING,
+        1,
+        check(1),
+        NOW + 5,
+    )
+    assert (restored.checks, restored.lease_until, restored.not_before) == (2, 0.0, NOW + 30)

@@ -6,11 +6,10 @@ Conditional writes go through ``:commit`` with an ``updateTime`` precondition
 Running chains are found with ``:runQuery`` on the ``state`` field (an equality filter ordered by
 document name, which Firestore's automatic single-field indexes serve), a page at a time.
 
-Why REST and not ``google-cloud-firestore``: the store needs four calls (get,
-create-if-absent, update-if-unchanged, delete-if-unchanged), each one request
-with a precondition, while the official client costs 240-400 ms of imports on
-a cold start and a gRPC stack beside the process's one httpx transport. The
-figures are in the README.
+Why REST and not ``google-cloud-firestore``: the store's primitives (get,
+create-if-absent, update-if-unchanged, delete-if-unchanged) are each one request
+with a precondition, while the official client adds a gRPC stack and its imports
+to a cold start, beside the process's one httpx transport (measured: README, "Why Firestore's REST API").
 
 Documents live in one collection, one per key, named by the key's SHA-256 (keys
 may contain ``/``). Each holds the record as JSON plus ``version`` and
@@ -30,11 +29,12 @@ from typing import Any
 
 import httpx
 
-from ._clock import format_time
-from ._gcp.auth import Authenticator, FixedTokenAuth
-from ._gcp.errors import decode_error, error_summary
-from ._store import IdempotencyStore, Record, State
-from .errors import StoreUnavailable
+from .._clock import format_time
+from .._gcp.auth import Authenticator, FixedTokenAuth
+from .._gcp.errors import decode_error, error_summary
+from ..errors import StoreUnavailable
+from .base import IdempotencyStore
+from .record import Record, State
 
 DEFAULT_COLLECTION = "opcancel-idempotency"
 _REMEMBERED_VERSIONS = 4096

@@ -1,0 +1,49 @@
+"""The process-local backend: a dict under a lock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from .base import IdempotencyStore
+from .record import Record, State
+
+
+class MemoryStore(IdempotencyStore):
+    """Process-local; for tests and single-process runs."""
+
+    def __init__(self, *, lease_s: float, ttl_s: float) -> None:
+        super().__init__(lease_s=lease_s, ttl_s=ttl_s)
+        self._records: dict[str, Record] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, key: str) -> Record | None:
+        with self._lock:
+            return self._records.get(key)
+
+    def _create(self, record: Record) -> bool:
+        with self._lock:
+            if record.key in self._records:
+                return False
+            self._records[record.key] = record
+            return True
+
+    def _replace(self, record: Record, expected_version: int) -> bool:
+        with self._lock:
+            current = self._records.get(record.key)
+            if current is None or current.version != expected_version:
+                return False
+            self._records[record.key] = record
+            return True
+
+    def _delete_if_version(self, key: str, expected_version: int) -> bool:
+        with self._lock:
+            current = self._records.get(key)
+            if current is None or current.version != expected_version:
+                return False
+            del self._records[key]
+            return True
+
+    def _checking(self) -> Iterator[Record]:
+        with self._lock:
+            return iter([r for r in self._records.values() if r.state is State.CHECKING])
