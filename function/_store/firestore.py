@@ -73,11 +73,8 @@ class FirestoreStore(IdempotencyStore):
         self._lock = threading.Lock()
 
     def _load(self, key: str) -> Record | None:
-        response = self._request("GET", self._document_url(key))
-        if response.status_code == 404:
-            return None
-        self._expect_success(response)
-        return self._record(response.json())
+        document = self._document(key)
+        return None if document is None else self._record(document)
 
     def _create(self, record: Record) -> bool:
         response = self._request(
@@ -149,12 +146,17 @@ class FirestoreStore(IdempotencyStore):
             known = self._update_times.get((key, version))
         if known is not None:
             return known
+        document = self._document(key)
+        if document is None:
+            return None
+        return document["updateTime"] if self._record(document).version == version else None
+
+    def _document(self, key: str) -> dict[str, Any] | None:
         response = self._request("GET", self._document_url(key))
         if response.status_code == 404:
             return None
         self._expect_success(response)
-        record = self._record(response.json())
-        return response.json()["updateTime"] if record.version == version else None
+        return response.json()
 
     def _record(self, document: dict[str, Any]) -> Record:
         record = Record.from_json(json.loads(document["fields"]["record"]["stringValue"]))

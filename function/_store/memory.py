@@ -30,19 +30,22 @@ class MemoryStore(IdempotencyStore):
 
     def _replace(self, record: Record, expected_version: int) -> bool:
         with self._lock:
-            current = self._records.get(record.key)
-            if current is None or current.version != expected_version:
+            if not self._is_at(record.key, expected_version):
                 return False
             self._records[record.key] = record
             return True
 
     def _delete_if_version(self, key: str, expected_version: int) -> bool:
         with self._lock:
-            current = self._records.get(key)
-            if current is None or current.version != expected_version:
+            if not self._is_at(key, expected_version):
                 return False
             del self._records[key]
             return True
+
+    def _is_at(self, key: str, version: int) -> bool:
+        """Whether ``key`` is stored at ``version``; the caller holds the lock."""
+        current = self._records.get(key)
+        return current is not None and current.version == version
 
     def _checking(self) -> Iterator[Record]:
         with self._lock:
