@@ -9,7 +9,7 @@ document name, which Firestore's automatic single-field indexes serve), a page a
 Why REST and not ``google-cloud-firestore``: the store's primitives (get,
 create-if-absent, update-if-unchanged, delete-if-unchanged) are each one request
 with a precondition, while the official client adds a gRPC stack and its imports
-to a cold start, beside the process's one httpx transport (measured: README, "Why Firestore's REST API").
+to a cold start, beside the process's one httpx transport (measured: docs/design.md, "Why Firestore's REST API").
 
 Documents live in one collection, one per key, named by the key's SHA-256 (keys
 may contain ``/``). Each holds the record as JSON plus ``version`` and
