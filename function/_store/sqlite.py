@@ -9,10 +9,15 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .._backoff import Backoff, TryAgain, retry_context
+from .._clock import SystemClock
 from .._names import escape_text
 from ..errors import StoreUnavailable
 from .base import IdempotencyStore
 from .record import Record, State
+
+
+_SWITCHING_TO_WAL = Backoff(first_s=0.02, max_s=0.5, attempts=30, budget_s=10.0)
 
 
 class SqliteStore(IdempotencyStore):
@@ -40,7 +45,21 @@ class SqliteStore(IdempotencyStore):
     def _connect(self) -> sqlite3.Connection:
         # Autocommit: every statement below is one atomic conditional write by itself.
         connection = sqlite3.connect(self._path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
+        # WAL is a property of the file, so only its first opener switches to it. Processes opening a
+        # new file together can find it locked mid-switch, which SQLite reports at once instead of
+        # waiting out the busy timeout: that is tried again, briefly.
+        try:
+            for attempt in retry_context(_SWITCHING_TO_WAL, SystemClock()):
+                with attempt:
+                    try:
+                        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                            connection.execute("PRAGMA journal_mode=WAL")
+                    except sqlite3.OperationalError as problem:
+                        raise TryAgain(str(problem)) from problem
+        except TryAgain as given_up:
+            connection.close()
+            # SQLite's own error, as every caller of this method expects.
+            raise given_up.__cause__ from None
         # With WAL, NORMAL survives a crash of the process (every commit is in the log before it
         # returns) and skips an fsync per write, which serialised concurrent requests; only a
         # power loss can drop the last commits (README, "Idempotency and its guarantees").

@@ -497,3 +497,24 @@ def test_scheduling_failed_puts_back_the_check_the_chain_waited_for(store):
         NOW + 5,
     )
     assert (restored.checks, restored.lease_until, restored.not_before) == (2, 0.0, NOW + 30)
+
+
+def _open_new_store(path: str, barrier) -> None:
+    barrier.wait()
+    SqliteStore(path, lease_s=60.0, ttl_s=3600.0)
+
+
+def test_processes_opening_a_new_sqlite_file_together_all_start(tmp_path):
+    # Gunicorn's workers open the file at once on a first start; the switch to WAL must not fail one.
+    context = multiprocessing.get_context("spawn")
+    failed = 0
+    for round_ in range(12):
+        barrier = context.Barrier(6)
+        path = str(tmp_path / f"round-{round_}.sqlite3")
+        processes = [context.Process(target=_open_new_store, args=(path, barrier)) for _ in range(6)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(30)
+        failed += sum(process.exitcode != 0 for process in processes)
+    assert failed == 0
