@@ -16,7 +16,6 @@ from ..errors import StoreUnavailable
 from .base import IdempotencyStore
 from .record import Record, State
 
-
 _SWITCHING_TO_WAL = Backoff(first_s=0.02, max_s=0.5, attempts=30, budget_s=10.0)
 
 
