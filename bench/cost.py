@@ -17,8 +17,8 @@ from function import (
     AnonymousAuth,
     InboundMessage,
     Logger,
-    Opcancel,
     OperationsClient,
+    Pipeline,
     Settings,
     SourceKind,
     SqliteStore,
@@ -117,7 +117,7 @@ def _scenario(path: pathlib.Path, title: str, bodies: list[str]) -> Cost:
         auth=AnonymousAuth(), clock=clock, log=log, endpoint="http://simulator.test",
         transport=httpx.WSGITransport(app=simulator),
     )  # fmt: skip
-    service = Opcancel(settings=settings, api=api, publisher=publisher, store=store, clock=clock, log=log)
+    service = Pipeline(settings=settings, api=api, publisher=publisher, store=store, clock=clock, log=log)
     for number, body in enumerate(bodies):
         _deliver(service, InboundMessage(data=body.encode(), message_id=f"m-{number}", kind=SourceKind.PUBSUB))
         while publisher.pending_checks:
@@ -133,7 +133,7 @@ def _scenario(path: pathlib.Path, title: str, bodies: list[str]) -> Cost:
     return Cost(title, operations, calls, publisher.calls, publisher.messages, store.reads, store.writes)
 
 
-def _deliver(service: Opcancel, message: InboundMessage) -> None:
+def _deliver(service: Pipeline, message: InboundMessage) -> None:
     report = service.handle(message)
     if report.must_retry:
         raise RuntimeError(f"a cost scenario needed a redelivery: {report}")

@@ -1,27 +1,27 @@
 """opcancel: cancel Google Cloud long-running operations from events, once per request.
 
-Public surface: ``Runtime`` (what ``main.py`` holds), ``Opcancel`` (the
-pipeline), ``Settings``, the ports' adapters and the error tree in ``errors``.
-Modules are private; import from here.
+The public face: ``Runtime`` (what ``main.py`` holds), ``Pipeline`` (claim, cancel, check, publish one result),
+``Settings``, the ``build_*`` wiring, the ports' adapters, the values that cross them, and the error tree in
+``errors``. These are what main.py, the tests, the bench and the devkit use; the modules behind them are private.
 """
 
 from . import errors
-from ._app import build_api, build_auth, build_publisher, build_scheduler, build_service, build_store
 from ._backoff import PollingPolicy
 from ._clock import SystemClock, format_time, parse_time
-from ._entry import RedeliveryRequested, Runtime, message_from_cloud_event
 from ._gcp.auth import AnonymousAuth, DefaultCredentialsAuth, MetadataServerAuth
 from ._gcp.operations import CancelAnswer, OperationsClient
 from ._gcp.pubsub import PubSubPublisher
 from ._gcp.tasks import CloudTasksScheduler, task_id
 from ._gcp.transport import SharedTransport
 from ._log import Logger
-from ._model import InboundMessage, Outcome, SourceKind
+from ._model import InboundMessage, Outcome, Result, SourceKind
 from ._names import OperationRef, parse_name
+from ._pipeline import ItemStatus, Pipeline
+from ._runtime import RedeliveryRequested, Runtime
 from ._scheduler import RedeliveryScheduler
-from ._service import ItemStatus, Opcancel, Report
 from ._settings import Settings
-from ._store import IdempotencyStore, MemoryStore, Record, SqliteStore, State
+from ._store import IdempotencyStore, MemoryStore, SqliteStore, State
+from ._wiring import build_api, build_auth, build_pipeline, build_publisher, build_scheduler, build_store
 
 
 def __getattr__(name: str):
@@ -45,16 +45,15 @@ __all__ = [
     "Logger",
     "MemoryStore",
     "MetadataServerAuth",
-    "Opcancel",
     "OperationRef",
     "OperationsClient",
     "Outcome",
+    "Pipeline",
     "PollingPolicy",
     "PubSubPublisher",
-    "RedeliveryScheduler",
-    "Record",
     "RedeliveryRequested",
-    "Report",
+    "RedeliveryScheduler",
+    "Result",
     "Runtime",
     "Settings",
     "SharedTransport",
@@ -64,13 +63,12 @@ __all__ = [
     "SystemClock",
     "build_api",
     "build_auth",
+    "build_pipeline",
     "build_publisher",
     "build_scheduler",
-    "build_service",
     "build_store",
     "errors",
     "format_time",
-    "message_from_cloud_event",
     "parse_name",
     "parse_time",
     "task_id",

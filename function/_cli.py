@@ -27,15 +27,14 @@ from typing import Any
 
 import click
 
-from ._app import build_api, build_auth, build_publisher, build_service
 from ._clock import Clock, SystemClock, format_time
-from ._core import next_due, operation_error, outcome_of
+from ._core import next_due
 from ._gcp.auth import Authenticator
-from ._gcp.operations import OperationsClient
+from ._gcp.operations import OperationsClient, operation_error, outcome_of
 from ._gcp.pubsub import Publisher
 from ._gcp.transport import SharedTransport
 from ._log import Logger
-from ._model import CancelRequest, InboundMessage, Outcome, Rejection, Source, SourceKind
+from ._model import CancelRequest, InboundMessage, Outcome, Rejection, Result, SourceKind
 from ._names import (
     GLOBAL,
     LOCATION_ALIASES,
@@ -45,14 +44,15 @@ from ._names import (
     OperationParent,
     OperationRef,
     allows,
-    check_location,
     escape_text,
     parse_parent,
+    validate_location,
     version_for,
 )
-from ._requests import Parsed, parse_message
-from ._service import ItemStatus, Opcancel
+from ._parsing import Parsed, parse_message
+from ._pipeline import ItemStatus, Pipeline
 from ._settings import MAX_DEADLINE_S, PollingPolicy, Settings
+from ._wiring import build_api, build_auth, build_pipeline, build_publisher
 from .errors import (
     ApiRejected,
     ApiUnavailable,
@@ -120,7 +120,7 @@ class CliClients:
     #: Whether a person can answer a confirmation prompt; tests say so rather than own a terminal.
     is_terminal: Callable[[], bool] = lambda: sys.stdin.isatty()
     #: Builds the function's own pipeline (store, scheduler); only ``resume`` needs it, so it is built on demand.
-    service: Callable[[], Opcancel] | None = None
+    pipeline: Callable[[], Pipeline] | None = None
 
 
 def main() -> None:
@@ -139,7 +139,7 @@ def main() -> None:
         api=build_api(settings, auth=auth, clock=clock, log=Logger(sys.stderr), transport=transport),
         clock=clock,
         publisher=build_publisher(settings, auth=auth, clock=clock, transport=transport) if settings.project else None,
-        service=lambda: build_service(settings, log=Logger(sys.stderr)),
+        pipeline=lambda: build_pipeline(settings, log=Logger(sys.stderr)),
     )
     cli.main(prog_name="python -m function", obj=clients)
 
@@ -281,25 +281,29 @@ def cancel(
     requested_at = clients.clock.now()
     parsed = _single(clients, name, location, api_version)
     if isinstance(parsed, Rejection):
-        report = _Report(
-            parsed.offending,
-            parsed.location,
-            parsed.api_version,
-            parsed.service,
-            parsed.idempotency_key,
-            parsed.source,
-            requested_at,
+        result = Result(
+            operation=parsed.offending,
+            location=parsed.location,
+            api_version=parsed.api_version,
+            outcome=Outcome.REJECTED,
+            idempotency_key=parsed.idempotency_key,
+            requested_at=requested_at,
+            finished_at=requested_at,
+            checks=0,
+            final_operation=None,
+            error=parsed.error,
+            source=parsed.source,
+            service=parsed.service,
         )
-        report.finish(Outcome.REJECTED, requested_at, parsed.error)
     else:
         _require_credentials(clients)
         policy = _waiting_policy(clients.settings.polling, interval, timeout) if wait else None
-        report = _cancel(clients, parsed, requested_at, policy)
+        result = _cancel(clients, parsed, requested_at, policy)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        click.echo(report.describe())
-    sys.exit(exit_for(report.outcome) if report.outcome is not None else Exit.OK)
+        click.echo(_describe(result))
+    sys.exit(exit_for(result.outcome) if result.outcome is not None else Exit.OK)
 
 
 @cli.command()
@@ -424,11 +428,11 @@ def resume(clients: CliClients, dry_run: bool, as_json: bool) -> None:
     from several places (Cloud Scheduler, by hand): a chain resumed by one run
     is no longer overdue for the next.
     """
-    if clients.service is None:
+    if clients.pipeline is None:
         raise CliFailure("resume needs the function's configuration", Exit.BAD_CONFIGURATION)
     try:
-        service = clients.service()
-        overdue = service.overdue_chains()
+        pipeline = clients.pipeline()
+        overdue = pipeline.overdue_chains()
     except ConfigError as problem:
         raise CliFailure(str(problem), Exit.BAD_CONFIGURATION) from None
     except TransientError as problem:
@@ -446,7 +450,7 @@ def resume(clients: CliClients, dry_run: bool, as_json: bool) -> None:
                 "overdue_s": round(now - (record.due_at or 0.0), 1),
             }
         )
-    reports = [] if dry_run else service.resume(overdue)
+    reports = [] if dry_run else pipeline.resume(overdue)
     for row, report in zip(rows, reports, strict=False):
         row["resumed"] = report.status is ItemStatus.ACCEPTED
         row["detail"] = report.detail
@@ -468,65 +472,44 @@ def resume(clients: CliClients, dry_run: bool, as_json: bool) -> None:
         raise CliFailure("some chains could not be resumed; run resume again", Exit.UNAVAILABLE)
 
 
-@dataclass
-class _Report:
-    """What ``cancel`` found, printed like a result event's data."""
-
-    operation: str
-    location: str
-    api_version: str
-    service: str | None
-    idempotency_key: str
-    source: Source
-    requested_at: float
-    #: None while the operation runs after a cancel without --wait.
-    outcome: Outcome | None = None
-    finished_at: float | None = None
-    checks: int = 0
-    final_operation: dict[str, Any] | None = None
-    error: str | None = None
-
-    def finish(self, outcome: Outcome, now: float, error: str | None) -> _Report:
-        self.outcome, self.finished_at, self.error = outcome, now, error
-        return self
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "operation": self.operation,
-            "location": self.location,
-            "api_version": self.api_version,
-            "service": self.service,
-            "outcome": self.outcome.value if self.outcome is not None else None,
-            "idempotency_key": self.idempotency_key,
-            "requested_at": format_time(self.requested_at),
-            "finished_at": format_time(self.finished_at) if self.finished_at is not None else None,
-            "checks": self.checks,
-            "final_operation": self.final_operation,
-            "error": self.error,
-            "source": self.source.to_json(),
-        }
-
-    def describe(self) -> str:
-        # A projects/... name says which API only with its service in front.
-        shown = self.operation
-        if self.service not in (None, SERVICE) and shown.startswith("projects/"):
-            shown = f"//{self.service}/{shown}"
-        if self.outcome is None:
-            return f"cancel accepted for {shown}; still running (follow it with --wait, or get)"
-        line = f"{self.outcome.value} {shown}"
-        return _echo(f"{line}: {self.error}") if self.error else line
+def _describe(result: Result) -> str:
+    """What ``cancel`` found, as one line for a person."""
+    # A projects/... name says which API only with its service in front.
+    shown = result.operation
+    if result.service not in (None, SERVICE) and shown.startswith("projects/"):
+        shown = f"//{result.service}/{shown}"
+    if result.outcome is None:
+        return f"cancel accepted for {shown}; still running (follow it with --wait, or get)"
+    line = f"{result.outcome.value} {shown}"
+    return _echo(f"{line}: {result.error}") if result.error else line
 
 
-def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, policy: PollingPolicy | None) -> _Report:
-    """Cancel, then get at once; with a ``policy``, keep getting until done or its deadline."""
+def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, policy: PollingPolicy | None) -> Result:
+    """Cancel, then get at once; with a ``policy``, keep getting until done or its deadline. The result has no
+    outcome when the operation still runs after a cancel without a ``policy``."""
     ref, clock = request.ref, clients.clock
-    report = _Report(
-        ref.name, ref.location, ref.api_version, ref.service_name, request.idempotency_key, request.source, requested_at
+    running = Result(
+        operation=ref.name,
+        location=ref.location,
+        api_version=ref.api_version,
+        outcome=None,
+        idempotency_key=request.idempotency_key,
+        requested_at=requested_at,
+        finished_at=None,
+        checks=0,
+        final_operation=None,
+        error=None,
+        source=request.source,
+        service=ref.service_name,
     )
+
+    def finished(outcome: Outcome, error: str | None) -> Result:
+        return replace(running, outcome=outcome, finished_at=clock.now(), error=error)
+
     try:
         clients.api.cancel(ref)
     except ApiRejected as refusal:
-        return report.finish(Outcome(refusal.outcome), clock.now(), str(refusal))
+        return finished(Outcome(refusal.outcome), str(refusal))
     except ApiUnavailable as trouble:
         message = f"Operations API unavailable: {trouble}; the cancel may not have been sent, and is safe to repeat"
         raise CliFailure(_echo(message), Exit.API_UNAVAILABLE) from None
@@ -539,27 +522,24 @@ def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, po
         try:
             operation = clients.api.get(ref)
         except ApiRejected as refusal:
-            report.checks += 1
-            return report.finish(Outcome(refusal.outcome), clock.now(), str(refusal))
+            running = replace(running, checks=running.checks + 1)
+            return finished(Outcome(refusal.outcome), str(refusal))
         except ApiUnavailable as trouble:
             message = f"Operations API unavailable: {trouble}; the cancel was sent: follow it with get {ref.name}"
             raise CliFailure(_echo(message), Exit.API_UNAVAILABLE) from None
-        report.checks += 1
-        report.final_operation = operation
+        running = replace(running, checks=running.checks + 1, final_operation=operation)
         now = clock.now()
         outcome = outcome_of(operation)
         if outcome is not None:
-            return report.finish(outcome, now, operation_error(operation) if outcome is Outcome.FAILED else None)
+            return finished(outcome, operation_error(operation) if outcome is Outcome.FAILED else None)
         if policy is None:
-            return report
+            return running
         deadline_at = accepted_at + policy.deadline_s
         if now >= deadline_at:
-            return report.finish(
-                Outcome.TIMED_OUT, now, f"operation still running at the deadline {format_time(deadline_at)}"
-            )
+            return finished(Outcome.TIMED_OUT, f"operation still running at the deadline {format_time(deadline_at)}")
         attempt += 1
         due = next_due(policy, attempt, now=now, deadline_at=deadline_at)
-        progress(f"get {report.checks}: still running; next get in {_seconds(due - now)}")
+        progress(f"get {running.checks}: still running; next get in {_seconds(due - now)}")
         clock.sleep(due - now)
 
 
@@ -610,13 +590,13 @@ def _parent(clients: CliClients, text: str, location: str | None, api_version: s
             shown = parsed.name if service.is_scc else f"//{service.service_name}/{parsed.name}"
             raise CliFailure(f"{shown} is not in OPCANCEL_ALLOWED_PARENTS", Exit.REJECTED)
         if service.is_scc:
-            place = check_location(location or GLOBAL)
+            place = validate_location(location or GLOBAL)
             version = api_version or version_for(place, settings.api_version)
         else:
             if location is not None:
                 raise InvalidRequest("--location applies to organizations/ORG parents; other parents name their own")
             place, version = parsed.location or GLOBAL, api_version or service.version
-        return OperationParent(parsed.name, place, service.check_version(version), service)
+        return OperationParent(parsed.name, place, service.validate_version(version), service)
     except InvalidRequest as problem:
         raise CliFailure(f"{escape_text(text)}: {problem}", Exit.REJECTED) from None
 

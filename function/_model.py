@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._clock import format_time, parse_time
 from ._names import OperationRef
 
 
@@ -40,6 +41,11 @@ class Source:
         if self.incident_id is not None:
             data["incident_id"] = self.incident_id
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Source:
+        """The stored form back, as ``to_json`` wrote it (a check's source is validated in ``_messages``)."""
+        return cls(SourceKind(data["kind"]), data.get("message_id"), data.get("incident_id"))
 
 
 @dataclass(frozen=True)
@@ -100,13 +106,54 @@ class Result:
     operation: str
     location: str
     api_version: str
-    outcome: Outcome
+    #: None, with ``finished_at``, only in the CLI's report of a cancel whose operation still runs.
+    outcome: Outcome | None
     idempotency_key: str
     requested_at: float
-    finished_at: float
+    finished_at: float | None
     checks: int
     final_operation: dict[str, Any] | None
     error: str | None
     source: Source
     #: ``securitycenter.googleapis.com``, ``aiplatform.googleapis.com``; None for a name that named no known service.
     service: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The one schema of a result: what the store keeps, the results topic carries and the CLI prints."""
+        return {
+            "operation": self.operation,
+            "location": self.location,
+            "api_version": self.api_version,
+            "service": self.service,
+            "outcome": self.outcome.value if self.outcome is not None else None,
+            "idempotency_key": self.idempotency_key,
+            "requested_at": format_time(self.requested_at),
+            "finished_at": format_time(self.finished_at) if self.finished_at is not None else None,
+            "checks": self.checks,
+            "final_operation": self.final_operation,
+            "error": self.error,
+            "source": self.source.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Result:
+        """A stored result back; ``to_json`` of it gives the same JSON, so a republish is identical."""
+        return cls(
+            operation=data["operation"],
+            location=data["location"],
+            api_version=data["api_version"],
+            outcome=Outcome(data["outcome"]),
+            idempotency_key=data["idempotency_key"],
+            requested_at=parse_time(data["requested_at"]),
+            finished_at=parse_time(data["finished_at"]),
+            checks=data["checks"],
+            final_operation=data["final_operation"],
+            error=data["error"],
+            source=Source.from_json(data["source"]),
+            service=data.get("service"),
+        )
+
+    @property
+    def succeeded(self) -> bool:
+        """The operation stopped, by the cancel or by finishing first: worth a notice, not a warning."""
+        return self.outcome in (Outcome.CANCELLED, Outcome.COMPLETED)

@@ -68,7 +68,7 @@ def version_for(location: str, configured: str) -> str:
     return configured if location == GLOBAL else REGIONAL_VERSION
 
 
-def check_pair(location: str, version: str) -> None:
+def validate_pair(location: str, version: str) -> None:
     """Regional endpoints serve v2 only, so any other version there is refused before a call is made."""
     if location != GLOBAL and version != REGIONAL_VERSION:
         raise InvalidRequest(
@@ -82,7 +82,7 @@ class Service:
     """One API serving ``google.longrunning`` operations: its versions and how its host follows from a location.
 
     ``host`` is the host for a named location and may hold ``{location}``; ``global_host``
-    serves the location ``global`` and names with no location. Every field is checked
+    serves the location ``global`` and names with no location. Every field is validated
     here, so no entry (built in or from ``OPCANCEL_SERVICES``) can make a URL point elsewhere
     than a ``googleapis.com`` host.
     """
@@ -130,9 +130,9 @@ class Service:
             return self.global_host
         return self.host.replace(_LOCATION_PLACEHOLDER, location)
 
-    def check_version(self, value: object) -> str:
+    def validate_version(self, value: object) -> str:
         if self.is_scc:
-            return check_version(value)
+            return validate_version(value)
         if value not in self.versions:
             raise InvalidRequest(
                 f"unknown API version {escape_text(str(value), 40)} for {self.service_name}; "
@@ -238,18 +238,18 @@ class ServiceRegistry:
 REGISTRY = ServiceRegistry()
 
 
-def _check_target(service: Service, path: str, location: str, version: str, *, operation: bool) -> None:
-    """What every ref and parent checks about itself: a valid path, its location and a version its service serves."""
+def _validate_target(service: Service, path: str, location: str, version: str, *, operation: bool) -> None:
+    """What every ref and parent validates about itself: a valid path, its location and a version its service serves."""
     place = _parse_path(service, path, operation=operation)
     if service.is_scc:
-        check_version(version)
+        validate_version(version)
         if location not in LOCATIONS:
             raise InvalidRequest(f"unknown location {escape_text(location, 40)}")
-        check_pair(location, version)
+        validate_pair(location, version)
         return
     if location != (place or GLOBAL):
         raise InvalidRequest(f"location {escape_text(location, 40)} is not the name's own ({place or GLOBAL})")
-    service.check_version(version)
+    service.validate_version(version)
 
 
 @dataclass(frozen=True)
@@ -263,8 +263,8 @@ class OperationRef:
     service: Service = SCC_SERVICE
 
     def __post_init__(self) -> None:
-        # Every ref becomes a URL, so it is checked wherever one is made, not only where requests are parsed.
-        _check_target(self.service, self.name, self.location, self.api_version, operation=True)
+        # Every ref becomes a URL, so it is validated wherever one is made, not only where requests are parsed.
+        _validate_target(self.service, self.name, self.location, self.api_version, operation=True)
 
     @property
     def parent(self) -> str:
@@ -299,7 +299,7 @@ class OperationParent:
     service: Service = SCC_SERVICE
 
     def __post_init__(self) -> None:
-        _check_target(self.service, self.path, self.location, self.api_version, operation=False)
+        _validate_target(self.service, self.path, self.location, self.api_version, operation=False)
 
     @property
     def host(self) -> str:
@@ -422,8 +422,8 @@ def _parse_url(name: str, services: ServiceRegistry) -> ParsedName:
                 f"host {escape_text(host, 80)} is not a Security Command Center API host "
                 f"(securitycenter[.{{{','.join(_REGION_LOCATIONS)}}}.rep].googleapis.com)"
             )
-    version = check_version(match["version"])
-    check_pair(location, version)
+    version = validate_version(match["version"])
+    validate_pair(location, version)
     return ParsedName(_parse_scc_path(rest, operation=True), location=location, api_version=version)
 
 
@@ -441,7 +441,7 @@ def _parse_service_url(host: str, version: str, rest: str, services: ServiceRegi
             f"host {escape_text(host, 80)} serves {', '.join(s.name for s in matching)}: use the full resource name"
         )
     (service,) = matching
-    return ParsedName(rest, service, place, service.check_version(version))
+    return ParsedName(rest, service, place, service.validate_version(version))
 
 
 def _parse_path(service: Service, path: str, *, operation: bool) -> str | None:
@@ -475,7 +475,7 @@ def _parse_project_path(path: str, *, operation: bool, what: str = "operation na
             "a letter first"
         )
     if operation:
-        _check_operation_id(tail[1])
+        _validate_operation_id(tail[1])
     return place
 
 
@@ -493,18 +493,18 @@ def _parse_scc_path(path: str, *, operation: bool) -> str:
         raise InvalidRequest("operation names must be organizations/ORG/operations/ID")
     if not _ORG.fullmatch(segments[1]):
         raise InvalidRequest("organization must be 1-32 digits without a leading zero")
-    _check_operation_id(segments[3])
+    _validate_operation_id(segments[3])
     return path
 
 
-def _check_operation_id(operation_id: str) -> None:
+def _validate_operation_id(operation_id: str) -> None:
     if not _OP_ID.fullmatch(operation_id):
         raise InvalidRequest("operation id must be 1-128 characters of A-Z a-z 0-9 . _ ~ -")
     if operation_id in (".", ".."):
         raise InvalidRequest("operation id must not be '.' or '..'")
 
 
-def check_location(value: object) -> str:
+def validate_location(value: object) -> str:
     """A location by its canonical name, aliases resolved (``me-central2`` is reported as ``sa``)."""
     location = LOCATION_ALIASES.get(value, value) if isinstance(value, str) else value
     if location not in LOCATIONS:
@@ -513,7 +513,7 @@ def check_location(value: object) -> str:
     return str(location)
 
 
-def check_version(value: object) -> str:
+def validate_version(value: object) -> str:
     if value not in VERSIONS:
         raise InvalidRequest(
             f"unknown API version {escape_text(str(value), 40)}; expected one of {', '.join(VERSIONS)}"
@@ -521,7 +521,7 @@ def check_version(value: object) -> str:
     return str(value)
 
 
-def check_known_version(value: object, services: ServiceRegistry = REGISTRY) -> str:
+def validate_known_version(value: object, services: ServiceRegistry = REGISTRY) -> str:
     """An ``api_version`` field read before its service is known: one that some registered service serves."""
     known = services.known_versions()
     if value not in known:

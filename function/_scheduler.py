@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ._core import check_message
 from ._gcp.pubsub import Publisher
+from ._messages import check_message
 from ._model import CheckRequest
 
 

@@ -20,8 +20,8 @@ from function import (
     InboundMessage,
     Logger,
     MemoryStore,
-    Opcancel,
     OperationsClient,
+    Pipeline,
     PollingPolicy,
     Settings,
     SourceKind,
@@ -172,7 +172,7 @@ class Rig:
                 transport=httpx.WSGITransport(app=self.cloudtasks),
                 jitter=lambda: 0.5,
             )
-        self.service = Opcancel(
+        self.service = Pipeline(
             settings=self.settings,
             api=self.api,
             publisher=self.publisher,

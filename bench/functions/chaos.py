@@ -26,8 +26,8 @@ import functions_framework
 from function import (
     IdempotencyStore,
     Logger,
-    Opcancel,
     OperationsClient,
+    Pipeline,
     PubSubPublisher,
     Runtime,
     Settings,
@@ -187,7 +187,7 @@ publisher = FaultyPublisher(
         budget_s=2.0,
     )
 )  # fmt: skip
-service = Opcancel(
+service = Pipeline(
     settings=settings,
     # Retry budgets kept well inside OPCANCEL_LEASE_S, as the deployment keeps its 540 s timeout inside 600 s:
     # a live worker is never taken over, only a dead one.

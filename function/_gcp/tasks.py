@@ -14,7 +14,7 @@ from collections.abc import Callable
 import httpx
 
 from .._clock import Clock, format_time
-from .._core import check_message
+from .._messages import check_message
 from .._model import CheckRequest
 from ..errors import ScheduleFailed
 from .auth import SCOPE, Authenticator

@@ -88,7 +88,7 @@ def test_the_floor_handler_publishes_what_opcancel_publishes(monkeypatch):
     import json
 
     from bench._harness import FUNCTIONS
-    from function._core import result_message, result_to_json
+    from function._messages import result_message
     from function._model import Outcome, Result, Source, SourceKind
 
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "bench-project")
@@ -100,21 +100,19 @@ def test_the_floor_handler_publishes_what_opcancel_publishes(monkeypatch):
     name = f"{ORG}/operations/warm-floor-123"
     operation = {"name": name, "done": True, "error": {"code": 1, "message": "Operation was cancelled."}}
     ours_data, ours_attributes = result_message(
-        result_to_json(
-            Result(
-                operation=name,
-                location="global",
-                api_version="v2",
-                outcome=Outcome.CANCELLED,
-                idempotency_key=f"securitycenter.googleapis.com/{name}",
-                requested_at=1_790_000_000.123,
-                finished_at=1_790_000_000.456,
-                checks=1,
-                final_operation=operation,
-                error=None,
-                source=Source(SourceKind.PUBSUB, "123"),
-                service="securitycenter.googleapis.com",
-            )
+        Result(
+            operation=name,
+            location="global",
+            api_version="v2",
+            outcome=Outcome.CANCELLED,
+            idempotency_key=f"securitycenter.googleapis.com/{name}",
+            requested_at=1_790_000_000.123,
+            finished_at=1_790_000_000.456,
+            checks=1,
+            final_operation=operation,
+            error=None,
+            source=Source(SourceKind.PUBSUB, "123"),
+            service="securitycenter.googleapis.com",
         ),
         project="bench-project",
     )

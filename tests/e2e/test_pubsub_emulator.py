@@ -17,7 +17,7 @@ import pytest
 
 from devkit.emulators import EmulatorUnavailable
 from devkit.local_stack import LocalStack
-from function._core import RESULT_EVENT_TYPE, event_id
+from function._messages import RESULT_EVENT_TYPE, event_id
 
 pytestmark = pytest.mark.emulator
 

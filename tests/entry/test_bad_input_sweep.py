@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from function import Runtime, Settings
 from function._names import parse_name
-from function._requests import MAX_BODY_BYTES
+from function._parsing import MAX_BODY_BYTES
 from function.errors import InvalidRequest
 from tests.entry.test_entrypoints import WIRED
 from tests.support import TEST_POLICY, Rig

@@ -361,7 +361,7 @@ def test_resume_lists_overdue_chains_and_resumes_them(mode):
         auth=None,
         api=chain.rig.api,
         clock=chain.rig.clock,
-        service=lambda: chain.rig.service,
+        pipeline=lambda: chain.rig.service,
     )
     runner = CliRunner()
     fresh = runner.invoke(cli, ["resume", "--dry-run"], obj=clients)
@@ -397,7 +397,7 @@ def test_resume_exits_unavailable_when_a_chain_cannot_be_rescheduled():
         auth=None,
         api=chain.rig.api,
         clock=chain.rig.clock,
-        service=lambda: chain.rig.service,
+        pipeline=lambda: chain.rig.service,
     )
     result = CliRunner().invoke(cli, ["resume"], obj=clients)
     assert result.exit_code == Exit.UNAVAILABLE

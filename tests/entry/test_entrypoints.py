@@ -406,7 +406,7 @@ def test_main_loads_only_what_requirements_txt_installs_and_nothing_heavy(tmp_pa
     probe = (
         "import sys, main\n"
         "from function import InboundMessage\n"
-        "main.runtime._service.handle(InboundMessage(data=b'organizations/1/operations/../x'))\n"
+        "main.runtime._pipeline.handle(InboundMessage(data=b'organizations/1/operations/../x'))\n"
         "heavy = ('grpc', 'google.protobuf', 'google.cloud.pubsub_v1', 'google.api_core', 'requests', 'function._store.firestore')\n"
         "print(sorted(name for name in heavy if name in sys.modules))\n"
     )

@@ -21,7 +21,7 @@ from cloudevents.http import CloudEvent
 
 from function import FirestoreStore, Runtime, Settings
 from function._gcp.auth import Authenticator
-from function._requests import MAX_BODY_BYTES
+from function._parsing import MAX_BODY_BYTES
 from tests.entry.test_entrypoints import NAME, load_wired, post_event, pubsub_event
 from tests.support import DATA_DIR, TEST_POLICY, Rig
 

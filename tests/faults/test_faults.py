@@ -23,7 +23,6 @@ from devkit.simulator import Simulator, serve
 from function import (
     AnonymousAuth,
     Logger,
-    Opcancel,
     OperationsClient,
     RedeliveryRequested,
     Runtime,
@@ -32,6 +31,9 @@ from function import (
     SystemClock,
     errors,
     parse_time,
+)
+from function import (
+    Pipeline as FunctionPipeline,
 )
 from function._store import IdempotencyStore
 from tests.support import FakeClock, MemoryPublisher, Rig, checks_source, open_store
@@ -304,7 +306,7 @@ def _deliver_in_process(store_spec: dict[str, Any], endpoint: str, message_id: s
     publisher = MemoryPublisher()
     log = Logger(io.StringIO())
     clock = SystemClock()
-    service = Opcancel(
+    service = FunctionPipeline(
         settings=settings,
         api=OperationsClient(
             auth=AnonymousAuth(), clock=clock, log=log, endpoint=endpoint, transport=httpx.HTTPTransport()

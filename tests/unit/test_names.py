@@ -14,10 +14,10 @@ from function._names import (
     SERVICE,
     VERSIONS,
     ParsedName,
-    check_location,
-    check_version,
     escape_text,
     host_for,
+    validate_location,
+    validate_version,
 )
 from function.errors import InvalidRequest
 
@@ -101,8 +101,8 @@ def test_a_ref_refuses_an_unknown_location_or_version():
 
 
 def test_me_central2_is_an_alias_of_sa():
-    assert check_location("me-central2") == "sa"
-    assert check_location("sa") == "sa"
+    assert validate_location("me-central2") == "sa"
+    assert validate_location("sa") == "sa"
 
 
 @pytest.mark.parametrize("text", [f"  {RELATIVE}  ", f"\n{RELATIVE}\n", f"\t{RELATIVE}\r\n"])
@@ -421,29 +421,29 @@ def test_rejection_messages_escape_a_hostile_version():
 
 @pytest.mark.parametrize("location", LOCATIONS)
 def test_check_location_accepts_each_location(location):
-    assert check_location(location) == location
+    assert validate_location(location) == location
 
 
 @pytest.mark.parametrize("value", ["", "Global", "EU", "europe-west1", None, 1, ["eu"], "eu\n"])
 def test_check_location_rejects_the_rest(value):
     with pytest.raises(InvalidRequest, match="unknown location"):
-        check_location(value)
+        validate_location(value)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_check_version_accepts_each_version(version):
-    assert check_version(version) == version
+    assert validate_version(version) == version
 
 
 @pytest.mark.parametrize("value", ["", "V1", "v3", "v1beta", None, 1, ["v1"], "v1\x00"])
 def test_check_version_rejects_the_rest(value):
     with pytest.raises(InvalidRequest, match="unknown API version"):
-        check_version(value)
+        validate_version(value)
 
 
 def test_check_location_escapes_what_it_echoes():
     with pytest.raises(InvalidRequest) as caught:
-        check_location("eu\x00\x1b" + "x" * 100)
+        validate_location("eu\x00\x1b" + "x" * 100)
     message = str(caught.value)
     assert "\x00" not in message and "\x1b" not in message
     assert "x" * 40 not in message

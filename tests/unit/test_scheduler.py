@@ -16,8 +16,8 @@ import pytest
 
 from devkit.cloudtasks import CloudTasks
 from function import CloudTasksScheduler, OperationRef, RedeliveryScheduler, format_time, task_id
-from function._core import check_message
 from function._gcp.auth import Authenticator
+from function._messages import check_message
 from function._model import CheckRequest, Source, SourceKind
 from function.errors import ScheduleFailed
 from tests.support import FakeClock, MemoryPublisher, Scripted

@@ -1,8 +1,9 @@
 """The pipeline: claim, cancel, check, publish one result. Adapters come in through the constructor.
 
-``Opcancel.handle`` never decides acknowledge-or-retry: it returns a report in
-which each item says what happened, transient trouble included, and the entry
-point decides.
+``Pipeline.handle`` never decides acknowledge-or-retry: it returns a report in
+which each item says what happened, transient trouble included, and the
+runtime decides. Every result leaves through ``_finish``: store it, publish it,
+mark the key finished.
 """
 
 from __future__ import annotations
@@ -10,23 +11,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ._clock import Clock, format_time
-from ._core import check_body, next_due, operation_error, outcome_of, payload_hash, result_message, result_to_json
-from ._gcp.operations import CancelAnswer, OperationsApi
+from ._core import next_due
+from ._gcp.operations import CancelAnswer, OperationsApi, operation_error, outcome_of
 from ._gcp.pubsub import Publisher
 from ._log import Logger, current_trace, traced
+from ._messages import check_body, parse_check, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef, allows
-from ._requests import parse_check, parse_message
+from ._parsing import parse_message
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
 from .errors import ApiRejected, CheckNotDue, InvalidRequest, StaleFence, TransientError
+
+
+def payload_hash(identity: str) -> str:
+    """What a key is bound to: a request naming another operation under the same key is told apart by it."""
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()
 
 
 class ItemStatus(enum.Enum):
@@ -71,7 +79,7 @@ class Report:
         return any(item.status is ItemStatus.RETRY for item in self.items)
 
 
-class Opcancel:
+class Pipeline:
     def __init__(
         self,
         *,
@@ -184,15 +192,9 @@ class Opcancel:
                 operation=ref.name,
                 idempotency_key=key,
             )
-            return self._publish_unstored(
-                ref.name,
-                key,
-                request.source,
-                ref.location,
-                ref.api_version,
-                "idempotency_key is already bound to a different operation",
-                service=ref.service_name,
-            )
+            error = "idempotency_key is already bound to a different operation"
+            now = self._clock.now()
+            return self._finish(self._result(ref, key, request.source, Outcome.REJECTED, error, requested_at=now))
         if claim.status is ClaimStatus.CHAIN_RUNNING and claim.record is not None:
             now = self._clock.now()
             if self._overdue(claim.record, now):
@@ -211,48 +213,46 @@ class Opcancel:
                 fence=record.fence,
             )
         if record.state is State.RESULT_READY:
-            return self._publish_result(record)
+            return self._finish_stored(record)
         if record.state is State.CLAIMED:
             if claim.resumed:
-                record = self._get_before_cancel(record, request)
-                if record.state is State.RESULT_READY:
-                    return self._publish_result(record)
-            record = self._cancel(record, request)
-            if record.state is State.RESULT_READY:
-                return self._publish_result(record)
+                looked = self._get_before_cancel(record, request)
+                if isinstance(looked, ItemReport):
+                    return looked
+                record = looked
+            sent = self._cancel(record, request)
+            if isinstance(sent, ItemReport):
+                return sent
+            record = sent
         return self._check(record, ref, request.source)
 
-    def _get_before_cancel(self, record: Record, request: CancelRequest) -> Record:
+    def _get_before_cancel(self, record: Record, request: CancelRequest) -> Record | ItemReport:
         """On a key taken back before any cancel was recorded, look first: the earlier holder may have
         died after the API accepted its cancel, and if the operation is done a second cancel is not needed.
-        Returns the record with its result ready, or with this ``get`` counted, to go on to cancel."""
-        ref = request.ref
+        Returns the finished item when it is done, else the record with this ``get`` counted, to go on to cancel."""
+        ref, checks = request.ref, record.checks + 1
         try:
-            operation = self._api.get(ref)
+            with self._released_on_trouble(record):
+                operation = self._api.get(ref)
         except ApiRejected as refusal:
-            return self._ready(
-                record, ref, request.source, Outcome(refusal.outcome), str(refusal), None, checks=record.checks + 1
-            )
-        except TransientError as trouble:
-            self._release(record, trouble)
-            raise
+            return self._conclude(record, self._refused(record, ref, request.source, refusal, checks=checks))
         outcome = outcome_of(operation)
         if outcome is None:
-            return dataclasses.replace(record, checks=record.checks + 1)
+            return dataclasses.replace(record, checks=checks)
         error = operation_error(operation) if outcome is Outcome.FAILED else None
-        return self._ready(record, ref, request.source, outcome, error, operation, checks=record.checks + 1)
+        result = self._result(
+            ref, record.key, request.source, outcome, error, operation, checks=checks, requested_at=record.requested_at
+        )
+        return self._conclude(record, result)
 
-    def _cancel(self, record: Record, request: CancelRequest) -> Record:
+    def _cancel(self, record: Record, request: CancelRequest) -> Record | ItemReport:
+        """Send the cancel; returns the record waiting for checks, or the finished item when the API refused."""
         ref = request.ref
         try:
-            answer = self._api.cancel(ref)
+            with self._released_on_trouble(record):
+                answer = self._api.cancel(ref)
         except ApiRejected as refusal:
-            return self._ready(
-                record, ref, request.source, Outcome(refusal.outcome), str(refusal), None, checks=record.checks
-            )
-        except TransientError as trouble:
-            self._release(record, trouble)
-            raise
+            return self._conclude(record, self._refused(record, ref, request.source, refusal, checks=record.checks))
         now = self._clock.now()
         deadline_s = request.deadline_s or self._settings.polling.deadline_s
         record = self._store.cancel_sent(record, now=now, deadline_at=now + deadline_s)
@@ -272,17 +272,12 @@ class Opcancel:
 
     def _check(self, record: Record, ref: OperationRef, source: Source) -> ItemReport:
         """One ``get``: finish when done or past the deadline, else schedule the next check."""
-        try:
-            operation = self._api.get(ref)
-        except ApiRejected as refusal:
-            record = self._ready(
-                record, ref, source, Outcome(refusal.outcome), str(refusal), None, checks=record.checks + 1
-            )
-            return self._publish_result(record)
-        except TransientError as trouble:
-            self._release(record, trouble)
-            raise
         checks = record.checks + 1
+        try:
+            with self._released_on_trouble(record):
+                operation = self._api.get(ref)
+        except ApiRejected as refusal:
+            return self._conclude(record, self._refused(record, ref, source, refusal, checks=checks))
         now = self._clock.now()
         outcome = outcome_of(operation)
         deadline_at = record.deadline_at if record.deadline_at is not None else now
@@ -294,8 +289,10 @@ class Opcancel:
                 error = operation_error(operation)
             elif outcome is Outcome.TIMED_OUT:
                 error = f"operation still running at the check deadline {format_time(deadline_at)}"
-            record = self._ready(record, ref, source, outcome, error, operation, checks=checks)
-            return self._publish_result(record)
+            result = self._result(
+                ref, record.key, source, outcome, error, operation, checks=checks, requested_at=record.requested_at
+            )
+            return self._conclude(record, result)
         attempt = record.attempt + 1
         check = CheckRequest(
             ref=ref,
@@ -425,7 +422,7 @@ class Opcancel:
         record = claim.record
         assert record is not None
         if record.state is State.RESULT_READY:
-            return self._publish_result(record)
+            return self._finish_stored(record)
         if not allows(self._settings.allowed_parents, ref.service, ref.name):
             # Taken off the list while the chain ran: no further call, but the request still gets its one result.
             self._log.warning(
@@ -435,8 +432,10 @@ class Opcancel:
                 idempotency_key=key,
             )
             error = f"{ref.name} is no longer under OPCANCEL_ALLOWED_PARENTS; checks stopped"
-            record = self._ready(record, ref, check.source, Outcome.REJECTED, error, None, checks=record.checks)
-            return self._publish_result(record)
+            result = self._result(
+                ref, key, check.source, Outcome.REJECTED, error, checks=record.checks, requested_at=record.requested_at
+            )
+            return self._conclude(record, result)
         if record.deadline_at is None:
             record = self._store.deadline_set(record, now=now, deadline_at=check.deadline_at)
         return self._check(record, ref, check.source)
@@ -457,168 +456,108 @@ class Opcancel:
             rejection.idempotency_key, payload_hash("rejected\n" + rejection.offending), now=self._clock.now()
         )
         if claim.status is ClaimStatus.ACQUIRED and claim.record is not None:
-            if claim.record.state is not State.RESULT_READY:
-                record = self._ready_rejection(claim.record, rejection)
+            if claim.record.state is State.RESULT_READY:
+                self._finish_stored(claim.record)
             else:
-                record = claim.record
-            self._publish_result(record)
+                self._conclude(claim.record, self._rejected(rejection, requested_at=claim.record.requested_at))
         elif claim.status is ClaimStatus.MISMATCH:
-            self._publish_unstored(
-                rejection.offending,
-                rejection.idempotency_key,
-                rejection.source,
-                rejection.location,
-                rejection.api_version,
-                rejection.error,
-                service=rejection.service,
-            )
+            self._finish(self._rejected(rejection, requested_at=self._clock.now()))
         return ItemReport(
             rejection.offending, ItemStatus.REJECTED, rejection.idempotency_key, Outcome.REJECTED.value, rejection.error
         )
 
-    def _ready_rejection(self, record: Record, rejection: Rejection) -> Record:
-        result = self._result(
-            rejection.offending,
-            rejection.location,
-            rejection.api_version,
-            record.key,
-            rejection.source,
-            Outcome.REJECTED,
-            rejection.error,
-            None,
-            checks=0,
-            requested_at=record.requested_at,
-            service=rejection.service,
-        )
-        return self._store.result_ready(record, now=self._clock.now(), result=result, checks=record.checks)
-
-    def _ready(
-        self,
-        record: Record,
-        ref: OperationRef,
-        source: Source,
-        outcome: Outcome,
-        error: str | None,
-        operation: dict[str, Any] | None,
-        *,
-        checks: int = 0,
-    ) -> Record:
-        """Store the result before publishing it, so a republish after a crash is byte-identical."""
-        result = self._result(
-            ref.name,
-            ref.location,
-            ref.api_version,
-            record.key,
-            source,
-            outcome,
-            error,
-            operation,
-            checks=checks,
-            requested_at=record.requested_at,
-            service=ref.service_name,
-        )
-        return self._store.result_ready(record, now=self._clock.now(), result=result, checks=checks)
-
     def _result(
         self,
-        operation: str,
-        location: str,
-        api_version: str,
+        ref: OperationRef,
         key: str,
         source: Source,
         outcome: Outcome,
         error: str | None,
-        final: dict[str, Any] | None,
+        final: dict[str, Any] | None = None,
         *,
-        checks: int,
         requested_at: float,
-        service: str | None,
-    ) -> dict[str, Any]:
-        return result_to_json(
-            Result(
-                operation=operation,
-                location=location,
-                api_version=api_version,
-                outcome=outcome,
-                idempotency_key=key,
-                requested_at=requested_at,
-                finished_at=self._clock.now(),
-                checks=checks,
-                final_operation=final,
-                error=error,
-                source=source,
-                service=service,
-            )
+        checks: int = 0,
+    ) -> Result:
+        return Result(
+            operation=ref.name,
+            location=ref.location,
+            api_version=ref.api_version,
+            outcome=outcome,
+            idempotency_key=key,
+            requested_at=requested_at,
+            finished_at=self._clock.now(),
+            checks=checks,
+            final_operation=final,
+            error=error,
+            source=source,
+            service=ref.service_name,
         )
 
-    def _publish_result(self, record: Record) -> ItemReport:
-        result = record.result
-        assert result is not None
-        try:
-            self._publisher.publish_all(
-                self._settings.results_topic, [result_message(result, project=self._settings.project)]
-            )
-        except TransientError as trouble:
-            self._release(record, trouble)
-            raise
-        self._store.finished(record, now=self._clock.now())
-        self._log_result(result)
-        status = ItemStatus.REJECTED if result["outcome"] == Outcome.REJECTED.value else ItemStatus.ACCEPTED
-        return ItemReport(result["operation"], status, record.key, result["outcome"], result["error"])
+    def _refused(
+        self, record: Record, ref: OperationRef, source: Source, refusal: ApiRejected, *, checks: int
+    ) -> Result:
+        """The API's refusal (not found, permission denied, unsupported) as the request's result."""
+        outcome = Outcome(refusal.outcome)
+        return self._result(
+            ref, record.key, source, outcome, str(refusal), checks=checks, requested_at=record.requested_at
+        )
 
-    def _publish_unstored(
-        self,
-        operation: str,
-        key: str,
-        source: Source,
-        location: str,
-        api_version: str,
-        error: str,
-        *,
-        service: str | None,
-    ) -> ItemReport:
-        """A REJECTED result that cannot own the key (another operation holds it): its ce-id still dedupes."""
-        now = self._clock.now()
-        result = self._result(
-            operation,
-            location,
-            api_version,
-            key,
-            source,
-            Outcome.REJECTED,
-            error,
-            None,
+    def _rejected(self, rejection: Rejection, *, requested_at: float) -> Result:
+        return Result(
+            operation=rejection.offending,
+            location=rejection.location,
+            api_version=rejection.api_version,
+            outcome=Outcome.REJECTED,
+            idempotency_key=rejection.idempotency_key,
+            requested_at=requested_at,
+            finished_at=self._clock.now(),
             checks=0,
-            requested_at=now,
-            service=service,
+            final_operation=None,
+            error=rejection.error,
+            source=rejection.source,
+            service=rejection.service,
         )
-        self._publisher.publish_all(
-            self._settings.results_topic, [result_message(result, project=self._settings.project)]
-        )
-        self._log_result(result)
-        return ItemReport(operation, ItemStatus.REJECTED, key, Outcome.REJECTED.value, error)
 
-    def _log_result(self, result: dict[str, Any]) -> None:
-        log = (
-            self._log.notice
-            if result["outcome"] in (Outcome.CANCELLED.value, Outcome.COMPLETED.value)
-            else self._log.warning
-        )
+    def _conclude(self, record: Record, result: Result) -> ItemReport:
+        """Store the result before publishing it, so a republish after a crash is byte-identical; then finish."""
+        stored = self._store.result_ready(record, now=self._clock.now(), result=result.to_json(), checks=result.checks)
+        return self._finish(result, stored)
+
+    def _finish_stored(self, record: Record) -> ItemReport:
+        """Finish with the result an earlier worker stored (it may have died before publishing it)."""
+        assert record.result is not None
+        return self._finish(Result.from_json(record.result), record)
+
+    def _finish(self, result: Result, record: Record | None = None) -> ItemReport:
+        """The one way out: publish the result, then mark its key finished. Without a ``record`` the result
+        owns no key (another operation holds it), and its event id alone lets consumers drop a repeat."""
+        message = result_message(result, project=self._settings.project)
+        if record is None:
+            self._publisher.publish_all(self._settings.results_topic, [message])
+        else:
+            with self._released_on_trouble(record):
+                self._publisher.publish_all(self._settings.results_topic, [message])
+            self._store.finished(record, now=self._clock.now())
+        assert result.outcome is not None
+        log = self._log.notice if result.succeeded else self._log.warning
         log(
-            f"result {result['outcome']} published",
+            f"result {result.outcome.value} published",
             event="result_published",
-            operation=result["operation"],
-            service=result.get("service"),
-            idempotency_key=result["idempotency_key"],
-            outcome=result["outcome"],
-            checks=result["checks"],
-            error=result["error"],
-            source=result["source"],
+            operation=result.operation,
+            service=result.service,
+            idempotency_key=result.idempotency_key,
+            outcome=result.outcome.value,
+            checks=result.checks,
+            error=result.error,
+            source=result.source.to_json(),
         )
+        status = ItemStatus.REJECTED if result.outcome is Outcome.REJECTED else ItemStatus.ACCEPTED
+        return ItemReport(result.operation, status, result.idempotency_key, result.outcome.value, result.error)
 
     def _duplicate(self, operation: str, key: str, claim: Claim, *, attempt: int | None = None) -> ItemReport:
         record = claim.record
-        outcome = record.result["outcome"] if record is not None and record.result else None
+        result = Result.from_json(record.result) if record is not None and record.result else None
+        outcome = result.outcome.value if result is not None and result.outcome is not None else None
         status = (
             ItemStatus.DUPLICATE
             if claim.status in (ClaimStatus.FINISHED, ClaimStatus.CHAIN_RUNNING)
@@ -634,10 +573,16 @@ class Opcancel:
         )
         return ItemReport(operation, status, key, outcome, claim.status.value)
 
-    def _release(self, record: Record, trouble: TransientError) -> None:
-        """Hand the key back at once so the redelivery is not held off until the lease runs out."""
-        now = self._clock.now()
-        not_before = now + trouble.retry_after if trouble.retry_after else 0.0
-        # If the release fails the lease runs out by itself; the redelivery only waits longer.
-        with contextlib.suppress(TransientError, StaleFence):
-            self._store.released(record, now=now, not_before=not_before)
+    @contextlib.contextmanager
+    def _released_on_trouble(self, record: Record) -> Iterator[None]:
+        """On transient trouble, hand the key back at once so the redelivery is not held off until the lease
+        runs out; the trouble goes on up."""
+        try:
+            yield
+        except TransientError as trouble:
+            now = self._clock.now()
+            not_before = now + trouble.retry_after if trouble.retry_after else 0.0
+            # If the release fails the lease runs out by itself; the redelivery only waits longer.
+            with contextlib.suppress(TransientError, StaleFence):
+                self._store.released(record, now=now, not_before=not_before)
+            raise

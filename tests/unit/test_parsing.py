@@ -10,16 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from function import InboundMessage, OperationRef, SourceKind
-from function._core import check_message
+from function._messages import check_message, parse_check
 from function._model import CheckRequest, Source
 from function._names import GLOBAL, LOCATIONS, REGISTRY, VERSIONS, Service
-from function._requests import (
+from function._parsing import (
     EXPLICIT_KEYS,
     MAX_BATCH,
     MAX_BODY_BYTES,
     REJECTED_KEYS,
     Parsed,
-    parse_check,
     parse_message,
 )
 from function.errors import InvalidRequest

@@ -1,4 +1,4 @@
-"""The pipeline through ``Opcancel.handle``: the simulator in-process, memory publisher and store, a fake clock."""
+"""The pipeline through ``Pipeline.handle``: the simulator in-process, memory publisher and store, a fake clock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from devkit.simulator import Simulator
 from function import ItemStatus, Settings, format_time, parse_time
-from function._core import RESULT_EVENT_TYPE, event_id, payload_hash
+from function._messages import RESULT_EVENT_TYPE, event_id
+from function._pipeline import payload_hash
 from tests.support import DATA_DIR, TEST_POLICY, Rig
 
 ORG = "123456789"

@@ -13,8 +13,8 @@ from ._gcp.pubsub import Publisher, PubSubPublisher
 from ._gcp.tasks import CloudTasksScheduler
 from ._gcp.transport import SharedTransport
 from ._log import Logger
+from ._pipeline import Pipeline
 from ._scheduler import RedeliveryScheduler, Scheduler
-from ._service import Opcancel
 from ._settings import Settings
 from ._store import IdempotencyStore, MemoryStore, SqliteStore
 from .errors import ConfigError
@@ -98,14 +98,14 @@ def build_api(
     return OperationsClient(auth=auth, clock=clock, log=log, endpoint=settings.api_endpoint, transport=transport)
 
 
-def build_service(settings: Settings, *, log: Logger | None = None) -> Opcancel:
+def build_pipeline(settings: Settings, *, log: Logger | None = None) -> Pipeline:
     log = log or Logger()
     clock = SystemClock()
     transport = SharedTransport()
     # One credential cache serves the Operations API, Pub/Sub and Firestore: all use the cloud-platform scope.
     auth = build_auth(settings, clock=clock, transport=transport)
     publisher = build_publisher(settings, auth=auth, clock=clock, transport=transport)
-    return Opcancel(
+    return Pipeline(
         settings=settings,
         api=build_api(settings, auth=auth, clock=clock, log=log, transport=transport),
         publisher=publisher,

@@ -1,4 +1,5 @@
-"""The entry points' logic: unwrap what arrived, hand it to the service, decide ack or retry.
+"""The runtime behind the entry points: unwrap what arrived (``_envelopes``), hand it to the pipeline, and
+decide acknowledge-or-retry.
 
 This is the only place that decides. For events, returning acknowledges and
 raising ``RedeliveryRequested`` (an HTTP 503 to the push endpoint) makes Pub/Sub
@@ -10,9 +11,6 @@ when the body cannot be read at all.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
 import json
 import math
 import os
@@ -23,36 +21,30 @@ from typing import Any
 from werkzeug.exceptions import RequestEntityTooLarge, ServiceUnavailable
 from werkzeug.wrappers import Response
 
-from ._app import build_service
-from ._json import JsonUnreadable, read_json
+from ._envelopes import UnsupportedMediaType, UnusableEvent, message_from_cloud_event, message_from_http
 from ._log import Logger, traced
-from ._model import InboundMessage, SourceKind
+from ._model import InboundMessage
 from ._names import escape_text
-from ._requests import MAX_BODY_BYTES
-from ._service import ItemStatus, Opcancel, Report
+from ._parsing import MAX_BODY_BYTES
+from ._pipeline import ItemStatus, Pipeline, Report
 from ._settings import Settings
+from ._wiring import build_pipeline
 from .errors import TransientError
 
-PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 # Google's own header, then W3C trace context: Cloud Run passes one or both on every request it serves.
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _CLOUD_TRACE_CONTEXT = re.compile(r"(?P<trace>[0-9a-fA-F]{32})(?:/[0-9]{0,20})?(?:;o=[0-9])?")
-_JSON_TYPES = ("application/json", "application/cloudevents+json")
 
 
 class RedeliveryRequested(ServiceUnavailable):
     """Raised from ``on_event`` so the push subscription redelivers; answered as 503 without a traceback."""
 
 
-class UnusableEvent(Exception):
-    """An event that carries no message opcancel can read."""
-
-
 class Runtime:
-    """What ``main.py`` holds: one service, built once per process and reused by every invocation."""
+    """What ``main.py`` holds: one pipeline, built once per process and reused by every invocation."""
 
-    def __init__(self, service: Opcancel, *, log: Logger | None = None, project: str | None = None) -> None:
-        self._service = service
+    def __init__(self, pipeline: Pipeline, *, log: Logger | None = None, project: str | None = None) -> None:
+        self._pipeline = pipeline
         self._log = log or Logger()
         self._project = project
 
@@ -66,20 +58,20 @@ class Runtime:
                 "OPCANCEL_ALLOWED_PARENTS is unset: the operations of any organization or project may be cancelled",
                 event="allow_all_parents",
             )
-        return cls(build_service(settings, log=log), log=log, project=settings.project)
+        return cls(build_pipeline(settings, log=log), log=log, project=settings.project)
 
     def on_event(self, cloud_event: Any, headers: Mapping[str, str] | None = None) -> None:
         """Requests, and checks when the event's source is the checks topic. ``headers`` are the push
         request's, for its trace; the event's own ``traceparent`` is the fallback."""
-        self._traced_event(cloud_event, headers, self._service.handle)
+        self._traced_event(cloud_event, headers, self._pipeline.handle)
 
     def on_request(self, cloud_event: Any, headers: Mapping[str, str] | None = None) -> None:
         """Requests only, for a function deployed on the requests topic: nothing here is ever a check."""
-        self._traced_event(cloud_event, headers, self._service.handle_request)
+        self._traced_event(cloud_event, headers, self._pipeline.handle_request)
 
     def on_check(self, cloud_event: Any, headers: Mapping[str, str] | None = None) -> None:
         """Checks only, for a function deployed on the checks topic; an event from anywhere else is set aside."""
-        self._traced_event(cloud_event, headers, self._service.handle_check)
+        self._traced_event(cloud_event, headers, self._pipeline.handle_check)
 
     def _traced_event(
         self, cloud_event: Any, headers: Mapping[str, str] | None, handle: Callable[[InboundMessage], Report]
@@ -120,11 +112,11 @@ class Runtime:
                 return _answer(405, {"error": "only POST is accepted"}, {"Allow": "POST"})
             dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
             try:
-                overdue = self._service.overdue_chains()
+                overdue = self._pipeline.overdue_chains()
             except TransientError as trouble:
                 self._log.warning(f"resume failed: {trouble}", event="retry_later", reason=trouble.reason)
                 return _answer(503, {"error": str(trouble)}, {"Retry-After": "60"})
-            reports = [] if dry_run else self._service.resume(overdue)
+            reports = [] if dry_run else self._pipeline.resume(overdue)
             found = [
                 {
                     "operation": (record.check or {}).get("operation"),
@@ -165,13 +157,13 @@ class Runtime:
         if data is None or len(data) > MAX_BODY_BYTES:
             return _too_large()
         try:
-            message = self._http_message(request, data)
+            message = message_from_http(request.headers, request.mimetype or "", data)
         except UnusableEvent as problem:
             return _answer(400, {"error": str(problem)})
-        except _UnsupportedMediaType as problem:
+        except UnsupportedMediaType as problem:
             return _answer(415, {"error": str(problem)})
         # Never a check, whatever the body or a CloudEvent in it says: checks come only from the checks topic.
-        report = self._service.handle_request(message)
+        report = self._pipeline.handle_request(message)
         if report.ignored is not None:
             if report.unreadable:
                 return _answer(400, {"error": report.ignored})
@@ -186,119 +178,6 @@ class Runtime:
             retry_after = str(max(1, math.ceil(max(delays)))) if delays else "10"
             return _answer(503, body, {"Retry-After": retry_after})
         return _answer(202, body)
-
-    def _http_message(self, request: Any, data: bytes) -> InboundMessage:
-        if not data.strip():
-            raise UnusableEvent("body is empty")
-        media_type = (request.mimetype or "").lower()
-        if "ce-specversion" in request.headers or media_type == "application/cloudevents+json":
-            return message_from_cloud_event(_cloud_event(request.headers, media_type, data))
-        if media_type in _JSON_TYPES:
-            try:
-                body = read_json(data)
-            except JsonUnreadable as problem:
-                raise UnusableEvent(f"body is {problem}") from None
-            if isinstance(body, dict) and isinstance(body.get("message"), dict) and "subscription" in body:
-                return _pubsub_message(body["message"])
-            if isinstance(body, dict) and isinstance(body.get("context"), dict):
-                return _legacy_message(body)
-            return InboundMessage(data=data, kind=SourceKind.HTTP)
-        if media_type in ("text/plain", ""):
-            return InboundMessage(data=data, kind=SourceKind.HTTP)
-        raise _UnsupportedMediaType(
-            f"content type '{escape_text(media_type, 64)}' is not application/json, text/plain or a CloudEvent"
-        )
-
-
-class _UnsupportedMediaType(Exception):
-    pass
-
-
-def _cloud_event(headers: Any, media_type: str, data: bytes) -> Any:
-    """A CloudEvent from an HTTP request, its JSON read by opcancel's own reader in either mode.
-
-    Structured mode is read here and handed over as a dict; in binary mode the data stays bytes,
-    so the cloudevents library parses no JSON of its own (its parser recurses without a bound).
-    """
-    from cloudevents.exceptions import GenericException
-    from cloudevents.http import from_dict, from_http
-
-    try:
-        if media_type == "application/cloudevents+json":
-            try:
-                envelope = read_json(data)
-            except JsonUnreadable as problem:
-                raise UnusableEvent(f"structured CloudEvent is {problem}") from None
-            if not isinstance(envelope, dict):
-                raise UnusableEvent("structured CloudEvent is not a JSON object")
-            return from_dict(envelope)
-        return from_http(dict(headers), data, data_unmarshaller=lambda body: body)
-    except GenericException as problem:
-        raise UnusableEvent(f"malformed CloudEvent: {escape_text(str(problem))}") from None
-
-
-def message_from_cloud_event(event: Any) -> InboundMessage:
-    """A Pub/Sub messagePublished event unwraps to its message, noting the topic it came from (the event's
-    source); any other event's data is the request."""
-    data = event.data
-    if event["type"] == PUBSUB_MESSAGE_PUBLISHED:
-        if isinstance(data, (bytes, bytearray)):
-            try:
-                data = read_json(bytes(data))
-            except JsonUnreadable as problem:
-                raise UnusableEvent(f"messagePublished data is {problem}") from None
-        if not isinstance(data, Mapping) or not isinstance(data.get("message"), Mapping):
-            raise UnusableEvent("messagePublished event without a message")
-        source = event.get("source")
-        return dataclasses.replace(
-            _pubsub_message(data["message"]), event_source=source if isinstance(source, str) else None
-        )
-    if isinstance(data, (bytes, bytearray)):
-        payload = bytes(data)
-    elif isinstance(data, str):
-        # Kept as sent, surrogates and all: the parser refuses what is not UTF-8.
-        payload = data.encode("utf-8", "surrogatepass")
-    elif data is None:
-        raise UnusableEvent(f"{escape_text(str(event['type']))} event has no data")
-    else:
-        payload = json.dumps(data).encode("utf-8")
-    return InboundMessage(data=payload, message_id=_echoed_id(event["id"]), kind=SourceKind.HTTP)
-
-
-def _pubsub_message(message: Mapping[str, Any]) -> InboundMessage:
-    attributes = message.get("attributes") or {}
-    if not isinstance(attributes, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
-    ):
-        raise UnusableEvent("Pub/Sub attributes must map strings to strings")
-    encoded = message.get("data") or ""
-    if not isinstance(encoded, str):
-        raise UnusableEvent("Pub/Sub data must be a base64 string")
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise UnusableEvent("Pub/Sub data is not valid base64") from None
-    message_id = message.get("messageId") or message.get("message_id")
-    return InboundMessage(
-        data=data,
-        attributes=dict(attributes),
-        message_id=_echoed_id(message_id) if message_id is not None else None,
-        kind=SourceKind.PUBSUB,
-    )
-
-
-def _echoed_id(value: Any) -> str:
-    """A sender's message or event id, escaped and bounded once, here, before anything echoes it."""
-    return escape_text(str(value))
-
-
-def _legacy_message(body: Mapping[str, Any]) -> InboundMessage:
-    """A legacy background event; both ``data`` and ``event`` have been seen holding the Pub/Sub message."""
-    message = body.get("data", body.get("event"))
-    if not isinstance(message, Mapping):
-        raise UnusableEvent("background event without a Pub/Sub message")
-    event_id = body["context"].get("eventId")
-    return _pubsub_message({**message, "messageId": event_id} if isinstance(event_id, str) else message)
 
 
 def _retry_summary(report: Report) -> str:

@@ -1,4 +1,5 @@
-"""Turn an inbound message into cancel requests, rejections, or a check: pure, no I/O.
+"""Turn an inbound message into cancel requests and rejections: pure, no I/O. (Checks are decoded in
+``_messages``, beside their encoder.)
 
 A message yields a ``Parsed``: requests to act on, rejections that earn a
 REJECTED result, and, when the message as a whole is unusable (not text, not
@@ -23,23 +24,20 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ._clock import parse_time
 from ._json import JsonUnreadable, read_json
-from ._model import CancelRequest, CheckRequest, InboundMessage, Rejection, Source, SourceKind
+from ._model import CancelRequest, InboundMessage, Rejection, Source, SourceKind
 from ._names import (
     GLOBAL,
     MAX_ECHO_LENGTH,
     REGISTRY,
-    SERVICE,
     OperationRef,
     ParsedName,
     ServiceRegistry,
     allows,
-    check_known_version,
-    check_location,
-    check_version,
     escape_text,
     parse_name,
+    validate_known_version,
+    validate_location,
     version_for,
 )
 from ._settings import MAX_DEADLINE_S
@@ -53,28 +51,8 @@ MAX_STORED_KEY_LENGTH = 4096
 EXPLICIT_KEYS = "explicit/"
 INCIDENT_KEYS = "incident/"
 REJECTED_KEYS = "rejected/"
-CHECK_KIND_ATTRIBUTE = "opcancel_kind"
-CHECK_KIND = "check"
-#: Cloud Logging's trace resource name; the id is 32 lowercase hex digits (W3C trace context).
-TRACE_NAME = re.compile(r"projects/[a-z0-9.:-]{1,100}/traces/[0-9a-f]{32}")
-
 _REQUEST_FIELDS = frozenset({"operation", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
 _BATCH_FIELDS = frozenset({"operations", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
-_CHECK_FIELDS = frozenset(
-    {
-        "operation",
-        "location",
-        "api_version",
-        "idempotency_key",
-        "attempt",
-        "due_at",
-        "deadline_at",
-        "requested_at",
-        "source",
-    }
-)
-#: Present in check messages of services other than Security Command Center, whose checks stay as they were.
-_CHECK_SERVICE_FIELD = "service"
 # Names inside free text (incident documentation): Security Command Center's in any form, other services'
 # as full resource names or URLs. Trailing dots are sentence punctuation, not ids.
 _NAME_IN_TEXT = re.compile(
@@ -200,9 +178,9 @@ class _MessageParser:
         version = attributes.get("api_version")
         key = attributes.get("idempotency_key")
         return _Defaults(
-            location=_field("location", check_location, location) if location is not None else None,
+            location=_field("location", validate_location, location) if location is not None else None,
             api_version=_field("api_version", self._known_version, version) if version is not None else None,
-            idempotency_key=_field("idempotency_key", _check_key, key) if key is not None else None,
+            idempotency_key=_field("idempotency_key", _validate_key, key) if key is not None else None,
             reason=None,
             deadline_s=None,
         )
@@ -261,7 +239,7 @@ class _MessageParser:
         return names, None, incident_id
 
     def _known_version(self, value: Any) -> str:
-        return check_known_version(value, self._services)
+        return validate_known_version(value, self._services)
 
     def _entry(self, entry: Any, defaults: _Defaults, *, many: bool, incident_id: str | None) -> None:
         item_key: str | None = None
@@ -330,7 +308,7 @@ class _MessageParser:
                     )
             fallback = service.version
         version = _pick("api_version", name.api_version, item.api_version, defaults.api_version, fallback)
-        ref = OperationRef(name.name, location, _field("api_version", service.check_version, version), service)
+        ref = OperationRef(name.name, location, _field("api_version", service.validate_version, version), service)
         if item.idempotency_key is not None:
             key = EXPLICIT_KEYS + item.idempotency_key
         elif defaults.idempotency_key is not None:
@@ -377,74 +355,6 @@ class _MessageParser:
         )
 
 
-def parse_check(message: InboundMessage, services: ServiceRegistry = REGISTRY) -> CheckRequest:
-    """Parse a follow-up check, which opcancel itself wrote; anything off is ``InvalidRequest``."""
-    if len(message.data) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"body is {len(message.data)} bytes; the limit is {MAX_BODY_BYTES}")
-    try:
-        body = read_json(message.data)
-    except JsonUnreadable as problem:
-        raise InvalidRequest(f"check message is {problem}") from None
-    if not isinstance(body, dict) or set(body) - {"trace", _CHECK_SERVICE_FIELD} != _CHECK_FIELDS:
-        raise InvalidRequest("check message does not have exactly the check fields")
-    trace = body.get("trace")
-    if trace is not None and (not isinstance(trace, str) or not TRACE_NAME.fullmatch(trace)):
-        raise InvalidRequest("check trace must be projects/PROJECT/traces/TRACE_ID")
-    ref = _check_ref(body, services)
-    attempt = body["attempt"]
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= 100_000:
-        raise InvalidRequest("check attempt must be a positive integer")
-    try:
-        due_at, deadline_at, requested_at = (parse_time(body[k]) for k in ("due_at", "deadline_at", "requested_at"))
-    except (ValueError, TypeError):
-        raise InvalidRequest("check times must be RFC 3339 UTC timestamps") from None
-    return CheckRequest(
-        ref=ref,
-        idempotency_key=_check_stored_key(body["idempotency_key"]),
-        attempt=attempt,
-        due_at=due_at,
-        deadline_at=deadline_at,
-        requested_at=requested_at,
-        source=_parse_source(body["source"]),
-        trace=trace,
-    )
-
-
-def _check_ref(body: dict[str, Any], services: ServiceRegistry) -> OperationRef:
-    """A check's operation: a Security Command Center check names no service, as before services were added."""
-    service_name, operation = body.get(_CHECK_SERVICE_FIELD, SERVICE), body["operation"]
-    if not isinstance(operation, str):
-        raise InvalidRequest("check operation must be a string")
-    if not isinstance(service_name, str) or operation.startswith("/"):
-        raise InvalidRequest("check messages carry relative names and a service name")
-    if service_name == SERVICE:
-        name = parse_name(operation, services)
-        if name.location is not None:
-            raise InvalidRequest("check messages carry relative names")
-        return OperationRef(name.name, check_location(body["location"]), check_version(body["api_version"]))
-    name = parse_name(f"//{service_name}/{operation}", services)
-    if not isinstance(body["location"], str) or not isinstance(body["api_version"], str):
-        raise InvalidRequest("check location and api_version must be strings")
-    return OperationRef(name.name, body["location"], body["api_version"], name.service)
-
-
-def _parse_source(value: Any) -> Source:
-    if not isinstance(value, dict) or "kind" not in value or not set(value) <= {"kind", "message_id", "incident_id"}:
-        raise InvalidRequest("check source is malformed")
-    try:
-        kind = SourceKind(value["kind"])
-    except ValueError:
-        raise InvalidRequest("check source kind is unknown") from None
-    extras = {}
-    for name in ("message_id", "incident_id"):
-        if name in value:
-            # Escaped and bounded when the request arrived: anything else was not written by opcancel.
-            if not isinstance(value[name], str) or len(value[name]) > MAX_ECHO_LENGTH or not value[name].isprintable():
-                raise InvalidRequest(f"check source {name} is malformed")
-            extras[name] = value[name]
-    return Source(kind, **extras)
-
-
 def _names_in_incident(incident: Mapping[str, Any]) -> Iterator[str]:
     documentation = incident.get("documentation")
     texts = [documentation.get(part) for part in ("subject", "content")] if isinstance(documentation, dict) else []
@@ -468,28 +378,28 @@ def _names_in_incident(incident: Mapping[str, Any]) -> Iterator[str]:
                 yield f"organizations/{organization}/operations/{operation}"
 
 
-def _object_defaults(body: Mapping[str, Any], check_api_version: Callable[[Any], str]) -> _Defaults:
+def _object_defaults(body: Mapping[str, Any], validate_api_version: Callable[[Any], str]) -> _Defaults:
     return _Defaults(
-        location=_field("location", check_location, body["location"]) if "location" in body else None,
-        api_version=_field("api_version", check_api_version, body["api_version"]) if "api_version" in body else None,
-        idempotency_key=_field("idempotency_key", _check_key, body["idempotency_key"])
+        location=_field("location", validate_location, body["location"]) if "location" in body else None,
+        api_version=_field("api_version", validate_api_version, body["api_version"]) if "api_version" in body else None,
+        idempotency_key=_field("idempotency_key", _validate_key, body["idempotency_key"])
         if "idempotency_key" in body
         else None,
-        reason=_field("reason", _check_reason, body["reason"]) if "reason" in body else None,
-        deadline_s=_field("deadline_seconds", _check_deadline, body["deadline_seconds"])
+        reason=_field("reason", _validate_reason, body["reason"]) if "reason" in body else None,
+        deadline_s=_field("deadline_seconds", _validate_deadline, body["deadline_seconds"])
         if "deadline_seconds" in body
         else None,
     )
 
 
-def _field(name: str, check: Any, value: Any) -> Any:
+def _field(name: str, validate: Callable[[Any], Any], value: Any) -> Any:
     try:
-        return check(value)
+        return validate(value)
     except InvalidRequest as problem:
         raise InvalidRequest(f"{name}: {problem}") from None
 
 
-def _check_key(value: Any, limit: int = MAX_KEY_LENGTH) -> str:
+def _validate_key(value: Any, limit: int = MAX_KEY_LENGTH) -> str:
     if not isinstance(value, str) or not value or len(value) > limit:
         raise InvalidRequest(f"must be a string of 1-{limit} characters")
     if not value.isprintable() or value != value.strip():
@@ -497,19 +407,19 @@ def _check_key(value: Any, limit: int = MAX_KEY_LENGTH) -> str:
     return value
 
 
-def _check_stored_key(value: Any) -> str:
+def validate_stored_key(value: Any) -> str:
     """A key opcancel built and wrote into a check: any namespace's, longer than a sender may send."""
-    return _check_key(value, MAX_STORED_KEY_LENGTH)
+    return _validate_key(value, MAX_STORED_KEY_LENGTH)
 
 
-def _check_reason(value: Any) -> str:
+def _validate_reason(value: Any) -> str:
     """Any text: it is only echoed, so it is escaped and bounded here, once, rather than refused."""
     if not isinstance(value, str):
         raise InvalidRequest("must be a string")
     return escape_text(value)
 
 
-def _check_deadline(value: Any) -> float:
+def _validate_deadline(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest("must be a number of seconds")
     # Only floats can be non-finite; math.isfinite overflows on a JSON integer beyond float range.

@@ -1,0 +1,138 @@
+"""Envelopes: a CloudEvent, a Pub/Sub push body, a legacy background event or a plain HTTP body, unwrapped
+to the ``InboundMessage`` it carries. Nothing else happens here: no parsing of requests, no decisions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ._json import JsonUnreadable, read_json
+from ._model import InboundMessage, SourceKind
+from ._names import escape_text
+
+PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+_JSON_TYPES = ("application/json", "application/cloudevents+json")
+
+
+class UnusableEvent(Exception):
+    """An event that carries no message opcancel can read."""
+
+
+class UnsupportedMediaType(Exception):
+    """An HTTP body in a media type opcancel does not read."""
+
+
+def message_from_http(headers: Mapping[str, str], media_type: str, data: bytes) -> InboundMessage:
+    """An HTTP body, however it is framed: a CloudEvent (either mode), a Pub/Sub push body, a legacy background
+    event, or a request as JSON or text."""
+    if not data.strip():
+        raise UnusableEvent("body is empty")
+    media_type = media_type.lower()
+    if "ce-specversion" in headers or media_type == "application/cloudevents+json":
+        return message_from_cloud_event(_cloud_event(headers, media_type, data))
+    if media_type in _JSON_TYPES:
+        try:
+            body = read_json(data)
+        except JsonUnreadable as problem:
+            raise UnusableEvent(f"body is {problem}") from None
+        if isinstance(body, dict) and isinstance(body.get("message"), dict) and "subscription" in body:
+            return _pubsub_message(body["message"])
+        if isinstance(body, dict) and isinstance(body.get("context"), dict):
+            return _legacy_message(body)
+        return InboundMessage(data=data, kind=SourceKind.HTTP)
+    if media_type in ("text/plain", ""):
+        return InboundMessage(data=data, kind=SourceKind.HTTP)
+    raise UnsupportedMediaType(
+        f"content type '{escape_text(media_type, 64)}' is not application/json, text/plain or a CloudEvent"
+    )
+
+
+def _cloud_event(headers: Any, media_type: str, data: bytes) -> Any:
+    """A CloudEvent from an HTTP request, its JSON read by opcancel's own reader in either mode.
+
+    Structured mode is read here and handed over as a dict; in binary mode the data stays bytes,
+    so the cloudevents library parses no JSON of its own (its parser recurses without a bound).
+    """
+    from cloudevents.exceptions import GenericException
+    from cloudevents.http import from_dict, from_http
+
+    try:
+        if media_type == "application/cloudevents+json":
+            try:
+                envelope = read_json(data)
+            except JsonUnreadable as problem:
+                raise UnusableEvent(f"structured CloudEvent is {problem}") from None
+            if not isinstance(envelope, dict):
+                raise UnusableEvent("structured CloudEvent is not a JSON object")
+            return from_dict(envelope)
+        return from_http(dict(headers), data, data_unmarshaller=lambda body: body)
+    except GenericException as problem:
+        raise UnusableEvent(f"malformed CloudEvent: {escape_text(str(problem))}") from None
+
+
+def message_from_cloud_event(event: Any) -> InboundMessage:
+    """A Pub/Sub messagePublished event unwraps to its message, noting the topic it came from (the event's
+    source); any other event's data is the request."""
+    data = event.data
+    if event["type"] == PUBSUB_MESSAGE_PUBLISHED:
+        if isinstance(data, (bytes, bytearray)):
+            try:
+                data = read_json(bytes(data))
+            except JsonUnreadable as problem:
+                raise UnusableEvent(f"messagePublished data is {problem}") from None
+        if not isinstance(data, Mapping) or not isinstance(data.get("message"), Mapping):
+            raise UnusableEvent("messagePublished event without a message")
+        source = event.get("source")
+        return dataclasses.replace(
+            _pubsub_message(data["message"]), event_source=source if isinstance(source, str) else None
+        )
+    if isinstance(data, (bytes, bytearray)):
+        payload = bytes(data)
+    elif isinstance(data, str):
+        # Kept as sent, surrogates and all: the parser refuses what is not UTF-8.
+        payload = data.encode("utf-8", "surrogatepass")
+    elif data is None:
+        raise UnusableEvent(f"{escape_text(str(event['type']))} event has no data")
+    else:
+        payload = json.dumps(data).encode("utf-8")
+    return InboundMessage(data=payload, message_id=_echoed_id(event["id"]), kind=SourceKind.HTTP)
+
+
+def _pubsub_message(message: Mapping[str, Any]) -> InboundMessage:
+    attributes = message.get("attributes") or {}
+    if not isinstance(attributes, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+    ):
+        raise UnusableEvent("Pub/Sub attributes must map strings to strings")
+    encoded = message.get("data") or ""
+    if not isinstance(encoded, str):
+        raise UnusableEvent("Pub/Sub data must be a base64 string")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise UnusableEvent("Pub/Sub data is not valid base64") from None
+    message_id = message.get("messageId") or message.get("message_id")
+    return InboundMessage(
+        data=data,
+        attributes=dict(attributes),
+        message_id=_echoed_id(message_id) if message_id is not None else None,
+        kind=SourceKind.PUBSUB,
+    )
+
+
+def _echoed_id(value: Any) -> str:
+    """A sender's message or event id, escaped and bounded once, here, before anything echoes it."""
+    return escape_text(str(value))
+
+
+def _legacy_message(body: Mapping[str, Any]) -> InboundMessage:
+    """A legacy background event; both ``data`` and ``event`` have been seen holding the Pub/Sub message."""
+    message = body.get("data", body.get("event"))
+    if not isinstance(message, Mapping):
+        raise UnusableEvent("background event without a Pub/Sub message")
+    event_id = body["context"].get("eventId")
+    return _pubsub_message({**message, "messageId": event_id} if isinstance(event_id, str) else message)
