@@ -50,7 +50,7 @@ from ._names import (
     version_for,
 )
 from ._parsing import Parsed, parse_message
-from ._pipeline import ItemStatus, Pipeline
+from ._pipeline import ItemStatus, Pipeline, Report
 from ._settings import MAX_DEADLINE_S, PollingPolicy, Settings
 from ._wiring import build_api, build_auth, build_pipeline, build_publisher
 from .errors import (
@@ -281,20 +281,7 @@ def cancel(
     requested_at = clients.clock.now()
     parsed = _single(clients, name, location, api_version)
     if isinstance(parsed, Rejection):
-        result = Result(
-            operation=parsed.offending,
-            location=parsed.location,
-            api_version=parsed.api_version,
-            outcome=Outcome.REJECTED,
-            idempotency_key=parsed.idempotency_key,
-            requested_at=requested_at,
-            finished_at=requested_at,
-            checks=0,
-            final_operation=None,
-            error=parsed.error,
-            source=parsed.source,
-            service=parsed.service,
-        )
+        result = Result.of_rejection(parsed, requested_at=requested_at, finished_at=requested_at)
     else:
         _require_credentials(clients)
         policy = _waiting_policy(clients.settings.polling, interval, timeout) if wait else None
@@ -450,10 +437,10 @@ def resume(clients: CliClients, dry_run: bool, as_json: bool) -> None:
                 "overdue_s": round(now - (record.due_at or 0.0), 1),
             }
         )
-    reports = [] if dry_run else pipeline.resume(overdue)
-    for row, report in zip(rows, reports, strict=False):
-        row["resumed"] = report.status is ItemStatus.ACCEPTED
-        row["detail"] = report.detail
+    report = Report() if dry_run else pipeline.resume(overdue)
+    for row, item in zip(rows, report.items, strict=False):
+        row["resumed"] = item.status is ItemStatus.ACCEPTED
+        row["detail"] = item.detail
     if as_json:
         click.echo(json.dumps({"dry_run": dry_run, "overdue": rows}, indent=2))
     else:
@@ -468,7 +455,7 @@ def resume(clients: CliClients, dry_run: bool, as_json: bool) -> None:
         click.echo(
             f"{len(rows)} overdue chain(s)" + ("" if dry_run else f", {sum(r['resumed'] for r in rows)} resumed")
         )
-    if any(report.status is ItemStatus.RETRY for report in reports):
+    if report.must_retry:
         raise CliFailure("some chains could not be resumed; run resume again", Exit.UNAVAILABLE)
 
 

@@ -153,6 +153,24 @@ class Result:
             service=data.get("service"),
         )
 
+    @classmethod
+    def of_rejection(cls, rejection: Rejection, *, requested_at: float, finished_at: float) -> Result:
+        """A rejected request's result: it names what was sent, since no operation was acted on."""
+        return cls(
+            operation=rejection.offending,
+            location=rejection.location,
+            api_version=rejection.api_version,
+            outcome=Outcome.REJECTED,
+            idempotency_key=rejection.idempotency_key,
+            requested_at=requested_at,
+            finished_at=finished_at,
+            checks=0,
+            final_operation=None,
+            error=rejection.error,
+            source=rejection.source,
+            service=rejection.service,
+        )
+
     @property
     def succeeded(self) -> bool:
         """The operation stopped, by the cancel or by finishing first: worth a notice, not a warning."""

@@ -372,8 +372,8 @@ class Pipeline:
         now = self._clock.now()
         return [record for record in self._store.chains(now) if self._overdue(record, now)]
 
-    def resume(self, records: list[Record]) -> list[ItemReport]:
-        """Resume each overdue chain of ``records`` (from ``overdue_chains``); one report each."""
+    def resume(self, records: list[Record]) -> Report:
+        """Resume each overdue chain of ``records`` (from ``overdue_chains``); one item each, in order."""
         reports = []
         for record in records:
             operation = str((record.check or {}).get("operation", ""))
@@ -389,7 +389,7 @@ class Pipeline:
                     return ItemReport(operation, ItemStatus.SKIPPED, record.key, detail="resumed or moved on elsewhere")
 
             reports.append(self._guarded(operation, record.key, work))
-        return reports
+        return Report(tuple(reports))
 
     # Checks
 
@@ -503,20 +503,7 @@ class Pipeline:
         )
 
     def _rejected(self, rejection: Rejection, *, requested_at: float) -> Result:
-        return Result(
-            operation=rejection.offending,
-            location=rejection.location,
-            api_version=rejection.api_version,
-            outcome=Outcome.REJECTED,
-            idempotency_key=rejection.idempotency_key,
-            requested_at=requested_at,
-            finished_at=self._clock.now(),
-            checks=0,
-            final_operation=None,
-            error=rejection.error,
-            source=rejection.source,
-            service=rejection.service,
-        )
+        return Result.of_rejection(rejection, requested_at=requested_at, finished_at=self._clock.now())
 
     def _conclude(self, record: Record, result: Result) -> ItemReport:
         """Store the result before publishing it, so a republish after a crash is byte-identical; then finish."""

@@ -116,7 +116,7 @@ class Runtime:
             except TransientError as trouble:
                 self._log.warning(f"resume failed: {trouble}", event="retry_later", reason=trouble.reason)
                 return _answer(503, {"error": str(trouble)}, {"Retry-After": "60"})
-            reports = [] if dry_run else self._pipeline.resume(overdue)
+            report = Report() if dry_run else self._pipeline.resume(overdue)
             found = [
                 {
                     "operation": (record.check or {}).get("operation"),
@@ -125,10 +125,9 @@ class Runtime:
                 }
                 for record in overdue
             ]
-            for row, report in zip(found, reports, strict=False):
-                row["status"] = report.status.value
-            failed = any(report.status is ItemStatus.RETRY for report in reports)
-            return _answer(503 if failed else 200, {"dry_run": dry_run, "overdue": found})
+            for row, item in zip(found, report.items, strict=False):
+                row["status"] = item.status.value
+            return _answer(503 if report.must_retry else 200, {"dry_run": dry_run, "overdue": found})
 
     def _trace(self, headers: Mapping[str, str], traceparent: object = None) -> str | None:
         """Cloud Logging's trace name for this request, or None where there is no project or no usable header."""

@@ -426,8 +426,8 @@ def test_resume_skips_a_chain_that_moved_on_since_it_was_listed():
     listed = chain.rig.service.overdue_chains()
     assert len(listed) == 1
     # Another runner resumes it first.
-    (first,) = chain.rig.service.resume(listed)
-    (second,) = chain.rig.service.resume(listed)
+    (first,) = chain.rig.service.resume(listed).items
+    (second,) = chain.rig.service.resume(listed).items
     assert (first.status.value, second.status.value) == ("accepted", "skipped")
     assert len(chain.next_checks()) == 1
 

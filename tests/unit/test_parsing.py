@@ -1,4 +1,4 @@
-"""``parse_message`` and ``parse_check``: every request format, its defaults, and every way a body can be wrong."""
+"""``parse_message``: every request format, its defaults, and every way a body can be wrong."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from function import InboundMessage, OperationRef, SourceKind
-from function._messages import check_message, parse_check
-from function._model import CheckRequest, Source
+from function._model import Source
 from function._names import GLOBAL, LOCATIONS, REGISTRY, VERSIONS, Service
 from function._parsing import (
     EXPLICIT_KEYS,
@@ -21,7 +20,6 @@ from function._parsing import (
     Parsed,
     parse_message,
 )
-from function.errors import InvalidRequest
 from tests.support import DATA_DIR
 
 REGIONAL = tuple(location for location in LOCATIONS if location != GLOBAL)
@@ -887,119 +885,6 @@ def test_an_incident_naming_over_a_hundred_operations_is_set_aside():
     assert_ignored(parse(body), "incident names 101 operations; the limit is 100")
 
 
-# --- checks ------------------------------------------------------------------------------------
-
-
-def a_check(**changes) -> CheckRequest:
-    fields = {
-        "ref": OperationRef(f"organizations/{ORG}/operations/abc", "eu", "v2"),
-        "idempotency_key": "incident/0.x/" + identity("abc", EU_HOST),
-        "attempt": 3,
-        "due_at": 1_790_000_005.25,
-        "deadline_at": 1_790_003_600.0,
-        "requested_at": 1_790_000_000.125,
-        "source": Source(SourceKind.ALERT, message_id="m-1", incident_id="0.x"),
-    }
-    fields.update(changes)
-    return CheckRequest(**fields)
-
-
-def as_message(data: bytes, attributes: dict[str, str] | None = None) -> InboundMessage:
-    return InboundMessage(data=data, attributes=attributes or {}, message_id="c-1")
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        Source(SourceKind.ALERT, message_id="m-1", incident_id="0.x"),
-        Source(SourceKind.PUBSUB, message_id="m-1"),
-        Source(SourceKind.HTTP),
-        Source(SourceKind.CLI),
-    ],
-)
-def test_a_check_round_trips(source):
-    check = a_check(source=source)
-    data, attributes = check_message(check)
-    message = as_message(data, attributes)
-    assert parse_check(message) == check
-
-
-def test_a_check_carries_its_trace():
-    check = a_check(trace="projects/test-project/traces/4bf92f3577b34da6a3ce929d0e0e4736")
-    assert parse_check(as_message(*check_message(check))) == check
-
-
-def test_a_check_round_trips_for_every_location_and_version():
-    for location in LOCATIONS:
-        for version in VERSIONS if location == GLOBAL else ("v2",):
-            check = a_check(ref=OperationRef(f"organizations/{ORG}/operations/abc", location, version))
-            assert parse_check(as_message(*check_message(check))) == check
-
-
-def tampered(**edits) -> InboundMessage:
-    data, attributes = check_message(a_check())
-    body = json.loads(data)
-    for key, value in edits.items():
-        if value is _DROP:
-            del body[key]
-        else:
-            body[key] = value
-    return as_message(json.dumps(body).encode(), attributes)
-
-
-_DROP = object()
-
-
-@pytest.mark.parametrize(
-    ("edits", "error"),
-    [
-        ({"extra": 1}, "does not have exactly the check fields"),
-        ({"trace": "projects/p/traces/xyz"}, "check trace must be"),
-        ({"trace": 7}, "check trace must be"),
-        ({"attempt": _DROP}, "does not have exactly the check fields"),
-        ({"source": _DROP}, "does not have exactly the check fields"),
-        ({"operation": f"https://{EU_HOST}/v2/{name('abc')}"}, "check messages carry relative names"),
-        ({"operation": name("abc") + "/../x"}, "operation names must be"),
-        ({"operation": "organizations/1/operations/a%2F"}, "operation id must be"),
-        ({"operation": 7}, "operation must be a string"),
-        ({"location": "mars"}, "unknown location"),
-        ({"api_version": "v9"}, "unknown API version"),
-        ({"attempt": 0}, "positive integer"),
-        ({"attempt": -1}, "positive integer"),
-        ({"attempt": 100_001}, "positive integer"),
-        ({"attempt": True}, "positive integer"),
-        ({"attempt": 1.0}, "positive integer"),
-        ({"attempt": "3"}, "positive integer"),
-        ({"due_at": "yesterday"}, "RFC 3339 UTC"),
-        ({"due_at": "2026-11-23T19:13:55.749+02:00"}, "RFC 3339 UTC"),
-        ({"deadline_at": 1790000000}, "RFC 3339 UTC"),
-        ({"requested_at": None}, "RFC 3339 UTC"),
-        ({"idempotency_key": "bad\nkey"}, "control characters"),
-        ({"idempotency_key": "k" * 4097}, "1-4096 characters"),
-        ({"idempotency_key": ""}, "1-4096 characters"),
-        ({"source": "pubsub"}, "check source is malformed"),
-        ({"source": {}}, "check source is malformed"),
-        ({"source": {"kind": "pubsub", "extra": "x"}}, "check source is malformed"),
-        ({"source": {"kind": "email"}}, "check source kind is unknown"),
-        ({"source": {"kind": "pubsub", "message_id": 5}}, "check source message_id is malformed"),
-        ({"source": {"kind": "alert", "incident_id": "i" * 257}}, "check source incident_id is malformed"),
-    ],
-)
-def test_a_tampered_check_is_refused(edits, error):
-    with pytest.raises(InvalidRequest) as caught:
-        parse_check(tampered(**edits))
-    assert error in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [b"", b"\xff", b"not json", b"[]", b'"check"', b"null", b'{"a":' * 5000, b'{"attempt": NaN}'],
-)
-def test_a_check_that_is_not_a_json_object_is_refused(data):
-    with pytest.raises(InvalidRequest):
-        parse_check(as_message(data, {"opcancel_kind": "check"}))
-
-
 # --- property: nothing a publisher sends can make parsing raise ---------------------------------
 
 _ID_ALPHABET = st.sampled_from(list("abcXYZ019._~-") + ["/", "%2F", "?", "#", ":", " ", "\n", "\x00", "é", "а", ".."])
@@ -1225,48 +1110,3 @@ def test_a_custom_registry_reaches_the_parser():
     message = InboundMessage(data=b"//workflows.googleapis.com/projects/my-proj/operations/x", message_id="m-1")
     (request,) = parse_message(message, default_version="v2", allowed_parents=None, services=registry).requests
     assert request.ref.host == "workflows.googleapis.com"
-
-
-@pytest.mark.parametrize(
-    ("text", "location"),
-    [(VERTEX_FULL, "us-central1"), (f"//dataproc.googleapis.com/{DATAPROC_NAME}", "europe-west1")],
-)
-def test_a_check_of_another_service_round_trips_carrying_the_service(text, location):
-    ref = only_request(parse(text)).ref
-    check = a_check(ref=ref, idempotency_key=ref.identity)
-    data, attributes = check_message(check)
-    body = json.loads(data)
-    assert (body["service"], body["operation"], body["location"]) == (ref.service_name, ref.name, location)
-    assert parse_check(as_message(data, attributes)) == check
-
-
-def test_a_security_command_center_check_keeps_its_shape_and_may_name_its_service():
-    data, attributes = check_message(a_check())
-    assert "service" not in json.loads(data)
-    assert parse_check(tampered(service="securitycenter.googleapis.com")) == a_check()
-
-
-def vertex_check(**edits) -> InboundMessage:
-    ref = only_request(parse(VERTEX_FULL)).ref
-    data, attributes = check_message(a_check(ref=ref))
-    body = {**json.loads(data), **edits}
-    return as_message(json.dumps(body).encode(), attributes)
-
-
-@pytest.mark.parametrize(
-    ("edits", "problem"),
-    [
-        ({"service": "compute.googleapis.com"}, "is not in the registry"),
-        ({"service": "evil.com/x"}, "full resource names must start with"),
-        ({"service": 7}, "relative names and a service name"),
-        ({"operation": VERTEX_FULL}, "relative names and a service name"),
-        ({"operation": "projects/my-proj/operations/../x"}, "names must be projects/P"),
-        ({"location": "us-east1"}, "is not the name's own"),
-        ({"location": 1}, "must be strings"),
-        ({"api_version": "v2"}, "unknown API version v2 for aiplatform"),
-        ({"operation": name("abc")}, "names must be projects/P"),
-    ],
-)
-def test_a_tampered_check_of_another_service_is_refused(edits, problem):
-    with pytest.raises(InvalidRequest, match=re.escape(problem)):
-        parse_check(vertex_check(**edits))
