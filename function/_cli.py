@@ -373,10 +373,10 @@ def publish(
     """Send a cancel request for NAMES to the requests topic.
 
     The deployed function then cancels them and publishes the result events.
-    Every name is checked first; if any is rejected, nothing is published.
+    Every name is validated first; if any is rejected, nothing is published.
     """
     body = _request_body(names, location, api_version, idempotency_key)
-    # The bytes published are the bytes checked, so the function parses exactly what passed here.
+    # The bytes published are the bytes validated, so the function parses exactly what passed here.
     parsed = _parse(clients, body)
     if parsed.ignored is not None:
         raise CliFailure(f"{parsed.ignored}; nothing published", Exit.REJECTED)
@@ -663,7 +663,7 @@ def _cancel_all(
 
 
 def _bulk_request(clients: CliClients, parent: OperationParent, name: Any) -> tuple[OperationRef, bytes] | None:
-    """A listed operation as a request body, checked by the function's own parser and held to PARENT; or None,
+    """A listed operation as a request body, validated by the function's own parser and held to PARENT; or None,
     said on stderr, for a name the API returned that opcancel would not accept."""
     if not isinstance(name, str):
         click.echo(f"skipped an operation without a name: {_echo(repr(name))}", err=True)

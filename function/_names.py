@@ -445,7 +445,7 @@ def _parse_service_url(host: str, version: str, rest: str, services: ServiceRegi
 
 
 def _parse_path(service: Service, path: str, *, operation: bool) -> str | None:
-    """Check a relative path for ``service``; return its location or region segment, if it has one."""
+    """Validate a relative path for ``service``; return its location or region segment, if it has one."""
     if service.is_scc:
         _parse_scc_path(path, operation=operation)
         return None

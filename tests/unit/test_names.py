@@ -416,32 +416,32 @@ def test_rejection_messages_escape_a_hostile_version():
     assert "\\u202e" in message
 
 
-# --- location and version checks ---------------------------------------------------------------
+# --- location and version validation -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("location", LOCATIONS)
-def test_check_location_accepts_each_location(location):
+def test_validate_location_accepts_each_location(location):
     assert validate_location(location) == location
 
 
 @pytest.mark.parametrize("value", ["", "Global", "EU", "europe-west1", None, 1, ["eu"], "eu\n"])
-def test_check_location_rejects_the_rest(value):
+def test_validate_location_rejects_the_rest(value):
     with pytest.raises(InvalidRequest, match="unknown location"):
         validate_location(value)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_check_version_accepts_each_version(version):
+def test_validate_version_accepts_each_version(version):
     assert validate_version(version) == version
 
 
 @pytest.mark.parametrize("value", ["", "V1", "v3", "v1beta", None, 1, ["v1"], "v1\x00"])
-def test_check_version_rejects_the_rest(value):
+def test_validate_version_rejects_the_rest(value):
     with pytest.raises(InvalidRequest, match="unknown API version"):
         validate_version(value)
 
 
-def test_check_location_escapes_what_it_echoes():
+def test_validate_location_escapes_what_it_echoes():
     with pytest.raises(InvalidRequest) as caught:
         validate_location("eu\x00\x1b" + "x" * 100)
     message = str(caught.value)
