@@ -116,6 +116,11 @@ def parse_check(message: InboundMessage, services: ServiceRegistry = REGISTRY) -
         body = read_json(message.data)
     except JsonUnreadable as problem:
         raise InvalidRequest(f"check message is {problem}") from None
+    return check_from_body(body, services)
+
+
+def check_from_body(body: Any, services: ServiceRegistry = REGISTRY) -> CheckRequest:
+    """A check from its JSON body: as a message carried it, or as the record kept it (``check_body``)."""
     if not isinstance(body, dict) or set(body) - {"trace", _CHECK_SERVICE_FIELD} != _CHECK_FIELDS:
         raise InvalidRequest("check message does not have exactly the check fields")
     trace = body.get("trace")

@@ -22,7 +22,7 @@ from ._core import next_due
 from ._gcp.operations import CancelAnswer, OperationsApi, operation_error, outcome_of
 from ._gcp.pubsub import Publisher
 from ._log import Logger, current_trace, traced
-from ._messages import check_body, parse_check, result_message
+from ._messages import check_body, check_from_body, parse_check, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef, allows
 from ._parsing import parse_message
@@ -351,7 +351,7 @@ class Pipeline:
     def _resume_chain(self, record: Record, now: float) -> ItemReport:
         """Schedule a new check, due now, for a chain whose check never ran (lost, dead-lettered, never sent)."""
         assert record.check is not None and record.due_at is not None
-        waited_for = parse_check(InboundMessage(data=json.dumps(record.check).encode("utf-8")), self._settings.services)
+        waited_for = check_from_body(record.check, self._settings.services)
         check = dataclasses.replace(waited_for, attempt=record.attempt + 1, due_at=now)
         self._schedule(record, check, now=now, checks=record.checks)
         self._log.notice(
