@@ -14,7 +14,7 @@ from ._gcp.pubsub import PubSubPublisher
 from ._gcp.tasks import CloudTasksScheduler, task_id
 from ._gcp.transport import SharedTransport
 from ._log import Logger
-from ._model import InboundMessage, Outcome, Result, SourceKind
+from ._model import InboundMessage, Outcome, SourceKind
 from ._names import OperationRef, parse_name
 from ._pipeline import ItemStatus, Pipeline
 from ._runtime import RedeliveryRequested, Runtime
@@ -53,7 +53,6 @@ __all__ = [
     "PubSubPublisher",
     "RedeliveryRequested",
     "RedeliveryScheduler",
-    "Result",
     "Runtime",
     "Settings",
     "SharedTransport",
