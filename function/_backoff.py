@@ -110,3 +110,7 @@ class PollingPolicy:
         # Capping the exponent keeps huge attempt numbers from overflowing a float.
         growth = self.multiplier ** min(exponent, 64)
         return min(self.initial_delay_s * growth, self.max_delay_s)
+
+    def due(self, attempt: int, *, now: float, deadline_at: float) -> float:
+        """When check ``attempt`` is due: exponential backoff, never past the deadline."""
+        return min(now + self.delay_before(attempt), deadline_at)

@@ -3,7 +3,7 @@ list, publish, resume.
 
 It follows the function's rules: every name goes through the request parser
 (the same accepted forms, the same rejections, the same allow-list) before
-anything reaches the network, outcomes come from ``outcome_of``, and the API
+anything reaches the network, outcomes come from ``settle`` as the function's do, and the API
 client is the function's own, retries included. ``cancel`` calls the API
 directly, with no idempotency store and no checks topic; ``publish`` and
 ``cancel --all`` hand requests to the deployed function instead; ``resume``
@@ -28,9 +28,8 @@ from typing import Any
 import click
 
 from ._clock import Clock, SystemClock, format_time
-from ._core import next_due
 from ._gcp.auth import Authenticator
-from ._gcp.operations import OperationsClient, operation_error, outcome_of
+from ._gcp.operations import OperationsClient, operation_error, outcome_of, settle
 from ._gcp.pubsub import Publisher
 from ._gcp.transport import SharedTransport
 from ._log import Logger
@@ -516,16 +515,15 @@ def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, po
             raise CliFailure(_echo(message), Exit.API_UNAVAILABLE) from None
         running = replace(running, checks=running.checks + 1, final_operation=operation)
         now = clock.now()
-        outcome = outcome_of(operation)
-        if outcome is not None:
-            return finished(outcome, operation_error(operation) if outcome is Outcome.FAILED else None)
+        # Without a policy there is no waiting, so no deadline to pass.
+        deadline_at = accepted_at + policy.deadline_s if policy is not None else math.inf
+        settled = settle(operation, now=now, deadline_at=deadline_at)
+        if settled is not None:
+            return finished(*settled)
         if policy is None:
             return running
-        deadline_at = accepted_at + policy.deadline_s
-        if now >= deadline_at:
-            return finished(Outcome.TIMED_OUT, f"operation still running at the deadline {format_time(deadline_at)}")
         attempt += 1
-        due = next_due(policy, attempt, now=now, deadline_at=deadline_at)
+        due = policy.due(attempt, now=now, deadline_at=deadline_at)
         progress(f"get {running.checks}: still running; next get in {_seconds(due - now)}")
         clock.sleep(due - now)
 

@@ -13,13 +13,13 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ._clock import Clock, format_time
-from ._core import next_due
-from ._gcp.operations import CancelAnswer, OperationsApi, operation_error, outcome_of
+from ._gcp.operations import CancelAnswer, OperationsApi, settle
 from ._gcp.pubsub import Publisher
 from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, parse_check, result_message
@@ -236,10 +236,11 @@ class Pipeline:
                 operation = self._api.get(ref)
         except ApiRejected as refusal:
             return self._conclude(record, self._refused(record, ref, request.source, refusal, checks=checks))
-        outcome = outcome_of(operation)
-        if outcome is None:
+        # No deadline yet: the cancel has not been sent.
+        settled = settle(operation, now=self._clock.now(), deadline_at=math.inf)
+        if settled is None:
             return dataclasses.replace(record, checks=checks)
-        error = operation_error(operation) if outcome is Outcome.FAILED else None
+        outcome, error = settled
         result = self._result(
             ref, record.key, request.source, outcome, error, operation, checks=checks, requested_at=record.requested_at
         )
@@ -279,16 +280,10 @@ class Pipeline:
         except ApiRejected as refusal:
             return self._conclude(record, self._refused(record, ref, source, refusal, checks=checks))
         now = self._clock.now()
-        outcome = outcome_of(operation)
         deadline_at = record.deadline_at if record.deadline_at is not None else now
-        if outcome is None and now >= deadline_at:
-            outcome = Outcome.TIMED_OUT
-        if outcome is not None:
-            error = None
-            if outcome is Outcome.FAILED:
-                error = operation_error(operation)
-            elif outcome is Outcome.TIMED_OUT:
-                error = f"operation still running at the check deadline {format_time(deadline_at)}"
+        settled = settle(operation, now=now, deadline_at=deadline_at)
+        if settled is not None:
+            outcome, error = settled
             result = self._result(
                 ref, record.key, source, outcome, error, operation, checks=checks, requested_at=record.requested_at
             )
@@ -298,7 +293,7 @@ class Pipeline:
             ref=ref,
             idempotency_key=record.key,
             attempt=attempt,
-            due_at=next_due(self._settings.polling, attempt, now=now, deadline_at=deadline_at),
+            due_at=self._settings.polling.due(attempt, now=now, deadline_at=deadline_at),
             deadline_at=deadline_at,
             requested_at=record.requested_at,
             source=source,
