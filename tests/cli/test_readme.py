@@ -171,3 +171,15 @@ def test_the_registry_table_lists_every_built_in_service_with_its_hosts_and_a_so
         if not service.is_scc:
             regional = service.host.replace("{location}", "L")
             assert f"`{regional}`" in row and f"`{service.global_host}`" in row, row
+
+
+def test_the_layout_names_every_module_of_the_package_and_nothing_gone():
+    layout = section("Layout")
+    package = ROOT / "function"
+    modules = {path.name for path in package.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()}
+    modules -= {"__init__.py", "__main__.py", "__pycache__"}
+    named = set(re.findall(r"\b(_?[a-z_]+(?:\.py|/))", layout))
+    assert {m if m.endswith(".py") else m + "/" for m in modules} <= named
+    for name in named:
+        if name.startswith("_") and not (package / name.rstrip("/")).exists():
+            raise AssertionError(f"the layout names {name}, which function/ no longer has")
