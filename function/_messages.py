@@ -110,13 +110,17 @@ def check_message(check: CheckRequest) -> tuple[bytes, dict[str, str]]:
 
 def parse_check(message: InboundMessage, services: ServiceRegistry = REGISTRY) -> CheckRequest:
     """Parse a follow-up check, which opcancel itself wrote; anything off is ``InvalidRequest``."""
+    return check_from_body(read_check_body(message), services)
+
+
+def read_check_body(message: InboundMessage) -> Any:
+    """A check message's JSON body as it arrived, read once, with the one size limit and JSON reader."""
     if len(message.data) > MAX_BODY_BYTES:
         raise InvalidRequest(f"body is {len(message.data)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
-        body = read_json(message.data)
+        return read_json(message.data)
     except JsonUnreadable as problem:
         raise InvalidRequest(f"check message is {problem}") from None
-    return check_from_body(body, services)
 
 
 def check_from_body(body: Any, services: ServiceRegistry = REGISTRY) -> CheckRequest:

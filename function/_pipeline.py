@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import enum
 import hashlib
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from ._clock import Clock, format_time
 from ._gcp.operations import CancelAnswer, OperationsApi, settle
 from ._gcp.pubsub import Publisher
 from ._log import Logger, current_trace, traced
-from ._messages import check_body, check_from_body, parse_check, result_message
+from ._messages import check_body, check_from_body, read_check_body, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef, allows
 from ._parsing import parse_message
@@ -390,7 +389,9 @@ class Pipeline:
 
     def _check_message(self, message: InboundMessage) -> ItemReport:
         try:
-            check = parse_check(message, self._settings.services)
+            # As it arrived: the record recognises its check by this body, not by a re-encoding of it.
+            body = read_check_body(message)
+            check = check_from_body(body, self._settings.services)
         except InvalidRequest as problem:
             self._log.warning(
                 f"malformed check message dropped: {problem}",
@@ -399,8 +400,6 @@ class Pipeline:
                 message_id=message.message_id,
             )
             return ItemReport("", ItemStatus.REJECTED, detail=str(problem))
-        # As it arrived: the record recognises its check by this body, not by a re-encoding of it.
-        body = json.loads(message.data)
         with traced(check.trace or current_trace()):
             return self._guarded(check.ref.name, check.idempotency_key, lambda: self._run_check(check, body))
 
