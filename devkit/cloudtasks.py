@@ -23,7 +23,8 @@ What it does not do: queue administration, rate limits, App Engine tasks, task d
 Fault injection, for the chaos run: ``create_failure_rate`` answers that share of creates 503
 UNAVAILABLE before creating anything; ``dispatch_failure_rate`` fails that share of dispatch attempts
 without sending (the task is retried); ``lose_rate`` accepts that share of creates and never
-dispatches them (a lost task). ``POST /_cloudtasks/faults`` sets them; ``GET /_cloudtasks/tasks``
+dispatches them (a lost task), chosen by the task's name and the seed, so one seed loses the same
+tasks however the creates interleave. ``POST /_cloudtasks/faults`` sets them; ``GET /_cloudtasks/tasks``
 lists every task with its schedule, dispatch attempts and first successful dispatch time.
 
 In-process, tests mount it with ``httpx.WSGITransport`` and call ``dispatch_due()`` with their own
@@ -121,6 +122,7 @@ class CloudTasks:
         self.dispatch_failure_rate = dispatch_failure_rate
         self.lose_rate = lose_rate
         self._random = random.Random(seed)
+        self._seed = seed
         self.tasks: dict[str, Task] = {}
         #: Every create answered, as (status, task name or None), in order.
         self.creates: list[tuple[int, str | None]] = []
@@ -169,7 +171,7 @@ class CloudTasks:
                 self.creates.append((503, None))
             raise _Refusal(503, "The service is currently unavailable (injected).")
         task = self._parse_create(queue, raw)
-        lost = self._roll() < self.lose_rate
+        lost = random.Random(f"{self._seed}/{task.name}").random() < self.lose_rate
         with self._lock:
             if task.name in self.tasks:
                 self.creates.append((409, task.name))
@@ -257,6 +259,7 @@ class CloudTasks:
                     setattr(self, name, float(body[name]))
             if "seed" in body:
                 self._random.seed(body["seed"])
+                self._seed = body["seed"]
             return 200, {}
         raise _Refusal(404, f"no such control: {command}")
 

@@ -4,7 +4,8 @@
 ``OPCANCEL_STORE`` chooses) and of publishes that fail, half of them before taking effect and half
 after (the write lands or the message goes out, but the answer is lost). ``CHAOS_CRASH_RATE`` is the chance that the worker process dies on the spot
 after any API answer, store write or publish. ``CHAOS_LOST_CHECKS`` is the share of check messages
-published (without a queue) that are silently lost, as a dead-lettered or dropped message would be;
+published (without a queue) that are silently lost, as a dead-lettered or dropped message would be,
+chosen by operation, attempt and seed, so one seed loses the same checks in every run;
 with a queue, checks go through the scheduler the settings choose (the Cloud Tasks stand-in, which
 loses tasks and fails creates and dispatches by itself). Each write of a key's record (a create, a
 takeover raising the fence, an update or a release) is logged as ``chaos_lease`` with the time, pid,
@@ -145,7 +146,7 @@ class FaultyPublisher:
         self._inner = inner
 
     def publish_all(self, topic, messages):
-        if topic == settings.checks_topic and dice.roll() < LOST_CHECKS:
+        if topic == settings.checks_topic and any(_lost(attributes) for _, attributes in messages):
             log.warning("check message lost", event="chaos_fault", where="check message", when="lost")
             return [f"lost-{index}" for index, _ in enumerate(messages)]
         fault = dice.fault(f"publish to {topic}", PUBLISH_FAILURES)
@@ -156,6 +157,11 @@ class FaultyPublisher:
         if fault == "after":
             raise PublishFailed(f"publish to {topic} failed: injected, sent but unconfirmed")
         return ids
+
+
+def _lost(attributes: dict[str, str]) -> bool:
+    check = f"{SEED}/{attributes.get('operation')}/{attributes.get('attempt')}"
+    return random.Random(check).random() < LOST_CHECKS
 
 
 class CrashingApi:

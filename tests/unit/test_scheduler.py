@@ -316,6 +316,16 @@ def test_the_stand_in_injects_failed_creates_lost_tasks_and_failed_dispatches():
     clock.advance(10)
     assert losing.dispatch_due() == 0 and dispatched.calls == []
 
+    # A lost task is chosen by its name and the seed, so one seed loses the same tasks in any order of creates.
+    names = [f"{QUEUE}/tasks/t{index}" for index in range(20)]
+    lost = []
+    for order in (names, names[::-1]):
+        halves = stand_in(clock, Dispatched(), lose_rate=0.5, seed=7)
+        for name in order:
+            post(halves, http_task(name=name))
+        lost.append({task.name for task in halves.tasks.values() if task.lost})
+    assert lost[0] == lost[1] and 0 < len(lost[0]) < len(names)
+
     flaky = stand_in(clock, dispatched, dispatch_failure_rate=1.0, max_attempts=3)
     post(flaky, http_task(scheduleTime=format_time(clock.now())))
     for _ in range(5):
