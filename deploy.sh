@@ -12,7 +12,7 @@ fi
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
-readonly RUNTIME=python312
+readonly RUNTIME=python313
 # The longest Cloud Functions allows an event-driven function (functions/docs/configuring/timeout);
 # a batch of 100 operations needs room.
 readonly TIMEOUT_S=540

@@ -63,6 +63,14 @@ class Pythons:
                     found.setdefault(package, version)
         return {package: found.get(package, "not installed") for package in packages}
 
+    def python_version(self, function: str) -> str:
+        """The Python version ``function`` runs under."""
+        answer = subprocess.run(
+            [self.of(function), "-c", "import platform; print(platform.python_version())"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return answer.stdout.strip()
+
 
 #: Every function under this interpreter: the tests' brief runs.
 THIS_PYTHON = Pythons()

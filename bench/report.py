@@ -115,7 +115,9 @@ def _setting(command: str, elapsed_s: float, plan: dict[str, Any], pythons: Pyth
 
 - Command: `{command}` ({elapsed_s / 60:.1f} minutes), on {datetime.date.today().isoformat()}.
 - Machine: {_cpu()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB; {platform.system()} {platform.release()}.
-- Python {platform.python_version()}; {versions}.
+- Python {pythons.python_version("opcancel")} for opcancel and the functions built on it, as deploy.sh
+  deploys them; {pythons.python_version("official")} for the official client; the harness on
+  {platform.python_version()}. {versions}.
 - Google Cloud SDK: {_gcloud_versions()}.
 - The Operations API is `devkit/simulator.py` in a process of its own, answering at once; results go
   to Google's Pub/Sub emulator; opcancel uses its embedded SQLite store. Every function runs under

@@ -3,6 +3,7 @@ REST call is sent, retried and read."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -15,30 +16,37 @@ from .._json import JsonUnreadable, read_json
 
 
 class SharedTransport(httpx.BaseTransport):
-    """httpx's own ``HTTPTransport``, one per process, built on the first request.
+    """httpx's own ``HTTPTransport``, one per URL scheme and process, each built on its first request.
 
     Every client in the process (Operations API, Pub/Sub, Cloud Tasks, Firestore, token refreshes) sends
-    through it, so there is one connection pool and one TLS context; building it on first use keeps its
-    set-up out of start-up, where a bad setting should fail fast and cheaply.
+    through it, so there is one connection pool per scheme and one TLS context. ``https`` gets the
+    verifying transport (certifi's bundle, or the ``verify`` given); plain ``http`` (the metadata server,
+    emulators, the local stack) gets one whose TLS context trusts no certificate, so loading a CA bundle
+    waits for the first HTTPS call and a plain connection can never become an unverified TLS one.
     """
 
     def __init__(self, **options: Any) -> None:
         self._options = options
-        self._transport: httpx.HTTPTransport | None = None
+        self._transports: dict[str, httpx.HTTPTransport] = {}
         self._lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._built().handle_request(request)
+        return self._built("http" if request.url.scheme == "http" else "https").handle_request(request)
 
     def close(self) -> None:
-        """Nothing: the process owns the transport, and an ``httpx.Client`` closing it would cut other
-        clients' requests off mid-flight. Its connections end with the process."""
+        """Nothing: the process owns the transports, and an ``httpx.Client`` closing one would cut other
+        clients' requests off mid-flight. Their connections end with the process."""
 
-    def _built(self) -> httpx.HTTPTransport:
+    def _built(self, scheme: str) -> httpx.HTTPTransport:
         with self._lock:
-            if self._transport is None:
-                self._transport = httpx.HTTPTransport(**self._options)
-            return self._transport
+            transport = self._transports.get(scheme)
+            if transport is None:
+                options = self._options
+                if scheme == "http":
+                    # Verification on, nothing trusted: a context that can never complete a handshake.
+                    options = {**options, "verify": ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)}
+                transport = self._transports[scheme] = httpx.HTTPTransport(**options)
+            return transport
 
 
 def send(

@@ -108,11 +108,11 @@ organizations get-iam-policy 456 POLICY organizations/456/roles/opcancel_operati
 organizations add-iam-policy-binding 456 --member=serviceAccount:{FUNCTION_SA} --role=organizations/456/roles/opcancel_operation_canceller --condition=None
 functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS)
 functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy,eventTrigger.pubsubTopic,eventTrigger.serviceAccountEmail,eventTrigger.retryPolicy)
-functions deploy opcancel-requests --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_event --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --ingress-settings=internal-only --set-env-vars='{ENV_VARS}' --trigger-topic=opcancel-requests --trigger-service-account={TRIGGER_SA} --retry --update-labels=opcancel_deploy=DIGEST --quiet
+functions deploy opcancel-requests --project={PROJECT} --region={REGION} --gen2 --runtime=python313 --source={ROOT} --entry-point=on_event --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --ingress-settings=internal-only --set-env-vars='{ENV_VARS}' --trigger-topic=opcancel-requests --trigger-service-account={TRIGGER_SA} --retry --update-labels=opcancel_deploy=DIGEST --quiet
 functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy,eventTrigger.pubsubTopic,eventTrigger.serviceAccountEmail,eventTrigger.retryPolicy)
-functions deploy opcancel-checks --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_event --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --ingress-settings=internal-only --set-env-vars='{ENV_VARS}' --trigger-topic=opcancel-checks --trigger-service-account={TRIGGER_SA} --retry --update-labels=opcancel_deploy=DIGEST --quiet
+functions deploy opcancel-checks --project={PROJECT} --region={REGION} --gen2 --runtime=python313 --source={ROOT} --entry-point=on_event --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --ingress-settings=internal-only --set-env-vars='{ENV_VARS}' --trigger-topic=opcancel-checks --trigger-service-account={TRIGGER_SA} --retry --update-labels=opcancel_deploy=DIGEST --quiet
 functions describe opcancel-http --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy,eventTrigger.pubsubTopic,eventTrigger.serviceAccountEmail,eventTrigger.retryPolicy)
-functions deploy opcancel-http --project={PROJECT} --region={REGION} --gen2 --runtime=python312 --source={ROOT} --entry-point=on_http --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --set-env-vars='{ENV_VARS}' --trigger-http --update-labels=opcancel_deploy=DIGEST --quiet
+functions deploy opcancel-http --project={PROJECT} --region={REGION} --gen2 --runtime=python313 --source={ROOT} --entry-point=on_http --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --set-env-vars='{ENV_VARS}' --trigger-http --update-labels=opcancel_deploy=DIGEST --quiet
 run services get-iam-policy opcancel-requests --project={PROJECT} --region={REGION} POLICY roles/run.invoker serviceAccount:{TRIGGER_SA}
 functions add-invoker-policy-binding opcancel-requests --project={PROJECT} --region={REGION} --member=serviceAccount:{TRIGGER_SA}
 functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(eventTrigger.trigger)
@@ -1387,3 +1387,12 @@ def test_deploy_sh_passes_shellcheck():
     process = subprocess.run(["shellcheck", str(DEPLOY)], capture_output=True, text=True, check=False)
 
     assert process.returncode == 0, process.stdout + process.stderr
+
+
+def test_the_bench_runs_the_functions_on_the_python_deploy_sh_deploys():
+    (deployed,) = re.findall(r"^readonly RUNTIME=python3(\d+)$", (ROOT / "deploy.sh").read_text(), re.MULTILINE)
+    (reading,) = [line for line in (ROOT / "bench" / "run").read_text().splitlines() if line.startswith("runtime=")]
+    found = subprocess.run(
+        ["bash", "-c", f'{reading}; printf %s "$runtime"'], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert found.stdout == f"3.{deployed}"

@@ -350,3 +350,13 @@ def test_https_to_a_server_whose_certificate_names_another_host_is_refused(serve
     with _client(trusting) as client, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         client.get(f"https://127.0.0.1:{elsewhere.port}/echo")
     assert elsewhere.seen == []
+
+
+def test_plain_http_never_loads_a_ca_bundle_and_https_still_verifies(server, tls_server, monkeypatch, tmp_path):
+    # httpx reads SSL_CERT_FILE when it builds a verifying context: a missing file shows when that happens.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with _client(SharedTransport()) as client:
+        assert client.get(f"http://127.0.0.1:{server.port}/echo").status_code == 200
+        with pytest.raises(FileNotFoundError):
+            client.get(f"https://127.0.0.1:{tls_server.port}/echo")
+    assert [seen["path"] for seen in server.seen] == ["/echo"] and tls_server.seen == []
