@@ -31,7 +31,8 @@ names how it was found).
 | cold start, opcancel ÷ bare | 609 ms ÷ 182 ms = **3.3×**, slower than the official client (469 ms) | see above | `-X importtime`; timing and pyinstrument on the first request in-process | the five below |
 | | google-cloud-pubsub: 209 ms of imports, then a gRPC channel, on the first publish | gone from the function | `-X importtime` | results and checks are published with one REST `topics.publish` call over httpx (`function/_gcp/pubsub.py`); google-cloud-pubsub is now only the tests' and the local stack's client |
 | | three `httpx.Client`s, each loading certifi's CA bundle: 29–50 ms each | one transport for the process, TLS set up on its first `https` request | timing `httpx.Client()` | `function/_gcp/transport.py`: one `SharedTransport` for the API, Pub/Sub, Firestore and token refreshes (on Cloud: one TLS context instead of three) |
-| | httpx's `HTTPTransport` imports httpcore and h11 (13 ms) and opens its first connection through them | 25–45 ms less: 279 → 249 ms and 346 → 300 ms, old and new side by side in two runs of 15 rounds | `-X importtime`; strace of a cold start | `SharedTransport` is now a keep-alive pool over the standard library's `http.client`, which functions-framework has already imported; httpx's clients, errors and `MockTransport` stay above it (tested against loopback servers, TLS included: `tests/unit/test_transport.py`) |
+| | httpx's `HTTPTransport` imports httpcore and h11 (13 ms) and opens its first connection through them | 25–45 ms less: 279 → 249 ms and 346 → 300 ms, old and new side by side in two runs of 15 rounds | `-X importtime`; strace of a cold start | a keep-alive pool over the standard library's `http.client`; **undone by the redesign**, because the brief leaves HTTP to httpx's own transport (cold start went from 1.22–1.42× to 1.70×) |
+| | httpx's `HTTPTransport` built its verifying TLS context (certifi's bundle, 15–18 ms) on the first request, though every call here is plain `http` | 14 ms less (213 against 227 ms, 10 interleaved starts each): 1.60× instead of 1.72× | cProfile of the first request in-process: `load_verify_locations` | `SharedTransport` keeps one httpx transport per scheme; the `http` one has a context that trusts nothing, so the bundle loads on the first `https` call, which on Cloud is the first call to the API |
 | the harness | the functions ran in the tests' venv, with `PYTHONDONTWRITEBYTECODE` from the shell: opcancel's modules were compiled on every start, and pygments (a test tool) was imported by httpx | each function runs in a venv holding only what it deploys, with bytecode caches written | strace showing no `__pycache__` reads | `bench/run` builds the venvs; `Services.environment` drops `PYTHONDONTWRITEBYTECODE` |
 | | the garbage collector ran during `main.py`'s imports | ~10 ms less (243 vs 253 ms, 15 interleaved starts each) | timing the import with the collector off | `main.py`: the gc module's recipe for servers that fork after loading (`gc.disable()`, then `gc.freeze()`), which also keeps the workers' collections off the pages they share with the master |
 | | on Cloud, google-auth's Application Default Credentials took 90–120 ms to the first token: its `compute_engine` module imports `requests` | 2–3 ms | timing the first token in-process against `bench/_metadata.py` | `MetadataServerAuth` (`function/_gcp/auth.py`) asks the metadata server itself; a key file in `GOOGLE_APPLICATION_CREDENTIALS` still goes through google-auth |
@@ -62,20 +63,28 @@ before the `get`; the result stored before it is published, so a republish is id
 finished), and the two log lines, which are the cancel's audit trail in Cloud Logging. With the
 memory store opcancel reached ~90% of the floor handler in a side-by-side run of seven rounds.
 
-### Why the 1.3× cold-start goal is out of reach
+### Where the cold start goes, and why it misses the 1.5× budget
 
-What opcancel adds to the bare function's start, measured apart, in-process: about 30 ms of imports
-before it serves — httpx ~13 ms (the HTTP client the brief fixes), opcancel's own modules ~14 ms, of
-which ~9 ms is Python 3.11's `dataclasses` compiling the generated methods of 17 frozen value
-classes, SQLite ~2 ms — and the store opened and probed, ~3 ms. Then the first request, which is
-mostly waiting: its own work (parsing, the store's writes, the log lines) takes ~4 ms, the cancel and
-get on the simulator ~5 ms (it speaks HTTP/1.0, so each call opens a connection), and the result's
-publish 12–38 ms on the Pub/Sub emulator, which is slowest on the first publish after an idle spell.
-1.3× of the floor leaves ~50 ms for all of it; the waits on the simulator and the emulator, which the
-bare function never makes, take half of that. Left as they are: functions-framework (its import is
-the floor), httpx, and the dataclasses, which Python 3.13 builds with one `exec` each instead of
-six. On Cloud both opcancel and the official client also pay for TLS on the first `https`
-connection, which no loopback run can show.
+Timed inside a real cold start (functions-framework's gunicorn, the deployed venv, Python 3.11,
+medians of 8): the interpreter and functions-framework take ~110 ms before `main.py` is imported,
+for the bare function and opcancel alike, and gunicorn ~24 ms more before the first request reaches
+the worker. opcancel adds two things. **Importing `main.py`, ~37 ms**: httpx ~12 ms (the HTTP client
+the brief fixes); opcancel's own modules ~20 ms, of which ~7 ms is `dataclasses` generating the
+methods of about twenty frozen value classes and ~2 ms compiling the name and setting patterns; the
+store opened and probed, ~3 ms. **The first request, ~42 ms**: httpcore and h11, which httpx's
+transport imports when it is built, ~12 ms; the cancel and get on the simulator and the result's
+publish on the Pub/Sub emulator ~20 ms of waiting (the emulator takes 5–14 ms a publish, most on a
+new connection), which the bare function never does; parsing, the store's four writes and the log
+lines ~5 ms. Against the bare function's ~135 ms, 1.5× leaves ~67 ms for all of that; httpx's stack
+and the waits alone take ~44 ms of it.
+
+Tried and left: the Python runtime. Python 3.11, 3.12 and 3.13 (pyenv builds, 8–20 interleaved
+starts each) gave ratios of 1.53–1.62 in every order, within the noise of one another, and the
+bare function starts ~15 ms later on 3.13 than on 3.11 here; deploy.sh deploys python313 for its
+longer support, and `bench/run` runs the functions on that version. Not done, because the brief
+rules it out: writing our own HTTP client again, or replacing `dataclasses` with hand-written
+classes. On Cloud, opcancel and the official client alike also pay for TLS on the first `https`
+connection, which no loopback run shows.
 """
 
 
