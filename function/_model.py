@@ -30,6 +30,8 @@ class SourceKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Source:
+    """Where a request came from (Pub/Sub, an alert, HTTP, the CLI), carried into its checks and its result."""
+
     kind: SourceKind
     message_id: str | None = None
     incident_id: str | None = None
@@ -63,6 +65,8 @@ class InboundMessage:
 
 @dataclass(frozen=True)
 class CancelRequest:
+    """One validated request to cancel one operation, with the key that makes it idempotent."""
+
     ref: OperationRef
     idempotency_key: str
     source: Source

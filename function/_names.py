@@ -312,6 +312,8 @@ class OperationParent:
 
 @dataclass(frozen=True)
 class ParsedName:
+    """An operation name as written, before the settings fill in what it leaves open."""
+
     name: str
     service: Service = SCC_SERVICE
     #: Set when the name itself fixes it: a Security Command Center URL, or any other service's name.

@@ -71,6 +71,8 @@ _LABEL_IN_TEXT = re.compile(
 
 @dataclass
 class Parsed:
+    """A message parsed: requests to act on, rejections to report, or why the whole was set aside."""
+
     requests: list[CancelRequest] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     #: Why the message as a whole was set aside, when it was.
@@ -83,6 +85,8 @@ class Parsed:
 
 @dataclass(frozen=True)
 class _Defaults:
+    """What a message sets for each of its operations (by attributes or top-level fields) unless an item sets its own."""
+
     location: str | None
     api_version: str | None
     idempotency_key: str | None

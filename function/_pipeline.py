@@ -50,6 +50,8 @@ class ItemStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class ItemReport:
+    """What became of one operation of a message, for the log, the CLI and on_http's answer."""
+
     operation: str
     status: ItemStatus
     idempotency_key: str | None = None
@@ -68,6 +70,8 @@ class ItemReport:
 
 @dataclass(frozen=True)
 class Report:
+    """What became of a whole message; the runtime acknowledges or retries it by ``must_retry``."""
+
     items: tuple[ItemReport, ...] = ()
     #: Set when the message as a whole was set aside; see ``Parsed``.
     ignored: str | None = None

@@ -33,6 +33,8 @@ DEFAULT_LEASE_S = 60.0
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting, read once from the environment and frozen; nothing else reads ``os.environ``."""
+
     project: str | None = None
     results_topic: str = "opcancel-results"
     checks_topic: str = "opcancel-checks"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -98,10 +99,17 @@ def build_api(
     return OperationsClient(auth=auth, clock=clock, log=log, endpoint=settings.api_endpoint, transport=transport)
 
 
+def _request_schemes(settings: Settings) -> frozenset[str]:
+    """The URL schemes of the two calls every request makes: the Operations API's and Pub/Sub's."""
+    api = urlsplit(settings.api_endpoint).scheme if settings.api_endpoint else "https"
+    return frozenset({api, "http" if settings.pubsub_emulator_host else "https"})
+
+
 def build_pipeline(settings: Settings, *, log: Logger | None = None) -> Pipeline:
     log = log or Logger()
     clock = SystemClock()
-    transport = SharedTransport()
+    # Built here, at start-up, so gunicorn's master prepares it before forking the workers.
+    transport = SharedTransport(prepare=_request_schemes(settings))
     # One credential cache serves the Operations API, Pub/Sub and Firestore: all use the cloud-platform scope.
     auth = build_auth(settings, clock=clock, transport=transport)
     publisher = build_publisher(settings, auth=auth, clock=clock, transport=transport)

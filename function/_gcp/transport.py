@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -16,19 +16,24 @@ from .._json import JsonUnreadable, read_json
 
 
 class SharedTransport(httpx.BaseTransport):
-    """httpx's own ``HTTPTransport``, one per URL scheme and process, each built on its first request.
+    """httpx's own ``HTTPTransport``, one per URL scheme and process, built at once for the schemes named in
+    ``prepare`` and on first use for any other.
 
     Every client in the process (Operations API, Pub/Sub, Cloud Tasks, Firestore, token refreshes) sends
     through it, so there is one connection pool per scheme and one TLS context. ``https`` gets the
     verifying transport (certifi's bundle, or the ``verify`` given); plain ``http`` (the metadata server,
     emulators, the local stack) gets one whose TLS context trusts no certificate, so loading a CA bundle
     waits for the first HTTPS call and a plain connection can never become an unverified TLS one.
+    Preparing a scheme in gunicorn's master, before it forks, hands every worker that transport ready
+    (httpcore imported, CA certificates loaded) instead of building it on the worker's first request.
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, prepare: Iterable[str] = (), **options: Any) -> None:
         self._options = options
         self._transports: dict[str, httpx.HTTPTransport] = {}
         self._lock = threading.Lock()
+        for scheme in prepare:
+            self._built(scheme)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self._built("http" if request.url.scheme == "http" else "https").handle_request(request)

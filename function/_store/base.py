@@ -47,6 +47,8 @@ class ClaimStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class Claim:
+    """The answer to a claim: the key's status and, when there is one, its record."""
+
     status: ClaimStatus
     record: Record | None
     #: True when this claim took the key over from an earlier holder.

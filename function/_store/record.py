@@ -45,6 +45,8 @@ _CAN_RELEASE = frozenset({State.CLAIMED, State.CANCEL_SENT, State.CHECKING, Stat
 
 @dataclass(frozen=True)
 class Record:
+    """One key's stored state; its named transitions below are the only way it changes."""
+
     key: str
     payload_hash: str
     state: State

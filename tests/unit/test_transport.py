@@ -3,6 +3,7 @@ TCP, HTTP/1.0 and TLS with a certificate made for the test."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import http.server
 import ipaddress
@@ -21,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from devkit.emulators import free_port
-from function import SharedTransport
+from function import Settings, SharedTransport
+from function._wiring import build_pipeline
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -360,3 +362,21 @@ def test_plain_http_never_loads_a_ca_bundle_and_https_still_verifies(server, tls
         with pytest.raises(FileNotFoundError):
             client.get(f"https://127.0.0.1:{tls_server.port}/echo")
     assert [seen["path"] for seen in server.seen] == ["/echo"] and tls_server.seen == []
+
+
+def test_a_prepared_scheme_is_built_at_once_and_an_unprepared_one_on_first_use(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    SharedTransport(prepare=("http",))  # no CA bundle to load: nothing fails
+    with pytest.raises(FileNotFoundError):
+        SharedTransport(prepare=("https",))
+
+
+def test_the_function_prepares_the_schemes_its_api_and_pubsub_calls_use(monkeypatch, tmp_path):
+    # Prepared at start-up, so gunicorn's master builds them before forking; the CA bundle only where
+    # a request's calls are https (SSL_CERT_FILE, which httpx reads then, shows when that happens).
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    local = Settings(project="p", auth="anonymous", store="memory", api_endpoint="http://127.0.0.1:9")
+    build_pipeline(dataclasses.replace(local, pubsub_emulator_host="127.0.0.1:8"))
+    for https in (dataclasses.replace(local, api_endpoint=None, pubsub_emulator_host="127.0.0.1:8"), local):
+        with pytest.raises(FileNotFoundError):
+            build_pipeline(https)
