@@ -33,6 +33,7 @@ names how it was found).
 | | three `httpx.Client`s, each loading certifi's CA bundle: 29–50 ms each | one transport for the process, TLS set up on its first `https` request | timing `httpx.Client()` | `function/_gcp/transport.py`: one `SharedTransport` for the API, Pub/Sub, Firestore and token refreshes (on Cloud: one TLS context instead of three) |
 | | httpx's `HTTPTransport` imports httpcore and h11 (13 ms) and opens its first connection through them | 25–45 ms less: 279 → 249 ms and 346 → 300 ms, old and new side by side in two runs of 15 rounds | `-X importtime`; strace of a cold start | a keep-alive pool over the standard library's `http.client`; **undone by the redesign**, because the brief leaves HTTP to httpx's own transport (cold start went from 1.22–1.42× to 1.70×) |
 | | httpx's `HTTPTransport` built its verifying TLS context (certifi's bundle, 15–18 ms) on the first request, though every call here is plain `http` | 14 ms less (213 against 227 ms, 10 interleaved starts each): 1.60× instead of 1.72× | cProfile of the first request in-process: `load_verify_locations` | `SharedTransport` keeps one httpx transport per scheme; the `http` one has a context that trusts nothing, so the bundle loads on the first `https` call, which on Cloud is the first call to the API |
+| | each gunicorn worker built httpx's transport on its first request, importing httpcore and h11 there | built at start-up in gunicorn's master, before it forks, for the schemes the API and Pub/Sub calls use: 5 ms less (237 → 232 ms, 20 interleaved starts, timed inside the start: the import grows by 12 ms, the first request shrinks by 18 ms) | timestamps at `main.py`'s import and around the first request, inside a real start | `SharedTransport(prepare=...)`, called by `build_pipeline` |
 | the harness | the functions ran in the tests' venv, with `PYTHONDONTWRITEBYTECODE` from the shell: opcancel's modules were compiled on every start, and pygments (a test tool) was imported by httpx | each function runs in a venv holding only what it deploys, with bytecode caches written | strace showing no `__pycache__` reads | `bench/run` builds the venvs; `Services.environment` drops `PYTHONDONTWRITEBYTECODE` |
 | | the garbage collector ran during `main.py`'s imports | ~10 ms less (243 vs 253 ms, 15 interleaved starts each) | timing the import with the collector off | `main.py`: the gc module's recipe for servers that fork after loading (`gc.disable()`, then `gc.freeze()`), which also keeps the workers' collections off the pages they share with the master |
 | | on Cloud, google-auth's Application Default Credentials took 90–120 ms to the first token: its `compute_engine` module imports `requests` | 2–3 ms | timing the first token in-process against `bench/_metadata.py` | `MetadataServerAuth` (`function/_gcp/auth.py`) asks the metadata server itself; a key file in `GOOGLE_APPLICATION_CREDENTIALS` still goes through google-auth |
@@ -63,20 +64,22 @@ before the `get`; the result stored before it is published, so a republish is id
 finished), and the two log lines, which are the cancel's audit trail in Cloud Logging. With the
 memory store opcancel reached ~90% of the floor handler in a side-by-side run of seven rounds.
 
-### Where the cold start goes, and why it misses the 1.5× budget
+### Where the cold start goes, and why it sits at the 1.5× budget
 
-Timed inside a real cold start (functions-framework's gunicorn, the deployed venv, Python 3.11,
-medians of 8): the interpreter and functions-framework take ~110 ms before `main.py` is imported,
-for the bare function and opcancel alike, and gunicorn ~24 ms more before the first request reaches
-the worker. opcancel adds two things. **Importing `main.py`, ~37 ms**: httpx ~12 ms (the HTTP client
-the brief fixes); opcancel's own modules ~20 ms, of which ~7 ms is `dataclasses` generating the
-methods of about twenty frozen value classes and ~2 ms compiling the name and setting patterns; the
-store opened and probed, ~3 ms. **The first request, ~42 ms**: httpcore and h11, which httpx's
-transport imports when it is built, ~12 ms; the cancel and get on the simulator and the result's
-publish on the Pub/Sub emulator ~20 ms of waiting (the emulator takes 5–14 ms a publish, most on a
-new connection), which the bare function never does; parsing, the store's four writes and the log
-lines ~5 ms. Against the bare function's ~135 ms, 1.5× leaves ~67 ms for all of that; httpx's stack
-and the waits alone take ~44 ms of it.
+Timed inside a real cold start (functions-framework's gunicorn, the deployed venv, 20 interleaved
+starts): the interpreter and functions-framework take ~125 ms before `main.py` is imported, for the
+bare function and opcancel alike, and gunicorn ~25 ms more before the first request reaches the
+worker. opcancel adds two things. **Importing `main.py`, ~54 ms**: httpx ~12 ms and, since its
+transport is now built at start-up, httpcore and h11 ~12 ms (the HTTP stack the brief fixes);
+opcancel's own modules ~20 ms, of which ~12 ms is `dataclasses` generating the methods of about
+twenty frozen value classes and ~2 ms compiling the name and setting patterns; the store opened and
+probed, ~4 ms. **The first request, ~24 ms**: the cancel and get on the simulator and the result's
+publish on the Pub/Sub emulator, ~17 ms of waiting (the emulator takes 11–15 ms a publish after a
+moment idle), which the bare function never does; parsing, the store's four writes and the log
+lines, the rest. Against the bare function's ~155 ms, 1.5× leaves ~78 ms for all of that; httpx's
+stack and the waits alone take ~41 ms of it. This session's two full runs, before and after the
+transport was prepared at start-up, gave 1.516× and 1.506× without credentials, 1.521× and 1.502×
+with them: on the line, within one run's noise of it.
 
 Tried and left: the Python runtime. Python 3.11, 3.12 and 3.13 (pyenv builds, 8–20 interleaved
 starts each) gave ratios of 1.53–1.62 in every order, within the noise of one another, and the
@@ -84,7 +87,7 @@ bare function starts ~15 ms later on 3.13 than on 3.11 here; deploy.sh deploys p
 longer support, and `bench/run` runs the functions on that version. Not done, because the brief
 rules it out: writing our own HTTP client again, or replacing `dataclasses` with hand-written
 classes. On Cloud, opcancel and the official client alike also pay for TLS on the first `https`
-connection, which no loopback run shows.
+connection, which no loopback run shows; opcancel loads its CA bundle at start-up there.
 """
 
 
