@@ -36,13 +36,15 @@ class SharedTransport(httpx.BaseTransport):
             self._built(scheme)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._built("http" if request.url.scheme == "http" else "https").handle_request(request)
+        return self._built(request.url.scheme).handle_request(request)
 
     def close(self) -> None:
         """Nothing: the process owns the transports, and an ``httpx.Client`` closing one would cut other
         clients' requests off mid-flight. Their connections end with the process."""
 
     def _built(self, scheme: str) -> httpx.HTTPTransport:
+        # Anything but plain http goes to the verifying transport, which refuses schemes it cannot serve.
+        scheme = "http" if scheme == "http" else "https"
         with self._lock:
             transport = self._transports.get(scheme)
             if transport is None:
