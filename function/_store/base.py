@@ -22,6 +22,7 @@ import abc
 import dataclasses
 import enum
 import functools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,10 +63,13 @@ class IdempotencyStore(abc.ABC):
     _CLAIM_ROUNDS = 5
     #: Attempts at one write whose store call failed or went unanswered.
     _WRITE_ATTEMPTS = 3
+    #: How often, at most, a process deletes the records that expired.
+    _SWEEP_INTERVAL_S = 3600.0
 
     def __init__(self, *, lease_s: float, ttl_s: float) -> None:
         self._lease_s = lease_s
         self._ttl_s = ttl_s
+        self._next_sweep_at = -math.inf
 
     @property
     def lease_s(self) -> float:
@@ -79,6 +83,7 @@ class IdempotencyStore(abc.ABC):
 
     def claim_request(self, key: str, payload_hash: str, *, now: float) -> Claim:
         """Claim ``key`` for a cancel request; raises ``KeyBusy`` while a live worker holds it."""
+        self._sweep(now)
         fresh = Record.claimed(key, payload_hash, now=now, lease_s=self._lease_s, ttl_s=self._ttl_s)
         # Create first: most requests name a new key, and a failed create costs what the read would.
         for _ in range(self._CLAIM_ROUNDS):
@@ -172,6 +177,15 @@ class IdempotencyStore(abc.ABC):
             raise KeyBusy("the API asked to wait before the next call", retry_after=current.not_before - now)
         return None
 
+    def _sweep(self, now: float) -> None:
+        """Delete the expired records, at most once an interval per process (the first claim included, so
+        a short CLI run sweeps too): a claim deletes its own key's expired record, but keys never sent
+        again would otherwise stay for ever in a database with no TTL of its own."""
+        if now < self._next_sweep_at:
+            return
+        self._next_sweep_at = now + self._SWEEP_INTERVAL_S
+        self._guard(self._delete_expired, now)
+
     def _read(self, key: str, now: float) -> Record | None:
         record = self._guard(self._load, key)
         # TTL deletion lags, so an expired record is treated as absent here, not only by the backend.
@@ -228,6 +242,11 @@ class IdempotencyStore(abc.ABC):
     @abc.abstractmethod
     def _checking(self) -> Iterator[Record]:
         """Every stored record in state ``checking`` (expired ones included)."""
+
+    def _delete_expired(self, now: float) -> int:
+        """Delete every record whose ``expire_at`` is at or before ``now``; how many were. Nothing here,
+        for a backend whose database deletes them itself (Firestore, by its TTL policy on ``expire_at``)."""
+        return 0
 
 
 def _store_failure(problem: Exception | None) -> StoreUnavailable:

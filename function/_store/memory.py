@@ -42,6 +42,13 @@ class MemoryStore(IdempotencyStore):
             del self._records[key]
             return True
 
+    def _delete_expired(self, now: float) -> int:
+        with self._lock:
+            expired = [key for key, record in self._records.items() if record.expire_at <= now]
+            for key in expired:
+                del self._records[key]
+            return len(expired)
+
     def _is_at(self, key: str, version: int) -> bool:
         """Whether ``key`` is stored at ``version``; the caller holds the lock."""
         current = self._records.get(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -13,6 +14,8 @@ import pytest
 
 from function import IdempotencyStore, MemoryStore, SqliteStore, State
 from function._store import ClaimStatus, Record, TransitionRefused
+from function._store import sqlite as sqlite_backend
+from function._store.firestore import FirestoreStore
 from function.errors import KeyBusy, StaleFence, StoreUnavailable
 from tests.support import open_store
 
@@ -518,3 +521,75 @@ def test_processes_opening_a_new_sqlite_file_together_all_start(tmp_path):
             process.join(30)
         failed += sum(process.exitcode != 0 for process in processes)
     assert failed == 0
+
+
+# Expired records are deleted, not only treated as absent: keys never sent again must not stay for ever.
+
+
+def test_a_claim_sweeps_away_every_record_that_expired(store):
+    finish(store, store.claim_request("old", "h", now=NOW).record, {"outcome": "CANCELLED"})
+    store.claim_request("recent", "h", now=NOW + TTL / 2)
+    store.claim_request("new", "h", now=NOW + TTL)
+    gone = store._load("old") is None
+    # Firestore's own TTL policy on expire_at deletes them there (docs/deploy.md); the emulator has none.
+    assert gone is not isinstance(store, FirestoreStore)
+    assert store._load("recent") is not None and store._load("new") is not None
+
+
+def test_the_sweep_runs_on_a_process_s_first_claim_and_then_once_an_interval(tmp_path):
+    path = str(tmp_path / "store.sqlite3")
+    store = SqliteStore(path, lease_s=LEASE, ttl_s=TTL)
+    store.claim_request("a", "h", now=NOW)
+    store._create(expired_record("stale", at=NOW - 1))
+    store.claim_request("b", "h", now=NOW + 1)
+    assert store._load("stale") is not None, "swept again within the interval"
+    # Another process (a CLI run, a new worker) sweeps on its first claim.
+    SqliteStore(path, lease_s=LEASE, ttl_s=TTL).claim_request("c", "h", now=NOW + 2)
+    assert store._load("stale") is None
+    store._create(expired_record("stale", at=NOW + 3))
+    store.claim_request("d", "h", now=NOW + 3599)
+    assert store._load("stale") is not None
+    store.claim_request("e", "h", now=NOW + 3600)
+    assert store._load("stale") is None
+
+
+def test_the_memory_store_sweeps_too():
+    store = MemoryStore(lease_s=LEASE, ttl_s=TTL)
+    store._create(expired_record("stale", at=NOW - 1))
+    store.claim_request("k", "h", now=NOW)
+    assert store._load("stale") is None and store._load("k") is not None
+
+
+def test_the_sqlite_sweep_finds_expired_records_by_an_index(tmp_path):
+    path = str(tmp_path / "store.sqlite3")
+    SqliteStore(path, lease_s=LEASE, ttl_s=TTL)
+    connection = sqlite3.connect(path)
+    try:
+        (plan,) = connection.execute(
+            f"EXPLAIN QUERY PLAN DELETE FROM records WHERE {sqlite_backend._EXPIRE_AT} <= ?", (NOW,)
+        ).fetchall()
+    finally:
+        connection.close()
+    assert "USING INDEX records_by_expiry" in plan[3]
+
+
+def test_a_sqlite_database_from_before_the_sweep_is_swept(tmp_path):
+    path = str(tmp_path / "store.sqlite3")
+    stale = expired_record("stale", at=NOW - 1)
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute("CREATE TABLE records (key TEXT PRIMARY KEY, version INTEGER NOT NULL, body TEXT NOT NULL)")
+        connection.execute(
+            "INSERT INTO records VALUES (?, ?, ?)", (stale.key, stale.version, json.dumps(stale.to_json()))
+        )
+    connection.close()
+    store = SqliteStore(path, lease_s=LEASE, ttl_s=TTL)
+    assert store._load("stale") == stale
+    store.claim_request("k", "h", now=NOW)
+    assert store._load("stale") is None
+
+
+def expired_record(key: str, *, at: float) -> Record:
+    """A finished record whose expiry is ``at``, as a key last written a TTL before then leaves it."""
+    record = Record.claimed(key, "h", now=at - TTL, lease_s=LEASE, ttl_s=TTL)
+    return dataclasses.replace(record, state=State.FINISHED, lease_until=0.0, result={"outcome": "CANCELLED"})
