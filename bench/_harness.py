@@ -8,6 +8,7 @@ import base64
 import contextlib
 import http.client
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -310,6 +311,21 @@ def _wait_for(url: str, timeout_s: float = 30.0) -> None:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median: the k-th smallest and k-th largest
+    values, k as large as keeps the chance that the true median lies outside at most 1 - confidence
+    (each value falls either side of it with probability one half). With too few values for that,
+    the smallest and the largest."""
+    ordered = sorted(values)
+    n = len(ordered)
+    k = 0
+    # Grow k while the interval one narrower still covers the median with the confidence asked.
+    while k + 1 <= n - k and 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n <= 1 - confidence:
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:

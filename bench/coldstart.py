@@ -20,6 +20,7 @@ from bench._harness import (
     RunningFunction,
     Services,
     median,
+    median_interval,
     push_body,
 )
 
@@ -38,7 +39,14 @@ class ColdStart:
     def median_ratio(self, name: str, baseline: str = "bare") -> float:
         """The median over rounds of each round's ratio: the starts of one round run back to back, so
         what the machine was doing then weighs on both alike."""
-        return median([ours / floor for ours, floor in zip(self.runs[name], self.runs[baseline], strict=True)])
+        return median(self._round_ratios(name, baseline))
+
+    def ratio_interval(self, name: str, baseline: str = "bare") -> tuple[float, float]:
+        """A 95% confidence interval for that median: how far this run's figure can be trusted."""
+        return median_interval(self._round_ratios(name, baseline))
+
+    def _round_ratios(self, name: str, baseline: str) -> list[float]:
+        return [ours / floor for ours, floor in zip(self.runs[name], self.runs[baseline], strict=True)]
 
 
 def measure(
