@@ -69,25 +69,33 @@ memory store opcancel reached ~90% of the floor handler in a side-by-side run of
 Timed inside a real cold start (functions-framework's gunicorn, the deployed venv, 20 interleaved
 starts): the interpreter and functions-framework take ~125 ms before `main.py` is imported, for the
 bare function and opcancel alike, and gunicorn ~25 ms more before the first request reaches the
-worker. opcancel adds two things. **Importing `main.py`, ~54 ms**: httpx ~12 ms and, since its
-transport is now built at start-up, httpcore and h11 ~12 ms (the HTTP stack the brief fixes);
-opcancel's own modules ~20 ms, of which ~12 ms is `dataclasses` generating the methods of about
-twenty frozen value classes and ~2 ms compiling the name and setting patterns; the store opened and
-probed, ~4 ms. **The first request, ~24 ms**: the cancel and get on the simulator and the result's
-publish on the Pub/Sub emulator, ~17 ms of waiting (the emulator takes 11–15 ms a publish after a
-moment idle), which the bare function never does; parsing, the store's four writes and the log
-lines, the rest. Against the bare function's ~155 ms, 1.5× leaves ~78 ms for all of that; httpx's
-stack and the waits alone take ~41 ms of it. This session's two full runs, before and after the
-transport was prepared at start-up, gave 1.516× and 1.506× without credentials, 1.521× and 1.502×
-with them: on the line, within one run's noise of it.
+worker. opcancel adds two things. **Importing `main.py`, ~54 ms**: httpx, httpcore and h11 ~26 ms
+with the transport built at start-up (the HTTP stack the brief fixes); opcancel's own modules
+~19 ms, of which ~10 ms is `dataclasses` making its 22 frozen value classes (almost all of it
+compiling the methods it writes as source: 8.7 ms of `compile` for the 28 dataclasses in the
+process, h11's six included) and ~2 ms compiling the name and setting patterns; building the
+runtime (settings read, clients made, the store opened and probed), ~2.5 ms. **The first request,
+~27 ms**: the cancel and get on the simulator and the
+result's publish on the Pub/Sub emulator, ~22 ms of waiting (the emulator takes 10–20 ms a publish
+on a new connection), which the bare function never does; parsing, the store's writes and the log
+lines, the other ~5 ms. Against the bare function's ~150 ms, 1.5× leaves ~75 ms for all of that;
+httpx's stack and the waits alone take ~48 ms of it. Full runs since the transport was prepared at
+start-up: 1.506× and 1.501× without credentials, 1.502× and 1.479× with them; the latest run's 95%
+interval for the median, 1.494–1.530, holds 1.5. On the line, not inside it.
 
 Tried and left: the Python runtime. Python 3.11, 3.12 and 3.13 (pyenv builds, 8–20 interleaved
 starts each) gave ratios of 1.53–1.62 in every order, within the noise of one another, and the
 bare function starts ~15 ms later on 3.13 than on 3.11 here; deploy.sh deploys python313 for its
-longer support, and `bench/run` runs the functions on that version. Not done, because the brief
-rules it out: writing our own HTTP client again, or replacing `dataclasses` with hand-written
-classes. On Cloud, opcancel and the official client alike also pay for TLS on the first `https`
-connection, which no loopback run shows; opcancel loads its CA bundle at start-up there.
+longer support, and `bench/run` runs the functions on that version. Google's runtime table also
+lists python314 (the google-24 stack); no 3.14 interpreter could be had on this machine (Debian
+bookworm ships 3.11, pyenv here stops at 3.13, and no source for it was reachable), so it is
+untried. Also tried and left: `msgspec.Struct` for the value classes, which builds a class in C
+(~0.01 ms against ~0.4 ms) but costs ~4 ms to import, so it would save ~6 ms net for a compiled
+dependency, with the exception class and the field left out of comparison still needing
+`dataclasses`. Not done, because the brief rules it out: writing our own HTTP client again, or
+replacing `dataclasses` with hand-written classes. On Cloud, opcancel and the official client alike
+also pay for TLS on the first `https` connection, which no loopback run shows; opcancel loads its
+CA bundle at start-up there.
 """
 
 
