@@ -20,7 +20,7 @@ from ._pipeline import ItemStatus, Pipeline
 from ._runtime import RedeliveryRequested, Runtime
 from ._scheduler import RedeliveryScheduler
 from ._settings import Settings
-from ._store import IdempotencyStore, MemoryStore, SqliteStore, State
+from ._store import IdempotencyStore, MemoryStore, State
 from ._wiring import build_api, build_auth, build_pipeline, build_publisher, build_scheduler, build_store
 
 
@@ -30,6 +30,10 @@ def __getattr__(name: str):
         from ._store.firestore import FirestoreStore
 
         return FirestoreStore
+    if name == "SqliteStore":
+        from ._store.sqlite import SqliteStore
+
+        return SqliteStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,7 +16,7 @@ from ._log import Logger
 from ._pipeline import Pipeline
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
-from ._store import IdempotencyStore, MemoryStore, SqliteStore
+from ._store import IdempotencyStore, MemoryStore
 from .errors import ConfigError
 
 
@@ -27,13 +26,17 @@ def build_store(
     if settings.store == "memory":
         return MemoryStore(lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
     if settings.store == "sqlite":
+        # Each backend is imported only when chosen: a function on Firestore never loads sqlite3.
+        import sqlite3
+
+        from ._store.sqlite import SqliteStore
+
         try:
             return SqliteStore(settings.sqlite_path, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
         except (sqlite3.Error, OSError) as problem:
             raise ConfigError("OPCANCEL_SQLITE_PATH", f"cannot hold the database: {problem}") from problem
     if settings.project is None:
         raise ConfigError("GOOGLE_CLOUD_PROJECT", "is required for the firestore store")
-    # Imported only when chosen: local runs never load it.
     from ._store.firestore import FirestoreStore
 
     return FirestoreStore(

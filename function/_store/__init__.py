@@ -1,12 +1,12 @@
 """The idempotency store: the record and its transitions, the claim rules, and the backends.
 
-``FirestoreStore`` is not imported here: ``function._store.firestore`` loads only when that store is chosen.
+The backends are not imported here: ``function._store.sqlite`` and ``function._store.firestore`` load only
+when that store is chosen (``MemoryStore``, the tests' backend, needs nothing more than the rules).
 """
 
 from .base import Claim, ClaimStatus, IdempotencyStore
 from .memory import MemoryStore
 from .record import Record, State, TransitionRefused
-from .sqlite import SqliteStore
 
 __all__ = [
     "Claim",
@@ -14,7 +14,6 @@ __all__ = [
     "IdempotencyStore",
     "MemoryStore",
     "Record",
-    "SqliteStore",
     "State",
     "TransitionRefused",
 ]

@@ -400,15 +400,19 @@ def test_an_unexpected_failure_is_logged_and_raised_for_redelivery():
     assert (line["severity"], line["event"], line["message_id"]) == ("ERROR", "unexpected_error", "m-bug")
 
 
-def test_main_loads_only_what_requirements_txt_installs_and_nothing_heavy(tmp_path):
+@pytest.mark.parametrize(
+    ("store", "unasked"),
+    [("sqlite", ("function._store.firestore",)), ("firestore", ("function._store.sqlite", "sqlite3"))],
+)
+def test_main_loads_only_what_requirements_txt_installs_and_nothing_heavy(tmp_path, store, unasked):
     """Cold start is mostly imports (bench/RESULTS.md): starting and serving a request must not pull in
-    Google's gRPC clients, which only the tests and the local stack use, or the Firestore store unasked."""
+    Google's gRPC clients, which only the tests and the local stack use, or a store backend unasked."""
+    heavy = ("grpc", "google.protobuf", "google.cloud.pubsub_v1", "google.api_core", "requests", *unasked)
     probe = (
         "import sys, main\n"
         "from function import InboundMessage\n"
         "main.runtime._pipeline.handle(InboundMessage(data=b'organizations/1/operations/../x'))\n"
-        "heavy = ('grpc', 'google.protobuf', 'google.cloud.pubsub_v1', 'google.api_core', 'requests', 'function._store.firestore')\n"
-        "print(sorted(name for name in heavy if name in sys.modules))\n"
+        f"print(sorted(name for name in {heavy!r} if name in sys.modules))\n"
     )
     closed = f"127.0.0.1:{free_port()}"
     env = {
@@ -417,8 +421,9 @@ def test_main_loads_only_what_requirements_txt_installs_and_nothing_heavy(tmp_pa
         "PUBSUB_EMULATOR_HOST": closed,
         "OPCANCEL_API_ENDPOINT": f"http://{closed}",
         "GOOGLE_CLOUD_PROJECT": "local-project",
-        "OPCANCEL_STORE": "sqlite",
+        "OPCANCEL_STORE": store,
         "OPCANCEL_SQLITE_PATH": str(tmp_path / "store.sqlite3"),
+        "FIRESTORE_EMULATOR_HOST": closed,
         "OPCANCEL_ALLOWED_PARENTS": "organizations/1",
     }
     done = subprocess.run(
