@@ -20,6 +20,12 @@ _SWITCHING_TO_WAL = Backoff(first_s=0.02, max_s=0.5, attempts=30, budget_s=10.0)
 #: A record's expiry, as the sweep's WHERE and the index both spell it: SQLite uses an index on an
 #: expression only for that same expression.
 _EXPIRE_AT = "json_extract(body, '$.expire_at')"
+#: Expired records deleted per statement: a first sweep of a large old file holds the write lock in
+#: short turns, so other requests' writes go on between them.
+_SWEEP_BATCH = 500
+_DELETE_EXPIRED = (
+    f"DELETE FROM records WHERE key IN (SELECT key FROM records WHERE {_EXPIRE_AT} <= ? LIMIT {_SWEEP_BATCH})"
+)
 
 
 class SqliteStore(IdempotencyStore):
@@ -113,8 +119,12 @@ class SqliteStore(IdempotencyStore):
         return changed == 1
 
     def _delete_expired(self, now: float) -> int:
-        changed, _ = self._execute(f"DELETE FROM records WHERE {_EXPIRE_AT} <= ?", (now,))
-        return changed
+        deleted = 0
+        while True:
+            changed, _ = self._execute(_DELETE_EXPIRED, (now,))
+            deleted += changed
+            if changed < _SWEEP_BATCH:
+                return deleted
 
     def _checking(self) -> Iterator[Record]:
         _, rows = self._execute(

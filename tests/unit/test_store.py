@@ -565,12 +565,19 @@ def test_the_sqlite_sweep_finds_expired_records_by_an_index(tmp_path):
     SqliteStore(path, lease_s=LEASE, ttl_s=TTL)
     connection = sqlite3.connect(path)
     try:
-        (plan,) = connection.execute(
-            f"EXPLAIN QUERY PLAN DELETE FROM records WHERE {sqlite_backend._EXPIRE_AT} <= ?", (NOW,)
-        ).fetchall()
+        plan = connection.execute(f"EXPLAIN QUERY PLAN {sqlite_backend._DELETE_EXPIRED}", (NOW,)).fetchall()
     finally:
         connection.close()
-    assert "USING INDEX records_by_expiry" in plan[3]
+    assert any("USING INDEX records_by_expiry" in step[3] for step in plan), plan
+
+
+def test_a_sweep_deletes_past_one_batch(tmp_path):
+    store = SqliteStore(str(tmp_path / "store.sqlite3"), lease_s=LEASE, ttl_s=TTL)
+    expired = 2 * sqlite_backend._SWEEP_BATCH + 1
+    for index in range(expired):
+        store._create(expired_record(f"stale-{index}", at=NOW - 1))
+    assert store._delete_expired(NOW) == expired
+    assert store._load("stale-0") is None and store._load(f"stale-{expired - 1}") is None
 
 
 def test_a_sqlite_database_from_before_the_sweep_is_swept(tmp_path):
