@@ -22,10 +22,6 @@ class UnusableEvent(Exception):
     """An event that carries no message opcancel can read."""
 
 
-class UnsupportedMediaType(Exception):
-    """An HTTP body in a media type opcancel does not read."""
-
-
 def message_from_http(headers: Mapping[str, str], media_type: str, data: bytes) -> InboundMessage:
     """An HTTP body, however it is framed: a CloudEvent (either mode), a Pub/Sub push body, a legacy background
     event, or a request as JSON or text."""
@@ -46,7 +42,8 @@ def message_from_http(headers: Mapping[str, str], media_type: str, data: bytes) 
         return InboundMessage(data=data, kind=SourceKind.HTTP)
     if media_type in ("text/plain", ""):
         return InboundMessage(data=data, kind=SourceKind.HTTP)
-    raise UnsupportedMediaType(
+    # A body in another media type cannot be read at all: a 400, as for an empty or broken body (SPEC).
+    raise UnusableEvent(
         f"content type '{escape_text(media_type, 64)}' is not application/json, text/plain or a CloudEvent"
     )
 

@@ -5,8 +5,8 @@ This is the only place that decides. For events, returning acknowledges and
 raising ``RedeliveryRequested`` (an HTTP 503 to the push endpoint) makes Pub/Sub
 redeliver; it is raised only when an item hit transient trouble. For HTTP,
 transient trouble answers 503 with ``Retry-After``; everything else answers 202
-with each item's fate (or why nothing in it could be acted on), or 400/405/413/415
-when the body cannot be read at all.
+with each item's fate (or why nothing in it could be acted on), 400 when the body cannot be read at
+all (an unsupported content type included), 405 for another method and 413 for a body over 1 MiB.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from werkzeug.exceptions import RequestEntityTooLarge, ServiceUnavailable
 from werkzeug.wrappers import Response
 
-from ._envelopes import UnsupportedMediaType, UnusableEvent, message_from_cloud_event, message_from_http
+from ._envelopes import UnusableEvent, message_from_cloud_event, message_from_http
 from ._log import Logger, traced
 from ._model import InboundMessage
 from ._names import escape_text
@@ -159,8 +159,6 @@ class Runtime:
             message = message_from_http(request.headers, request.mimetype or "", data)
         except UnusableEvent as problem:
             return _answer(400, {"error": str(problem)})
-        except UnsupportedMediaType as problem:
-            return _answer(415, {"error": str(problem)})
         # Never a check, whatever the body or a CloudEvent in it says: checks come only from the checks topic.
         report = self._pipeline.handle_request(message)
         if report.ignored is not None:
