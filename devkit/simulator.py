@@ -34,7 +34,8 @@ understands ``done=true`` and ``done=false``.
 
 Control endpoints under ``/_simulator/``: ``POST faults`` with
 ``{"status": 503, "count": 2, "retry_delay": "30s"}`` makes the next calls
-fail; ``POST fault-rate`` with ``{"rate": 0.2, "statuses": [503, 429],
+fail (``"status_name": "ALREADY_EXISTS"`` gives the error another RPC status than
+the HTTP status's usual one, as a 409 is ``ABORTED`` or ``ALREADY_EXISTS``); ``POST fault-rate`` with ``{"rate": 0.2, "statuses": [503, 429],
 "retry_delay": "1s", "seed": 7}`` makes that share of all later calls fail at
 random (before they take effect), until a rate of 0; ``GET calls`` lists every
 API call seen; ``GET operations`` lists every operation with the number of
@@ -134,7 +135,7 @@ class Simulator:
     operations: dict[str, SimulatedOperation] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     default_page_size: int = 100
-    _faults: list[tuple[int, str | None]] = field(default_factory=list)
+    _faults: list[tuple[int, str | None, str | None]] = field(default_factory=list)
     _fault_rate: float = 0.0
     _fault_statuses: tuple[int, ...] = (503,)
     _fault_retry_delay: str | None = None
@@ -162,9 +163,11 @@ class Simulator:
         with self._lock:
             return [c for c in self.calls if c.path.endswith(":cancel") and (name is None or name in c.path)]
 
-    def inject(self, status: int, *, count: int = 1, retry_delay: str | None = None) -> None:
+    def inject(
+        self, status: int, *, count: int = 1, retry_delay: str | None = None, status_name: str | None = None
+    ) -> None:
         with self._lock:
-            self._faults.extend([(status, retry_delay)] * count)
+            self._faults.extend([(status, retry_delay, status_name)] * count)
 
     def set_fault_rate(
         self, rate: float, *, statuses: Iterable[int] = (503,), retry_delay: str | None = None, seed: int | None = None
@@ -209,22 +212,22 @@ class Simulator:
             return 200, {}
         if method == "POST" and command == "faults":
             request = _read_json(environ)
-            self._faults.extend(
-                [(int(request.get("status", 503)), request.get("retry_delay"))] * int(request.get("count", 1))
-            )
+            fault = (int(request.get("status", 503)), request.get("retry_delay"), request.get("status_name"))
+            self._faults.extend([fault] * int(request.get("count", 1)))
             return 200, {}
         return 404, _error(404, f"no simulator control {command!r}")
 
     def _fault(self, call: Call) -> tuple[int, Any] | None:
+        status_name = None
         if self._faults:
-            status, retry_delay = self._faults.pop(0)
+            status, retry_delay, status_name = self._faults.pop(0)
         elif self._fault_rate and self._random.random() < self._fault_rate:
             status = self._random.choice(self._fault_statuses)
             retry_delay = self._fault_retry_delay if status == 429 else None
         else:
             return None
         call.injected = True
-        return status, _error(status, "injected fault", retry_delay=retry_delay)
+        return status, _error(status, "injected fault", status_name=status_name, retry_delay=retry_delay)
 
     def _api(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, Any]:
         match = _OPERATION_PATH.fullmatch(path)

@@ -17,6 +17,7 @@ from .transport import json_object
 #: The server could not answer just now: worth trying again at once.
 SERVER_UNAVAILABLE = frozenset({500, 502, 503, 504})
 #: Answers that may change if asked again later (timeouts, conflicts, rate limits): a ``TransientError``.
+#: An Operations API 409 is so only when it is ``ABORTED`` (``from_http_response``).
 TRANSIENT_STATUS = frozenset({408, 409, 429}) | SERVER_UNAVAILABLE
 #: What a writer whose caller cannot wait for redelivery tries again at once: all but 409, which a create
 #: answers when its work was done before (Cloud Tasks' ALREADY_EXISTS).
@@ -70,7 +71,7 @@ def from_http_response(response: httpx.Response) -> ApiRejected | ApiUnavailable
     """The error a failed Operations API answer means: transient trouble, or a refusal and its outcome."""
     error = decode_error(response)
     status = response.status_code
-    if status in TRANSIENT_STATUS:
+    if status in TRANSIENT_STATUS and not _final_conflict(error):
         return ApiUnavailable(error.summary, retry_after=error.retry_delay_s)
     if status in (401, 403):
         outcome = Outcome.PERMISSION_DENIED
@@ -83,6 +84,13 @@ def from_http_response(response: httpx.Response) -> ApiRejected | ApiUnavailable
     else:
         return ApiUnavailable(error.summary)
     return ApiRejected(outcome.value, error.summary, status=status)
+
+
+def _final_conflict(error: GoogleError) -> bool:
+    """A 409 that is not ``ABORTED`` (``ALREADY_EXISTS``, say): asking again gets the same answer, so it ends
+    as ``REJECTED``. One that names no RPC status is taken as ``ABORTED``: a retry is bounded by
+    redelivery and the dead-letter policy, while ``REJECTED`` would be final."""
+    return error.status == 409 and error.rpc_status not in (None, "ABORTED")
 
 
 def _retry_delay(details: Any, header: str) -> float | None:

@@ -165,6 +165,18 @@ def test_transient_trouble_answers_503_so_pubsub_redelivers(on_event):
     assert len(rig.publisher.results()) == 1
 
 
+def test_a_conflict_the_api_will_not_change_its_mind_on_is_reported_not_redelivered(on_event):
+    event_client, rig = on_event
+    rig.simulator.inject(409, status_name="ALREADY_EXISTS")
+    assert post_event(event_client, pubsub_event(NAME.encode())).status_code == 200
+    (result,) = rig.publisher.results()
+    assert result["outcome"] == "REJECTED"
+    assert result["error"] == "HTTP 409: ALREADY_EXISTS: injected fault"
+    # An ABORTED conflict is passing trouble: Pub/Sub is asked to deliver it again.
+    rig.simulator.inject(409)
+    assert post_event(event_client, pubsub_event(b"organizations/1/operations/other-x")).status_code == 503
+
+
 def test_an_early_check_is_deferred_by_a_503(on_event):
     event_client, rig = on_event
     post_event(event_client, pubsub_event(b"organizations/1/operations/slow-1-x"))

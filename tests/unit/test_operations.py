@@ -308,6 +308,21 @@ def test_timeouts_and_aborts_are_transient_and_left_to_redelivery(status):
     assert len(harness.requests) == 1
 
 
+@pytest.mark.parametrize("method", ["cancel", "get"])
+def test_a_conflict_other_than_aborted_is_a_rejection_with_the_apis_message(method):
+    harness = Harness([api_error(409, "ALREADY_EXISTS", "Entity already exists.")])
+    with pytest.raises(ApiRejected) as caught:
+        getattr(harness.client, method)(REF)
+    assert (caught.value.outcome, caught.value.status) == ("REJECTED", 409)
+    assert str(caught.value) == "HTTP 409: ALREADY_EXISTS: Entity already exists."
+    assert len(harness.requests) == 1
+
+
+def test_a_conflict_that_names_no_status_is_taken_as_aborted():
+    with pytest.raises(ApiUnavailable, match="HTTP 409"):
+        Harness([reply(409)]).client.cancel(REF)
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_5xx_is_retried_in_process(status):
     harness = Harness([reply(status), reply(status), ok_cancel()], jitter=lambda: 1.0)
