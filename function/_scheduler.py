@@ -3,7 +3,8 @@
 - ``CloudTasksScheduler`` (``_gcp/tasks.py``; ``OPCANCEL_TASKS_QUEUE`` set, what deploy.sh deploys): each
   check is a Cloud Tasks task scheduled at the check's due time, so the check arrives once, on time.
 - ``RedeliveryScheduler`` (no queue): the check is published at once and refused until due, so the
-  checks subscription's retry policy is the clock; for local runs and small volumes (README, "Checks").
+  checks subscription's retry policy is the clock; for local runs and small volumes only (README, "How it
+  works", step 4: the push backoff is per subscription, so refusals slow every chain).
 """
 
 from __future__ import annotations
