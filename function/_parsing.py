@@ -50,6 +50,9 @@ MAX_KEY_LENGTH = 256
 MAX_STORED_KEY_LENGTH = 4096
 EXPLICIT_KEYS = "explicit/"
 INCIDENT_KEYS = "incident/"
+#: An incident id too long to echo whole is keyed by its digest, in a namespace of its own, so no short
+#: id can spell another incident's digest.
+INCIDENT_DIGEST_KEYS = "incident-digest/"
 REJECTED_KEYS = "rejected/"
 _REQUEST_FIELDS = frozenset({"operation", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
 _BATCH_FIELDS = frozenset({"operations", "location", "api_version", "idempotency_key", "reason", "deadline_seconds"})
@@ -233,7 +236,8 @@ class _MessageParser:
         if state != "open":
             raise _Ignored(f"incident state is '{escape_text(str(state), 32)}'; only open incidents act", routine=True)
         incident_id = incident.get("incident_id")
-        if not isinstance(incident_id, str) or not incident_id.strip() or len(incident_id) > MAX_ECHO_LENGTH:
+        # Any length: like every echoed field, a long one is cut where it is shown (SPEC), not refused.
+        if not isinstance(incident_id, str) or not incident_id.strip():
             raise _Ignored("open incident has no usable incident_id")
         names = list(dict.fromkeys(_names_in_incident(incident)))
         if not names:
@@ -318,8 +322,7 @@ class _MessageParser:
         elif defaults.idempotency_key is not None:
             key = EXPLICIT_KEYS + (f"{defaults.idempotency_key}/{ref.identity}" if many else defaults.idempotency_key)
         elif incident_id is not None:
-            # Escaped whole and unambiguously (a backslash doubled), so no two incident ids share a key.
-            key = f"{INCIDENT_KEYS}{escape_text(incident_id, None)}/{ref.identity}"
+            key = _incident_key(incident_id, ref.identity)
         else:
             key = ref.identity
         return CancelRequest(
@@ -394,6 +397,16 @@ def _object_defaults(body: Mapping[str, Any], validate_api_version: Callable[[An
         if "deadline_seconds" in body
         else None,
     )
+
+
+def _incident_key(incident_id: str, identity: str) -> str:
+    """The key of one operation named by an incident. The id is escaped whole and unambiguously (a backslash
+    doubled), so no two incident ids share a key; one longer than an echoed field may be is keyed by the
+    digest of that escaped text instead, which keeps keys (logged with every line) bounded."""
+    escaped = escape_text(incident_id, None)
+    if len(incident_id) <= MAX_ECHO_LENGTH:
+        return f"{INCIDENT_KEYS}{escaped}/{identity}"
+    return f"{INCIDENT_DIGEST_KEYS}{hashlib.sha256(escaped.encode('utf-8')).hexdigest()}/{identity}"
 
 
 def _field(name: str, validate: Callable[[Any], Any], value: Any) -> Any:

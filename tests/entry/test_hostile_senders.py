@@ -290,6 +290,27 @@ def test_incident_ids_that_escape_alike_get_distinct_keys():
     assert len({result["source"]["incident_id"] for result in results}) == 2
 
 
+def test_an_incident_with_a_long_id_is_acted_on_once_and_echoed_cut():
+    client, rig = wired("on_event", "cloudevent")
+    incident = {
+        "version": "1.2",
+        "incident": {
+            "incident_id": "0." + "x" * 5000,
+            "state": "open",
+            "metric": {"labels": {"organization_id": "1", "operation_id": "slow-1-incident"}},
+        },
+    }
+    for message_id in ("1", "2"):
+        event = pubsub_event(json.dumps(incident).encode(), message_id=message_id)
+        assert post_event(client, event).status_code == 200
+    assert deliver_checks(client, rig) == 1
+    assert len(rig.simulator.cancel_calls()) == 1
+    (result,) = rig.publisher.results()
+    assert result["outcome"] == "CANCELLED"
+    assert result["idempotency_key"].startswith("incident-digest/")
+    assert len(result["source"]["incident_id"]) == ECHO_LIMIT and result["source"]["incident_id"].endswith("…")
+
+
 def test_the_same_invalid_name_in_two_incidents_gets_a_result_for_each():
     client, rig = wired("on_event", "cloudevent")
     for incident_id in ("inc-a", "inc-b"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -824,11 +825,32 @@ def test_attribute_location_and_version_apply_to_incident_names():
     assert request.idempotency_key == f"incident/0.mtdi83m6w8ao/{EU_HOST}/{OPEN_OP}"
 
 
-@pytest.mark.parametrize("incident_id", [None, "", "   ", 7, "i" * 257])
+@pytest.mark.parametrize("incident_id", [None, "", "   ", 7])
 def test_an_open_incident_without_a_usable_id_is_set_aside(incident_id):
     body = incident("alert-incident-open.json")
     body["incident"]["incident_id"] = incident_id
     assert_ignored(parse(body), "open incident has no usable incident_id")
+
+
+def test_a_long_incident_id_is_cut_where_it_is_echoed_and_keyed_by_its_digest():
+    body = incident("alert-incident-open.json")
+    long_id = "i" * 256 + "-tail-that-is-cut"
+    body["incident"]["incident_id"] = long_id
+    request = only_request(parse(body))
+    assert len(request.source.incident_id) == 256 and request.source.incident_id.endswith("…")
+    digest = hashlib.sha256(long_id.encode()).hexdigest()
+    assert request.idempotency_key == f"incident-digest/{digest}/securitycenter.googleapis.com/{OPEN_OP}"
+    # Two ids alike in what is echoed are still two incidents.
+    body["incident"]["incident_id"] = "i" * 256 + "-another-tail"
+    assert only_request(parse(body)).idempotency_key != request.idempotency_key
+
+
+def test_an_incident_id_of_the_echo_limit_keeps_its_readable_key():
+    body = incident("alert-incident-open.json")
+    body["incident"]["incident_id"] = "i" * 256
+    request = only_request(parse(body))
+    assert request.source.incident_id == "i" * 256
+    assert request.idempotency_key == f"incident/{'i' * 256}/securitycenter.googleapis.com/{OPEN_OP}"
 
 
 def test_an_incident_id_with_control_characters_is_escaped():
