@@ -515,6 +515,18 @@ def validate_location(value: object) -> str:
     return str(location)
 
 
+def validate_known_location(value: object) -> str:
+    """A location field read before its service is known, as ``validate_known_version`` reads a version: a
+    Security Command Center location (aliases resolved), or a place another service's name can carry
+    (``us-central1``), which ``_parsing`` then holds to the name's own."""
+    location = LOCATION_ALIASES.get(value, value) if isinstance(value, str) else value
+    if location in LOCATIONS:
+        return str(location)
+    if isinstance(value, str) and _PLACE.fullmatch(value) and len(value) <= MAX_LOCATION_LENGTH:
+        return value
+    return validate_location(value)
+
+
 def validate_version(value: object) -> str:
     if value not in VERSIONS:
         raise InvalidRequest(

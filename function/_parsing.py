@@ -36,6 +36,7 @@ from ._names import (
     allows,
     escape_text,
     parse_name,
+    validate_known_location,
     validate_known_version,
     validate_location,
     version_for,
@@ -185,7 +186,7 @@ class _MessageParser:
         version = attributes.get("api_version")
         key = attributes.get("idempotency_key")
         return _Defaults(
-            location=_field("location", validate_location, location) if location is not None else None,
+            location=_field("location", validate_known_location, location) if location is not None else None,
             api_version=_field("api_version", self._known_version, version) if version is not None else None,
             idempotency_key=_field("idempotency_key", _validate_key, key) if key is not None else None,
             reason=None,
@@ -303,7 +304,11 @@ class _MessageParser:
     ) -> CancelRequest:
         service = name.service
         if service.is_scc:
-            location = _pick("location", name.location, item.location, defaults.location, GLOBAL)
+            location = _field(
+                "location",
+                validate_location,
+                _pick("location", name.location, item.location, defaults.location, GLOBAL),
+            )
             fallback = version_for(location, self._default_version)
         else:
             # Other services' names carry their location; a location field may only repeat it.
@@ -387,7 +392,7 @@ def _names_in_incident(incident: Mapping[str, Any]) -> Iterator[str]:
 
 def _object_defaults(body: Mapping[str, Any], validate_api_version: Callable[[Any], str]) -> _Defaults:
     return _Defaults(
-        location=_field("location", validate_location, body["location"]) if "location" in body else None,
+        location=_field("location", validate_known_location, body["location"]) if "location" in body else None,
         api_version=_field("api_version", validate_api_version, body["api_version"]) if "api_version" in body else None,
         idempotency_key=_field("idempotency_key", _validate_key, body["idempotency_key"])
         if "idempotency_key" in body

@@ -509,7 +509,7 @@ def test_a_batch_with_an_unknown_field_is_set_aside_whole():
 
 
 def test_a_batch_with_a_bad_default_is_set_aside_whole():
-    assert_ignored(parse({"operations": [name("a")], "location": "mars"}), "batch location: unknown location")
+    assert_ignored(parse({"operations": [name("a")], "location": "Mars!"}), "batch location: unknown location")
     assert_ignored(parse({"operations": [name("a")], "deadline_seconds": 0}), "batch deadline_seconds:")
 
 
@@ -573,7 +573,7 @@ def test_unrelated_attributes_are_ignored():
 @pytest.mark.parametrize(
     ("attributes", "error"),
     [
-        ({"location": "mars"}, "attribute location: unknown location mars;"),
+        ({"location": "Mars!"}, "attribute location: unknown location Mars!;"),
         ({"location": ""}, "attribute location: unknown location"),
         ({"api_version": "v9"}, "attribute api_version: unknown API version v9"),
         ({"idempotency_key": "bad\nkey"}, "attribute idempotency_key: must not contain control characters"),
@@ -590,7 +590,7 @@ def test_an_invalid_attribute_rejects_every_item(attributes, error):
 
 
 def test_an_invalid_attribute_rejects_a_bare_name():
-    rejection = only_rejection(parse(name("abc"), {"location": "mars"}))
+    rejection = only_rejection(parse(name("abc"), {"location": "Mars!"}))
     assert rejection.offending == name("abc")
     assert rejection.location == "global"
 
@@ -1064,8 +1064,18 @@ def test_a_location_field_may_repeat_the_names_location_but_not_contradict_it():
     rejection = only_rejection(parse({"operation": documentai, "location": "us"}))
     assert "contradicts the name, which says 'eu'" in rejection.error
     assert "contradicts the name" in only_rejection(parse(documentai, {"location": "us"})).error
-    # An SCC-only location name is refused as such before the service is known.
-    assert "unknown location" in only_rejection(parse({"operation": VERTEX_FULL, "location": "us-central1"})).error
+    # A region no Security Command Center location is named so: read as a place, then held to the name's.
+    assert only_request(parse({"operation": VERTEX_FULL, "location": "us-central1"})).ref.location == "us-central1"
+    assert only_request(parse(VERTEX_FULL, {"location": "us-central1"})).ref.location == "us-central1"
+    rejection = only_rejection(parse({"operation": VERTEX_FULL, "location": "europe-west4"}))
+    assert "contradicts the name, which says 'us-central1'" in rejection.error
+
+
+def test_a_location_only_another_service_has_rejects_security_command_center_names_one_by_one():
+    parsed = parse({"operations": [name("a"), VERTEX_FULL], "location": "us-central1"})
+    assert [request.ref.name for request in parsed.requests] == [VERTEX_NAME]
+    (rejection,) = parsed.rejections
+    assert rejection.error.startswith("location: unknown location us-central1; expected one of global")
 
 
 def test_a_batch_mixes_services_and_a_message_key_combines_with_each_identity():
