@@ -24,7 +24,7 @@ from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, read_check_body, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef, allows
-from ._parsing import parse_message
+from ._parsing import REJECTED_KEYS, parse_message
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
@@ -422,21 +422,35 @@ class Pipeline:
         if record.state is State.RESULT_READY:
             return self._finish_stored(record)
         if not allows(self._settings.allowed_parents, ref.service, ref.name):
-            # Taken off the list while the chain ran: no further call, but the request still gets its one result.
-            self._log.warning(
-                "check for a parent outside OPCANCEL_ALLOWED_PARENTS: chain ended as REJECTED",
-                event="check_not_allowed",
-                operation=ref.name,
-                idempotency_key=key,
-            )
-            error = f"{ref.name} is no longer under OPCANCEL_ALLOWED_PARENTS; checks stopped"
-            result = self._result(
-                ref, key, check.source, Outcome.REJECTED, error, checks=record.checks, requested_at=record.requested_at
-            )
-            return self._conclude(record, result)
+            return self._stop_chain(record, ref, check.source)
         if record.deadline_at is None:
             record = self._store.deadline_set(record, now=now, deadline_at=check.deadline_at)
         return self._check(record, ref, check.source)
+
+    def _stop_chain(self, record: Record, ref: OperationRef, source: Source) -> ItemReport:
+        """A chain whose parent was taken off the allow-list while it ran: no further call, and the request's
+        one result is a rejection, under a key of the rejected namespace. The request's own key is then
+        freed: a rejection never binds the key a valid request would use, so putting the parent back on
+        the list takes effect at once (SPEC). Until the key is freed its record still waits for this
+        check, so a crash in between ends here again, and the result, published once, is not repeated."""
+        self._log.warning(
+            "check for a parent outside OPCANCEL_ALLOWED_PARENTS: chain ended as REJECTED",
+            event="check_not_allowed",
+            operation=ref.name,
+            idempotency_key=record.key,
+        )
+        error = f"{ref.name} is no longer under OPCANCEL_ALLOWED_PARENTS; checks stopped"
+        stopped = "stopped\n" + record.key
+        key = REJECTED_KEYS + payload_hash(stopped)[:40]
+        self._report_once(
+            key,
+            stopped,
+            lambda _: self._result(
+                ref, key, source, Outcome.REJECTED, error, checks=record.checks, requested_at=record.requested_at
+            ),
+        )
+        self._store.forgotten(record)
+        return ItemReport(ref.name, ItemStatus.REJECTED, key, Outcome.REJECTED.value, error)
 
     # Results
 
@@ -450,19 +464,26 @@ class Pipeline:
             error=rejection.error,
             source=rejection.source.to_json(),
         )
-        claim = self._store.claim_request(
-            rejection.idempotency_key, payload_hash("rejected\n" + rejection.offending), now=self._clock.now()
+        self._report_once(
+            rejection.idempotency_key,
+            "rejected\n" + rejection.offending,
+            lambda requested_at: self._rejected(rejection, requested_at=requested_at),
         )
+        return ItemReport(
+            rejection.offending, ItemStatus.REJECTED, rejection.idempotency_key, Outcome.REJECTED.value, rejection.error
+        )
+
+    def _report_once(self, key: str, payload: str, result_for: Callable[[float], Result]) -> None:
+        """Publish a rejection's result under its own key, once however often it is reported; ``result_for``
+        makes it from the time its key was first claimed."""
+        claim = self._store.claim_request(key, payload_hash(payload), now=self._clock.now())
         if claim.status is ClaimStatus.ACQUIRED and claim.record is not None:
             if claim.record.state is State.RESULT_READY:
                 self._finish_stored(claim.record)
             else:
-                self._conclude(claim.record, self._rejected(rejection, requested_at=claim.record.requested_at))
+                self._conclude(claim.record, result_for(claim.record.requested_at))
         elif claim.status is ClaimStatus.MISMATCH:
-            self._finish(self._rejected(rejection, requested_at=self._clock.now()))
-        return ItemReport(
-            rejection.offending, ItemStatus.REJECTED, rejection.idempotency_key, Outcome.REJECTED.value, rejection.error
-        )
+            self._finish(result_for(self._clock.now()))
 
     def _result(
         self,

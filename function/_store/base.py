@@ -152,6 +152,12 @@ class IdempotencyStore(abc.ABC):
     def released(self, held: Record, *, now: float, not_before: float = 0.0) -> Record:
         return self._advance(held, held.released(not_before=not_before), now=now)
 
+    def forgotten(self, held: Record) -> None:
+        """Delete ``held`` if it is still the current version, so its key is free as if never claimed;
+        ``StaleFence`` if another worker wrote since."""
+        if not self._guard(self._delete_if_version, held.key, held.version):
+            raise StaleFence(f"fence {held.fence} was taken over")
+
     # The rules
 
     def _advance(self, held: Record, changed: Record, *, now: float) -> Record:

@@ -281,12 +281,39 @@ def test_a_check_for_a_parent_taken_off_the_allow_list_ends_the_chain_rejected(m
     (result,) = after.results()
     assert result["outcome"] == "REJECTED"
     assert "OPCANCEL_ALLOWED_PARENTS" in result["error"] and "organizations/123456789" in result["error"]
-    assert (result["operation"], result["idempotency_key"], result["checks"]) == (NAME, KEY, 1)
-    assert after.rig.store._load(KEY).state is State.FINISHED
+    assert (result["operation"], result["checks"]) == (NAME, 1)
+    # A rejection's key, never the request's: that key is freed, so no rejection binds it.
+    assert result["idempotency_key"].startswith("rejected/")
+    assert after.rig.store._load(KEY) is None
     assert after.next_checks() == []
-    # Delivered again, the check finds the chain finished: still one result.
+    # Delivered again, the check belongs to no chain: still one result.
     assert after.deliver_check(check) == ["ack"]
     assert len(after.results()) == 1
+    # The parent put back on the list: the next request for the operation is acted on at once.
+    again = Chain(mode, rig=Rig(settings=allowed, store=before.rig.store, clock=before.rig.clock))
+    assert again.request(message_id="r-2") == "ack"
+    assert len(again.rig.simulator.cancel_calls()) == 1
+    assert again.rig.store._load(KEY) is not None
+
+
+def test_a_chain_stopped_by_the_allow_list_reports_once_when_its_worker_died_before_freeing_the_key(mode):
+    allowed = Settings(
+        project="test-project", polling=TEST_POLICY, store="memory", allowed_parents=("organizations/123456789",)
+    )
+    before = Chain(mode, settings=allowed)
+    before.request()
+    (check,) = before.next_checks()
+    narrowed = Settings(
+        project="test-project", polling=TEST_POLICY, store="memory", allowed_parents=("organizations/42",)
+    )
+    after = Chain(mode, rig=Rig(settings=narrowed, store=before.rig.store, clock=before.rig.clock))
+    waiting = after.rig.store._load(KEY)
+    assert after.deliver_check(check) == ["ack"]
+    # As if the worker had died after publishing, before the key was freed: the record is back as it was.
+    assert after.rig.store._create(waiting)
+    assert after.deliver_check(check) == ["ack"]
+    assert len(after.results()) == 1
+    assert after.rig.store._load(KEY) is None
 
 
 # --- liveness --------------------------------------------------------------------------------------------
