@@ -263,18 +263,24 @@ def test_in_redelivery_mode_an_early_check_is_refused_until_due():
 # --- the allow-list on the check path ------------------------------------------------------------------
 
 
-def test_a_check_for_a_parent_taken_off_the_allow_list_ends_the_chain_rejected(mode):
-    allowed = Settings(
-        project="test-project", polling=TEST_POLICY, store="memory", allowed_parents=("organizations/123456789",)
-    )
-    before = Chain(mode, settings=allowed)
+def allowed_on(parent: str) -> Settings:
+    return Settings(project="test-project", polling=TEST_POLICY, store="memory", allowed_parents=(parent,))
+
+
+def chain_taken_off_the_allow_list(mode) -> tuple[Chain, Chain, object]:
+    """A chain with its first check scheduled, and the function redeployed with the parent gone from the
+    list (the store and the clock stay): the chain before, the chain after, and the check."""
+    before = Chain(mode, settings=allowed_on("organizations/123456789"))
     before.request()
     (check,) = before.next_checks()
-    # The function is redeployed with the parent gone from the list; the store and the clock stay.
-    narrowed = Settings(
-        project="test-project", polling=TEST_POLICY, store="memory", allowed_parents=("organizations/42",)
+    after = Chain(
+        mode, rig=Rig(settings=allowed_on("organizations/42"), store=before.rig.store, clock=before.rig.clock)
     )
-    after = Chain(mode, rig=Rig(settings=narrowed, store=before.rig.store, clock=before.rig.clock))
+    return before, after, check
+
+
+def test_a_check_for_a_parent_taken_off_the_allow_list_ends_the_chain_rejected(mode):
+    before, after, check = chain_taken_off_the_allow_list(mode)
     calls = len(before.rig.simulator.calls)
     assert after.deliver_check(check) == ["ack"]
     assert after.rig.simulator.calls == [] and len(before.rig.simulator.calls) == calls
@@ -290,23 +296,14 @@ def test_a_check_for_a_parent_taken_off_the_allow_list_ends_the_chain_rejected(m
     assert after.deliver_check(check) == ["ack"]
     assert len(after.results()) == 1
     # The parent put back on the list: the next request for the operation is acted on at once.
-    again = Chain(mode, rig=Rig(settings=allowed, store=before.rig.store, clock=before.rig.clock))
+    again = Chain(mode, rig=Rig(settings=before.rig.settings, store=before.rig.store, clock=before.rig.clock))
     assert again.request(message_id="r-2") == "ack"
     assert len(again.rig.simulator.cancel_calls()) == 1
     assert again.rig.store._load(KEY) is not None
 
 
 def test_a_chain_stopped_by_the_allow_list_reports_once_when_its_worker_died_before_freeing_the_key(mode):
-    allowed = Settings(
-        project="test-project", polling=TEST_POLICY, store="memory", allowed_parents=("organizations/123456789",)
-    )
-    before = Chain(mode, settings=allowed)
-    before.request()
-    (check,) = before.next_checks()
-    narrowed = Settings(
-        project="test-project", polling=TEST_POLICY, store="memory", allowed_parents=("organizations/42",)
-    )
-    after = Chain(mode, rig=Rig(settings=narrowed, store=before.rig.store, clock=before.rig.clock))
+    _, after, check = chain_taken_off_the_allow_list(mode)
     waiting = after.rig.store._load(KEY)
     assert after.deliver_check(check) == ["ack"]
     # As if the worker had died after publishing, before the key was freed: the record is back as it was.
