@@ -17,14 +17,15 @@ from .base import IdempotencyStore
 from .record import Record, State
 
 _SWITCHING_TO_WAL = Backoff(first_s=0.02, max_s=0.5, attempts=30, budget_s=10.0)
-#: A record's expiry, as the sweep's WHERE and the index both spell it: SQLite uses an index on an
-#: expression only for that same expression.
-_EXPIRE_AT = "json_extract(body, '$.expire_at')"
 #: Expired records deleted per statement: a first sweep of a large old file holds the write lock in
 #: short turns, so other requests' writes go on between them.
 _SWEEP_BATCH = 500
+#: Expired records, found through when they were created: a record expires a TTL after its last write,
+#: so never sooner than a TTL after its creation. ``created_at`` is a column of its own, written once by
+#: the insert, so its index is not rewritten by every write, as an index on the body's expiry would be.
 _DELETE_EXPIRED = (
-    f"DELETE FROM records WHERE key IN (SELECT key FROM records WHERE {_EXPIRE_AT} <= ? LIMIT {_SWEEP_BATCH})"
+    "DELETE FROM records WHERE key IN (SELECT key FROM records WHERE created_at <= ?"
+    f" AND json_extract(body, '$.expire_at') <= ? LIMIT {_SWEEP_BATCH})"
 )
 
 
@@ -73,10 +74,10 @@ class SqliteStore(IdempotencyStore):
         # power loss can drop the last commits (README, "Idempotency and its guarantees").
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute(
-            "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, version INTEGER NOT NULL, body TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS records"
+            " (key TEXT PRIMARY KEY, version INTEGER NOT NULL, body TEXT NOT NULL, created_at REAL)"
         )
-        # Also added to a database made before there was a sweep: the index is all it needs.
-        connection.execute(f"CREATE INDEX IF NOT EXISTS records_by_expiry ON records ({_EXPIRE_AT})")
+        _add_creation_times(connection)
         return connection
 
     def _execute(self, statement: str, parameters: tuple[Any, ...]) -> tuple[int, list[Any]]:
@@ -102,8 +103,8 @@ class SqliteStore(IdempotencyStore):
 
     def _create(self, record: Record) -> bool:
         changed, _ = self._execute(
-            "INSERT OR IGNORE INTO records (key, version, body) VALUES (?, ?, ?)",
-            (record.key, record.version, json.dumps(record.to_json())),
+            "INSERT OR IGNORE INTO records (key, version, body, created_at) VALUES (?, ?, ?, ?)",
+            (record.key, record.version, json.dumps(record.to_json()), record.requested_at),
         )
         return changed == 1
 
@@ -121,7 +122,7 @@ class SqliteStore(IdempotencyStore):
     def _delete_expired(self, now: float) -> int:
         deleted = 0
         while True:
-            changed, _ = self._execute(_DELETE_EXPIRED, (now,))
+            changed, _ = self._execute(_DELETE_EXPIRED, (now - self.ttl_s, now))
             deleted += changed
             if changed < _SWEEP_BATCH:
                 return deleted
@@ -131,3 +132,22 @@ class SqliteStore(IdempotencyStore):
             "SELECT body FROM records WHERE json_extract(body, '$.state') = ?", (State.CHECKING.value,)
         )
         return (Record.from_json(json.loads(row[0])) for row in rows)
+
+
+def _add_creation_times(connection: sqlite3.Connection) -> None:
+    """Give a file made before the sweep its ``created_at`` column and index, each record's time taken
+    from its ``requested_at`` (its claim). Processes opening such a file together may race to add the
+    column; all but one find it there. Filling is checked on every open, so an open that died between
+    adding and filling leaves nothing unswept."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
+    if "created_at" not in columns:
+        try:
+            connection.execute("ALTER TABLE records ADD COLUMN created_at REAL")
+        except sqlite3.OperationalError as problem:
+            if "duplicate column" not in str(problem):
+                raise
+    connection.execute("CREATE INDEX IF NOT EXISTS records_by_creation ON records (created_at)")
+    if connection.execute("SELECT 1 FROM records WHERE created_at IS NULL LIMIT 1").fetchone():
+        connection.execute(
+            "UPDATE records SET created_at = json_extract(body, '$.requested_at') WHERE created_at IS NULL"
+        )

@@ -565,10 +565,19 @@ def test_the_sqlite_sweep_finds_expired_records_by_an_index(tmp_path):
     SqliteStore(path, lease_s=LEASE, ttl_s=TTL)
     connection = sqlite3.connect(path)
     try:
-        plan = connection.execute(f"EXPLAIN QUERY PLAN {sqlite_backend._DELETE_EXPIRED}", (NOW,)).fetchall()
+        plan = connection.execute(f"EXPLAIN QUERY PLAN {sqlite_backend._DELETE_EXPIRED}", (NOW - TTL, NOW)).fetchall()
     finally:
         connection.close()
-    assert any("USING INDEX records_by_expiry" in step[3] for step in plan), plan
+    assert any("USING INDEX records_by_creation" in step[3] for step in plan), plan
+
+
+def test_a_record_created_long_ago_but_written_since_is_not_swept(store):
+    long_chain = store.claim_request("chain", "h", now=NOW - TTL - 10).record
+    store.cancel_sent(long_chain, now=NOW - 5, deadline_at=NOW + 99)
+    store._create(expired_record("stale", at=NOW - 1))
+    store.claim_request("k", "h", now=NOW)
+    assert store._load("chain") is not None
+    assert store._load("stale") is None or isinstance(store, FirestoreStore)
 
 
 def test_a_sweep_deletes_past_one_batch(tmp_path):
