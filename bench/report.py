@@ -79,9 +79,10 @@ runtime (settings read, clients made, the store opened and probed), ~2.5 ms. **T
 result's publish on the Pub/Sub emulator, ~22 ms of waiting (the emulator takes 10–20 ms a publish
 on a new connection), which the bare function never does; parsing, the store's writes and the log
 lines, the other ~5 ms. Against the bare function's ~150 ms, 1.5× leaves ~75 ms for all of that;
-httpx's stack and the waits alone take ~48 ms of it. Full runs since the transport was prepared at
-start-up: 1.506× and 1.501× without credentials, 1.502× and 1.479× with them; the latest run's 95%
-interval for the median, 1.494–1.530, holds 1.5. On the line, not inside it.
+httpx's stack and the waits alone take ~48 ms of it. The four full runs since the transport was
+prepared at start-up gave 1.506×, 1.501×, 1.518× and 1.492× without credentials, and 1.502×, 1.479×,
+1.500× and 1.471× with them; each of the last three runs' 95% intervals for the median without
+credentials (1.494–1.530, 1.494–1.554, 1.477–1.536) holds 1.5. On the line, not inside it.
 
 Tried and left: the Python runtime. Python 3.11, 3.12 and 3.13 (pyenv builds, 8–20 interleaved
 starts each) gave ratios of 1.53–1.62 in every order, within the noise of one another, and the
