@@ -351,8 +351,7 @@ class _MessageParser:
     ) -> None:
         """``context`` is what sets this request apart from another naming the same text (its keys, its
         incident); the rejection is keyed by a hash of both, in a namespace no valid request uses."""
-        whole = json.dumps([*context, offending], ensure_ascii=True).encode("ascii")
-        key = REJECTED_KEYS + hashlib.sha256(whole).hexdigest()[:40]
+        key = rejected_key(json.dumps([*context, offending], ensure_ascii=True))
         self._parsed.rejections.append(
             Rejection(
                 offending=escape_text(offending),
@@ -402,6 +401,12 @@ def _object_defaults(body: Mapping[str, Any], validate_api_version: Callable[[An
         if "deadline_seconds" in body
         else None,
     )
+
+
+def rejected_key(context: str) -> str:
+    """The key of a rejection: a hash of what sets it apart from another, in a namespace no valid request
+    uses, so a rejection never binds the key of a request that could be acted on."""
+    return REJECTED_KEYS + hashlib.sha256(context.encode("utf-8")).hexdigest()[:40]
 
 
 def _incident_key(incident_id: str, identity: str) -> str:

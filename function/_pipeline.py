@@ -24,7 +24,7 @@ from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, read_check_body, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef, allows
-from ._parsing import REJECTED_KEYS, parse_message
+from ._parsing import parse_message, rejected_key
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
@@ -441,7 +441,7 @@ class Pipeline:
         )
         error = f"{ref.name} is no longer under OPCANCEL_ALLOWED_PARENTS; checks stopped"
         stopped = "stopped\n" + record.key
-        key = REJECTED_KEYS + payload_hash(stopped)[:40]
+        key = rejected_key(stopped)
         self._report_once(
             key,
             stopped,
