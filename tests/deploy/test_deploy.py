@@ -1649,6 +1649,75 @@ def test_every_dry_run_command_passes_gcloud_s_own_parser(cloud, tmp_path):
     assert not refused, "gcloud did not stop at authentication for:\n" + "\n".join(refused)
 
 
+SDK_ROOT = Path(GCLOUD).resolve().parents[1] if GCLOUD else None
+SCHEMAS = {
+    # file prefix: the API message gcloud sends it as (monitoring v3 AlertPolicy, v1 Dashboard, logging v2 LogMetric)
+    "alert-policy": ("monitoring", "v3", "AlertPolicy"),
+    "dashboard": ("monitoring", "v1", "Dashboard"),
+    "metric-": ("logging", "v2", "LogMetric"),
+}
+
+
+@pytest.mark.skipif(
+    SDK_ROOT is None
+    or not (SDK_ROOT / "lib" / "googlecloudsdk" / "generated_clients" / "apis" / "monitoring").is_dir(),
+    reason="gcloud and its generated API messages are not installed: the definitions cannot be checked",
+)
+def test_every_definition_is_one_google_s_api_messages_accept(cloud):
+    channel = f"--notification-channel=projects/{PROJECT}/notificationChannels/123"
+    dry = cloud.run(*BASE, "--allowed-parents", PARENTS, channel, "--cancel-budget", "3/45s", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    work = Path(re.search(r"kept in (.+)\.$", dry.stderr, re.MULTILINE).group(1))
+    files = sorted(work.iterdir())
+    assert len(files) == 9
+    for prefix, (service, version, message) in SCHEMAS.items():
+        chosen = [str(path) for path in files if path.name.startswith(prefix)]
+        assert chosen, prefix
+        process = subprocess.run(
+            [
+                sys.executable,
+                str(FAKE.with_name("gcloud_schema.py")),
+                str(SDK_ROOT),
+                service,
+                version,
+                message,
+                *chosen,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert process.returncode == 0, process.stdout + process.stderr
+
+
+def test_the_schema_check_refuses_an_unknown_field_and_an_unlisted_enum_value(tmp_path):
+    if SDK_ROOT is None:
+        pytest.skip("gcloud is not installed")
+    bad = tmp_path / "policy.json"
+    bad.write_text(json.dumps({"severity": "HUGE", "conditions": [{"conditionMatchedLog": {"filtre": "x"}}]}))
+
+    process = subprocess.run(
+        [
+            sys.executable,
+            str(FAKE.with_name("gcloud_schema.py")),
+            str(SDK_ROOT),
+            "monitoring",
+            "v3",
+            "AlertPolicy",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert process.returncode == 1
+    assert f"{bad}.severity:" in process.stdout
+    assert f"{bad}.conditions.conditionMatchedLog.filtre:" in process.stdout
+
+
 @pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed: its upload listing cannot be checked")
 def test_only_what_the_function_runs_is_uploaded(tmp_path):
     config = tmp_path / "gcloud-config"
