@@ -9,9 +9,11 @@ nothing else, which the caller logs and acknowledges.
 Idempotency keys live in namespaces that never meet, each with a first segment
 no other can produce: a derived key is the operation's identity (an API host,
 which has a dot, then the relative name); ``incident/`` keys add the incident id,
-escaped unambiguously; ``explicit/`` holds a sender's own keys; ``rejected/``
-holds REJECTED results, hashed from the whole request, so a rejection never
-binds the key a valid request for the same operation would use.
+escaped unambiguously; ``explicit/`` holds a sender's own keys; ``batch/`` holds
+the items of a message whose one key names several operations, the key's length
+first, so no sender's key can spell an item's; ``rejected/`` holds REJECTED
+results, hashed from the whole request, so a rejection never binds the key a
+valid request for the same operation would use.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ MAX_KEY_LENGTH = 256
 #: Keys opcancel builds (a namespace, an escaped incident id, an identity) are longer than a sender's.
 MAX_STORED_KEY_LENGTH = 4096
 EXPLICIT_KEYS = "explicit/"
+#: The items of a message whose one key names several operations: ``batch/{length of the key}/{key}/{identity}``.
+BATCH_KEYS = "batch/"
 INCIDENT_KEYS = "incident/"
 #: An incident id too long to echo whole is keyed by its digest, in a namespace of its own, so no short
 #: id can spell another incident's digest.
@@ -325,7 +329,9 @@ class _MessageParser:
         if item.idempotency_key is not None:
             key = EXPLICIT_KEYS + item.idempotency_key
         elif defaults.idempotency_key is not None:
-            key = EXPLICIT_KEYS + (f"{defaults.idempotency_key}/{ref.identity}" if many else defaults.idempotency_key)
+            key = (
+                _batch_key(defaults.idempotency_key, ref.identity) if many else EXPLICIT_KEYS + defaults.idempotency_key
+            )
         elif incident_id is not None:
             key = _incident_key(incident_id, ref.identity)
         else:
@@ -407,6 +413,13 @@ def rejected_key(context: str) -> str:
     """The key of a rejection: a hash of what sets it apart from another, in a namespace no valid request
     uses, so a rejection never binds the key of a request that could be acted on."""
     return REJECTED_KEYS + hashlib.sha256(context.encode("utf-8")).hexdigest()[:40]
+
+
+def _batch_key(key: str, identity: str) -> str:
+    """The key of one item of a message whose one key names several operations. The length of the sender's
+    key comes first, so key and identity split one way only and no explicit key (``explicit/``) nor another
+    batch's key with another split can equal it."""
+    return f"{BATCH_KEYS}{len(key)}/{key}/{identity}"
 
 
 def _incident_key(incident_id: str, identity: str) -> str:

@@ -252,8 +252,8 @@ def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
     rig.send(body, attributes={"idempotency_key": "batch-1"})
     keys = sorted(r["idempotency_key"] for r in rig.publisher.results())
     assert keys == [
-        f"explicit/batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
-        f"explicit/batch-1/securitycenter.googleapis.com/{name('a')}",
+        f"batch/7/batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
+        f"batch/7/batch-1/securitycenter.googleapis.com/{name('a')}",
     ]
     assert {c.path for c in rig.simulator.cancel_calls()} == {
         f"/v2/{name('a')}:cancel",
