@@ -157,6 +157,30 @@ def test_a_rejection_key_is_deterministic_so_a_redelivery_reports_once():
     assert first.idempotency_key.startswith(REJECTED_KEYS)
 
 
+@pytest.mark.parametrize(
+    ("body", "attributes"),
+    [
+        ({"operation": "not a name", "location": "us"}, None),
+        ({"operation": "not a name", "api_version": "v1"}, None),
+        ({"operation": "not a name", "deadline_seconds": 60}, None),
+        ({"operation": "not a name", "reason": "another ticket"}, None),
+        ({"operation": "not a name", "idempotency_key": "k"}, None),
+        ({"operation": "not a name"}, {"location": "us"}),
+        ({"operation": "not a name"}, {"api_version": "v1"}),
+        ({"operation": "not a name"}, {"idempotency_key": "k"}),
+        ({"operations": [{"operation": "not a name"}], "reason": "batch reason"}, None),
+        ({"operation": "not a nam"}, None),
+    ],
+)
+def test_rejections_that_differ_in_anything_the_request_carries_have_keys_of_their_own(body, attributes):
+    """Location, version, deadline and reason were once left out of the hash, so one rejection's result
+    stood for another's."""
+    plain = only_rejection(parse({"operation": "not a name", "location": "eu"}))
+    other = only_rejection(parse(body, attributes))
+    assert plain.idempotency_key != other.idempotency_key
+    assert only_rejection(parse(body, attributes, message_id="m-9")).idempotency_key == other.idempotency_key
+
+
 def test_rejected_text_is_escaped_and_bounded():
     hostile = "organizations/1/operations/\x1b[2J" + "x" * 1000
     rejection = only_rejection(parse(json.dumps({"operation": hostile})))
