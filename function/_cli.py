@@ -48,7 +48,7 @@ from ._names import (
     validate_location,
     version_for,
 )
-from ._parsing import Parsed, parse_message
+from ._parsing import Parsed, parse_message, reported_key
 from ._pipeline import ItemStatus, Pipeline, Report
 from ._settings import MAX_DEADLINE_S, PollingPolicy, Settings
 from ._wiring import build_api, build_auth, build_pipeline, build_publisher
@@ -479,7 +479,7 @@ def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, po
         location=ref.location,
         api_version=ref.api_version,
         outcome=None,
-        idempotency_key=request.idempotency_key,
+        idempotency_key=reported_key(request.idempotency_key),
         requested_at=requested_at,
         finished_at=None,
         checks=0,

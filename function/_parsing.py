@@ -166,8 +166,9 @@ class _MessageParser:
                 SourceKind.ALERT, message_id=self._message.message_id, incident_id=escape_text(incident_id)
             )
         if attribute_defaults is None:
+            shown = _shown_key(self._message.attributes.get("idempotency_key"))
             for entry in entries:
-                self._reject(entry, _offending_text(entry), f"attribute {attribute_problem}", defaults=None)
+                self._reject(entry, _offending_text(entry), f"attribute {attribute_problem}", shown, defaults=None)
             return self._parsed
         defaults = _merge(attribute_defaults, body_defaults)
         many = len(entries) > 1
@@ -280,10 +281,12 @@ class _MessageParser:
             request = self._request(name, item, defaults, many=many, incident_id=incident_id)
         except InvalidRequest as problem:
             scc = name is None or name.service.is_scc
+            item_key = entry.get("idempotency_key") if isinstance(entry, dict) else None
             self._reject(
                 entry,
                 _offending_text(entry),
                 str(problem),
+                _shown_key(item_key) if item_key is not None else defaults.idempotency_key,
                 defaults=defaults,
                 location=(item.location if item is not None else None) if scc else name.location,
                 api_version=item.api_version if item is not None else None,
@@ -297,6 +300,7 @@ class _MessageParser:
                 entry,
                 ref.name,
                 f"{parent} is not in OPCANCEL_ALLOWED_PARENTS",
+                reported_key(request.idempotency_key),
                 defaults=defaults,
                 location=ref.location,
                 api_version=ref.api_version,
@@ -351,6 +355,7 @@ class _MessageParser:
         entry: Any,
         offending: str,
         error: str,
+        shown_key: str | None,
         *,
         defaults: _Defaults | None,
         location: str | None = None,
@@ -367,6 +372,7 @@ class _MessageParser:
                 offending=escape_text(offending),
                 error=error,
                 idempotency_key=key,
+                reported_key=shown_key,
                 source=self._source,
                 location=location or (defaults.location if defaults and defaults.location else GLOBAL),
                 api_version=api_version
@@ -413,6 +419,21 @@ def _object_defaults(body: Mapping[str, Any], validate_api_version: Callable[[An
     )
 
 
+def reported_key(key: str) -> str | None:
+    """A stored key as results and answers show it: the key the sender gave (a batch's with the operation's
+    identity after it), or the default derived from the operation and its incident; never the store's
+    namespace. None for a ``rejected/`` key, which no sender gave (a rejection carries the key it reports)."""
+    for namespace in (EXPLICIT_KEYS, INCIDENT_KEYS, INCIDENT_DIGEST_KEYS):
+        if key.startswith(namespace):
+            return key[len(namespace) :]
+    if key.startswith(BATCH_KEYS):
+        # batch/{length}/{key}/{identity}: the sender's key and the identity, as the SPEC says they combine.
+        return key[len(BATCH_KEYS) :].partition("/")[2]
+    if key.startswith(REJECTED_KEYS):
+        return None
+    return key
+
+
 def rejected_key(context: str) -> str:
     """The key of a rejection: a hash of what sets it apart from another, in a namespace no valid request
     uses, so a rejection never binds the key of a request that could be acted on."""
@@ -449,6 +470,17 @@ def _validate_key(value: Any, limit: int = MAX_KEY_LENGTH) -> str:
     if not value.isprintable() or value != value.strip():
         raise InvalidRequest("must not contain control characters or surrounding whitespace")
     return value
+
+
+def _shown_key(value: Any) -> str | None:
+    """A key a rejected request carried, as its result reports it: as given when it is a valid key (printable,
+    so safe to echo), escaped and bounded when it is the text that was rejected, none when not text."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return _validate_key(value)
+    except InvalidRequest:
+        return escape_text(value)
 
 
 def validate_stored_key(value: Any) -> str:

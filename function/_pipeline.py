@@ -25,7 +25,7 @@ from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, read_check_body, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef, allows
-from ._parsing import parse_message, rejected_key
+from ._parsing import parse_message, rejected_key, reported_key
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
@@ -55,6 +55,7 @@ class ItemReport:
 
     operation: str
     status: ItemStatus
+    #: As results report it (``reported_key``): the sender's own, or the default derived from the operation.
     idempotency_key: str | None = None
     outcome: str | None = None
     detail: str | None = None
@@ -171,7 +172,7 @@ class Pipeline:
             )
             # The caller sees only the kind of trouble; what failed, in detail, is in the log line above.
             return ItemReport(
-                operation or "", ItemStatus.RETRY, key, detail=trouble.reason, retry_after=trouble.retry_after
+                operation or "", ItemStatus.RETRY, _shown(key), detail=trouble.reason, retry_after=trouble.retry_after
             )
         except StaleFence as fenced:
             self._log.warning(
@@ -181,7 +182,7 @@ class Pipeline:
                 operation=operation,
                 idempotency_key=key,
             )
-            return ItemReport(operation or "", ItemStatus.RETRY, key, detail=fenced.reason)
+            return ItemReport(operation or "", ItemStatus.RETRY, _shown(key), detail=fenced.reason)
 
     # Requests
 
@@ -198,7 +199,8 @@ class Pipeline:
             )
             error = "idempotency_key is already bound to a different operation"
             now = self._clock.now()
-            return self._finish(self._result(ref, key, request.source, Outcome.REJECTED, error, requested_at=now))
+            result = self._result(ref, key, request.source, Outcome.REJECTED, error, requested_at=now)
+            return self._finish(result, key=key)
         if claim.status is ClaimStatus.CHAIN_RUNNING and claim.record is not None:
             now = self._clock.now()
             if self._overdue(claim.record, now):
@@ -291,7 +293,7 @@ class Pipeline:
         self._report_once(key, refused, lambda _: result)
         self._store.forgotten(record)
         status = ItemStatus.REJECTED if result.outcome is Outcome.REJECTED else ItemStatus.ACCEPTED
-        return ItemReport(ref.name, status, record.key, refusal.outcome, result.error)
+        return ItemReport(ref.name, status, result.idempotency_key, refusal.outcome, result.error)
 
     def _check(self, record: Record, ref: OperationRef, source: Source) -> ItemReport:
         """One ``get``: finish when done or past the deadline, else schedule the next check."""
@@ -332,7 +334,7 @@ class Pipeline:
             deadline_at=format_time(deadline_at),
         )
         return ItemReport(
-            ref.name, ItemStatus.ACCEPTED, record.key, detail=f"check {attempt} due {format_time(check.due_at)}"
+            ref.name, ItemStatus.ACCEPTED, _shown(record.key), detail=f"check {attempt} due {format_time(check.due_at)}"
         )
 
     def _schedule(self, record: Record, check: CheckRequest, *, now: float, checks: int) -> Record:
@@ -381,7 +383,10 @@ class Pipeline:
             was_due_at=format_time(record.due_at),
         )
         return ItemReport(
-            check.ref.name, ItemStatus.ACCEPTED, record.key, detail=f"overdue chain resumed: check {check.attempt}"
+            check.ref.name,
+            ItemStatus.ACCEPTED,
+            _shown(record.key),
+            detail=f"overdue chain resumed: check {check.attempt}",
         )
 
     def overdue_chains(self) -> list[Record]:
@@ -398,12 +403,13 @@ class Pipeline:
             def work(record: Record = record, operation: str = operation) -> ItemReport:
                 now = self._clock.now()
                 if not self._overdue(record, now):
-                    return ItemReport(operation, ItemStatus.SKIPPED, record.key, detail="no longer overdue")
+                    return ItemReport(operation, ItemStatus.SKIPPED, _shown(record.key), detail="no longer overdue")
                 try:
                     return self._resume_chain(record, now)
                 except StaleFence:
                     # The record moved on since it was listed: another resume, a delivery, or the check itself.
-                    return ItemReport(operation, ItemStatus.SKIPPED, record.key, detail="resumed or moved on elsewhere")
+                    detail = "resumed or moved on elsewhere"
+                    return ItemReport(operation, ItemStatus.SKIPPED, _shown(record.key), detail=detail)
 
             reports.append(self._guarded(operation, record.key, work))
         return Report(tuple(reports))
@@ -465,11 +471,11 @@ class Pipeline:
             key,
             stopped,
             lambda _: self._result(
-                ref, key, source, Outcome.REJECTED, error, checks=record.checks, requested_at=record.requested_at
+                ref, record.key, source, Outcome.REJECTED, error, checks=record.checks, requested_at=record.requested_at
             ),
         )
         self._store.forgotten(record)
-        return ItemReport(ref.name, ItemStatus.REJECTED, key, Outcome.REJECTED.value, error)
+        return ItemReport(ref.name, ItemStatus.REJECTED, _shown(record.key), Outcome.REJECTED.value, error)
 
     # Results
 
@@ -489,7 +495,7 @@ class Pipeline:
             lambda requested_at: self._rejected(rejection, requested_at=requested_at),
         )
         return ItemReport(
-            rejection.offending, ItemStatus.REJECTED, rejection.idempotency_key, Outcome.REJECTED.value, rejection.error
+            rejection.offending, ItemStatus.REJECTED, rejection.reported_key, Outcome.REJECTED.value, rejection.error
         )
 
     def _report_once(self, key: str, payload: str, result_for: Callable[[float], Result]) -> None:
@@ -502,12 +508,12 @@ class Pipeline:
             else:
                 self._conclude(claim.record, result_for(claim.record.requested_at))
         elif claim.status is ClaimStatus.MISMATCH:
-            self._finish(result_for(self._clock.now()))
+            self._finish(result_for(self._clock.now()), key=key)
 
     def _result(
         self,
         ref: OperationRef,
-        key: str,
+        key: str,  # the request's key as stored; the result reports it as the sender gave it
         source: Source,
         outcome: Outcome,
         error: str | None,
@@ -521,7 +527,7 @@ class Pipeline:
             location=ref.location,
             api_version=ref.api_version,
             outcome=outcome,
-            idempotency_key=key,
+            idempotency_key=reported_key(key),
             requested_at=requested_at,
             finished_at=self._clock.now(),
             checks=checks,
@@ -553,10 +559,12 @@ class Pipeline:
         assert record.result is not None
         return self._finish(Result.from_json(record.result), record)
 
-    def _finish(self, result: Result, record: Record | None = None) -> ItemReport:
+    def _finish(self, result: Result, record: Record | None = None, *, key: str | None = None) -> ItemReport:
         """The one way out: publish the result, then mark its key finished. Without a ``record`` the result
-        owns no key (another operation holds it), and its event id alone lets consumers drop a repeat."""
-        message = result_message(result, project=self._settings.project)
+        owns no key (another operation holds ``key``), and its event id alone lets consumers drop a repeat."""
+        stored_key = record.key if record is not None else key
+        assert stored_key is not None
+        message = result_message(result, key=stored_key, project=self._settings.project)
         if record is None:
             self._publisher.publish_all(self._settings.results_topic, [message])
         else:
@@ -570,7 +578,8 @@ class Pipeline:
             event="result_published",
             operation=result.operation,
             service=result.service,
-            idempotency_key=result.idempotency_key,
+            # As stored, like every line of the key's work, so one query finds them all.
+            idempotency_key=stored_key,
             outcome=result.outcome.value,
             checks=result.checks,
             error=result.error,
@@ -596,7 +605,7 @@ class Pipeline:
             outcome=outcome,
             attempt=attempt,
         )
-        return ItemReport(operation, status, key, outcome, claim.status.value)
+        return ItemReport(operation, status, _shown(key), outcome, claim.status.value)
 
     @contextlib.contextmanager
     def _released_on_trouble(self, record: Record) -> Iterator[None]:
@@ -611,3 +620,8 @@ class Pipeline:
             with contextlib.suppress(TransientError, StaleFence):
                 self._store.released(record, now=now, not_before=not_before)
             raise
+
+
+def _shown(key: str | None) -> str | None:
+    """A stored key as an item report shows it: the way its result reports it."""
+    return reported_key(key) if key is not None else None
