@@ -457,7 +457,9 @@ class Pipeline:
         one result is a rejection, under a key of the rejected namespace. The request's own key is then
         freed: a rejection never binds the key a valid request would use, so putting the parent back on
         the list takes effect at once (SPEC). Until the key is freed its record still waits for this
-        check, so a crash in between ends here again, and the result, published once, is not repeated."""
+        check, so a crash in between ends here again, and the result, published once, is not repeated. The
+        rejection's key holds the chain's claim time too: a later chain of the same key, stopped alike, is
+        another request and gets its own result."""
         self._log.warning(
             "check for a parent outside OPCANCEL_ALLOWED_PARENTS: chain ended as REJECTED",
             event="check_not_allowed",
@@ -465,7 +467,7 @@ class Pipeline:
             idempotency_key=record.key,
         )
         error = f"{ref.name} is no longer under OPCANCEL_ALLOWED_PARENTS; checks stopped"
-        stopped = "stopped\n" + record.key
+        stopped = f"stopped\n{record.key}\n{format_time(record.requested_at)}"
         key = rejected_key(stopped)
         self._report_once(
             key,

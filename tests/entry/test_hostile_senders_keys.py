@@ -243,3 +243,25 @@ def test_a_rejection_reports_the_key_the_sender_gave_or_none():
     client.post("/", json={"operation": "not a name either"})
     keys = [result["idempotency_key"] for result in rig.publisher.results()]
     assert keys == ["order-5", None]
+
+
+# Finding 6, on the check path: each chain stopped by the allow-list reports, the second one too.
+
+
+@pytest.mark.parametrize("mode", ["tasks", "redelivery"])
+def test_a_second_chain_of_one_key_stopped_by_the_allow_list_still_reports(mode):
+    from tests.entry.test_checks import Chain, allowed_on, chain_taken_off_the_allow_list
+
+    before, after, check = chain_taken_off_the_allow_list(mode)
+    assert after.deliver_check(check) == ["ack"]
+    # The parent put back: a new chain for the same key, then the parent taken off again.
+    store, clock = before.rig.store, before.rig.clock
+    again = Chain(mode, rig=Rig(settings=before.rig.settings, store=store, clock=clock))
+    assert again.request(message_id="r-2") == "ack"
+    (second_check,) = again.next_checks()
+    clock.advance(60)
+    off_again = Chain(mode, rig=Rig(settings=allowed_on("organizations/42"), store=store, clock=clock))
+    assert off_again.deliver_check(second_check) == ["ack"]
+    stopped = after.results() + off_again.results()
+    assert [result["outcome"] for result in stopped] == ["REJECTED", "REJECTED"]
+    assert [result["requested_at"] for result in stopped][0] != stopped[1]["requested_at"]
