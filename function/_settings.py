@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from ._backoff import PollingPolicy  # also imported from here: the policy is read from the environment here
@@ -46,6 +46,8 @@ class Settings:
     sqlite_path: str = ".opcancel/idempotency.sqlite3"
     firestore_database: str = "(default)"
     firestore_collection: str = "opcancel-idempotency"
+    #: OPCANCEL_STORE or OPCANCEL_SQLITE_PATH is set: the store was chosen, not defaulted (see ``with_store``).
+    store_configured: bool = False
     #: Canonical prefixes (``organizations/1``, ``projects/p``, ``//aiplatform.googleapis.com/projects/p``).
     allowed_parents: tuple[str, ...] | None = None
     services: ServiceRegistry = REGISTRY
@@ -110,6 +112,7 @@ class Settings:
                 "OPCANCEL_FIRESTORE_COLLECTION", _COLLECTION_ID, "a Firestore collection id"
             )
             or "opcancel-idempotency",
+            store_configured=reader.given("OPCANCEL_STORE") or reader.given("OPCANCEL_SQLITE_PATH"),
             allowed_parents=reader.parents("OPCANCEL_ALLOWED_PARENTS", services),
             services=services,
             polling=polling,
@@ -126,6 +129,16 @@ class Settings:
             credentials_file=bool(environ.get("GOOGLE_APPLICATION_CREDENTIALS")),
         )
 
+    def with_store(self, choice: str) -> "Settings":
+        """These settings on the store an operator named (``sqlite:PATH``, ``firestore`` or ``firestore:DATABASE``,
+        the command line's ``--store``), as if OPCANCEL_STORE had said so."""
+        backend, _, where = choice.partition(":")
+        if backend == "sqlite" and where.strip():
+            return replace(self, store="sqlite", sqlite_path=where, store_configured=True)
+        if backend == "firestore" and (not where or _DATABASE_ID.fullmatch(where)):
+            return replace(self, store="firestore", firestore_database=where or "(default)", store_configured=True)
+        raise ConfigError("--store", f"{choice!r} is not sqlite:PATH, firestore or firestore:DATABASE")
+
 
 class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
@@ -136,6 +149,9 @@ class _Reader:
         if value is None or value.strip() == "":
             return None
         return value.strip()
+
+    def given(self, name: str) -> bool:
+        return self._raw(name) is not None
 
     def optional(self, name: str, pattern: re.Pattern[str], what: str) -> str | None:
         value = self._raw(name)
