@@ -1,0 +1,125 @@
+"""Hostile senders, round 2 (issue 20): reading in linear time, bounded outputs and hostile API answers,
+each case through the entry points.
+
+Work per message is bounded by CPU time, not wall-clock time: ``cpu_bounded`` arms a profiling timer
+(``ITIMER_PROF``, which counts only this process's CPU, so other work on the machine does not make it
+fire) and stops the request when it runs out. The bound is generous, 5 s for a 1 MiB body that reads in
+a few tenths of a second, so it never flakes, and it still tells linear from quadratic: the quadratic
+reader this replaces spent about 37 minutes on the same body. Python's regex engine checks for signals
+as it runs, so even a regex that never ends is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import pytest
+from cloudevents.http import CloudEvent
+
+from function._parsing import MAX_BODY_BYTES
+from tests.entry.test_entrypoints import load_wired, post_event, pubsub_event
+from tests.support import checks_source
+
+#: CPU seconds one message may take: over ten times what the slowest 1 MiB shape needs.
+CPU_BOUND_S = 5.0
+
+
+class WorkUnbounded(BaseException):
+    """Raised by the CPU timer; not an ``Exception``, so no handler on the way to the test swallows it."""
+
+
+@contextlib.contextmanager
+def cpu_bounded(seconds: float = CPU_BOUND_S) -> Iterator[None]:
+    """Stop the work inside once it has used ``seconds`` of this process's CPU."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise WorkUnbounded(f"more than {seconds} s of CPU for one message")
+
+    previous = signal.signal(signal.SIGPROF, stop)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+
+
+def filled(head: str, unit: str, tail: str = "", size: int = MAX_BODY_BYTES) -> bytes:
+    """``head``, then ``unit`` repeated, then ``tail``: a body of at most ``size`` bytes."""
+    return (head + unit * ((size - len(head) - len(tail)) // len(unit)) + tail).encode()
+
+
+#: Bodies of the 1 MiB limit that cost the old reader quadratic time, or that any reader might stumble on.
+CRAFTED = {
+    "escaped-quotes-unterminated": filled('{"', '\\"'),
+    "escaped-quotes-in-an-operation": filled('{"operation": "', '\\"'),
+    "escape-run-unterminated": filled('{"operation": "', "\\\\"),
+    "escaped-quotes-terminated": filled('{"operation": "', '\\"', '"}'),
+    "quotes": filled("{", '"'),
+    "brackets-in-an-unterminated-string": filled('{"', "["),
+    "quote-bracket-backslash": filled("", '["\\'),
+    "deep-nesting": filled("", "["),
+}
+SHAPE = CRAFTED["escaped-quotes-unterminated"]
+
+
+# 1. Reading is linear: every crafted body, however framed, is answered within the CPU bound.
+
+
+@pytest.mark.parametrize("body", CRAFTED.values(), ids=CRAFTED.keys())
+def test_a_crafted_1mib_json_body_is_answered_in_bounded_work(body):
+    client, rig = load_wired("on_http", "http")
+    with cpu_bounded():
+        response = client.post("/", data=body, content_type="application/json")
+    assert response.status_code in (202, 400)
+    assert rig.simulator.calls == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/cloudevents+json"},
+        {"Content-Type": "application/json", "ce-specversion": "1.0", "ce-type": "t", "ce-source": "//s", "ce-id": "1"},
+        {"Content-Type": "application/json", "ce-specversion": "1.0"},
+        {"Content-Type": "application/cloudevents+jsonx", "ce-specversion": "1.0", "ce-type": "t"},
+    ],
+    ids=["text", "structured-cloudevent", "binary-cloudevent", "partial-ce-headers", "odd-type-partial-headers"],
+)
+def test_a_crafted_1mib_body_is_answered_in_bounded_work_however_it_is_framed(headers):
+    client, rig = load_wired("on_http", "http")
+    with cpu_bounded():
+        response = client.post("/", data=SHAPE, headers=headers)
+    assert response.status_code in (202, 400)
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+
+
+@pytest.mark.parametrize("target", ["on_event", "on_request", "on_check"])
+def test_crafted_pubsub_data_is_acknowledged_in_bounded_work(target):
+    client, rig = load_wired(target, "cloudevent")
+    source = checks_source() if target == "on_check" else "//pubsub.googleapis.com/projects/p/topics/t"
+    with cpu_bounded():
+        response = post_event(client, pubsub_event(SHAPE, source=source))
+    assert response.status_code == 200
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+    reasons = [line.get("reason", "") for line in rig.logs()]
+    assert any("not valid JSON" in reason for reason in reasons), reasons
+
+
+def test_crafted_cloudevent_data_to_on_event_is_acknowledged_in_bounded_work():
+    client, rig = load_wired("on_event", "cloudevent")
+    event = CloudEvent({"type": "com.example.cancel", "source": "//example", "id": "1"}, SHAPE)
+    with cpu_bounded():
+        response = post_event(client, event)
+    assert response.status_code == 200
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+
+
+def test_the_cpu_bound_stops_a_regex_that_backtracks_for_ever():
+    # The guard itself: a pattern that takes exponential time is stopped, so the tests above can fail.
+    import re
+
+    with pytest.raises(WorkUnbounded), cpu_bounded(0.2):
+        re.fullmatch(r"(a|aa)+b", "a" * 200)
