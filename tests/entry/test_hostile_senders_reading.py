@@ -123,3 +123,53 @@ def test_the_cpu_bound_stops_a_regex_that_backtracks_for_ever():
 
     with pytest.raises(WorkUnbounded), cpu_bounded(0.2):
         re.fullmatch(r"(a|aa)+b", "a" * 200)
+
+
+# 8. Partial ce- header sets: the body is still read by opcancel's reader, never by the cloudevents library's.
+
+DEEP = b"[" * 200_000
+CE_HEADERS = {"ce-specversion": "1.0", "ce-type": "t", "ce-source": "//s", "ce-id": "1"}
+#: Each set the cloudevents library takes for a structured event, reading the body itself.
+PARTIAL_CE_HEADERS = [
+    *(
+        {name: value for name, value in CE_HEADERS.items() if name != left_out}
+        for left_out in ("ce-type", "ce-source", "ce-id")
+    ),
+    {"ce-specversion": "1.0"},
+]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        *({"Content-Type": "application/json", **partial} for partial in PARTIAL_CE_HEADERS),
+        {"Content-Type": "text/plain", "ce-specversion": "1.0"},
+        {"Content-Type": "application/cloudevents+json; charset=utf-8", "ce-specversion": "1.0"},
+        # All four headers, and a media type the library takes for a structured event while opcancel does not.
+        {"Content-Type": "application/cloudevents+jsonx", **CE_HEADERS},
+    ],
+    ids=["no-type", "no-source", "no-id", "specversion-only", "text", "structured-type", "odd-structured-type"],
+)
+def test_deep_nesting_with_partial_ce_headers_is_a_clear_400(headers):
+    client, rig = load_wired("on_http", "http")
+    response = client.post("/", data=DEEP, headers=headers)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert "nested" in response.get_json()["error"]
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+
+
+def test_a_request_with_partial_ce_headers_is_a_400_naming_what_is_missing():
+    client, rig = load_wired("on_http", "http")
+    response = client.post("/", json={"operation": "organizations/1/operations/a"}, headers={"ce-specversion": "1.0"})
+    assert response.status_code == 400
+    assert "malformed CloudEvent" in response.get_json()["error"]
+    assert rig.simulator.calls == []
+
+
+def test_a_binary_cloudevent_keeps_its_data_and_attributes():
+    client, rig = load_wired("on_http", "http")
+    headers = {**CE_HEADERS, "ce-id": "event-7", "Content-Type": "text/plain"}
+    response = client.post("/", data=b"organizations/1/operations/binary-7", headers=headers)
+    assert response.status_code == 202
+    (result,) = rig.publisher.results()
+    assert (result["outcome"], result["source"]["message_id"]) == ("CANCELLED", "event-7")
