@@ -12,15 +12,21 @@ as it runs, so even a regex that never ends is stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
-from collections.abc import Iterator
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 from cloudevents.http import CloudEvent
 
+from devkit.simulator import Simulator
+from function import Runtime, Settings, SqliteStore
 from function._parsing import MAX_BODY_BYTES
 from tests.entry.test_entrypoints import load_wired, post_event, pubsub_event
-from tests.support import checks_source
+from tests.support import TEST_POLICY, Rig, checks_source
 
 #: CPU seconds one message may take: over ten times what the slowest 1 MiB shape needs.
 CPU_BOUND_S = 5.0
@@ -173,3 +179,126 @@ def test_a_binary_cloudevent_keeps_its_data_and_attributes():
     assert response.status_code == 202
     (result,) = rig.publisher.results()
     assert (result["outcome"], result["source"]["message_id"]) == ("CANCELLED", "event-7")
+
+
+# Hostile API answers: a stand-in that answers some calls itself and passes the rest to the simulator.
+
+NAME = "organizations/1/operations/hostile-answers"
+
+
+class Answering(httpx.BaseTransport):
+    """The simulator, except for the calls ``answer`` answers itself (it returns None to pass one on)."""
+
+    def __init__(self, answer: Callable[[httpx.Request], httpx.Response | None]) -> None:
+        self.answer = answer
+        self.simulator = Simulator()
+        self._simulator = httpx.WSGITransport(app=self.simulator)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.answer(request) or self._simulator.handle_request(request)
+
+
+def once(response: httpx.Response, method: str = "POST") -> Callable[[httpx.Request], httpx.Response | None]:
+    """Answer the first ``method`` call with ``response``; everything after goes to the simulator."""
+    left = [response]
+
+    def answer(request: httpx.Request) -> httpx.Response | None:
+        return left.pop() if left and request.method == method else None
+
+    return answer
+
+
+def serve(target: str, signature: str, rig: Rig):
+    """The wired function serving ``rig``."""
+    client, _ = load_wired(target, signature)
+    module = sys.modules["wired"]
+    module.rig, module.runtime = rig, Runtime(rig.service, log=rig.log, project=rig.settings.project)
+    return client
+
+
+def rate_limited(retry_delay: object = None, retry_after: str | None = None) -> httpx.Response:
+    details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
+    body = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "slow down", "details": details}}
+    # Bytes, as a server may send them: httpx takes only ASCII text for a header value.
+    headers = {"retry-after": retry_after.encode()} if retry_after is not None else {}
+    return httpx.Response(429, content=json.dumps(body).encode(), headers=headers)
+
+
+# 4. Retry hints: honoured up to ten minutes, malformed ones ignored.
+
+MALFORMED_HINTS = {
+    "superscript-two": rate_limited(retry_after="\u00b2"),
+    "arabic-indic-digits": rate_limited(retry_after="\u0661\u0662"),
+    "hundreds-of-digits": rate_limited(retry_delay="9" * 400 + "s"),
+    "infinity": rate_limited(retry_delay="Infinitys"),
+    "exponent": rate_limited(retry_delay="1e999s"),
+    "negative": rate_limited(retry_delay="-30s"),
+    "not-a-string": rate_limited(retry_delay={"seconds": 30}),
+}
+
+
+@pytest.mark.parametrize("answer", MALFORMED_HINTS.values(), ids=MALFORMED_HINTS.keys())
+def test_a_malformed_retry_hint_is_ignored_and_the_key_is_free_for_the_retry(answer):
+    transport = Answering(once(answer))
+    rig = Rig(simulator=transport.simulator, transport=transport)
+    client = serve("on_http", "http", rig)
+    response = client.post("/", json={"operation": NAME})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "10"  # opcancel's own default, as with no hint
+    assert response.get_json()["retry"][0]["detail"] == "api_unavailable"
+    rig.clock.advance(10)
+    (item,) = client.post("/", json={"operation": NAME}).get_json()["accepted"]
+    assert (item["status"], item["outcome"]) == ("accepted", "CANCELLED")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [rate_limited(retry_delay="99999999999s"), rate_limited(retry_after="99999999999")],
+    ids=["retry-info", "retry-after"],
+)
+def test_a_long_retry_hint_keeps_the_key_at_most_ten_minutes(answer):
+    transport = Answering(once(answer))
+    rig = Rig(simulator=transport.simulator, transport=transport)
+    client = serve("on_http", "http", rig)
+    response = client.post("/", json={"operation": NAME})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "600"
+    rig.clock.advance(300)
+    busy = client.post("/", json={"operation": NAME})
+    assert (busy.status_code, busy.get_json()["retry"][0]["detail"]) == (503, "key_busy")
+    rig.clock.advance(300)
+    (item,) = client.post("/", json={"operation": NAME}).get_json()["accepted"]
+    assert (item["status"], item["outcome"]) == ("accepted", "CANCELLED")
+
+
+def sqlite_rig(tmp_path, transport: Answering) -> Rig:
+    settings = Settings(project="test-project", polling=TEST_POLICY, store="memory")
+    store = SqliteStore(str(tmp_path / "records.db"), lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
+    return Rig(settings=settings, store=store, simulator=transport.simulator, transport=transport)
+
+
+def stored_bodies(tmp_path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(tmp_path / "records.db")) as connection:
+        return [row[0] for row in connection.execute("SELECT body FROM records")]
+
+
+def strict_json(text: str | bytes) -> object:
+    """JSON as a strict reader takes it: no NaN or Infinity."""
+
+    def refuse(constant: str) -> object:
+        raise AssertionError(f"{constant} in {text[:200]!r}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_retry_hint_of_hundreds_of_digits_leaves_the_sqlite_store_readable(tmp_path):
+    transport = Answering(once(rate_limited(retry_delay="9" * 400 + "s")))
+    rig = sqlite_rig(tmp_path, transport)
+    client = serve("on_http", "http", rig)
+    assert client.post("/", json={"operation": NAME}).status_code == 503
+    for body in stored_bodies(tmp_path):
+        strict_json(body)
+    resume = serve("on_resume", "http", rig)
+    response = resume.post("/")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["overdue"] == []
