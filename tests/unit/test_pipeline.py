@@ -11,6 +11,7 @@ from devkit.simulator import Simulator
 from function import ItemStatus, Settings, format_time, parse_time
 from function._messages import RESULT_EVENT_TYPE, event_id
 from function._pipeline import payload_hash
+from function._store import ClaimStatus
 from tests.support import DATA_DIR, TEST_POLICY, Rig
 
 ORG = "123456789"
@@ -52,6 +53,18 @@ def test_each_api_behaviour_ends_in_its_outcome(rig, op_id, outcome, checks):
     assert result["outcome"] == outcome
     assert result["checks"] == checks
     assert len(rig.simulator.cancel_calls(name(op_id))) == 1
+
+
+@pytest.mark.parametrize("op_id", ["missing-a", "denied-a", "unsupported-a", "invalid-a"])
+def test_a_refusal_frees_the_requests_key_and_is_reported_once_under_a_key_of_its_own(rig, op_id):
+    for message_id in ("m-1", "m-2"):
+        rig.send(name(op_id), message_id=message_id)
+    assert len(rig.publisher.results()) == 1
+    key = f"securitycenter.googleapis.com/{name(op_id)}"
+    claim = rig.store.claim_request(key, payload_hash(key), now=rig.clock.now())
+    assert (claim.status, claim.resumed) == (ClaimStatus.ACQUIRED, False)
+    # Each delivery asked the API, which refused each time; only the first reported it.
+    assert len(rig.simulator.cancel_calls(name(op_id))) == 2
 
 
 def test_the_ce_id_is_deterministic_per_key_operation_and_outcome():
@@ -252,8 +265,8 @@ def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
     rig.send(body, attributes={"idempotency_key": "batch-1"})
     keys = sorted(r["idempotency_key"] for r in rig.publisher.results())
     assert keys == [
-        f"explicit/batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
-        f"explicit/batch-1/securitycenter.googleapis.com/{name('a')}",
+        f"batch/7/batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
+        f"batch/7/batch-1/securitycenter.googleapis.com/{name('a')}",
     ]
     assert {c.path for c in rig.simulator.cancel_calls()} == {
         f"/v2/{name('a')}:cancel",
