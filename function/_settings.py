@@ -72,11 +72,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
         reader = _Reader(environ)
         on_cloud = bool(environ.get("K_SERVICE"))
+        # The defaults are PollingPolicy's own, so the policy's defaults are stated once.
+        default = PollingPolicy()
         polling = PollingPolicy(
-            initial_delay_s=reader.seconds("OPCANCEL_CHECK_INITIAL_DELAY_S", 5.0),
-            multiplier=reader.number("OPCANCEL_CHECK_MULTIPLIER", 2.0, minimum=1.0, maximum=10.0),
-            max_delay_s=reader.seconds("OPCANCEL_CHECK_MAX_DELAY_S", 300.0),
-            deadline_s=reader.seconds("OPCANCEL_CHECK_DEADLINE_S", 3600.0, maximum=MAX_DEADLINE_S),
+            initial_delay_s=reader.seconds("OPCANCEL_CHECK_INITIAL_DELAY_S", default.initial_delay_s),
+            multiplier=reader.number("OPCANCEL_CHECK_MULTIPLIER", default.multiplier, minimum=1.0, maximum=10.0),
+            max_delay_s=reader.seconds("OPCANCEL_CHECK_MAX_DELAY_S", default.max_delay_s),
+            deadline_s=reader.seconds("OPCANCEL_CHECK_DEADLINE_S", default.deadline_s, maximum=MAX_DEADLINE_S),
         )
         if polling.max_delay_s < polling.initial_delay_s:
             raise ConfigError(
