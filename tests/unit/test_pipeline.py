@@ -99,6 +99,7 @@ def test_the_result_event_is_a_binary_mode_cloudevent_with_every_field(rig):
         "service": "securitycenter.googleapis.com",
         "outcome": "CANCELLED",
         "idempotency_key": key,
+        "dry_run": False,
         "requested_at": format_time(rig.clock.now()),
         "finished_at": format_time(rig.clock.now()),
         "checks": 1,
@@ -284,7 +285,12 @@ def test_a_closed_incident_makes_no_call_and_no_result(rig):
 def test_an_open_incident_cancels_what_it_names(rig):
     rig.send((DATA_DIR / "alert-incident-open.json").read_bytes(), message_id="alert-1")
     result = only_result(rig)
-    assert result["source"] == {"kind": "alert", "message_id": "alert-1", "incident_id": "0.mtdi83m6w8ao"}
+    assert result["source"] == {
+        "kind": "alert",
+        "message_id": "alert-1",
+        "incident_id": "0.mtdi83m6w8ao",
+        "policy_name": "runaway-scc-operation",
+    }
     assert result["idempotency_key"].startswith("incident/0.mtdi83m6w8ao/")
 
 
