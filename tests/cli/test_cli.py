@@ -32,8 +32,8 @@ from function import (
     PubSubPublisher,
     Settings,
 )
-from function._cli import CliClients, Exit, cli
 from function._names import OperationParent
+from function.cli import CliClients, Exit, cli
 from function.errors import InvalidRequest
 from tests.support import FakeClock, MemoryPublisher
 from tests.support import Rig as ServiceRig

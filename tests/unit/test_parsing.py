@@ -688,7 +688,9 @@ def test_an_invalid_attribute_rejects_a_bare_name():
 def test_an_invalid_attribute_rejects_what_an_open_incident_names():
     rejection = only_rejection(parse(incident("alert-incident-open.json"), {"api_version": "v0"}, message_id="m-5"))
     assert rejection.offending == "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23"
-    assert rejection.source == Source(SourceKind.ALERT, message_id="m-5", incident_id="0.mtdi83m6w8ao")
+    assert rejection.source == Source(
+        SourceKind.ALERT, message_id="m-5", incident_id="0.mtdi83m6w8ao", policy_name="runaway-scc-operation"
+    )
 
 
 def test_rejections_carry_the_location_and_version_the_message_asked_for():
@@ -810,7 +812,9 @@ def test_an_open_incident_cancels_the_operation_its_documentation_names():
         "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23", "global", "v2"
     )
     assert request.idempotency_key == f"incident/0.mtdi83m6w8ao/{GLOBAL_HOST}/{OPEN_OP}"
-    assert request.source == Source(SourceKind.ALERT, message_id="m-42", incident_id="0.mtdi83m6w8ao")
+    assert request.source == Source(
+        SourceKind.ALERT, message_id="m-42", incident_id="0.mtdi83m6w8ao", policy_name="runaway-scc-operation"
+    )
 
 
 def test_a_closed_incident_is_ignored_as_a_legitimate_no_op():
@@ -1232,3 +1236,96 @@ def test_a_custom_registry_reaches_the_parser():
     message = InboundMessage(data=b"//workflows.googleapis.com/projects/my-proj/operations/x", message_id="m-1")
     (request,) = parse_message(message, default_version="v2", allowed_parents=None, services=registry).requests
     assert request.ref.host == "workflows.googleapis.com"
+
+
+# --- guard rails: dry_run, protected parents, the trigger ------------------------------------
+
+
+def test_dry_run_is_a_field_of_a_request():
+    (request,) = parse({"operation": name("a"), "dry_run": True}).requests
+    assert request.dry_run
+    (request,) = parse({"operation": name("a"), "dry_run": False}).requests
+    assert not request.dry_run
+    # Its key is the real request's: the pipeline keeps dry runs in a namespace of their own.
+    assert request.idempotency_key == identity("a")
+
+
+@pytest.mark.parametrize(("value", "dry_run"), [("true", True), ("TRUE", True), ("False", False), ("fAlSe", False)])
+def test_the_dry_run_attribute_takes_true_or_false_in_any_case(value, dry_run):
+    (request,) = parse(name("a"), {"dry_run": value}).requests
+    assert request.dry_run is dry_run
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "", " true"])
+def test_another_dry_run_attribute_rejects_the_request_naming_it(value):
+    parsed = parse(name("a"), {"dry_run": value})
+    assert not parsed.requests
+    assert only_rejection(parsed).error == "attribute dry_run: must be true or false"
+
+
+@pytest.mark.parametrize("value", ["true", 1, None, "false"])
+def test_a_dry_run_field_that_is_not_a_boolean_rejects_the_request_naming_it(value):
+    parsed = parse({"operation": name("a"), "dry_run": value})
+    assert only_rejection(parsed).error == "dry_run: must be true or false"
+
+
+def test_a_batch_carries_dry_run_beside_operations_for_every_item_unless_an_item_says_otherwise():
+    parsed = parse({"operations": [name("a"), {"operation": name("b"), "dry_run": False}], "dry_run": True})
+    assert [request.dry_run for request in parsed.requests] == [True, False]
+
+
+def test_the_body_s_dry_run_wins_over_the_attribute():
+    (request,) = parse({"operation": name("a"), "dry_run": False}, {"dry_run": "true"}).requests
+    assert not request.dry_run
+
+
+def test_shadow_mode_makes_every_request_a_dry_run_whatever_it_says():
+    message = InboundMessage(data=json.dumps({"operation": name("a"), "dry_run": False}).encode())
+    (request,) = parse_message(message, default_version="v2", allowed_parents=None, shadow=True).requests
+    assert request.dry_run
+
+
+def test_a_dry_run_s_rejection_says_so_and_is_keyed_apart_from_the_real_one_s():
+    dry = only_rejection(parse({"operation": "nope", "dry_run": True}))
+    real = only_rejection(parse({"operation": "nope"}))
+    assert dry.dry_run and not real.dry_run
+    assert dry.idempotency_key != real.idempotency_key
+
+
+def protected(body, rules: tuple[str, ...], allowed: tuple[str, ...] | None = None) -> Parsed:
+    message = InboundMessage(data=json.dumps(body).encode(), message_id="m-1")
+    return parse_message(message, default_version="v2", allowed_parents=allowed, protected_parents=rules)
+
+
+def test_a_protected_parent_is_rejected_naming_the_rule_even_where_the_allow_list_admits_it():
+    parsed = protected(
+        {"operation": name("a")}, ("organizations/999", f"organizations/{ORG}"), (f"organizations/{ORG}",)
+    )
+    rejection = only_rejection(parsed)
+    assert rejection.error == f"{name('a')} is protected: organizations/{ORG} is in OPCANCEL_PROTECTED_PARENTS"
+    assert rejection.idempotency_key.startswith(REJECTED_KEYS)
+
+
+def test_a_dry_run_of_a_protected_parent_is_rejected_like_the_real_request():
+    rejection = only_rejection(protected({"operation": name("a"), "dry_run": True}, (f"organizations/{ORG}",)))
+    assert "is protected" in rejection.error and rejection.dry_run
+
+
+def test_protection_matches_whole_segments_and_full_resource_prefixes():
+    vertex = "//aiplatform.googleapis.com/projects/my-proj-2/locations/us-central1/operations/1"
+    assert protected({"operation": vertex}, ("projects/my-proj",)).requests
+    parsed = protected({"operation": vertex}, ("//aiplatform.googleapis.com/projects/my-proj-2",))
+    assert "//aiplatform.googleapis.com/projects/my-proj-2 is in" in only_rejection(parsed).error
+
+
+def test_an_alert_s_source_names_its_policy_escaped():
+    incident = json.loads((DATA_DIR / "alert-incident-open.json").read_text())
+    incident["incident"]["policy_name"] = "policy\u202e"
+    (request, *_) = parse(incident).requests
+    assert request.source.policy_name == "policy\\u202e"
+
+
+def test_an_http_request_s_source_names_its_caller():
+    message = InboundMessage(data=name("a").encode(), kind=SourceKind.HTTP, caller="sre@example.com")
+    (request,) = parse_message(message, default_version="v2", allowed_parents=None).requests
+    assert request.source == Source(SourceKind.HTTP, caller="sre@example.com")
