@@ -104,6 +104,8 @@ def test_duplicates_of_a_refused_request_report_once():
     wrong = json.dumps({"operation": NAME, "api_version": "v1"}).encode()
     for _ in range(3):  # Pub/Sub redelivers the one message
         assert post_event(client, pubsub_event(wrong, message_id="7")).status_code == 200
+    # Each delivery asks the API (the key is free), which refuses alike; only the first reports it.
+    assert gate.refusals == 3
     assert results(rig) == [("NOT_FOUND", "v1")]
     assert post_event(client, pubsub_event(NAME.encode(), message_id="8")).status_code == 200
     assert post_event(client, pubsub_event(wrong, message_id="7")).status_code == 200
@@ -113,7 +115,7 @@ def test_duplicates_of_a_refused_request_report_once():
 
 def test_a_refusal_on_a_taken_over_key_frees_it_too():
     """A worker died holding the key before any cancel was recorded; the successor's ``get`` is refused."""
-    rig, gate = refusing_rig("/v1/")
+    rig, _ = refusing_rig("/v1/")
     client, rig = wired("on_http", "http", rig)
     request = {"operation": NAME, "api_version": "v1"}
     rig.store.claim_request(f"{SCC}/{NAME}", payload_hash(f"{SCC}/{NAME}"), now=rig.clock.now())
