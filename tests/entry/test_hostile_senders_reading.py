@@ -302,3 +302,42 @@ def test_a_retry_hint_of_hundreds_of_digits_leaves_the_sqlite_store_readable(tmp
     response = resume.post("/")
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["overdue"] == []
+
+
+# 5. Numbers JSON cannot hold: never in a record or an event.
+
+INFINITE_OPERATION = (
+    b'{"name": "organizations/1/operations/hostile-answers", "done": true,'
+    b' "metadata": {"@type": "type.googleapis.com/x", "progress": 1e999, "low": -1e999, "ok": 0.5},'
+    b' "error": {"code": 1, "message": "cancelled"}}'
+)
+
+
+def test_an_operation_with_1e999_reaches_the_result_and_the_store_as_strict_json(tmp_path):
+    transport = Answering(once(httpx.Response(200, content=INFINITE_OPERATION), method="GET"))
+    rig = sqlite_rig(tmp_path, transport)
+    client = serve("on_http", "http", rig)
+    (item,) = client.post("/", json={"operation": NAME}).get_json()["accepted"]
+    assert item["outcome"] == "CANCELLED"
+    ((data, _),) = rig.publisher.on("opcancel-results")
+    result = strict_json(data)
+    assert result["final_operation"]["metadata"] == {
+        "@type": "type.googleapis.com/x",
+        "progress": "Infinity",
+        "low": "-Infinity",
+        "ok": 0.5,
+    }
+    for body in stored_bodies(tmp_path):
+        strict_json(body)
+    assert serve("on_resume", "http", rig).post("/").status_code == 200
+
+
+def test_a_request_deadline_of_1e999_is_rejected_not_stored():
+    client, rig = load_wired("on_http", "http")
+    response = client.post(
+        "/", data=f'{{"operation": "{NAME}", "deadline_seconds": 1e999}}', content_type="application/json"
+    )
+    (item,) = response.get_json()["rejected"]
+    assert "deadline_seconds" in item["error"]
+    for data, _ in rig.publisher.on("opcancel-results"):
+        strict_json(data)
