@@ -341,3 +341,54 @@ def test_a_request_deadline_of_1e999_is_rejected_not_stored():
     assert "deadline_seconds" in item["error"]
     for data, _ in rig.publisher.on("opcancel-results"):
         strict_json(data)
+
+
+# 3. A huge Operation: the result and the record keep at most 64 KiB of it.
+
+FINAL_OPERATION_LIMIT = 64 * 1024
+HUGE_METADATA = {"@type": "type.googleapis.com/google.cloud.Huge", "rows": ["x" * 1000] * 6400}
+
+
+def operation_answer(**fields: object) -> httpx.Response:
+    return httpx.Response(200, content=json.dumps({"name": NAME, "done": True, **fields}).encode())
+
+
+@pytest.mark.parametrize(
+    ("fields", "kept"),
+    [
+        (
+            {"metadata": HUGE_METADATA, "error": {"code": 1, "message": "cancelled"}},
+            {"error": {"code": 1, "message": "cancelled"}, "metadata": {"@type": HUGE_METADATA["@type"]}},
+        ),
+        (
+            {"metadata": {"@type": "t"}, "error": {"code": 1, "message": "m" * 2_000_000, "details": [{"a": "b"}]}},
+            {"error": {"code": 1, "message": "m" * 1024}, "metadata": {"@type": "t"}},
+        ),
+        ({"response": {"rows": ["y" * 1000] * 100}}, {}),
+    ],
+    ids=["huge-metadata", "huge-error", "huge-response"],
+)
+def test_a_huge_final_operation_is_cut_to_what_tells_how_it_ended(tmp_path, fields, kept):
+    transport = Answering(once(operation_answer(**fields), method="GET"))
+    rig = sqlite_rig(tmp_path, transport)
+    client = serve("on_http", "http", rig)
+    (item,) = client.post("/", json={"operation": NAME}).get_json()["accepted"]
+    ((data, _),) = rig.publisher.on("opcancel-results")
+    result = strict_json(data)
+    assert result["final_operation"] == {"name": NAME, "done": True, **kept, "truncated": True}
+    assert len(json.dumps(result["final_operation"], separators=(",", ":"))) <= FINAL_OPERATION_LIMIT
+    assert len(data) < FINAL_OPERATION_LIMIT + 4096
+    assert all(len(body) < FINAL_OPERATION_LIMIT + 4096 for body in stored_bodies(tmp_path))
+    # The stored (cut) result reads back: a duplicate reports its outcome.
+    (duplicate,) = client.post("/", json={"operation": NAME}).get_json()["accepted"]
+    assert (duplicate["status"], duplicate["outcome"]) == ("duplicate", item["outcome"])
+
+
+def test_a_final_operation_within_64_kib_is_relayed_whole(tmp_path):
+    metadata = {"@type": "t", "rows": ["z" * 1000] * 60}
+    transport = Answering(once(operation_answer(metadata=metadata, error={"code": 1}), method="GET"))
+    rig = sqlite_rig(tmp_path, transport)
+    client = serve("on_http", "http", rig)
+    client.post("/", json={"operation": NAME})
+    (result,) = rig.publisher.results()
+    assert result["final_operation"] == {"name": NAME, "done": True, "metadata": metadata, "error": {"code": 1}}
