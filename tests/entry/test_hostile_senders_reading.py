@@ -16,6 +16,7 @@ import json
 import signal
 import sqlite3
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -392,3 +393,38 @@ def test_a_final_operation_within_64_kib_is_relayed_whole(tmp_path):
     client.post("/", json={"operation": NAME})
     (result,) = rig.publisher.results()
     assert result["final_operation"] == {"name": NAME, "done": True, "metadata": metadata, "error": {"code": 1}}
+
+
+# 9. on_check: every field it echoes into a log line, the event's source included, bounded and escaped.
+
+ECHO_LIMIT = 256
+HOSTILE_TEXT = "a\ud800b\u2028c\u2029d\u202ee\x1b[31mf\x00g\\h"
+
+
+def assert_echo_safe(text: str) -> None:
+    assert len(text) <= ECHO_LIMIT, len(text)
+    assert not [ch for ch in text if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")], ascii(text[:300])
+
+
+def messages_published(source: str, data: bytes, message_id: str) -> CloudEvent:
+    return pubsub_event(data, source=source, message_id=message_id)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["//pubsub.googleapis.com/projects/p/topics/t" + "x" * 300_000 + "\u202e", HOSTILE_TEXT, checks_source()],
+    ids=["long-source", "hostile-source", "checks-topic"],
+)
+def test_on_check_logs_every_echoed_field_bounded_and_escaped(source):
+    client, rig = load_wired("on_check", "cloudevent")
+    check = {"operation": "organizations/1/operations/" + HOSTILE_TEXT * 50, "attempt": HOSTILE_TEXT}
+    response = post_event(client, messages_published(source, json.dumps(check).encode(), HOSTILE_TEXT * 50))
+    assert response.status_code == 200
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+    lines = rig.logs()
+    assert lines
+    for line in lines:
+        for field in ("event_source", "reason", "message_id", "operation", "error"):
+            if field in line:
+                assert_echo_safe(line[field])
+        assert len(json.dumps(line)) < 4096
