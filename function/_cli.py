@@ -57,6 +57,7 @@ from .errors import (
     ApiUnavailable,
     ConfigError,
     InvalidRequest,
+    ListingIncomplete,
     NoCredentials,
     PublishFailed,
     TransientError,
@@ -594,6 +595,8 @@ def _pages(
         yield from clients.api.pages(parent, filter=filter_, page_size=page_size)
     except ApiRejected as refusal:
         raise CliFailure(_echo(f"{parent.path}: {refusal}"), exit_for(Outcome(refusal.outcome))) from None
+    except ListingIncomplete as incomplete:
+        raise CliFailure(_echo(f"{parent.path}: {incomplete}"), Exit.API_UNAVAILABLE) from None
     except ApiUnavailable as trouble:
         raise CliFailure(_echo(f"Operations API unavailable: {trouble}"), Exit.API_UNAVAILABLE) from None
 

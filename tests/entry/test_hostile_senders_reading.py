@@ -428,3 +428,47 @@ def test_on_check_logs_every_echoed_field_bounded_and_escaped(source):
             if field in line:
                 assert_echo_safe(line[field])
         assert len(json.dumps(line)) < 4096
+
+
+# 10. Listing stops: a repeated page token ends it, and 1,000 pages is as far as `list` and `cancel --all` read.
+
+
+class EndlessPages:
+    """An API whose every page is empty and names a next page: t1, t2, … (or, from ``repeat_at``, t1 again)."""
+
+    def __init__(self, repeat_at: int | None = None) -> None:
+        self.requests = 0
+        self.repeat_at = repeat_at
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        token = 1 if self.repeat_at is not None and self.requests >= self.repeat_at else self.requests
+        return httpx.Response(200, json={"operations": [], "nextPageToken": f"t{token}"})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["list", "organizations/1"], ["cancel", "--dry-run", "--all", "organizations/1"]],
+    ids=["list", "cancel-all"],
+)
+def test_a_listing_with_endless_page_tokens_gives_up_after_1000_pages(command):
+    from function._cli import Exit
+    from tests.cli.test_cli import Rig as CliRig
+
+    api = EndlessPages()
+    with cpu_bounded(60.0):
+        result = CliRig(transport=httpx.MockTransport(api)).run(*command)
+    assert result.exit_code == Exit.API_UNAVAILABLE
+    assert "gave up after 1000 pages" in result.stderr and "the listing is incomplete" in result.stderr
+    assert api.requests == 1000
+
+
+def test_a_page_token_handed_back_again_ends_the_listing():
+    from function._cli import Exit
+    from tests.cli.test_cli import Rig as CliRig
+
+    api = EndlessPages(repeat_at=5)
+    result = CliRig(transport=httpx.MockTransport(api)).run("list", "organizations/1")
+    assert result.exit_code == Exit.API_UNAVAILABLE
+    assert "repeated a page token" in result.stderr
+    assert api.requests == 5
