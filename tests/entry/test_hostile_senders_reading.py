@@ -452,7 +452,7 @@ class EndlessPages:
     ids=["list", "cancel-all"],
 )
 def test_a_listing_with_endless_page_tokens_gives_up_after_1000_pages(command):
-    from function._cli import Exit
+    from function.cli import Exit
     from tests.cli.test_cli import Rig as CliRig
 
     api = EndlessPages()
@@ -464,7 +464,7 @@ def test_a_listing_with_endless_page_tokens_gives_up_after_1000_pages(command):
 
 
 def test_a_page_token_handed_back_again_ends_the_listing():
-    from function._cli import Exit
+    from function.cli import Exit
     from tests.cli.test_cli import Rig as CliRig
 
     api = EndlessPages(repeat_at=5)
