@@ -24,7 +24,7 @@ from ._gcp.pubsub import Publisher
 from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, read_check_body, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
-from ._names import OperationRef, allows
+from ._names import OperationRef, allows, escape_text
 from ._parsing import parse_message, rejected_key, reported_key
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
@@ -128,7 +128,8 @@ class Pipeline:
                 event="message_ignored",
                 reason=reason,
                 message_id=message.message_id,
-                event_source=message.event_source,
+                # Kept as sent for the comparison with the checks topic; escaped and cut where it is echoed.
+                event_source=escape_text(message.event_source) if message.event_source is not None else None,
             )
             return Report(ignored=reason)
         return Report((self._check_message(message),))
