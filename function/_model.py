@@ -82,8 +82,10 @@ class Rejection:
     error: str
     idempotency_key: str
     source: Source
-    location: str
-    api_version: str
+    #: None where the text named no Security Command Center name and no known service, and the request
+    #: stated none: Security Command Center's defaults say nothing about such a name.
+    location: str | None
+    api_version: str | None
     #: The named service (``aiplatform.googleapis.com``), when the name got far enough to say.
     service: str | None = None
 
@@ -108,8 +110,9 @@ class Result:
     """The one result of a request, stored before it is published so a republish is identical."""
 
     operation: str
-    location: str
-    api_version: str
+    #: None only on a REJECTED result whose rejection had none (see ``Rejection``).
+    location: str | None
+    api_version: str | None
     #: None, with ``finished_at``, only in the CLI's report of a cancel whose operation still runs.
     outcome: Outcome | None
     idempotency_key: str

@@ -273,15 +273,16 @@ class _MessageParser:
             name = parse_name(text, self._services)
             request = self._request(name, item, defaults, many=many, incident_id=incident_id)
         except InvalidRequest as problem:
-            scc = name is None or name.service.is_scc
+            scc = name.service.is_scc if name is not None else _scc_shaped(_offending_text(entry))
             self._reject(
                 _offending_text(entry),
                 str(problem),
                 context=(item_key, defaults.idempotency_key, incident_id),
                 defaults=defaults,
-                location=(item.location if item is not None else None) if scc else name.location,
+                location=name.location if name is not None and not scc else item.location if item is not None else None,
                 api_version=item.api_version if item is not None else None,
                 service=name.service.service_name if name is not None else None,
+                scc_defaults=scc,
             )
             return
         ref = request.ref
@@ -348,9 +349,12 @@ class _MessageParser:
         location: str | None = None,
         api_version: str | None = None,
         service: str | None = None,
+        scc_defaults: bool = True,
     ) -> None:
         """``context`` is what sets this request apart from another naming the same text (its keys, its
-        incident); the rejection is keyed by a hash of both, in a namespace no valid request uses."""
+        incident); the rejection is keyed by a hash of both, in a namespace no valid request uses. Without
+        ``scc_defaults`` (text that is no Security Command Center name), only a stated location and version
+        are echoed: Security Command Center's defaults would misdescribe it."""
         key = rejected_key(json.dumps([*context, offending], ensure_ascii=True))
         self._parsed.rejections.append(
             Rejection(
@@ -358,9 +362,16 @@ class _MessageParser:
                 error=error,
                 idempotency_key=key,
                 source=self._source,
-                location=location or (defaults.location if defaults and defaults.location else GLOBAL),
+                location=location
+                or (defaults.location if defaults and defaults.location else GLOBAL if scc_defaults else None),
                 api_version=api_version
-                or (defaults.api_version if defaults and defaults.api_version else self._default_version),
+                or (
+                    defaults.api_version
+                    if defaults and defaults.api_version
+                    else self._default_version
+                    if scc_defaults
+                    else None
+                ),
                 service=service,
             )
         )
@@ -471,6 +482,11 @@ def _merge(attributes: _Defaults, body: _Defaults | None) -> _Defaults:
         from_body = getattr(body, item.name)
         merged[item.name] = from_body if from_body is not None else getattr(attributes, item.name)
     return _Defaults(**merged)
+
+
+def _scc_shaped(text: str) -> bool:
+    """Whether unparsable text was still meant as a Security Command Center name (or names no API at all)."""
+    return not text.strip().startswith(("projects/", "//", "https://", "http://"))
 
 
 def _offending_text(entry: Any) -> str:
