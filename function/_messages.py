@@ -10,7 +10,7 @@ from typing import Any
 
 from ._clock import format_time, parse_time
 from ._json import JsonUnreadable, read_json
-from ._model import CheckRequest, InboundMessage, Result, Source, SourceKind
+from ._model import TRIGGER_FIELDS, CheckRequest, InboundMessage, Result, Source, SourceKind
 from ._names import (
     MAX_ECHO_LENGTH,
     REGISTRY,
@@ -169,14 +169,14 @@ def _check_ref(body: dict[str, Any], services: ServiceRegistry) -> OperationRef:
 
 
 def _check_source(value: Any) -> Source:
-    if not isinstance(value, dict) or "kind" not in value or not set(value) <= {"kind", "message_id", "incident_id"}:
+    if not isinstance(value, dict) or "kind" not in value or not set(value) <= {"kind", *TRIGGER_FIELDS}:
         raise InvalidRequest("check source is malformed")
     try:
         kind = SourceKind(value["kind"])
     except ValueError:
         raise InvalidRequest("check source kind is unknown") from None
     extras = {}
-    for name in ("message_id", "incident_id"):
+    for name in TRIGGER_FIELDS:
         if name in value:
             # Escaped and bounded when the request arrived: anything else was not written by opcancel.
             if not isinstance(value[name], str) or len(value[name]) > MAX_ECHO_LENGTH or not value[name].isprintable():

@@ -19,6 +19,8 @@ class Outcome(enum.Enum):
     PERMISSION_DENIED = "PERMISSION_DENIED"
     TIMED_OUT = "TIMED_OUT"
     REJECTED = "REJECTED"
+    DRY_RUN = "DRY_RUN"
+    HELD = "HELD"
 
 
 class SourceKind(enum.Enum):
@@ -35,19 +37,27 @@ class Source:
     kind: SourceKind
     message_id: str | None = None
     incident_id: str | None = None
+    #: The alerting policy's name, for alerts.
+    policy_name: str | None = None
+    #: For HTTP, the email claim of the caller's token (Cloud Run verified it); escaped and bounded.
+    caller: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind.value}
-        if self.message_id is not None:
-            data["message_id"] = self.message_id
-        if self.incident_id is not None:
-            data["incident_id"] = self.incident_id
+        for name in TRIGGER_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Source:
         """The stored form back, as ``to_json`` wrote it (a check's source is validated in ``_messages``)."""
-        return cls(SourceKind(data["kind"]), data.get("message_id"), data.get("incident_id"))
+        return cls(SourceKind(data["kind"]), **{name: data.get(name) for name in TRIGGER_FIELDS})
+
+
+#: The fields of a ``Source`` besides its kind: what triggered a request, echoed in its result and its audit entry.
+TRIGGER_FIELDS = ("message_id", "incident_id", "policy_name", "caller")
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class InboundMessage:
     #: The CloudEvent ``source`` it came in (a Pub/Sub topic); None for HTTP bodies. Only the checks topic's
     #: source makes a message a check.
     event_source: str | None = None
+    #: For HTTP, the caller's email as its token claims it (escaped and bounded).
+    caller: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,8 @@ class CancelRequest:
     source: Source
     reason: str | None = None
     deadline_s: float | None = None
+    #: Looked at (``get``) and never cancelled: by the request's ``dry_run``, or by shadow mode.
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,7 @@ class Rejection:
     api_version: str | None
     #: The named service (``aiplatform.googleapis.com``), when the name got far enough to say.
     service: str | None = None
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,7 @@ class Result:
     source: Source
     #: ``securitycenter.googleapis.com``, ``aiplatform.googleapis.com``; None for a name that named no known service.
     service: str | None = None
+    dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The one schema of a result: what the store keeps, the results topic carries and the CLI prints."""
@@ -134,6 +150,7 @@ class Result:
             "service": self.service,
             "outcome": self.outcome.value if self.outcome is not None else None,
             "idempotency_key": self.idempotency_key,
+            "dry_run": self.dry_run,
             "requested_at": format_time(self.requested_at),
             "finished_at": format_time(self.finished_at) if self.finished_at is not None else None,
             "checks": self.checks,
@@ -158,6 +175,7 @@ class Result:
             error=data["error"],
             source=Source.from_json(data["source"]),
             service=data.get("service"),
+            dry_run=data.get("dry_run", False),
         )
 
     @classmethod
@@ -176,6 +194,7 @@ class Result:
             error=rejection.error,
             source=rejection.source,
             service=rejection.service,
+            dry_run=rejection.dry_run,
         )
 
     @property

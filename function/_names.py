@@ -369,16 +369,20 @@ def parse_allowed_parent(text: str, services: ServiceRegistry = REGISTRY) -> str
 
 def allows(allowed: tuple[str, ...] | None, service: Service, path: str) -> bool:
     """The one allow-list test: is ``path`` (a name or a parent) of ``service`` under an allowed prefix?
+    None allows everything."""
+    return allowed is None or matching_parent(allowed, service, path) is not None
+
+
+def matching_parent(parents: tuple[str, ...] | None, service: Service, path: str) -> str | None:
+    """The first of ``parents`` (in the allow-list's forms) that ``path`` of ``service`` is under, or None.
 
     Prefixes match whole segments, so ``projects/my-proj`` does not admit ``projects/my-proj-2``."""
-    if allowed is None:
-        return True
     full = f"//{service.service_name}/{path}"
-    for entry in allowed:
+    for entry in parents or ():
         target = full if entry.startswith("//") else path
         if target == entry or target.startswith(entry + "/"):
-            return True
-    return False
+            return entry
+    return None
 
 
 def _refuse_bare_projects(name: str, *, operation: bool = True) -> None:

@@ -342,6 +342,25 @@ def test_a_lost_check_is_resumed_by_the_request_delivered_again_once_overdue(mod
     assert len(chain.results()) == 1
 
 
+def test_under_the_default_policy_a_chain_is_resumed_only_once_its_check_is_later_than_the_longest_delay(mode):
+    chain = Chain(mode, settings=Settings(project="test-project", store="memory"))
+    chain.request()
+    assert len(chain.next_checks()) == 1  # lost
+    due_at = chain.rig.store._load(KEY).due_at
+    grace = chain.rig.settings.polling.max_delay_s
+    for number, at in enumerate((due_at, due_at + grace / 2, due_at + grace)):
+        chain.rig.clock.current = at
+        assert chain.request(message_id=f"r-{number + 2}") == "ack"
+        assert chain.next_checks() == [], f"resumed {at - due_at:g} s after its due time"
+    assert not [line for line in chain.rig.logs() if line.get("event") == "chain_resumed"]
+    chain.rig.clock.current = due_at + grace + 0.001
+    assert chain.request(message_id="r-late") == "ack"
+    (resumed,) = [line for line in chain.rig.logs() if line.get("event") == "chain_resumed"]
+    assert (resumed["attempt"], resumed["overdue_check"]) == (2, 1)
+    chain.drain()
+    assert [r["outcome"] for r in chain.results()] == ["CANCELLED"]
+
+
 def test_a_task_the_queue_lost_is_resumed_as_a_new_task():
     chain = Chain("tasks")
     chain.rig.cloudtasks.lose_rate = 1.0
@@ -461,7 +480,11 @@ def test_on_resume_serves_cloud_scheduler_through_functions_framework():
     assert client.get("/").status_code == 405
     fresh = client.post("/")
     assert (fresh.status_code, fresh.get_json()) == (200, {"dry_run": False, "overdue": []})
-    rig.clock.advance(TEST_POLICY.initial_delay_s + TEST_POLICY.max_delay_s + 1)
+    due_at = rig.store._load(KEY).due_at
+    for at in (due_at + rig.settings.polling.max_delay_s / 2, due_at + rig.settings.polling.max_delay_s):
+        rig.clock.current = at
+        assert client.post("/?dry_run=true").get_json()["overdue"] == []
+    rig.clock.current = due_at + rig.settings.polling.max_delay_s + 0.001
     listed = client.post("/?dry_run=true")
     assert listed.status_code == 200
     assert listed.get_json()["overdue"] == [{"operation": NAME, "idempotency_key": KEY, "attempt": 1}]

@@ -220,6 +220,7 @@ def test_a_rejection_has_the_one_result_schema_with_what_was_sent():
         "service": None,
         "outcome": "REJECTED",
         "idempotency_key": "rejected/abc",
+        "dry_run": False,
         "requested_at": "1970-01-01T00:00:01.000Z",
         "finished_at": "1970-01-01T00:00:02.000Z",
         "checks": 0,
