@@ -92,11 +92,10 @@ def _cloud_event(headers: Any, media_type: str, data: bytes) -> Any:
     from cloudevents.http import from_dict
 
     attributes = {name.lower(): value for name, value in headers.items()}
-    binary = media_type != "application/cloudevents+json" and all(
-        f"ce-{name}" in attributes for name in _REQUIRED_ATTRIBUTES
-    )
+    binary = media_type != "application/cloudevents+json" and "ce-specversion" in attributes
     if binary:
         envelope: Any = {name[3:]: value for name, value in attributes.items() if name.startswith("ce-")}
+        _require_attributes(envelope, "ce-")
         if "content-type" in attributes:
             envelope["datacontenttype"] = attributes["content-type"]
         envelope["data"] = data
@@ -107,10 +106,27 @@ def _cloud_event(headers: Any, media_type: str, data: bytes) -> Any:
             raise UnusableEvent(f"structured CloudEvent is {problem}") from None
         if not isinstance(envelope, dict):
             raise UnusableEvent("structured CloudEvent is not a JSON object")
+        _require_attributes(envelope, "")
     try:
         return from_dict(envelope)
     except GenericException as problem:
         raise UnusableEvent(f"malformed CloudEvent: {escape_text(str(problem))}") from None
+
+
+def _require_attributes(envelope: Mapping[str, Any], prefix: str) -> None:
+    """The required attributes of a CloudEvents 1.0 event, present and non-empty strings: the library fills in
+    a missing specversion and reads a 0.3 event, so neither would otherwise get the 400 a malformed event
+    gets (binary mode names the ``ce-`` headers)."""
+    missing = [f"{prefix}{name}" for name in _REQUIRED_ATTRIBUTES if not _is_text(envelope.get(name))]
+    if missing:
+        raise UnusableEvent(f"malformed CloudEvent: no {', '.join(missing)}")
+    if envelope["specversion"] != "1.0":
+        shown = escape_text(envelope["specversion"], 16)
+        raise UnusableEvent(f"malformed CloudEvent: {prefix}specversion '{shown}' is not 1.0")
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
 
 
 def message_from_cloud_event(event: Any) -> InboundMessage:
