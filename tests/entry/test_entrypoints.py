@@ -385,7 +385,10 @@ def test_http_binary_cloudevent_without_a_required_header_is_a_400_naming_it(on_
     http_client, rig = on_http
     headers = {name: value for name, value in BINARY.items() if name != dropped}
     response = http_client.post("/", data=NAME.encode(), headers={**headers, "Content-Type": "text/plain"})
-    assert (response.status_code, response.get_json()) == (400, {"error": error})
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith(f"{error}, and the body is ")
+    as_json = http_client.post("/", json={"operation": NAME}, headers=headers)
+    assert (as_json.status_code, as_json.get_json()) == (400, {"error": error})
     assert rig.simulator.cancel_calls() == []
     complete = http_client.post("/", data=NAME.encode(), headers={**BINARY, "Content-Type": "text/plain"})
     assert complete.status_code == 202, complete.get_json()
