@@ -453,6 +453,13 @@ def test_list_only_shows_the_parents_operations(rig):
     assert rig.run("list", ORG).stdout == f"RUNNING   {ORG}/operations/a\n"
 
 
+def test_an_operation_get_says_does_not_exist_is_not_listed_or_proposed_for_cancelling(rig):
+    assert rig.run("get", f"{ORG}/operations/missing-x").exit_code == Exit.NOT_FOUND
+    rig.touch("abc")
+    assert rig.run("list", ORG).stdout == f"RUNNING   {NAME}\n"
+    assert rig.run("cancel", "--all", ORG, "--dry-run").stdout == f"cancel {NAME}\n"
+
+
 def test_an_empty_list_says_so(rig):
     result = rig.run("list", ORG)
     assert (result.exit_code, result.stdout, result.stderr) == (0, "", f"no operations under {ORG}\n")
