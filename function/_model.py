@@ -132,8 +132,10 @@ class Rejection:
     #: Its own key, in the store's ``rejected/`` namespace.
     idempotency_key: str
     source: Source
-    location: str
-    api_version: str
+    #: None where the text named no Security Command Center name and no known service, and the request
+    #: stated none: Security Command Center's defaults say nothing about such a name.
+    location: str | None
+    api_version: str | None
     #: The named service (``aiplatform.googleapis.com``), when the name got far enough to say.
     service: str | None = None
     dry_run: bool = False
@@ -161,8 +163,9 @@ class Result:
     """The one result of a request, stored before it is published so a republish is identical."""
 
     operation: str
-    location: str
-    api_version: str
+    #: None only on a REJECTED result whose rejection had none (see ``Rejection``).
+    location: str | None
+    api_version: str | None
     #: None, with ``finished_at``, only in the CLI's report of a cancel whose operation still runs.
     outcome: Outcome | None
     #: As the sender gave it, or the default derived from the operation; never the store's own form (SPEC).

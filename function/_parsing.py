@@ -318,7 +318,7 @@ class _MessageParser:
             name = parse_name(text, self._services)
             request = self._request(name, item, defaults, many=many, incident_id=incident_id)
         except InvalidRequest as problem:
-            scc = name is None or name.service.is_scc
+            scc = name.service.is_scc if name is not None else _scc_shaped(_offending_text(entry))
             item_key = entry.get("idempotency_key") if isinstance(entry, dict) else None
             dry_run = item.dry_run if item is not None and item.dry_run is not None else defaults.dry_run
             self._reject(
@@ -327,10 +327,11 @@ class _MessageParser:
                 str(problem),
                 _shown_key(item_key) if item_key is not None else defaults.idempotency_key,
                 defaults=defaults,
-                location=(item.location if item is not None else None) if scc else name.location,
+                location=name.location if name is not None and not scc else item.location if item is not None else None,
                 api_version=item.api_version if item is not None else None,
                 service=name.service.service_name if name is not None else None,
                 dry_run=bool(dry_run) or self._shadow,
+                scc_defaults=scc,
             )
             return
         ref = request.ref
@@ -410,11 +411,13 @@ class _MessageParser:
         api_version: str | None = None,
         service: str | None = None,
         dry_run: bool = False,
+        scc_defaults: bool = True,
     ) -> None:
         """Keyed by a hash of everything the request was made of (``entry`` as sent, what the message set for
         it, its incident, whether it is a dry run) and of what broke, in a namespace no valid request uses: its
         duplicates report once, and a request that differs in anything (location, version, deadline, reason)
-        reports too."""
+        reports too. Without ``scc_defaults`` (text that is no Security Command Center name), only a stated
+        location and version are echoed: Security Command Center's defaults would misdescribe it."""
         request = {**self._shared, "entry": entry, "error": error}
         if dry_run:
             request["dry_run"] = True
@@ -426,9 +429,16 @@ class _MessageParser:
                 idempotency_key=key,
                 reported_key=shown_key,
                 source=self._source,
-                location=location or (defaults.location if defaults and defaults.location else GLOBAL),
+                location=location
+                or (defaults.location if defaults and defaults.location else GLOBAL if scc_defaults else None),
                 api_version=api_version
-                or (defaults.api_version if defaults and defaults.api_version else self._default_version),
+                or (
+                    defaults.api_version
+                    if defaults and defaults.api_version
+                    else self._default_version
+                    if scc_defaults
+                    else None
+                ),
                 service=service,
                 dry_run=dry_run,
             )
@@ -630,6 +640,11 @@ def _merge(attributes: _Defaults, body: _Defaults | None) -> _Defaults:
         from_body = getattr(body, item.name)
         merged[item.name] = from_body if from_body is not None else getattr(attributes, item.name)
     return _Defaults(**merged)
+
+
+def _scc_shaped(text: str) -> bool:
+    """Whether unparsable text was still meant as a Security Command Center name (or names no API at all)."""
+    return not text.strip().startswith(("projects/", "//", "https://", "http://"))
 
 
 def _offending_text(entry: Any) -> str:

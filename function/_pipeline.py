@@ -198,10 +198,7 @@ class Pipeline:
                 operation=ref.name,
                 idempotency_key=key,
             )
-            error = "idempotency_key is already bound to a different operation"
-            now = self._clock.now()
-            result = self._result(ref, key, request.source, Outcome.REJECTED, error, requested_at=now)
-            return self._finish(result, key=key)
+            return self._key_reused(request)
         if claim.status is ClaimStatus.CHAIN_RUNNING and claim.record is not None:
             now = self._clock.now()
             if self._overdue(claim.record, now):
@@ -232,6 +229,23 @@ class Pipeline:
                 return sent
             record = sent
         return self._check(record, ref, request.source)
+
+    def _key_reused(self, request: CancelRequest) -> ItemReport:
+        """A key bound to another operation: the request is REJECTED under a key of the rejected namespace,
+        made from the key and this operation, so its redeliveries and repeats report once (SPEC), and the
+        binding is left alone."""
+        ref = request.ref
+        error = "idempotency_key is already bound to a different operation"
+        reused = json.dumps(["key_mismatch", request.idempotency_key, ref.identity])
+        key = rejected_key(reused)
+        self._report_once(
+            key,
+            reused,
+            lambda requested_at: self._result(
+                ref, request.idempotency_key, request.source, Outcome.REJECTED, error, requested_at=requested_at
+            ),
+        )
+        return ItemReport(ref.name, ItemStatus.REJECTED, _shown(request.idempotency_key), Outcome.REJECTED.value, error)
 
     def _get_before_cancel(self, record: Record, request: CancelRequest) -> Record | ItemReport:
         """On a key taken back before any cancel was recorded, look first: the earlier holder may have

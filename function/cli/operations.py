@@ -33,6 +33,7 @@ from ._common import (
     pages,
     parent_of,
     parse,
+    pubsub_host,
     request_body,
     require_credentials,
     seconds,
@@ -149,7 +150,13 @@ def get(clients: CliClients, name: str, location: str | None, api_version: str |
     try:
         operation = clients.api.get(parsed.ref)
     except ApiRejected as refusal:
-        raise failure(refusal, f"{parsed.ref.name}: {refusal}") from None
+        # What the operation is (NOT_FOUND, PERMISSION_DENIED) goes to stdout, as cancel reports it.
+        outcome = Outcome(refusal.outcome)
+        if as_json:
+            click.echo(json.dumps({"name": parsed.ref.name, "outcome": outcome.value, "error": str(refusal)}, indent=2))
+        else:
+            click.echo(safe(f"{outcome.value:<9} {parsed.ref.name}  ({refusal})"))
+        sys.exit(exit_for(outcome))
     except ApiUnavailable as trouble:
         raise failure(trouble, f"Operations API unavailable: {trouble}") from None
     click.echo(json.dumps(operation, indent=2) if as_json else state_line(operation))
@@ -233,7 +240,7 @@ def publish(
     try:
         (message_id,) = clients.publisher.publish_all(topic, [(body, {})])
     except PublishFailed as problem:
-        raise failure(problem) from None
+        raise failure(problem, f"{problem} ({pubsub_host(clients.settings)})") from None
     path = f"projects/{project}/topics/{topic}"
     if as_json:
         click.echo(json.dumps({"topic": path, "message_id": message_id, "data": json.loads(body)}, indent=2))

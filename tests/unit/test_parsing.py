@@ -1277,6 +1277,26 @@ def test_a_custom_registry_reaches_the_parser():
     assert request.ref.host == "workflows.googleapis.com"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "projects/my-proj/operations/x",
+        "//evil.example.com/organizations/1/operations/a",
+        "https://securitycenter.googleapis.com/v9/organizations/1/operations/a",
+    ],
+)
+def test_a_rejected_name_of_no_known_api_gets_no_security_command_center_location_or_version(text):
+    rejection = only_rejection(parse(text))
+    assert (rejection.location, rejection.api_version, rejection.service) == (None, None, None)
+    stated = only_rejection(parse({"operation": text, "location": "eu", "api_version": "v1"}))
+    assert (stated.location, stated.api_version) == ("eu", "v1")
+
+
+def test_a_rejected_security_command_center_name_keeps_its_defaults():
+    rejection = only_rejection(parse("organizations/1/operations/a?b"))
+    assert (rejection.location, rejection.api_version) == (GLOBAL, "v2")
+
+
 # --- guard rails: dry_run, protected parents, the trigger ------------------------------------
 
 

@@ -10,6 +10,7 @@ import pytest
 from devkit.simulator import Simulator
 from function import ItemStatus, Settings, format_time, parse_time
 from function._messages import RESULT_EVENT_TYPE, event_id
+from function._parsing import REJECTED_KEYS
 from function._pipeline import payload_hash
 from function._store import ClaimStatus
 from tests.support import DATA_DIR, TEST_POLICY, Rig, open_store
@@ -227,6 +228,26 @@ def test_an_explicit_key_reused_for_another_operation_is_rejected(rig):
     assert second["outcome"] == "REJECTED"
     assert second["operation"] == name("other")
     assert "different operation" in second["error"]
+    assert len(rig.simulator.cancel_calls()) == 1
+
+
+def test_a_key_reused_for_another_operation_reports_once_under_a_rejected_key(rig):
+    """Issue 23: the same reuse sent three times published REJECTED three times, under the bound key."""
+    rig.send(json.dumps({"operation": name("k2"), "idempotency_key": "t-1"}))
+    reports = [
+        rig.send(json.dumps({"operation": name("k3"), "idempotency_key": "t-1"}), message_id=f"m-{index}")
+        for index in range(3)
+    ]
+    keys = {report.items[0].idempotency_key for report in reports}
+    (key,) = keys
+    assert key.startswith(REJECTED_KEYS)
+    first, rejected = rig.publisher.results()
+    assert (first["operation"], first["idempotency_key"]) == (name("k2"), "explicit/t-1")
+    assert (rejected["operation"], rejected["outcome"], rejected["idempotency_key"]) == (name("k3"), "REJECTED", key)
+    # Another operation reusing the same key is its own rejection; the binding itself is untouched.
+    assert rig.send(json.dumps({"operation": name("k4"), "idempotency_key": "t-1"})).items[0].idempotency_key != key
+    duplicate = rig.send(json.dumps({"operation": name("k2"), "idempotency_key": "t-1"}))
+    assert duplicate.items[0].status is ItemStatus.DUPLICATE
     assert len(rig.simulator.cancel_calls()) == 1
 
 
