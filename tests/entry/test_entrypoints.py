@@ -140,8 +140,14 @@ def test_monitoring_incidents_through_on_event(on_event, sample, operations):
     assert [r["operation"] for r in results] == operations
     assert [c.path.split("/v2/")[1] for c in rig.simulator.cancel_calls()] == [f"{o}:cancel" for o in operations]
     incident_id = json.loads(data)["incident"]["incident_id"]
+    policy = json.loads(data)["incident"]["policy_name"]
     for result in results:
-        assert result["source"] == {"kind": "alert", "message_id": "alert-1", "incident_id": incident_id}
+        assert result["source"] == {
+            "kind": "alert",
+            "message_id": "alert-1",
+            "incident_id": incident_id,
+            "policy_name": policy,
+        }
         assert (
             result["idempotency_key"] == f"incident/{incident_id}/securitycenter.googleapis.com/{result['operation']}"
         )
