@@ -351,3 +351,37 @@ def test_an_alert_s_cancel_names_its_incident_and_policy():
     send(client, incident, message_id="alert-1")
     (audit,) = events(rig, "cancel_sent")
     assert audit["source"] == {"kind": "alert", "message_id": "alert-1", "incident_id": "0.abc", "policy_name": "p"}
+
+
+# Start-up
+
+
+def start_up_events(monkeypatch, capsys, **environment) -> dict[str, dict]:
+    from functions_framework import create_app
+
+    from tests.entry.test_entrypoints import ROOT
+
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "local-project")
+    monkeypatch.setenv("OPCANCEL_STORE", "memory")
+    for variable in ("OPCANCEL_CANCEL_BUDGET", "OPCANCEL_PAUSED", "OPCANCEL_MODE"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    create_app("on_http", str(ROOT / "main.py"), "http")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    return {line["event"]: line for line in lines}
+
+
+def test_start_up_warns_of_an_unset_budget_and_of_a_pinned_pause(monkeypatch, capsys):
+    logged = start_up_events(monkeypatch, capsys, OPCANCEL_PAUSED="true")
+    assert logged["no_cancel_budget"]["severity"] == "WARNING"
+    assert (logged["guard_paused"]["severity"], logged["guard_paused"]["paused_by"]) == ("WARNING", "OPCANCEL_PAUSED")
+    logged = start_up_events(monkeypatch, capsys, OPCANCEL_CANCEL_BUDGET="100/1h")
+    assert "no_cancel_budget" not in logged and "guard_paused" not in logged
+
+
+def test_a_bad_guard_setting_fails_start_up_naming_it(monkeypatch, capsys):
+    from function.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="OPCANCEL_CANCEL_BUDGET"):
+        start_up_events(monkeypatch, capsys, OPCANCEL_CANCEL_BUDGET="100")
