@@ -93,7 +93,8 @@ class _View:
     """The pause and the breaker as this instance last read them."""
 
     pause: Pause | None
-    tripped: Trip | None
+    #: The budget as read (empty without one): once tripped it changes only by a reset, so it can be trusted.
+    budget: Budget
     read_at: float
 
 
@@ -143,15 +144,17 @@ class Guard:
         held = self._store.held_request(request.idempotency_key, now=now)
         if held is not None and held.released:
             return Decision(Verdict.GO, budget_limit=limit, released=held)
-        if view.tripped is not None:
-            return self._tripped(view.tripped)
-        counted = self._store.count_cancel(
-            request.idempotency_key, now=now, limit=limit, window_s=self._budget.window_s
-        )
+        window_s = self._budget.window_s
+        # A request counted before the breaker tripped (redelivered, taken over) goes: its cancel may be out.
+        if view.budget.tripped is not None and not view.budget.counts(request.idempotency_key, now, window_s):
+            return self._tripped(view.budget.tripped)
+        counted = self._store.count_cancel(request.idempotency_key, now=now, limit=limit, window_s=window_s)
         if counted.allowed:
             return Decision(Verdict.GO, budget_used=counted.used, budget_limit=limit)
         assert counted.tripped is not None
-        self._view = dataclasses.replace(view, tripped=counted.tripped)
+        if view.budget.tripped is None:
+            # The breaker's budget no longer changes until a reset: this instance holds from it, reading nothing.
+            self._view = dataclasses.replace(view, budget=counted.budget)
         if counted.tripped_now:
             self._log.error(
                 f"cancel budget {self._budget} spent: breaker tripped; every request is held until "
@@ -194,14 +197,14 @@ class Guard:
         if view is not None and 0 <= now - view.read_at < STATE_CACHE_S:
             return view
         pause = self._store.pause()
-        tripped = self._store.budget().tripped if self._budget is not None else None
+        budget = self._store.budget() if self._budget is not None else Budget()
         if pause is not None and (view is None or view.pause is None):
             self._log.warning(
                 f"paused by {pause.by}: nothing is cancelled until `python -m function guard unpause`",
                 event="guard_paused",
                 **_pause_json(pause),
             )
-        self._view = _View(pause, tripped, now)
+        self._view = _View(pause, budget, now)
         return self._view
 
     def _pinned_pause(self) -> Pause | None:

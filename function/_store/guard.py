@@ -83,6 +83,11 @@ class Budget:
         start = now - window_s
         return tuple(entry for entry in self.counted if entry[0] > start and entry[0] >= self.since)
 
+    def counts(self, key: str, now: float, window_s: float) -> bool:
+        """Whether the request with ``key`` was counted in the window: its cancel may go (again), tripped or not."""
+        digest = _digest(key)
+        return any(entry[1] == digest for entry in self.live(now, window_s))
+
     def to_body(self) -> dict[str, Any]:
         tripped = dataclasses.asdict(self.tripped) if self.tripped is not None else None
         return {"counted": [list(entry) for entry in self.counted], "since": self.since, "tripped": tripped}
@@ -109,6 +114,8 @@ class Counted:
     #: The breaker, when it is open; ``tripped_now`` when this very request tripped it.
     tripped: Trip | None = None
     tripped_now: bool = False
+    #: The budget as this count left it.
+    budget: Budget = Budget()
 
 
 @dataclass(frozen=True)
@@ -166,23 +173,23 @@ class GuardRecords:
         """Count the first cancel of the request with ``key``, if the budget allows one more in the window
         ending ``now``; else trip the breaker. A key counted in the window already is allowed again without
         counting, so a redelivery or a takeover of the same request never counts twice."""
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         for _ in range(self._GUARD_ROUNDS):
             document = self._guarded(self._load_document, BUDGET_KEY)
             budget = Budget.from_document(document)
             live = budget.live(now, window_s)
+            # Counted before the breaker tripped (a redelivery, a takeover): its cancel may have gone already.
+            if budget.counts(key, now, window_s):
+                return Counted(True, len(live), budget.tripped, budget=budget)
             if budget.tripped is not None:
-                return Counted(False, len(live), budget.tripped)
-            if any(entry[1] == digest for entry in live):
-                return Counted(True, len(live))
+                return Counted(False, len(live), budget.tripped, budget=budget)
             if len(live) >= limit:
                 changed = Budget(live, budget.since, Trip(now, key, len(live)))
             else:
-                changed = Budget((*live, (now, digest)), budget.since)
+                changed = Budget((*live, (now, _digest(key))), budget.since)
             if self._put(document, BUDGET_KEY, GUARD_KIND, changed.to_body(), now=now, expire_at=NEVER):
                 if changed.tripped is not None:
-                    return Counted(False, len(live), changed.tripped, tripped_now=True)
-                return Counted(True, len(changed.counted))
+                    return Counted(False, len(live), changed.tripped, tripped_now=True, budget=changed)
+                return Counted(True, len(changed.counted), budget=changed)
         raise GuardContended(f"lost {self._GUARD_ROUNDS} races for the budget document")
 
     def reset_budget(self, *, now: float) -> Budget:
@@ -302,6 +309,11 @@ class GuardRecords:
     def _documents_of_kind(self, kind: str) -> Iterator[Document]:
         """Every stored document of ``kind`` (expired ones included)."""
         raise NotImplementedError
+
+
+def _digest(key: str) -> str:
+    """What the budget document keeps of a request's key: enough to tell requests apart, bounded in size."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _pause_of(document: Document | None) -> Pause | None:

@@ -157,3 +157,13 @@ def test_status_reads_afresh_and_reports_the_window_s_use():
     assert (status.used, status.tripped, status.pause, status.held) == (1, None, None, 0)
     assert status.to_json()["budget"] == "3/1m"
     assert dataclasses.replace(status, pinned=True).to_json()["paused"] is True
+
+
+def test_an_instance_holding_from_its_cached_breaker_still_lets_a_request_counted_before_it_tripped_go():
+    store = CountingStore()
+    rails = guard(store, budget=CancelBudget(1, 3600))
+    rails.decide(request("a"))
+    rails.decide(request("b"))
+    store.reads.clear()
+    assert rails.decide(request("a")).verdict is Verdict.GO
+    assert BUDGET_KEY not in store.reads

@@ -786,3 +786,11 @@ def test_expired_held_requests_are_swept_with_the_records(tmp_path):
     assert store._load_document("held/explicit/k") is None
     # The breaker and the budget never expire.
     assert store._load_document("guard/budget") is not None
+
+
+def test_a_request_counted_before_the_breaker_tripped_may_still_send_its_cancel(store):
+    store.count_cancel("k0", now=NOW, limit=1, window_s=100)
+    assert store.count_cancel("k1", now=NOW + 1, limit=1, window_s=100).tripped_now
+    # A redelivery of the counted request (its cancel may be out already) goes; it does not count again.
+    again = store.count_cancel("k0", now=NOW + 2, limit=1, window_s=100)
+    assert (again.allowed, again.used, again.tripped is not None) == (True, 1, True)
