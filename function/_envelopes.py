@@ -16,6 +16,8 @@ from ._names import escape_text
 
 PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 _JSON_TYPES = ("application/json", "application/cloudevents+json")
+#: The attributes a binary-mode CloudEvent carries as ``ce-`` headers (CloudEvents 1.0, HTTP binding).
+_REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
 #: Google's ID tokens are a few KiB; a longer header is not one, and is not decoded.
 _MAX_AUTHORIZATION = 16 * 1024
 
@@ -81,22 +83,32 @@ def _http_message(headers: Mapping[str, str], media_type: str, data: bytes) -> I
 def _cloud_event(headers: Any, media_type: str, data: bytes) -> Any:
     """A CloudEvent from an HTTP request, its JSON read by opcancel's own reader in either mode.
 
-    Structured mode is read here and handed over as a dict; in binary mode the data stays bytes,
-    so the cloudevents library parses no JSON of its own (its parser recurses without a bound).
+    The cloudevents library is handed a dict, never the body: its own reading parses JSON with a parser
+    that recurses without a bound, and it takes the body for a structured event whenever the four
+    required ``ce-`` headers are not all there. Binary mode (all four, and not the structured media
+    type) keeps the data as bytes; anything else is read here as a structured event's envelope.
     """
     from cloudevents.exceptions import GenericException
-    from cloudevents.http import from_dict, from_http
+    from cloudevents.http import from_dict
 
+    attributes = {name.lower(): value for name, value in headers.items()}
+    binary = media_type != "application/cloudevents+json" and all(
+        f"ce-{name}" in attributes for name in _REQUIRED_ATTRIBUTES
+    )
+    if binary:
+        envelope: Any = {name[3:]: value for name, value in attributes.items() if name.startswith("ce-")}
+        if "content-type" in attributes:
+            envelope["datacontenttype"] = attributes["content-type"]
+        envelope["data"] = data
+    else:
+        try:
+            envelope = read_json(data)
+        except JsonUnreadable as problem:
+            raise UnusableEvent(f"structured CloudEvent is {problem}") from None
+        if not isinstance(envelope, dict):
+            raise UnusableEvent("structured CloudEvent is not a JSON object")
     try:
-        if media_type == "application/cloudevents+json":
-            try:
-                envelope = read_json(data)
-            except JsonUnreadable as problem:
-                raise UnusableEvent(f"structured CloudEvent is {problem}") from None
-            if not isinstance(envelope, dict):
-                raise UnusableEvent("structured CloudEvent is not a JSON object")
-            return from_dict(envelope)
-        return from_http(dict(headers), data, data_unmarshaller=lambda body: body)
+        return from_dict(envelope)
     except GenericException as problem:
         raise UnusableEvent(f"malformed CloudEvent: {escape_text(str(problem))}") from None
 

@@ -9,10 +9,12 @@ nothing else, which the caller logs and acknowledges.
 Idempotency keys live in namespaces that never meet, each with a first segment
 no other can produce: a derived key is the operation's identity (an API host,
 which has a dot, then the relative name); ``incident/`` keys add the incident id,
-escaped unambiguously; ``explicit/`` holds a sender's own keys; ``rejected/``
-holds REJECTED results, hashed from the whole request, so a rejection never
-binds the key a valid request for the same operation would use; ``dry-run/``
-is put before the key of a dry run (``dry_run_key``), so a dry run never binds
+escaped unambiguously; ``explicit/`` holds a sender's own keys; ``batch/`` holds
+the items of a message whose one key names several operations, the key's length
+first, so no sender's key can spell an item's; ``rejected/`` holds REJECTED
+results, hashed from the whole request, so a rejection never binds the key a
+valid request for the same operation would use;
+``dry-run/`` is put before the key of a dry run (``dry_run_key``), so a dry run never binds
 the key the real request would use.
 """
 
@@ -53,11 +55,15 @@ MAX_KEY_LENGTH = 256
 #: Keys opcancel builds (a namespace, an escaped incident id, an identity) are longer than a sender's.
 MAX_STORED_KEY_LENGTH = 4096
 EXPLICIT_KEYS = "explicit/"
+#: The items of a message whose one key names several operations: ``batch/{length of the key}/{key}/{identity}``.
+BATCH_KEYS = "batch/"
 INCIDENT_KEYS = "incident/"
 #: An incident id too long to echo whole is keyed by its digest, in a namespace of its own, so no short
 #: id can spell another incident's digest.
 INCIDENT_DIGEST_KEYS = "incident-digest/"
 REJECTED_KEYS = "rejected/"
+#: The attributes a request reads (``_attribute_defaults``): part of what sets one rejection apart from another.
+_REQUEST_ATTRIBUTES = ("idempotency_key", "location", "api_version", "dry_run")
 DRY_RUN_KEYS = "dry-run/"
 _REQUEST_FIELDS = frozenset(
     {"operation", "location", "api_version", "idempotency_key", "reason", "deadline_seconds", "dry_run"}
@@ -157,6 +163,11 @@ class _MessageParser:
         self._shadow = shadow
         self._source = Source(message.kind, message_id=message.message_id, caller=message.caller)
         self._parsed = Parsed()
+        #: What the message sets for all its operations, as sent (attributes, a batch's own fields): with
+        #: each entry as sent, what a rejection is keyed by.
+        self._shared: dict[str, Any] = {
+            "attributes": {name: message.attributes[name] for name in _REQUEST_ATTRIBUTES if name in message.attributes}
+        }
 
     def parse(self) -> Parsed:
         text = self._text()
@@ -173,6 +184,7 @@ class _MessageParser:
         incident_id = incident[0] if incident is not None else None
         # Set before any rejection, so an alert's rejections name their incident too.
         if incident is not None:
+            self._shared["incident_id"] = incident_id
             self._source = Source(
                 SourceKind.ALERT,
                 message_id=self._message.message_id,
@@ -183,11 +195,7 @@ class _MessageParser:
         if attribute_defaults is None:
             for entry in entries:
                 self._reject(
-                    _offending_text(entry),
-                    f"attribute {attribute_problem}",
-                    context=(self._message.attributes.get("idempotency_key"), incident_id),
-                    defaults=None,
-                    dry_run=self._shadow,
+                    entry, _offending_text(entry), f"attribute {attribute_problem}", defaults=None, dry_run=self._shadow
                 )
             return self._parsed
         defaults = _merge(attribute_defaults, body_defaults)
@@ -257,6 +265,7 @@ class _MessageParser:
             defaults = _object_defaults(body, self._known_version)
         except InvalidRequest as problem:
             raise _Ignored(f"batch {problem}") from None
+        self._shared["batch"] = {name: value for name, value in body.items() if name != "operations"}
         return operations, defaults, None
 
     def _incident_entries(self, body: dict[str, Any]) -> tuple[list[Any], None, tuple[str, str | None]]:
@@ -283,7 +292,6 @@ class _MessageParser:
         return validate_known_version(value, self._services)
 
     def _entry(self, entry: Any, defaults: _Defaults, *, many: bool, incident_id: str | None) -> None:
-        item_key: str | None = None
         item: _Defaults | None = None
         name: ParsedName | None = None
         try:
@@ -296,7 +304,6 @@ class _MessageParser:
                 text = entry["operation"]
                 if not isinstance(text, str):
                     raise InvalidRequest("'operation' must be a string")
-                item_key = entry.get("idempotency_key") if isinstance(entry.get("idempotency_key"), str) else None
                 item = _object_defaults(entry, self._known_version)
                 if unknown:
                     raise InvalidRequest(f"unknown field '{escape_text(unknown[0], 64)}'")
@@ -308,9 +315,9 @@ class _MessageParser:
             scc = name is None or name.service.is_scc
             dry_run = item.dry_run if item is not None and item.dry_run is not None else defaults.dry_run
             self._reject(
+                entry,
                 _offending_text(entry),
                 str(problem),
-                context=(item_key, defaults.idempotency_key, incident_id),
                 defaults=defaults,
                 location=(item.location if item is not None else None) if scc else name.location,
                 api_version=item.api_version if item is not None else None,
@@ -329,9 +336,9 @@ class _MessageParser:
                 return
             error = f"{ref.name} is protected: {rule} is in OPCANCEL_PROTECTED_PARENTS"
         self._reject(
+            entry,
             ref.name,
             error,
-            context=(request.idempotency_key,),
             defaults=defaults,
             location=ref.location,
             api_version=ref.api_version,
@@ -365,7 +372,9 @@ class _MessageParser:
         if item.idempotency_key is not None:
             key = EXPLICIT_KEYS + item.idempotency_key
         elif defaults.idempotency_key is not None:
-            key = EXPLICIT_KEYS + (f"{defaults.idempotency_key}/{ref.identity}" if many else defaults.idempotency_key)
+            key = (
+                _batch_key(defaults.idempotency_key, ref.identity) if many else EXPLICIT_KEYS + defaults.idempotency_key
+            )
         elif incident_id is not None:
             key = _incident_key(incident_id, ref.identity)
         else:
@@ -382,20 +391,24 @@ class _MessageParser:
 
     def _reject(
         self,
+        entry: Any,
         offending: str,
         error: str,
         *,
-        context: tuple[str | None, ...],
         defaults: _Defaults | None,
         location: str | None = None,
         api_version: str | None = None,
         service: str | None = None,
         dry_run: bool = False,
     ) -> None:
-        """``context`` is what sets this request apart from another naming the same text (its keys, its
-        incident, whether it is a dry run); the rejection is keyed by a hash of both, in a namespace no valid
-        request uses."""
-        key = rejected_key(json.dumps([*context, offending, *(["dry run"] if dry_run else [])], ensure_ascii=True))
+        """Keyed by a hash of everything the request was made of (``entry`` as sent, what the message set for
+        it, its incident, whether it is a dry run) and of what broke, in a namespace no valid request uses: its
+        duplicates report once, and a request that differs in anything (location, version, deadline, reason)
+        reports too."""
+        request = {**self._shared, "entry": entry, "error": error}
+        if dry_run:
+            request["dry_run"] = True
+        key = rejected_key(json.dumps(request, ensure_ascii=True, sort_keys=True, default=str))
         self._parsed.rejections.append(
             Rejection(
                 offending=escape_text(offending),
@@ -494,6 +507,13 @@ def rejected_key(context: str) -> str:
     """The key of a rejection: a hash of what sets it apart from another, in a namespace no valid request
     uses, so a rejection never binds the key of a request that could be acted on."""
     return REJECTED_KEYS + hashlib.sha256(context.encode("utf-8")).hexdigest()[:40]
+
+
+def _batch_key(key: str, identity: str) -> str:
+    """The key of one item of a message whose one key names several operations. The length of the sender's
+    key comes first, so key and identity split one way only and no explicit key (``explicit/``) nor another
+    batch's key with another split can equal it."""
+    return f"{BATCH_KEYS}{len(key)}/{key}/{identity}"
 
 
 def _incident_key(incident_id: str, identity: str) -> str:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import enum
 import hashlib
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -301,7 +302,7 @@ class Pipeline:
             with self._released_on_trouble(record):
                 operation = self._api.get(ref)
         except ApiRejected as refusal:
-            return self._conclude(record, self._refused(record, ref, request.source, refusal, checks=checks))
+            return self._refused_before_cancel(record, request, refusal, checks=checks)
         # No deadline yet: the cancel has not been sent.
         settled = settle(operation, now=self._clock.now(), deadline_at=math.inf)
         if settled is None:
@@ -320,7 +321,7 @@ class Pipeline:
             with self._released_on_trouble(record):
                 answer = self._api.cancel(ref)
         except ApiRejected as refusal:
-            return self._conclude(record, self._refused(record, ref, request.source, refusal, checks=record.checks))
+            return self._refused_before_cancel(record, request, refusal, checks=record.checks)
         now = self._clock.now()
         deadline_s = request.deadline_s or self._settings.polling.deadline_s
         record = self._store.cancel_sent(record, now=now, deadline_at=now + deadline_s)
@@ -345,6 +346,24 @@ class Pipeline:
             with contextlib.suppress(TransientError):
                 self._guard.sent(decision.released)
         return record
+
+    def _refused_before_cancel(
+        self, record: Record, request: CancelRequest, refusal: ApiRejected, *, checks: int
+    ) -> ItemReport:
+        """The API refused before accepting any cancel (not found, permission denied, unsupported, another
+        4xx), so nothing was done and the refusal must not bind the request's key: a request under another
+        version or location, or this one once the API relents, is acted on (SPEC). The result goes under a
+        key of the rejected namespace, made from the request's key, what set this request apart (host,
+        version, location) and the answer, so a duplicate refused alike finds it reported; then the request's
+        key is freed. A crash in between leaves the claim to be taken over and refused again."""
+        ref = request.ref
+        refused = json.dumps(["refused", record.key, ref.host, ref.api_version, ref.location, refusal.outcome])
+        key = rejected_key(refused)
+        result = self._refused(record, ref, request.source, refusal, checks=checks)
+        self._report_once(key, refused, lambda _: result)
+        self._store.forgotten(record)
+        status = ItemStatus.REJECTED if result.outcome is Outcome.REJECTED else ItemStatus.ACCEPTED
+        return ItemReport(ref.name, status, record.key, refusal.outcome, result.error)
 
     def _check(self, record: Record, ref: OperationRef, source: Source) -> ItemReport:
         """One ``get``: finish when done or past the deadline, else schedule the next check."""

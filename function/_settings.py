@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from ._backoff import PollingPolicy  # also imported from here: the policy is read from the environment here
@@ -65,6 +65,8 @@ class Settings:
     sqlite_path: str = ".opcancel/idempotency.sqlite3"
     firestore_database: str = "(default)"
     firestore_collection: str = "opcancel-idempotency"
+    #: OPCANCEL_STORE or OPCANCEL_SQLITE_PATH is set: the store was chosen, not defaulted (see ``with_store``).
+    store_configured: bool = False
     #: Canonical prefixes (``organizations/1``, ``projects/p``, ``//aiplatform.googleapis.com/projects/p``).
     allowed_parents: tuple[str, ...] | None = None
     #: Parents never cancelled, in the allow-list's forms; None protects nothing.
@@ -97,11 +99,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
         reader = _Reader(environ)
         on_cloud = bool(environ.get("K_SERVICE"))
+        # The defaults are PollingPolicy's own, so the policy's defaults are stated once.
+        default = PollingPolicy()
         polling = PollingPolicy(
-            initial_delay_s=reader.seconds("OPCANCEL_CHECK_INITIAL_DELAY_S", 5.0),
-            multiplier=reader.number("OPCANCEL_CHECK_MULTIPLIER", 2.0, minimum=1.0, maximum=10.0),
-            max_delay_s=reader.seconds("OPCANCEL_CHECK_MAX_DELAY_S", 300.0),
-            deadline_s=reader.seconds("OPCANCEL_CHECK_DEADLINE_S", 3600.0, maximum=MAX_DEADLINE_S),
+            initial_delay_s=reader.seconds("OPCANCEL_CHECK_INITIAL_DELAY_S", default.initial_delay_s),
+            multiplier=reader.number("OPCANCEL_CHECK_MULTIPLIER", default.multiplier, minimum=1.0, maximum=10.0),
+            max_delay_s=reader.seconds("OPCANCEL_CHECK_MAX_DELAY_S", default.max_delay_s),
+            deadline_s=reader.seconds("OPCANCEL_CHECK_DEADLINE_S", default.deadline_s, maximum=MAX_DEADLINE_S),
         )
         if polling.max_delay_s < polling.initial_delay_s:
             raise ConfigError(
@@ -137,6 +141,7 @@ class Settings:
                 "OPCANCEL_FIRESTORE_COLLECTION", _COLLECTION_ID, "a Firestore collection id"
             )
             or "opcancel-idempotency",
+            store_configured=reader.given("OPCANCEL_STORE") or reader.given("OPCANCEL_SQLITE_PATH"),
             allowed_parents=reader.parents("OPCANCEL_ALLOWED_PARENTS", services),
             protected_parents=reader.parents("OPCANCEL_PROTECTED_PARENTS", services, protecting=True),
             mode=reader.choice("OPCANCEL_MODE", MODES, "enforce"),
@@ -157,6 +162,16 @@ class Settings:
             credentials_file=bool(environ.get("GOOGLE_APPLICATION_CREDENTIALS")),
         )
 
+    def with_store(self, choice: str) -> "Settings":
+        """These settings on the store an operator named (``sqlite:PATH``, ``firestore`` or ``firestore:DATABASE``,
+        the command line's ``--store``), as if OPCANCEL_STORE had said so."""
+        backend, _, where = choice.partition(":")
+        if backend == "sqlite" and where.strip():
+            return replace(self, store="sqlite", sqlite_path=where, store_configured=True)
+        if backend == "firestore" and (not where or _DATABASE_ID.fullmatch(where)):
+            return replace(self, store="firestore", firestore_database=where or "(default)", store_configured=True)
+        raise ConfigError("--store", f"{choice!r} is not sqlite:PATH, firestore or firestore:DATABASE")
+
 
 class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
@@ -167,6 +182,9 @@ class _Reader:
         if value is None or value.strip() == "":
             return None
         return value.strip()
+
+    def given(self, name: str) -> bool:
+        return self._raw(name) is not None
 
     def optional(self, name: str, pattern: re.Pattern[str], what: str) -> str | None:
         value = self._raw(name)

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from function import InboundMessage, OperationRef, PollingPolicy, Settings
-from function._cli import Exit
 from function._names import REGISTRY
+from function.cli import Exit
 from function.errors import PublishFailed
 from tests.cli.test_cli import Rig
 from tests.support import MemoryPublisher

@@ -32,8 +32,8 @@ from function import (
     PubSubPublisher,
     Settings,
 )
-from function._cli import CliClients, Exit, cli
 from function._names import OperationParent
+from function.cli import CliClients, Exit, cli
 from function.errors import InvalidRequest
 from tests.support import FakeClock, MemoryPublisher
 from tests.support import Rig as ServiceRig
@@ -551,7 +551,7 @@ def test_published_requests_are_what_the_function_acts_on(rig):
         (name, "CANCELLED", "eu", "v2") for name in names
     ]
     assert {r["idempotency_key"] for r in results} == {
-        f"explicit/ticket-7/securitycenter.eu.rep.googleapis.com/{name}" for name in names
+        f"batch/8/ticket-7/securitycenter.eu.rep.googleapis.com/{name}" for name in names
     }
 
 

@@ -14,6 +14,7 @@ from function import InboundMessage, OperationRef, SourceKind
 from function._model import Source
 from function._names import GLOBAL, LOCATIONS, REGISTRY, VERSIONS, Service
 from function._parsing import (
+    BATCH_KEYS,
     EXPLICIT_KEYS,
     MAX_BATCH,
     MAX_BODY_BYTES,
@@ -85,6 +86,10 @@ def explicit(key: str) -> str:
     return EXPLICIT_KEYS + key
 
 
+def batch(key: str, identity: str) -> str:
+    return f"{BATCH_KEYS}{len(key)}/{key}/{identity}"
+
+
 def incident(name_: str) -> dict:
     return json.loads((DATA_DIR / name_).read_text())
 
@@ -150,6 +155,30 @@ def test_a_rejection_key_is_deterministic_so_a_redelivery_reports_once():
     again = only_rejection(parse("not a name", message_id="m-2"))
     assert first.idempotency_key == again.idempotency_key
     assert first.idempotency_key.startswith(REJECTED_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("body", "attributes"),
+    [
+        ({"operation": "not a name", "location": "us"}, None),
+        ({"operation": "not a name", "api_version": "v1"}, None),
+        ({"operation": "not a name", "deadline_seconds": 60}, None),
+        ({"operation": "not a name", "reason": "another ticket"}, None),
+        ({"operation": "not a name", "idempotency_key": "k"}, None),
+        ({"operation": "not a name"}, {"location": "us"}),
+        ({"operation": "not a name"}, {"api_version": "v1"}),
+        ({"operation": "not a name"}, {"idempotency_key": "k"}),
+        ({"operations": [{"operation": "not a name"}], "reason": "batch reason"}, None),
+        ({"operation": "not a nam"}, None),
+    ],
+)
+def test_rejections_that_differ_in_anything_the_request_carries_have_keys_of_their_own(body, attributes):
+    """Location, version, deadline and reason were once left out of the hash, so one rejection's result
+    stood for another's."""
+    plain = only_rejection(parse({"operation": "not a name", "location": "eu"}))
+    other = only_rejection(parse(body, attributes))
+    assert plain.idempotency_key != other.idempotency_key
+    assert only_rejection(parse(body, attributes, message_id="m-9")).idempotency_key == other.idempotency_key
 
 
 def test_rejected_text_is_escaped_and_bounded():
@@ -467,7 +496,7 @@ def test_a_url_in_a_batch_is_not_contradicted_by_batch_defaults():
 def test_a_batch_level_key_is_combined_with_each_identity():
     body = {"operations": [name("a"), {"operation": name("b"), "location": "eu"}], "idempotency_key": "batch-7"}
     keys = [request.idempotency_key for request in parse(body).requests]
-    assert keys == [explicit(f"batch-7/{identity('a')}"), explicit(f"batch-7/{identity('b', EU_HOST)}")]
+    assert keys == [batch("batch-7", identity("a")), batch("batch-7", f"{identity('b', EU_HOST)}")]
 
 
 def test_a_bad_item_in_a_batch_is_rejected_and_the_rest_act():
@@ -546,23 +575,84 @@ def test_a_message_key_on_a_batch_is_combined_so_items_never_collide():
     body = {"operations": [name("a"), name("b"), {"operation": name("a"), "location": "eu"}, {"operation": name("c")}]}
     keys = [r.idempotency_key for r in parse(body, {"idempotency_key": "msg-key"}).requests]
     assert keys == [
-        explicit(f"msg-key/{identity('a')}"),
-        explicit(f"msg-key/{identity('b')}"),
-        explicit(f"msg-key/{identity('a', EU_HOST)}"),
-        explicit(f"msg-key/{identity('c')}"),
+        batch("msg-key", identity("a")),
+        batch("msg-key", identity("b")),
+        batch("msg-key", identity("a", EU_HOST)),
+        batch("msg-key", identity("c")),
     ]
     assert len(set(keys)) == 4
 
 
 def test_a_message_key_on_multi_line_text_is_combined_too():
     keys = [r.idempotency_key for r in parse(f"{name('a')}\n{name('b')}", {"idempotency_key": "k"}).requests]
-    assert keys == [explicit(f"k/{identity('a')}"), explicit(f"k/{identity('b')}")]
+    assert keys == [batch("k", identity("a")), batch("k", f"{identity('b')}")]
 
 
 def test_an_item_key_in_a_batch_wins_over_the_message_key():
     body = {"operations": [{"operation": name("a"), "idempotency_key": "own"}, name("b")]}
     keys = [r.idempotency_key for r in parse(body, {"idempotency_key": "msg"}).requests]
-    assert keys == [explicit("own"), explicit(f"msg/{identity('b')}")]
+    assert keys == [explicit("own"), batch("msg", identity("b"))]
+
+
+#: Sender texts that spell other kinds' keys, and texts built from the pieces of every namespace.
+_SPELLINGS = ["K", f"K/{identity('a')}", f"K/{identity('b')}", f"K/{GLOBAL_HOST}", f"1/K/{identity('a')}"]
+_SPELLINGS += [f"batch/1/K/{identity('a')}", "explicit/K", f"incident/K/{identity('a')}", identity("a")]
+_KEY_PIECES = st.sampled_from(
+    ["explicit/", "batch/", "incident/", "incident-digest/", "rejected/", "K", "K/", "/", "1/", "2/", "12/"]
+    + [f"{GLOBAL_HOST}/", f"{identity('a')}", f"{identity('b')}", f"{EU_HOST}/", "//", "organizations/"]
+)
+_SENDER_TEXT = st.one_of(
+    st.sampled_from(_SPELLINGS),
+    st.lists(_KEY_PIECES, min_size=1, max_size=6).map("".join),
+).filter(lambda text: text == text.strip() and len(text) <= 256)
+
+
+def _keys_of(kind: str, text: str, names: list[str]) -> list[tuple[tuple[str, str, str], str]]:
+    """What each kind of request keys its operations by, through ``parse_message``: (origin, key) pairs."""
+    if kind == "derived":
+        parsed = parse("\n".join(names))
+    elif kind == "explicit":
+        parsed = parse({"operation": names[0], "idempotency_key": text})
+    elif kind == "batch":
+        parsed = parse({"operations": names, "idempotency_key": text})
+    else:
+        body = incident("alert-incident-open.json")
+        body["incident"]["incident_id"] = text
+        body["incident"]["documentation"]["content"] = " ".join(names)
+        parsed = parse(body)
+    assert not parsed.rejections, parsed.rejections
+    origin_text = "" if kind == "derived" else text
+    return [((kind, origin_text, r.ref.identity), r.idempotency_key) for r in parsed.requests]
+
+
+_KINDS = ["derived", "explicit", "batch", "incident"]
+_EVERY_SPELLING = [(kind, text, second) for kind in _KINDS for text in _SPELLINGS for second in (False, True)]
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    requests=st.lists(
+        st.tuples(st.sampled_from(_KINDS), _SENDER_TEXT, st.booleans()),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_key_namespaces_are_disjoint_by_construction(requests):
+    """No two requests that differ in kind, sender text or operation share a key, whatever the text spells."""
+    keys: dict[str, tuple[str, str, str]] = {}
+    for kind, text, second in _EVERY_SPELLING + requests:
+        names = [name("a"), name("b")] if kind == "batch" or second else [name("a")]
+        for origin, key in _keys_of(kind, text, names):
+            assert keys.setdefault(key, origin) == origin, (key, origin, keys[key])
+
+
+def test_an_explicit_key_spelling_a_batch_item_is_not_that_item():
+    squatter = only_request(parse({"operation": name("x"), "idempotency_key": f"K/{identity('a')}"}))
+    items = parse({"operations": [name("a"), name("b")], "idempotency_key": "K"}).requests
+    assert squatter.idempotency_key not in {item.idempotency_key for item in items}
+    # Nor can one batch's key with one split spell another's item with another split.
+    other = parse({"operations": [name("a"), name("b")], "idempotency_key": f"K/{GLOBAL_HOST}"}).requests
+    assert not {item.idempotency_key for item in other} & {item.idempotency_key for item in items}
 
 
 def test_unrelated_attributes_are_ignored():
@@ -1086,9 +1176,9 @@ def test_a_batch_mixes_services_and_a_message_key_combines_with_each_identity():
     body = {"operations": [VERTEX_FULL, f"//dataproc.googleapis.com/{DATAPROC_NAME}", name("a")]}
     parsed = parse(body, {"idempotency_key": "ticket-7"})
     assert [request.idempotency_key for request in parsed.requests] == [
-        explicit(f"ticket-7/{VERTEX_FULL}"),
-        explicit(f"ticket-7///dataproc.googleapis.com/{DATAPROC_NAME}"),
-        explicit(f"ticket-7/{identity('a')}"),
+        batch("ticket-7", VERTEX_FULL),
+        batch("ticket-7", f"//dataproc.googleapis.com/{DATAPROC_NAME}"),
+        batch("ticket-7", identity("a")),
     ]
     assert [request.ref.service_name for request in parsed.requests] == [
         "aiplatform.googleapis.com",

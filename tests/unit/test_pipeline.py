@@ -11,7 +11,8 @@ from devkit.simulator import Simulator
 from function import ItemStatus, Settings, format_time, parse_time
 from function._messages import RESULT_EVENT_TYPE, event_id
 from function._pipeline import payload_hash
-from tests.support import DATA_DIR, TEST_POLICY, Rig
+from function._store import ClaimStatus
+from tests.support import DATA_DIR, TEST_POLICY, Rig, open_store
 
 ORG = "123456789"
 
@@ -52,6 +53,18 @@ def test_each_api_behaviour_ends_in_its_outcome(rig, op_id, outcome, checks):
     assert result["outcome"] == outcome
     assert result["checks"] == checks
     assert len(rig.simulator.cancel_calls(name(op_id))) == 1
+
+
+@pytest.mark.parametrize("op_id", ["missing-a", "denied-a", "unsupported-a", "invalid-a"])
+def test_a_refusal_frees_the_requests_key_and_is_reported_once_under_a_key_of_its_own(rig, op_id):
+    for message_id in ("m-1", "m-2"):
+        rig.send(name(op_id), message_id=message_id)
+    assert len(rig.publisher.results()) == 1
+    key = f"securitycenter.googleapis.com/{name(op_id)}"
+    claim = rig.store.claim_request(key, payload_hash(key), now=rig.clock.now())
+    assert (claim.status, claim.resumed) == (ClaimStatus.ACQUIRED, False)
+    # Each delivery asked the API, which refused each time; only the first reported it.
+    assert len(rig.simulator.cancel_calls(name(op_id))) == 2
 
 
 def test_the_ce_id_is_deterministic_per_key_operation_and_outcome():
@@ -253,8 +266,8 @@ def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
     rig.send(body, attributes={"idempotency_key": "batch-1"})
     keys = sorted(r["idempotency_key"] for r in rig.publisher.results())
     assert keys == [
-        f"explicit/batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
-        f"explicit/batch-1/securitycenter.googleapis.com/{name('a')}",
+        f"batch/7/batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
+        f"batch/7/batch-1/securitycenter.googleapis.com/{name('a')}",
     ]
     assert {c.path for c in rig.simulator.cancel_calls()} == {
         f"/v2/{name('a')}:cancel",
@@ -536,3 +549,54 @@ def test_security_command_center_results_name_their_service_and_keep_their_ident
     result = only_result(rig)
     assert result["service"] == "securitycenter.googleapis.com"
     assert result["idempotency_key"] == f"securitycenter.googleapis.com/{name('plain')}"
+
+
+# --- liveness: when a chain counts as overdue --------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
+def store_spec(request, tmp_path):
+    if request.param == "memory":
+        return {"kind": "memory"}
+    if request.param == "sqlite":
+        return {"kind": "sqlite", "path": str(tmp_path / "store.sqlite3")}
+    return request.getfixturevalue("firestore_spec")
+
+
+def chain_whose_check_was_lost(store_spec) -> tuple[Rig, float]:
+    """A rig with the default polling policy on ``store_spec``'s backend, one chain waiting for a check that
+    never comes; and that check's due time as the store holds it."""
+    settings = Settings(project="test-project", store="memory")
+    rig = Rig(settings=settings, store=open_store(store_spec, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s))
+    rig.send(name("slow-1-lost"))
+    assert len(rig.publisher.take_checks()) == 1  # dead-lettered, dropped: never delivered
+    return rig, rig.store._load(LOST_KEY).due_at
+
+
+LOST_KEY = f"securitycenter.googleapis.com/organizations/{ORG}/operations/slow-1-lost"
+
+
+def test_a_chain_is_overdue_only_once_its_check_is_later_than_the_longest_polling_delay(store_spec):
+    rig, due_at = chain_whose_check_was_lost(store_spec)
+    grace = rig.settings.polling.max_delay_s
+    for at in (due_at, due_at + 0.001, due_at + grace / 2, due_at + grace):
+        rig.clock.current = at
+        assert rig.service.overdue_chains() == [], f"overdue {at - due_at:g} s after its due time"
+    rig.clock.current = due_at + grace + 0.001
+    assert [record.key for record in rig.service.overdue_chains()] == [LOST_KEY]
+
+
+def test_a_request_delivered_again_resumes_a_chain_only_once_it_is_overdue(store_spec):
+    rig, due_at = chain_whose_check_was_lost(store_spec)
+    grace = rig.settings.polling.max_delay_s
+    for number, at in enumerate((due_at + 0.001, due_at + grace / 2, due_at + grace)):
+        rig.clock.current = at
+        (item,) = rig.send(name("slow-1-lost"), message_id=f"again-{number}").items
+        assert item.status is ItemStatus.DUPLICATE, f"{at - due_at:g} s after its due time: {item}"
+        assert rig.publisher.take_checks() == []
+    rig.clock.current = due_at + grace + 0.001
+    (item,) = rig.send(name("slow-1-lost"), message_id="again-late").items
+    assert item.status is ItemStatus.ACCEPTED and item.detail == "overdue chain resumed: check 2"
+    rig.run_checks()
+    assert only_result(rig)["outcome"] == "CANCELLED"
+    assert len(rig.simulator.cancel_calls()) == 1
