@@ -523,6 +523,15 @@ def replay_body(request: CancelRequest) -> tuple[bytes, dict[str, str]] | None:
         if len(sent) > MAX_KEY_LENGTH:
             return None
         body["idempotency_key"] = sent
+    elif key.startswith(BATCH_KEYS):
+        length, _, rest = key[len(BATCH_KEYS) :].partition("/")
+        sent = rest[: int(length)] if length.isdigit() else ""
+        if not sent or _batch_key(sent, ref.identity) != key:
+            return None
+        # Only a message naming several operations gives its key this form: the operation twice, whose
+        # second item is then a duplicate of the first.
+        item = {name: value for name, value in body.items() if name != "operation"}
+        return json.dumps({"operations": [body["operation"]] * 2, "idempotency_key": sent, **item}).encode(), {}
     elif key.startswith((INCIDENT_KEYS, INCIDENT_DIGEST_KEYS)):
         incident_id = request.source.incident_id
         if incident_id is None or _incident_key(incident_id, ref.identity) != key:

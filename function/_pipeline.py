@@ -3,7 +3,9 @@
 ``Pipeline.handle`` never decides acknowledge-or-retry: it returns a report in
 which each item says what happened, transient trouble included, and the
 runtime decides. Every result leaves through ``_finish``: store it, publish it,
-mark the key finished.
+mark the key finished. The guard (``_guard``) is asked once, just before a
+request's first cancel: go, dry run (a ``get`` and a DRY_RUN result, under a
+key of its own) or hold (a HELD result, and the request's key freed).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Any
 from ._clock import Clock, format_time
 from ._gcp.operations import CancelAnswer, OperationsApi, settle
 from ._gcp.pubsub import Publisher
+from ._guard import Decision, Guard, Verdict
 from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, read_check_body, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
 from ._names import OperationRef, allows, escape_text
-from ._parsing import parse_message, rejected_key, reported_key
+from ._parsing import dry_run_key, parse_message, rejected_key, reported_key
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
@@ -95,8 +98,10 @@ class Pipeline:
         clock: Clock,
         log: Logger,
         scheduler: Scheduler | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._settings = settings
+        self._guard = guard or Guard.from_settings(settings, store=store, clock=clock, log=log)
         self._api = api
         self._publisher = publisher
         self._store = store
@@ -141,6 +146,8 @@ class Pipeline:
             default_version=self._settings.api_version,
             allowed_parents=self._settings.allowed_parents,
             services=self._settings.services,
+            protected_parents=self._settings.protected_parents,
+            shadow=self._guard.mode == "shadow",
         )
         if parsed.ignored is not None:
             log = self._log.info if parsed.routine else self._log.warning
@@ -188,7 +195,8 @@ class Pipeline:
     # Requests
 
     def _run_request(self, request: CancelRequest) -> ItemReport:
-        ref, key = request.ref, request.idempotency_key
+        ref = request.ref
+        key = dry_run_key(request.idempotency_key) if request.dry_run else request.idempotency_key
         claim = self._store.claim_request(key, payload_hash(ref.identity), now=self._clock.now())
         if claim.status is ClaimStatus.MISMATCH:
             self._log.warning(
@@ -219,12 +227,18 @@ class Pipeline:
         if record.state is State.RESULT_READY:
             return self._finish_stored(record)
         if record.state is State.CLAIMED:
+            with self._released_on_trouble(record):
+                decision = self._guard.decide(request)
+            if decision.verdict is Verdict.DRY_RUN:
+                return self._dry_run(record, request)
+            if decision.verdict is Verdict.HOLD:
+                return self._hold(record, request, decision)
             if claim.resumed:
                 looked = self._get_before_cancel(record, request)
                 if isinstance(looked, ItemReport):
                     return looked
                 record = looked
-            sent = self._cancel(record, request)
+            sent = self._cancel(record, request, decision)
             if isinstance(sent, ItemReport):
                 return sent
             record = sent
@@ -247,6 +261,53 @@ class Pipeline:
         )
         return ItemReport(ref.name, ItemStatus.REJECTED, _shown(request.idempotency_key), Outcome.REJECTED.value, error)
 
+    def _dry_run(self, record: Record, request: CancelRequest) -> ItemReport:
+        """Look (one ``get``), never cancel: DRY_RUN with what the API showed, or what it refused."""
+        ref, checks = request.ref, record.checks + 1
+        try:
+            with self._released_on_trouble(record):
+                operation = self._api.get(ref)
+        except ApiRejected as refusal:
+            refused = self._refused(record, ref, request.source, refusal, checks=checks)
+            return self._conclude(record, dataclasses.replace(refused, dry_run=True))
+        result = self._result(
+            ref,
+            request.idempotency_key,
+            request.source,
+            Outcome.DRY_RUN,
+            None,
+            operation,
+            checks=checks,
+            requested_at=record.requested_at,
+        )
+        return self._conclude(record, dataclasses.replace(result, dry_run=True))
+
+    def _hold(self, record: Record, request: CancelRequest, decision: Decision) -> ItemReport:
+        """Keep the request for an operator and report HELD once; then free its key, which holding never binds."""
+        ref = request.ref
+        assert decision.because is not None
+        self._log.warning(
+            decision.error or "request held",
+            event="request_held",
+            held_because=decision.because.value,
+            operation=ref.name,
+            idempotency_key=request.idempotency_key,
+            budget_used=decision.budget_used,
+            budget_limit=decision.budget_limit,
+            source=request.source.to_json(),
+        )
+        result = self._result(
+            ref, request.idempotency_key, request.source, Outcome.HELD, decision.error, requested_at=record.requested_at
+        )
+        with self._released_on_trouble(record):
+            held = self._guard.hold(request, result, decision.because)
+            if not held.reported:
+                self._finish(Result.from_json(held.result), key=record.key)
+                self._guard.reported(held)
+        self._store.forgotten(record)
+        status = ItemStatus.ACCEPTED if not held.reported else ItemStatus.DUPLICATE
+        return ItemReport(ref.name, status, _shown(request.idempotency_key), Outcome.HELD.value, decision.error)
+
     def _get_before_cancel(self, record: Record, request: CancelRequest) -> Record | ItemReport:
         """On a key taken back before any cancel was recorded, look first: the earlier holder may have
         died after the API accepted its cancel, and if the operation is done a second cancel is not needed.
@@ -267,8 +328,9 @@ class Pipeline:
         )
         return self._conclude(record, result)
 
-    def _cancel(self, record: Record, request: CancelRequest) -> Record | ItemReport:
-        """Send the cancel; returns the record waiting for checks, or the finished item when the API refused."""
+    def _cancel(self, record: Record, request: CancelRequest, decision: Decision) -> Record | ItemReport:
+        """Send the cancel; returns the record waiting for checks, or the finished item when the API refused.
+        Its log entry is the audit trail: one NOTICE per cancel sent, with what triggered it."""
         ref = request.ref
         try:
             with self._released_on_trouble(record):
@@ -278,7 +340,7 @@ class Pipeline:
         now = self._clock.now()
         deadline_s = request.deadline_s or self._settings.polling.deadline_s
         record = self._store.cancel_sent(record, now=now, deadline_at=now + deadline_s)
-        self._log.info(
+        self._log.notice(
             "cancel accepted" if answer is CancelAnswer.ACCEPTED else "cancel refused as already done; checking",
             event="cancel_sent",
             operation=ref.name,
@@ -289,7 +351,15 @@ class Pipeline:
             answer=answer.value,
             reason=request.reason,
             source=request.source.to_json(),
+            mode=self._guard.mode,
+            budget_used=decision.budget_used,
+            budget_limit=decision.budget_limit,
+            released_by=decision.released.released_by if decision.released is not None else None,
         )
+        if decision.released is not None:
+            # Best effort: a held record left behind only lists as released until it expires.
+            with contextlib.suppress(TransientError):
+                self._guard.sent(decision.released)
         return record
 
     def _refused_before_cancel(
@@ -589,7 +659,7 @@ class Pipeline:
                 self._publisher.publish_all(self._settings.results_topic, [message])
             self._store.finished(record, now=self._clock.now())
         assert result.outcome is not None
-        log = self._log.notice if result.succeeded else self._log.warning
+        log = self._log.notice if result.succeeded or result.outcome is Outcome.DRY_RUN else self._log.warning
         log(
             f"result {result.outcome.value} published",
             event="result_published",

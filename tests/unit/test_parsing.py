@@ -1388,3 +1388,25 @@ def test_an_http_request_s_source_names_its_caller():
     message = InboundMessage(data=name("a").encode(), kind=SourceKind.HTTP, caller="sre@example.com")
     (request,) = parse_message(message, default_version="v2", allowed_parents=None).requests
     assert request.source == Source(SourceKind.HTTP, caller="sre@example.com")
+
+
+@pytest.mark.parametrize(
+    ("body", "attributes"),
+    [
+        ({"operation": name("a")}, {}),
+        ({"operation": name("a"), "location": "eu", "reason": "storm", "deadline_seconds": 60}, {}),
+        ({"operation": name("a"), "idempotency_key": "k1"}, {}),
+        ({"operations": [name("a"), name("b")]}, {"idempotency_key": "shared"}),
+        ({"operation": "//aiplatform.googleapis.com/projects/my-proj/locations/us-central1/operations/1"}, {}),
+        (json.loads((DATA_DIR / "alert-incident-open.json").read_text()), {}),
+    ],
+)
+def test_a_held_request_s_replay_parses_back_to_the_same_request_and_key(body, attributes):
+    from function._parsing import replay_body
+
+    original = parse(body, attributes).requests[0]
+    data, replay_attributes = replay_body(original)
+    again = parse(data.decode(), replay_attributes).requests[0]
+    assert again.idempotency_key == original.idempotency_key
+    assert (again.ref, again.reason, again.deadline_s) == (original.ref, original.reason, original.deadline_s)
+    assert (again.source.kind, again.source.incident_id) == (original.source.kind, original.source.incident_id)
