@@ -30,7 +30,7 @@ readonly MAX_RETRY_DELAY=300s
 # (eventarc/docs/retry-events).
 readonly MAX_DELIVERY_ATTEMPTS=100
 # The checks queue's retries cover a failed publish of a check to the checks topic: from a few
-# seconds up to OPCANCEL_CHECK_MAX_DELAY_S (300 s), the longest the polling policy ever waits. A task
+# seconds up to 5 minutes (past OPCANCEL_CHECK_MAX_DELAY_S the chain is overdue anyway and resumed). A task
 # gives up once it has used both 100 attempts and a day (gcloud tasks queues create --help); its
 # chain is then overdue, and a redelivered request or `python -m function resume` re-schedules it.
 readonly TASKS_MIN_BACKOFF=5s
