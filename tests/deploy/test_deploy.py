@@ -705,6 +705,14 @@ def test_the_guard_rails_can_come_from_the_environment(cloud):
     )
 
 
+@pytest.mark.parametrize(("value", "pinned"), [("TRUE", True), ("True", True), ("false", False), ("", False)])
+def test_opcancel_paused_reads_as_the_function_reads_it(cloud, value, pinned):
+    result = cloud.run(*BASE, env={"OPCANCEL_PAUSED": value})
+
+    assert result.returncode == 0, result.stderr
+    assert function_environment(cloud).get("OPCANCEL_PAUSED") == ("true" if pinned else None)
+
+
 def test_without_guard_flags_the_functions_enforce_a_budget_of_100_an_hour_unpaused(cloud):
     cloud.deploy()
 
@@ -1407,6 +1415,7 @@ def test_a_failed_create_stops_the_run(cloud):
         ((*BASE, "--cancel-budget", "010/1h"), {}, "is not N/DURATION"),
         ((*BASE, "--cancel-budget", "none"), {}, "cancel budget 'none' is not N/DURATION"),
         ((*BASE, "--cancel-budget", "10/169h"), {}, "has a window longer than a week (168h)"),
+        ((*BASE, "--cancel-budget", "10001/1h"), {}, "allows more than 10000 cancels, the most the function counts"),
         ((*BASE, "--cancel-budget", "10/604801s"), {}, "has a window longer than a week"),
         ((*BASE, "--cancel-budget", ""), {}, "the cancel budget is set but empty"),
         (BASE, {"OPCANCEL_CANCEL_BUDGET": ""}, "the cancel budget is set but empty"),
