@@ -129,13 +129,18 @@ class Rejection:
 
     offending: str
     error: str
+    #: Its own key, in the store's ``rejected/`` namespace.
     idempotency_key: str
     source: Source
-    location: str
-    api_version: str
+    #: None where the text named no Security Command Center name and no known service, and the request
+    #: stated none: Security Command Center's defaults say nothing about such a name.
+    location: str | None
+    api_version: str | None
     #: The named service (``aiplatform.googleapis.com``), when the name got far enough to say.
     service: str | None = None
     dry_run: bool = False
+    #: The key its result reports: the one the sender gave, or the default the operation's identity gives.
+    reported_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,11 +163,14 @@ class Result:
     """The one result of a request, stored before it is published so a republish is identical."""
 
     operation: str
-    location: str
-    api_version: str
+    #: None only on a REJECTED result whose rejection had none (see ``Rejection``).
+    location: str | None
+    api_version: str | None
     #: None, with ``finished_at``, only in the CLI's report of a cancel whose operation still runs.
     outcome: Outcome | None
-    idempotency_key: str
+    #: As the sender gave it, or the default derived from the operation; never the store's own form (SPEC).
+    #: None for a rejected request that carried no key and named no operation.
+    idempotency_key: str | None
     requested_at: float
     finished_at: float | None
     checks: int
@@ -222,7 +230,7 @@ class Result:
             location=rejection.location,
             api_version=rejection.api_version,
             outcome=Outcome.REJECTED,
-            idempotency_key=rejection.idempotency_key,
+            idempotency_key=rejection.reported_key,
             requested_at=requested_at,
             finished_at=finished_at,
             checks=0,

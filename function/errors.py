@@ -13,7 +13,8 @@
         ├── PublishFailed      a Pub/Sub publish was not confirmed
         ├── ScheduleFailed     a follow-up check could not be scheduled (Cloud Tasks create)
         ├── CheckNotDue        a follow-up check arrived before its due time
-        └── KeyBusy            another live worker holds the idempotency key
+        ├── KeyBusy            another live worker holds the idempotency key
+        └── GuardContended     lost every race for a guard document (the budget's, under a storm)
 
     StaleFence                 this worker's claim was taken over; its writes are refused
 
@@ -104,6 +105,10 @@ class CheckNotDue(TransientError):
 
 class KeyBusy(TransientError):
     reason = "key_busy"
+
+
+class GuardContended(TransientError):
+    reason = "guard_contended"
 
 
 class StaleFence(OpcancelError):
