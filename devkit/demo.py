@@ -14,15 +14,9 @@ import sys
 import time
 
 from devkit.emulators import EmulatorUnavailable
-from devkit.local_stack import TOPICS, LocalStack, StackFailed
+from devkit.local_stack import INSTALL_HINT, TOPICS, LocalStack, StackFailed
 
 SAMPLE = "organizations/123456789/operations/slow-1-demo"
-INSTALL_HINT = (
-    "The demo needs Google's Pub/Sub emulator, which comes with the Google Cloud CLI "
-    "(https://cloud.google.com/sdk/docs/install), and a Java runtime. Add the emulator with "
-    "`gcloud components install pubsub-emulator`, or, where the CLI came from apt, "
-    "`sudo apt-get install google-cloud-cli-pubsub-emulator default-jre-headless`."
-)
 
 
 def main(names: list[str]) -> int:
