@@ -193,9 +193,15 @@ class _MessageParser:
                 caller=self._message.caller,
             )
         if attribute_defaults is None:
+            shown = _shown_key(self._message.attributes.get("idempotency_key"))
             for entry in entries:
                 self._reject(
-                    entry, _offending_text(entry), f"attribute {attribute_problem}", defaults=None, dry_run=self._shadow
+                    entry,
+                    _offending_text(entry),
+                    f"attribute {attribute_problem}",
+                    shown,
+                    defaults=None,
+                    dry_run=self._shadow,
                 )
             return self._parsed
         defaults = _merge(attribute_defaults, body_defaults)
@@ -313,11 +319,13 @@ class _MessageParser:
             request = self._request(name, item, defaults, many=many, incident_id=incident_id)
         except InvalidRequest as problem:
             scc = name.service.is_scc if name is not None else _scc_shaped(_offending_text(entry))
+            item_key = entry.get("idempotency_key") if isinstance(entry, dict) else None
             dry_run = item.dry_run if item is not None and item.dry_run is not None else defaults.dry_run
             self._reject(
                 entry,
                 _offending_text(entry),
                 str(problem),
+                _shown_key(item_key) if item_key is not None else defaults.idempotency_key,
                 defaults=defaults,
                 location=name.location if name is not None and not scc else item.location if item is not None else None,
                 api_version=item.api_version if item is not None else None,
@@ -340,6 +348,7 @@ class _MessageParser:
             entry,
             ref.name,
             error,
+            reported_key(request.idempotency_key),
             defaults=defaults,
             location=ref.location,
             api_version=ref.api_version,
@@ -395,6 +404,7 @@ class _MessageParser:
         entry: Any,
         offending: str,
         error: str,
+        shown_key: str | None,
         *,
         defaults: _Defaults | None,
         location: str | None = None,
@@ -417,6 +427,7 @@ class _MessageParser:
                 offending=escape_text(offending),
                 error=error,
                 idempotency_key=key,
+                reported_key=shown_key,
                 source=self._source,
                 location=location
                 or (defaults.location if defaults and defaults.location else GLOBAL if scc_defaults else None),
@@ -472,6 +483,23 @@ def _object_defaults(body: Mapping[str, Any], validate_api_version: Callable[[An
     )
 
 
+def reported_key(key: str) -> str | None:
+    """A stored key as results and answers show it: the key the sender gave (a batch's with the operation's
+    identity after it), or the default derived from the operation and its incident; never the store's
+    namespace. None for a ``rejected/`` key, which no sender gave (a rejection carries the key it reports)."""
+    if key.startswith(DRY_RUN_KEYS):
+        key = key[len(DRY_RUN_KEYS) :]
+    for namespace in (EXPLICIT_KEYS, INCIDENT_KEYS, INCIDENT_DIGEST_KEYS):
+        if key.startswith(namespace):
+            return key[len(namespace) :]
+    if key.startswith(BATCH_KEYS):
+        # batch/{length}/{key}/{identity}: the sender's key and the identity, as the SPEC says they combine.
+        return key[len(BATCH_KEYS) :].partition("/")[2]
+    if key.startswith(REJECTED_KEYS):
+        return None
+    return key
+
+
 def dry_run_key(key: str) -> str:
     """Where a dry run is deduplicated: beside, never on, the key the real request would use."""
     return DRY_RUN_KEYS + key
@@ -495,6 +523,15 @@ def replay_body(request: CancelRequest) -> tuple[bytes, dict[str, str]] | None:
         if len(sent) > MAX_KEY_LENGTH:
             return None
         body["idempotency_key"] = sent
+    elif key.startswith(BATCH_KEYS):
+        length, _, rest = key[len(BATCH_KEYS) :].partition("/")
+        sent = rest[: int(length)] if length.isdigit() else ""
+        if not sent or _batch_key(sent, ref.identity) != key:
+            return None
+        # Only a message naming several operations gives its key this form: the operation twice, whose
+        # second item is then a duplicate of the first.
+        item = {name: value for name, value in body.items() if name != "operation"}
+        return json.dumps({"operations": [body["operation"]] * 2, "idempotency_key": sent, **item}).encode(), {}
     elif key.startswith((INCIDENT_KEYS, INCIDENT_DIGEST_KEYS)):
         incident_id = request.source.incident_id
         if incident_id is None or _incident_key(incident_id, ref.identity) != key:
@@ -549,6 +586,17 @@ def _validate_key(value: Any, limit: int = MAX_KEY_LENGTH) -> str:
     if not value.isprintable() or value != value.strip():
         raise InvalidRequest("must not contain control characters or surrounding whitespace")
     return value
+
+
+def _shown_key(value: Any) -> str | None:
+    """A key a rejected request carried, as its result reports it: as given when it is a valid key (printable,
+    so safe to echo), escaped and bounded when it is the text that was rejected, none when not text."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return _validate_key(value)
+    except InvalidRequest:
+        return escape_text(value)
 
 
 def validate_stored_key(value: Any) -> str:

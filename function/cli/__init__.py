@@ -1,6 +1,7 @@
 """The operator command line, ``python -m function``: one module per group of commands.
 
-``operations`` (cancel, get, list, publish), ``bulk`` (cancel --all) and ``chains`` (resume) each list
+``operations`` (cancel, get, list, publish), ``bulk`` (cancel --all), ``chains`` (resume), ``guard``
+(status, pause, unpause, reset) and ``held`` (list, release, drop) each list
 their commands in ``COMMANDS``; a new group adds its module to ``_GROUPS``. What they share lives in one
 place each: ``_clients`` builds the clients and opens the function's store, ``_exits`` maps errors to exit
 statuses, ``_common`` holds the options and the parsing of names and parents.
@@ -14,11 +15,11 @@ import sys
 import click
 
 from ..errors import ConfigError
-from . import chains, operations
+from . import chains, guard, held, operations
 from ._clients import CliClients, build_clients
 from ._exits import EPILOG, CliFailure, Exit, exit_for, status_of
 
-_GROUPS = (operations, chains)
+_GROUPS = (operations, chains, guard, held)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)

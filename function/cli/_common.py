@@ -25,7 +25,7 @@ from .._names import (
 )
 from .._parsing import Parsed, parse_message
 from .._settings import MAX_DEADLINE_S, Settings
-from ..errors import ApiRejected, ApiUnavailable, InvalidRequest, NoCredentials
+from ..errors import ApiRejected, ApiUnavailable, InvalidRequest, ListingIncomplete, NoCredentials
 from ._clients import CliClients
 from ._exits import CliFailure, Exit, failure, safe
 
@@ -120,7 +120,7 @@ def pages(
     """The client's pager, with its failures turned into the CLI's exit statuses."""
     try:
         yield from clients.api.pages(parent, filter=filter_, page_size=page_size)
-    except ApiRejected as refusal:
+    except (ApiRejected, ListingIncomplete) as refusal:
         raise failure(refusal, f"{parent.path}: {refusal}") from None
     except ApiUnavailable as trouble:
         raise failure(trouble, f"Operations API unavailable: {trouble}") from None

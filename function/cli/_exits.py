@@ -56,17 +56,20 @@ Exit status:
    3  COMPLETED
    4  FAILED
    5  TIMED_OUT
-   6  NOT_FOUND
+   6  NOT_FOUND; held release/drop: no held request has that KEY
    7  PERMISSION_DENIED
    8  UNSUPPORTED
    9  REJECTED: a bad name, a parent outside OPCANCEL_ALLOWED_PARENTS,
-      another 4xx from the API, or cancel --all matching more than --max
+      another 4xx from the API, or cancel --all matching more than --max;
+      held release of a request no message can carry (drop it instead)
   10  the API stayed unavailable (429, 5xx, timeouts) after retries
   11  no usable Google credentials
   12  bad configuration (an environment variable, --store); or no store
-      configured for a command that reads the function's state
+      configured for a command that reads the function's state; held
+      release without GOOGLE_CLOUD_PROJECT
   13  the publish to Pub/Sub was not confirmed
-  14  resume: the store or the scheduler was unavailable (run it again)
+  14  resume, guard, held: the store or the scheduler was unavailable, or a
+      held request changed meanwhile (run it again)
 """
 
 

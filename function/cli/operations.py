@@ -21,6 +21,7 @@ from .._clock import Clock
 from .._gcp.operations import settle
 from .._model import CancelRequest, Outcome, Rejection, Result
 from .._names import SERVICE, escape_text
+from .._parsing import reported_key
 from .._settings import PollingPolicy
 from ..errors import ApiRejected, ApiUnavailable, PublishFailed
 from ._clients import CliClients
@@ -269,7 +270,7 @@ def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, po
         location=ref.location,
         api_version=ref.api_version,
         outcome=None,
-        idempotency_key=request.idempotency_key,
+        idempotency_key=reported_key(request.idempotency_key),
         requested_at=requested_at,
         finished_at=None,
         checks=0,

@@ -562,7 +562,7 @@ def test_published_requests_are_what_the_function_acts_on(rig):
         (name, "CANCELLED", "eu", "v2") for name in names
     ]
     assert {r["idempotency_key"] for r in results} == {
-        f"batch/8/ticket-7/securitycenter.eu.rep.googleapis.com/{name}" for name in names
+        f"ticket-7/securitycenter.eu.rep.googleapis.com/{name}" for name in names
     }
 
 

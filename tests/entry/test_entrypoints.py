@@ -89,7 +89,7 @@ def test_the_eventarc_sample_cancels_with_its_attribute_key(on_event):
     (result,) = rig.publisher.results()
     assert result["outcome"] == "CANCELLED"
     assert result["operation"] == "organizations/123456789/operations/abc"
-    assert result["idempotency_key"] == "explicit/k1"
+    assert result["idempotency_key"] == "k1"
     assert result["source"] == {"kind": "pubsub", "message_id": "2070443601311540"}
 
 
@@ -140,12 +140,16 @@ def test_monitoring_incidents_through_on_event(on_event, sample, operations):
     results = rig.publisher.results()
     assert [r["operation"] for r in results] == operations
     assert [c.path.split("/v2/")[1] for c in rig.simulator.cancel_calls()] == [f"{o}:cancel" for o in operations]
-    incident_id = json.loads(data)["incident"]["incident_id"]
+    incident = json.loads(data)["incident"]
+    incident_id, policy_name = incident["incident_id"], incident["policy_name"]
     for result in results:
-        assert result["source"] == {"kind": "alert", "message_id": "alert-1", "incident_id": incident_id}
-        assert (
-            result["idempotency_key"] == f"incident/{incident_id}/securitycenter.googleapis.com/{result['operation']}"
-        )
+        assert result["source"] == {
+            "kind": "alert",
+            "message_id": "alert-1",
+            "incident_id": incident_id,
+            "policy_name": policy_name,
+        }
+        assert result["idempotency_key"] == f"{incident_id}/securitycenter.googleapis.com/{result['operation']}"
 
 
 def test_duplicate_deliveries_through_the_entry_point_cancel_once(on_event):

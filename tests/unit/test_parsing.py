@@ -20,7 +20,9 @@ from function._parsing import (
     MAX_BODY_BYTES,
     REJECTED_KEYS,
     Parsed,
+    dry_run_key,
     parse_message,
+    reported_key,
 )
 from tests.support import DATA_DIR
 
@@ -644,6 +646,43 @@ def test_key_namespaces_are_disjoint_by_construction(requests):
         names = [name("a"), name("b")] if kind == "batch" or second else [name("a")]
         for origin, key in _keys_of(kind, text, names):
             assert keys.setdefault(key, origin) == origin, (key, origin, keys[key])
+
+
+@pytest.mark.parametrize(
+    ("body", "attributes", "reported"),
+    [
+        (name("a"), None, identity("a")),
+        ({"operation": name("a"), "idempotency_key": "order-123"}, None, "order-123"),
+        (name("a"), {"idempotency_key": "explicit/x"}, "explicit/x"),
+        ({"operations": [name("a"), name("b")], "idempotency_key": "K/1"}, None, f"K/1/{identity('a')}"),
+        (f"{name('a')}\n{name('b')}", {"idempotency_key": "K"}, f"K/{identity('a')}"),
+    ],
+)
+def test_results_report_the_key_the_sender_gave_never_the_stored_form(body, attributes, reported):
+    request = parse(body, attributes).requests[0]
+    assert reported_key(request.idempotency_key) == reported
+    assert reported_key(dry_run_key(request.idempotency_key)) == reported
+
+
+def test_an_incidents_key_is_reported_as_its_id_and_identity():
+    request = only_request(parse(incident("alert-incident-open.json")))
+    assert reported_key(request.idempotency_key) == f"0.mtdi83m6w8ao/{GLOBAL_HOST}/{OPEN_OP}"
+
+
+def test_a_batch_item_stored_in_the_old_form_is_reported_as_the_new_one():
+    assert reported_key(f"explicit/K/{identity('a')}") == reported_key(batch("K", identity("a")))
+
+
+def test_a_rejection_reports_the_key_it_carried_escaped_when_that_key_was_the_problem():
+    assert only_rejection(parse({"operation": "bad", "idempotency_key": "k-1"})).reported_key == "k-1"
+    assert only_rejection(parse({"operation": name("a"), "idempotency_key": "a\nb"})).reported_key == "a\\nb"
+    assert only_rejection(parse({"operation": name("a"), "idempotency_key": 5})).reported_key is None
+    assert only_rejection(parse("bad", {"idempotency_key": "attr"})).reported_key == "attr"
+    assert only_rejection(parse("bad")).reported_key is None
+    outside = only_rejection(parse(name("a"), allowed=("organizations/1",)))
+    assert outside.reported_key == identity("a")
+    batch_item = parse({"operations": ["bad", name("a")], "idempotency_key": "K"}).rejections[0]
+    assert batch_item.reported_key == "K"
 
 
 def test_an_explicit_key_spelling_a_batch_item_is_not_that_item():
@@ -1349,3 +1388,25 @@ def test_an_http_request_s_source_names_its_caller():
     message = InboundMessage(data=name("a").encode(), kind=SourceKind.HTTP, caller="sre@example.com")
     (request,) = parse_message(message, default_version="v2", allowed_parents=None).requests
     assert request.source == Source(SourceKind.HTTP, caller="sre@example.com")
+
+
+@pytest.mark.parametrize(
+    ("body", "attributes"),
+    [
+        ({"operation": name("a")}, {}),
+        ({"operation": name("a"), "location": "eu", "reason": "storm", "deadline_seconds": 60}, {}),
+        ({"operation": name("a"), "idempotency_key": "k1"}, {}),
+        ({"operations": [name("a"), name("b")]}, {"idempotency_key": "shared"}),
+        ({"operation": "//aiplatform.googleapis.com/projects/my-proj/locations/us-central1/operations/1"}, {}),
+        (json.loads((DATA_DIR / "alert-incident-open.json").read_text()), {}),
+    ],
+)
+def test_a_held_request_s_replay_parses_back_to_the_same_request_and_key(body, attributes):
+    from function._parsing import replay_body
+
+    original = parse(body, attributes).requests[0]
+    data, replay_attributes = replay_body(original)
+    again = parse(data.decode(), replay_attributes).requests[0]
+    assert again.idempotency_key == original.idempotency_key
+    assert (again.ref, again.reason, again.deadline_s) == (original.ref, original.reason, original.deadline_s)
+    assert (again.source.kind, again.source.incident_id) == (original.source.kind, original.source.incident_id)

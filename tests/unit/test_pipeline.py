@@ -287,8 +287,8 @@ def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
     rig.send(body, attributes={"idempotency_key": "batch-1"})
     keys = sorted(r["idempotency_key"] for r in rig.publisher.results())
     assert keys == [
-        f"batch/7/batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
-        f"batch/7/batch-1/securitycenter.googleapis.com/{name('a')}",
+        f"batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
+        f"batch-1/securitycenter.googleapis.com/{name('a')}",
     ]
     assert {c.path for c in rig.simulator.cancel_calls()} == {
         f"/v2/{name('a')}:cancel",
@@ -312,7 +312,7 @@ def test_an_open_incident_cancels_what_it_names(rig):
         "incident_id": "0.mtdi83m6w8ao",
         "policy_name": "runaway-scc-operation",
     }
-    assert result["idempotency_key"].startswith("incident/0.mtdi83m6w8ao/")
+    assert result["idempotency_key"].startswith("0.mtdi83m6w8ao/securitycenter.googleapis.com/")
 
 
 # Transient trouble
