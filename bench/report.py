@@ -392,7 +392,7 @@ def _lag(reports: list[LagReport]) -> str:
             )
     runs = "\n".join(
         f"| {report.policy} | {_policy_text(report)} | {report.elapsed_s / 60:.1f} min "
-        f"| {_spread(report.dispatch_lateness_s)} | {_spread(report.check_turnaround_s)} |"
+        f"| {_spread(report.dispatch_lateness_s)} | {_spread(report.check_turnaround_s)} | {_worst(report)} |"
         for report in reports
     )
     goals = []
@@ -401,8 +401,14 @@ def _lag(reports: list[LagReport]) -> str:
     if early:
         worst = max(ours.lag(d, 0.99) for d in early)
         shown = ", ".join(f"{d} s: {ours.lag(d, 0.99):.2f} s" for d in early)
+        # Where the policy alone overshoots the goal, no platform meets it: say so beside the verdict.
+        beyond = "".join(
+            f"; the policy alone gives {policy_lag(ours.polling, d):.2f} s at {d} s, before any delivery time"
+            for d in early
+            if policy_lag(ours.polling, d) > 3.0
+        )
         goals.append(
-            f"| lag at most 3 s (p99) for operations that end within 10 s | {shown} — {_verdict(worst <= 3.0)} |"
+            f"| lag at most 3 s (p99) for operations that end within 10 s | {shown} — {_verdict(worst <= 3.0)}{beyond} |"
         )
     measured = [d for d in durations if ours.of(d)]
     if measured:
@@ -418,9 +424,10 @@ local stack per polling policy, both at once (`devkit/local_stack.py` in the Clo
 functions-framework on the harness's Python, Google's Pub/Sub emulator pushing requests and checks, the
 devkit's Cloud Tasks stand-in dispatching each check's task at its schedule time, the simulator in the
 benchmark's process), each sent the same requests: operations of the simulator that end a given time after
-their first accepted cancel (`lasts-N-`), every duration interleaved and the requests spread evenly over
-{reports[0].spread_s:g} s, after {WARM_UP} unrecorded ones that warm the stack up (a stack's first checks take
-seconds). The lag is the result's publish time on the results topic
+their first accepted cancel (`lasts-N-`), after {WARM_UP} unrecorded ones that warm the stack up (a stack's
+first checks take seconds). Each duration's requests are published evenly over {reports[0].spread_s:g} s plus
+the longest duration less its own (`bench/lag.py`, `schedule`), so every operation ends within that time and
+the first seconds of the chains, when their checks are densest, are spread over the whole run. The lag is the result's publish time on the results topic
 (Pub/Sub's) less the operation's end (the simulator's cancel time plus its duration). "The policy's own lag"
 is what the policy alone gives: the first check at or after the end, with every check taking no time.
 Checks are the `get` calls after the immediate one; invocations count the request's delivery, each check's
@@ -437,8 +444,8 @@ Firestore write. Prices for these counts: [docs/performance.md](../docs/performa
 | --- | --- |
 {goal_rows}
 
-| policy | settings | run | stand-in dispatch lateness p50 / p99 | a check's turnaround p50 / p99 |
-| --- | --- | --- | --- | --- |
+| policy | settings | run | stand-in dispatch lateness p50 / p99 | a check's turnaround p50 / p99 | the five longest lags less the policy's own (when the operation ended) |
+| --- | --- | --- | --- | --- | --- |
 {runs}
 
 A check's turnaround is the time from its task's schedule time to the create of the next check's task:
@@ -450,6 +457,15 @@ here. The counts (checks, invocations, task operations, store writes) carry over
 carries over; the turnaround is this machine's. Both stacks and the other sessions on this machine share
 its two cores, so a loaded second shows in the p99 and the max.
 """
+
+
+def _worst(report: LagReport) -> str:
+    """Where the delivery time went worst: a stall of the machine shows as several at the same moment."""
+    beyond = sorted(
+        ((ended.lag_s - policy_lag(report.polling, ended.duration_s), ended.ended_s) for ended in report.ended),
+        reverse=True,
+    )[:5]
+    return ", ".join(f"{extra:.1f} s (at {at:.0f} s)" for extra, at in beyond) or "—"
 
 
 def _policy_text(report: LagReport) -> str:
