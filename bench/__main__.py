@@ -149,7 +149,8 @@ def main(argv: list[str]) -> int:
         pythons=pythons,
         plan=plan,
         quick=args.quick,
-        command=" ".join(["bench/run", *argv]),
+        # bench/run names its venvs in the environment; without them this was started as a module.
+        command=" ".join(["bench/run" if "BENCH_DEPLOYED_PYTHON" in os.environ else "python -m bench", *argv]),
         elapsed_s=time.monotonic() - started,
     )
     _say(f"wrote {args.output}")

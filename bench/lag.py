@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import pathlib
 import statistics
 import threading
@@ -109,6 +110,8 @@ class LagReport:
     elapsed_s: float = 0.0
     #: Over how long the requests were published, evenly.
     spread_s: float = 0.0
+    #: The machine's one-minute load average, sampled through the run: the other work it was doing.
+    load: list[float] = field(default_factory=list)
 
     @property
     def polling(self) -> PollingPolicy:
@@ -159,15 +162,26 @@ def run(
             threading.Thread(target=drive, args=(index, stack, report), daemon=True)
             for index, (stack, report) in enumerate(zip(started, reports, strict=True))
         ]
+        done = threading.Event()
+        sampler = threading.Thread(target=_sample_load, args=(reports, done), daemon=True)
+        sampler.start()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        done.set()
+        sampler.join()
     if failures:
         raise failures[0]
     for index, report in enumerate(reports):
         report.store_writes = _store_writes(workdir / f"lag-{index}", {ended.checks for ended in report.ended})
     return reports
+
+
+def _sample_load(reports: list[LagReport], done: threading.Event) -> None:
+    while not done.wait(5.0):
+        for report in reports:
+            report.load.append(os.getloadavg()[0])
 
 
 def _drive(
