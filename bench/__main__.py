@@ -1,7 +1,8 @@
 """``bench/run``: every benchmark and the chaos run, side by side with their baselines; writes RESULTS.md.
 
-Usage: ``bench/run [--quick] [--only coldstart,warm,cost,checks,chaos] [--output PATH]``. ``--quick`` runs
-each part briefly, to check the harness, not to measure. ``bench/run`` also names the interpreters the
+Usage: ``bench/run [--quick] [--only coldstart,warm,cost,checks,lag,chaos] [--output PATH]``. ``--quick`` runs
+each part briefly, to check the harness, not to measure. A run of some parts keeps the other parts' sections
+of the report it replaces, each marked with the run it came from. ``bench/run`` also names the interpreters the
 functions run under (``$BENCH_DEPLOYED_PYTHON``, ``$BENCH_OFFICIAL_PYTHON``, or ``--deployed-python``,
 ``--official-python``): venvs holding only what each deploys.
 """
@@ -16,11 +17,11 @@ import sys
 import tempfile
 import time
 
-from bench import chaos, checks, coldstart, cost, warm
+from bench import chaos, checks, coldstart, cost, lag, warm
 from bench._harness import ROOT, Pythons, Services
 from bench.report import write_report
 
-PARTS = ("coldstart", "warm", "cost", "checks", "chaos")
+PARTS = ("coldstart", "warm", "cost", "checks", "lag", "chaos")
 FULL = {
     "cold_runs": 31,
     "warm_rounds": 21,
@@ -37,6 +38,10 @@ FULL = {
     ),
     "chaos_operations": 100,
     "check_chains": 1000,
+    # 100 of each duration (a p99 from each), spread over 90 s; the 300 s ones make the part ~7 minutes.
+    "lag_durations": (1, 10, 60, 300),
+    "lag_per_duration": 100,
+    "lag_spread_s": 90.0,
 }
 QUICK = {
     "cold_runs": 1,
@@ -47,6 +52,9 @@ QUICK = {
     "chaos_runs": (("sqlite", 1, "tasks"), ("firestore", 1, "tasks"), ("sqlite", 1, "redelivery")),
     "chaos_operations": 10,
     "check_chains": 20,
+    "lag_durations": (1, 3),
+    "lag_per_duration": 3,
+    "lag_spread_s": 2.0,
 }
 
 
@@ -111,6 +119,14 @@ def main(argv: list[str]) -> int:
                 run_dir = workdir / f"checks-{mode}"
                 run_dir.mkdir()
                 found["checks"].append(checks.run(run_dir, mode=mode, chains=plan["check_chains"]))
+        if "lag" in parts:
+            _say(f"result lag, {plan['lag_per_duration']} operations of each of {plan['lag_durations']} s, per policy")
+            found["lag"] = lag.run(
+                workdir,
+                per_duration=plan["lag_per_duration"],
+                durations=plan["lag_durations"],
+                spread_s=plan["lag_spread_s"],
+            )
         if "chaos" in parts:
             found["chaos"] = []
             for store, seed, mode in plan["chaos_runs"]:

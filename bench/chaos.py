@@ -14,9 +14,13 @@ dependency misbehaves, and whose workers die, then an account of every request.
   ``lost_rate`` of the tasks it accepted; with ``mode="redelivery"`` checks are published at once and
   ``lost_rate`` of them are lost. Lost checks are what ``python -m function resume`` is for: a resumer
   runs it every few seconds, as Cloud Scheduler would.
+- Budget: with ``budget`` set (``OPCANCEL_CANCEL_BUDGET=N/1h``), at most N operations may see a cancel
+  call, however the workers die; every other request ends HELD (reported once), and the account counts
+  the operations that saw one.
 - Account: operations cancelled more than once (the simulator counts cancels it accepted while the
   operation ran), requests without exactly one distinct result (by ``ce-id``, with the outcome the
-  operation's kind calls for), request messages never acknowledged, and the time until all is done.
+  operation's kind calls for, or HELD under a budget), request messages never acknowledged, and the time
+  until all is done.
 
 One window cannot be closed: a worker that dies after sending its cancel and before the store recorded
 it leaves nothing that says the cancel got through. The next worker looks first (no second
@@ -95,6 +99,10 @@ class ChaosReport:
     tasks_lost: int = 0
     faults: collections.Counter = field(default_factory=collections.Counter)
     outcomes: collections.Counter = field(default_factory=collections.Counter)
+    #: The cancel budget's N, when one was set.
+    budget: int | None = None
+    #: Operations the simulator saw any cancel call for (failed ones included): at most the budget.
+    operations_cancelled: int = 0
 
     @property
     def cancelled_more_than_once(self) -> int:
@@ -110,9 +118,15 @@ class ChaosReport:
         return self.cancelled_more_than_once - self.cancelled_again_after_a_crash_in_the_window
 
     @property
+    def over_budget(self) -> int:
+        return max(0, self.operations_cancelled - self.budget) if self.budget is not None else 0
+
+    @property
     def clean(self) -> bool:
-        return self.drained and not (
-            self.cancelled_twice_otherwise or self.without_one_result or self.wrong_outcome or self.lost
+        return (
+            self.drained
+            and not (self.cancelled_twice_otherwise or self.without_one_result or self.wrong_outcome or self.lost)
+            and not self.over_budget
         )
 
 
@@ -133,6 +147,7 @@ def run(
     tasks_failure_rate: float = 0.1,
     lost_rate: float = 0.05,
     lease_s: float = 10.0,
+    budget: int | None = None,
 ) -> ChaosReport:
     """``store`` is ``sqlite`` (one file the workers share) or ``firestore`` (Google's emulator); ``mode`` is
     ``tasks`` (checks as tasks of the Cloud Tasks stand-in) or ``redelivery``."""
@@ -177,6 +192,7 @@ def run(
             CHAOS_CRASH_RATE=str(crash_rate),
             CHAOS_SEED=str(seed),
             CHAOS_LOST_CHECKS=str(lost_rate if mode == "redelivery" else 0.0),
+            **({"OPCANCEL_CANCEL_BUDGET": f"{budget}/1h"} if budget is not None else {}),
             **store_settings,
             **tasks_settings,
         )
@@ -204,7 +220,9 @@ def run(
                 pubsub.close()
         operations_seen = services.simulator("GET", "operations")["operations"]
         calls = services.simulator("GET", "calls")["calls"]
-    report = _account(store, names, sent, results, acked, operations_seen, calls, log, killer.kills, drain_s, drained)
+    report = _account(
+        store, names, sent, results, acked, operations_seen, calls, log, killer.kills, drain_s, drained, budget
+    )
     report.mode = mode
     # Resumed by the resume command, or by a delivery of the request once its chain was overdue.
     report.resumed = resumer.resumed + sum(1 for line in _log_lines(log) if line.get("event") == "chain_resumed")
@@ -432,7 +450,9 @@ def _cancels_sent_and_never_settled(lines: list[dict]) -> set[str]:
     return {operation for (_, operation), count in open_sends.items() if count}
 
 
-def _account(store, names, sent, results, acked, operations_seen, calls, log, kills, drain_s, drained) -> ChaosReport:
+def _account(
+    store, names, sent, results, acked, operations_seen, calls, log, kills, drain_s, drained, budget=None
+) -> ChaosReport:
     by_operation: dict[str, set[str]] = collections.defaultdict(set)
     outcomes: dict[str, set[str]] = collections.defaultdict(set)
     for result in results:
@@ -441,7 +461,18 @@ def _account(store, names, sent, results, acked, operations_seen, calls, log, ki
         outcomes[operation].add(result["data"]["outcome"])
     requests_per_name = collections.Counter(sent.values())
     without_one = sum(count for name, count in requests_per_name.items() if len(by_operation[name]) != 1)
-    wrong = sum(1 for name in names if outcomes[name] and outcomes[name] != {_expected_outcome(name)})
+    # Under a budget a request may be held instead; whichever it is, it is one outcome.
+    allowed = (
+        (lambda name: {_expected_outcome(name)}) if budget is None else (lambda name: {_expected_outcome(name), "HELD"})
+    )
+    wrong = sum(
+        1 for name in names if outcomes[name] and (len(outcomes[name]) != 1 or not outcomes[name] <= allowed(name))
+    )
+    cancelled = {
+        call["path"].rsplit("/operations/", 1)[1].removesuffix(":cancel")
+        for call in calls
+        if call["path"].endswith(":cancel")
+    }
     lines = _log_lines(log)
     faults = collections.Counter(
         f"{line['where']} ({line['when']})" for line in lines if line.get("event") == "chaos_fault"
@@ -470,4 +501,6 @@ def _account(store, names, sent, results, acked, operations_seen, calls, log, ki
         outcomes=collections.Counter(
             result["data"]["outcome"] for result in {r["attributes"]["ce-id"]: r for r in results}.values()
         ),
+        budget=budget,
+        operations_cancelled=len(cancelled),
     )

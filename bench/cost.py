@@ -107,6 +107,11 @@ def measure(workdir: pathlib.Path) -> list[Cost]:
     ]
 
 
+def replay(path: pathlib.Path, name: str) -> Cost:
+    """One request for ``name``, and its checks, counted as a scenario is (``bench/lag.py`` counts chains so)."""
+    return _scenario(path, name, [name])
+
+
 def _scenario(path: pathlib.Path, title: str, bodies: list[str]) -> Cost:
     simulator, clock = Simulator(), _Clock()
     settings = Settings(project=_PROJECT, store="sqlite", sqlite_path=str(path))

@@ -6,6 +6,7 @@ import datetime
 import os
 import pathlib
 import platform
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -15,6 +16,7 @@ from bench.chaos import ChaosReport
 from bench.checks import ChecksReport
 from bench.coldstart import ColdStart
 from bench.cost import Cost
+from bench.lag import WARM_UP, LagReport, policy_lag
 from bench.warm import WARMUP_SPELL_S, WarmResults
 
 PACKAGES = ("functions-framework", "httpx", "google-auth", "google-cloud-pubsub", "google-cloud-securitycenter")
@@ -110,24 +112,58 @@ def write_report(
     command: str,
     elapsed_s: float,
 ) -> None:
+    # A run of some parts keeps the other parts' sections from the file it replaces, each marked with the
+    # run it came from, so one part can be measured again without the hour the others take.
+    earlier = _sections(path.read_text()) if path.exists() and not quick else {}
+    setting = _setting(command, elapsed_s, plan, pythons)
+    origin = _origin(earlier.get("Setting", ""))
+    written = {
+        "Cold start": "\n".join(_coldstart(cold) for cold in found.get("coldstart", ())),
+        "Warm load": _warm(found["warm"]) if "warm" in found else "",
+        "Cost per cancellation": _cost(found["cost"]) if "cost" in found else "",
+        "Delayed checks: Cloud Tasks beside redelivery": _checks(found["checks"]) if "checks" in found else "",
+        "Result lag": _lag(found["lag"]) if "lag" in found else "",
+        "Chaos run": _chaos(found["chaos"]) if "chaos" in found else "",
+    }
     parts = [
         "# opcancel benchmarks\n",
         "Written by `bench/run`; do not edit by hand. "
         + ("**A `--quick` run: brief checks of the harness, not measurements.**\n" if quick else "\n"),
-        _setting(command, elapsed_s, plan, pythons),
+        setting,
     ]
-    for cold in found.get("coldstart", ()):
-        parts.append(_coldstart(cold))
-    if "warm" in found:
-        parts.append(_warm(found["warm"]))
-    if "cost" in found:
-        parts.append(_cost(found["cost"]))
-    if "checks" in found:
-        parts.append(_checks(found["checks"]))
-    if "chaos" in found:
-        parts.append(_chaos(found["chaos"]))
+    for title, section in written.items():
+        if section:
+            parts.append(section)
+        elif title in earlier:
+            parts.append(_kept(earlier[title], origin))
     parts.append(CHANGES)
     path.write_text("\n".join(parts))
+
+
+def _sections(text: str) -> dict[str, str]:
+    """A report's ``## `` sections by title, each with its heading."""
+    found = {}
+    for chunk in re.split(r"^(?=## )", text, flags=re.MULTILINE):
+        if chunk.startswith("## "):
+            found[chunk.split("\n", 1)[0][3:].strip()] = chunk.rstrip("\n") + "\n"
+    return found
+
+
+_KEPT = re.compile(r"^_Kept from an earlier run: .*_$", re.MULTILINE)
+
+
+def _origin(setting: str) -> str:
+    """The run a Setting section describes, as a kept section names it."""
+    command = re.search(r"^- Command: (.*)\.$", setting, flags=re.MULTILINE)
+    return command.group(1) if command else "a run whose setting is not recorded"
+
+
+def _kept(section: str, origin: str) -> str:
+    """An earlier run's section, marked with the run it came from (once: a mark already there stays)."""
+    if _KEPT.search(section):
+        return section
+    heading, _, body = section.partition("\n")
+    return f"{heading}\n\n_Kept from an earlier run: {origin}._\n{body}"
 
 
 def _setting(command: str, elapsed_s: float, plan: dict[str, Any], pythons: Pythons) -> str:
@@ -334,6 +370,98 @@ holds happens to land a check soon after its due time. Neither is how Google's s
 per-subscription push backoff, Pub/Sub does (cloud.google.com/pubsub/docs/push, "Push backoff"), and
 the stand-in is not Cloud Tasks. Here the simulator and the stand-in share the benchmark's process.
 """
+
+
+def _lag(reports: list[LagReport]) -> str:
+    durations = sorted({duration for report in reports for duration in report.requested})
+    rows = []
+    for duration in durations:
+        for report in reports:
+            ended = report.of(duration)
+            if not ended:
+                rows.append(
+                    f"| {duration} s | {report.policy} | 0 of {report.requested[duration]} | — | — | — | — | — | — | — | — |"
+                )
+                continue
+            rows.append(
+                f"| {duration} s | {report.policy} | {len(ended)} of {report.requested[duration]} "
+                f"| {report.lag(duration, 0.5):.2f} s | **{report.lag(duration, 0.99):.2f} s** | {report.lag(duration, 1.0):.2f} s "
+                f"| {policy_lag(report.polling, duration):.2f} s | {report.per_operation(duration, 'checks'):.1f} "
+                f"| {report.per_operation(duration, 'invocations'):.1f} | {report.per_operation(duration, 'task_operations'):.1f} "
+                f"| {report.writes_per_operation(duration):.1f} |"
+            )
+    runs = "\n".join(
+        f"| {report.policy} | {_policy_text(report)} | {report.elapsed_s / 60:.1f} min "
+        f"| {_spread(report.dispatch_lateness_s)} | {_spread(report.check_turnaround_s)} |"
+        for report in reports
+    )
+    goals = []
+    ours = reports[0]
+    early = [d for d in durations if d <= 10 and ours.of(d)]
+    if early:
+        worst = max(ours.lag(d, 0.99) for d in early)
+        shown = ", ".join(f"{d} s: {ours.lag(d, 0.99):.2f} s" for d in early)
+        goals.append(
+            f"| lag at most 3 s (p99) for operations that end within 10 s | {shown} — {_verdict(worst <= 3.0)} |"
+        )
+    measured = [d for d in durations if ours.of(d)]
+    if measured:
+        worst = max(ours.lag(d, 0.99) for d in measured)
+        goals.append(f"| lag at most 30 s (p99) for any operation | worst {worst:.2f} s — {_verdict(worst <= 30.0)} |")
+    missing = sum(report.requested[d] - len(report.of(d)) for report in reports for d in durations)
+    goals.append(f"| every operation ends in its result | {missing} without one — {_verdict(missing == 0)} |")
+    goal_rows = "\n".join(goals)
+    return f"""## Result lag
+
+`bench/lag.py`: how long after an operation ends its result is published, and what finding out costs. One
+local stack per polling policy, both at once (`devkit/local_stack.py` in the Cloud Tasks mode: main.py under
+functions-framework on the harness's Python, Google's Pub/Sub emulator pushing requests and checks, the
+devkit's Cloud Tasks stand-in dispatching each check's task at its schedule time, the simulator in the
+benchmark's process), each sent the same requests: operations of the simulator that end a given time after
+their first accepted cancel (`lasts-N-`), every duration interleaved and the requests spread evenly over
+{reports[0].spread_s:g} s, after {WARM_UP} unrecorded ones that warm the stack up (a stack's first checks take
+seconds). The lag is the result's publish time on the results topic
+(Pub/Sub's) less the operation's end (the simulator's cancel time plus its duration). "The policy's own lag"
+is what the policy alone gives: the first check at or after the end, with every check taking no time.
+Checks are the `get` calls after the immediate one; invocations count the request's delivery, each check's
+and any delivery answered with a retry; task operations the creates and dispatch attempts, each billable
+(cloud.google.com/tasks/pricing); store writes are counted by replaying a chain with the same number of
+checks through the real pipeline and a counting SQLite store (`bench/cost.py`), one write being one
+Firestore write. Prices for these counts: [docs/performance.md](../docs/performance.md#polling-cost-and-result-lag).
+
+| operation ends after the cancel | policy | results | lag p50 | lag p99 | lag max | the policy's own lag | checks | invocations | task operations | store writes |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+| goal (the defaults) | result |
+| --- | --- |
+{goal_rows}
+
+| policy | settings | run | stand-in dispatch lateness p50 / p99 | a check's turnaround p50 / p99 |
+| --- | --- | --- | --- | --- |
+{runs}
+
+A check's turnaround is the time from its task's schedule time to the create of the next check's task:
+the stand-in's dispatch, the emulator's push, the function's `get`, its store writes and the next create.
+Each due time is reckoned from when the check before it ran (as google-api-core sleeps after each poll), so
+the turnaround adds up along a chain: the lag less the policy's own lag is about the turnaround times the
+checks made. On Google the turnaround is Cloud Tasks', Pub/Sub's and the function's; it is not measured
+here. The counts (checks, invocations, task operations, store writes) carry over; the lag's policy part
+carries over; the turnaround is this machine's. Both stacks and the other sessions on this machine share
+its two cores, so a loaded second shows in the p99 and the max.
+"""
+
+
+def _policy_text(report: LagReport) -> str:
+    policy = report.polling
+    return f"first check {policy.initial_delay_s:g} s, ×{policy.multiplier:g}, at most {policy.max_delay_s:g} s"
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "—"
+    ordered = sorted(values)
+    return f"{percentile(ordered, 0.5):.3f} s / {percentile(ordered, 0.99):.3f} s"
 
 
 def _dispatch_lateness(report: ChecksReport) -> str:

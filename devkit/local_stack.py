@@ -73,7 +73,8 @@ class LocalStack:
         self.mode = mode
         #: The Cloud Tasks stand-in, in tasks mode; its ``tasks`` tell what was scheduled and dispatched.
         self.cloudtasks: cloudtasks.CloudTasks | None = None
-        self._polling = polling or DEMO_POLLING
+        # An empty dict is a choice too: the function's own defaults.
+        self._polling = DEMO_POLLING if polling is None else polling
         self._extra_env = extra_env or {}
         self._workdir = workdir
         #: How to stop each thing started, in the order started.
@@ -201,7 +202,7 @@ class LocalStack:
 
     def pull(self, kind: str, count: int, *, timeout_s: float = 60.0, settle_s: float = 0.0) -> list[dict[str, Any]]:
         """Wait for ``count`` messages on the ``kind`` topic (and ``settle_s`` more for any extra), acknowledged;
-        each as its attributes and JSON data."""
+        each as its attributes, JSON data and ``published_at`` (when Pub/Sub took it, seconds since the epoch)."""
         subscription = self.subscriber.subscription_path(PROJECT, PULL_SUBSCRIPTIONS[kind])
         messages: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
@@ -217,7 +218,11 @@ class LocalStack:
                 )
             for received in answer.received_messages:
                 messages.append(
-                    {"attributes": dict(received.message.attributes), "data": json.loads(received.message.data)}
+                    {
+                        "attributes": dict(received.message.attributes),
+                        "data": json.loads(received.message.data),
+                        "published_at": received.message.publish_time.timestamp(),
+                    }
                 )
             if len(messages) >= count and settle_until is None:
                 settle_until = time.monotonic() + settle_s

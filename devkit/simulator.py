@@ -7,11 +7,13 @@ from the command line:
 
     (none)           cancel succeeds; the next get shows CANCELLED
     slow-N-...       still running for N gets after the cancel, then CANCELLED
+    lasts-N-...      still running until N seconds after its first accepted cancel, then
+                     CANCELLED (by the simulator's clock; the result lag benchmark's operations)
     stuck-...        never finishes (for TIMED_OUT)
     completes-...    finishes with a response despite the cancel (COMPLETED)
     fails-...        finishes with rpc error 13 after the cancel (FAILED)
     done-...         already finished: cancel answers 400 FAILED_PRECONDITION
-    missing-...      404 NOT_FOUND
+    missing-...      404 NOT_FOUND, and never listed
     denied-...       403 PERMISSION_DENIED
     unsupported-...  cancel answers 501 UNIMPLEMENTED
     invalid-...      cancel answers 400 INVALID_ARGUMENT
@@ -53,6 +55,7 @@ import json
 import random
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
@@ -63,6 +66,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from devkit.discovery import LEDGER, Contract, Violation, split_host
 
 _SLOW = re.compile(r"slow-([0-9]+)-")
+_LASTS = re.compile(r"lasts-([0-9]+)-")
 _DONE_FILTER = re.compile(r"\s*done\s*=\s*(true|false)\s*")
 _PAGE_TOKEN = re.compile(r"page-([0-9]{1,9})")
 _PAGE_SIZE = re.compile(r"[0-9]{1,9}")
@@ -103,6 +107,9 @@ class SimulatedOperation:
     #: Cancels answered 200 while the operation ran: more than one means it was cancelled twice.
     accepted_cancels: int = 0
     gets_after_cancel: int = 0
+    #: When the first cancel was accepted (the simulator's clock), and when a ``lasts-N-`` operation ends.
+    cancelled_at: float | None = None
+    ends_at: float | None = None
     error: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
 
@@ -135,6 +142,7 @@ class Simulator:
     operations: dict[str, SimulatedOperation] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     default_page_size: int = 100
+    clock: Callable[[], float] = time.time
     _faults: list[tuple[int, str | None, str | None]] = field(default_factory=list)
     _fault_rate: float = 0.0
     _fault_statuses: tuple[int, ...] = (503,)
@@ -284,7 +292,8 @@ class Simulator:
         found = [
             op.body()
             for name, op in sorted(self.operations.items())
-            if name.startswith(prefix) and (wanted is None or op.done is wanted)
+            # A missing- operation does not exist: get answers 404, so no listing shows it either.
+            if name.startswith(prefix) and (wanted is None or op.done is wanted) and _kind(name) != "missing"
         ]
         start = int(offset.group(1))
         body: dict[str, Any] = {}
@@ -314,6 +323,11 @@ class Simulator:
             return 400, _error(400, "Operation has already finished.", status_name="FAILED_PRECONDITION")
         operation.cancel_requested = True
         operation.accepted_cancels += 1
+        if operation.cancelled_at is None:
+            operation.cancelled_at = self.clock()
+            lasts = _LASTS.match(operation.name.rsplit("/", 1)[1])
+            if lasts:
+                operation.ends_at = operation.cancelled_at + int(lasts.group(1))
         return 200, {}
 
     def _get(self, operation: SimulatedOperation) -> tuple[int, Any]:
@@ -323,7 +337,9 @@ class Simulator:
             return status, _error(status, f"simulated {_STATUS_NAMES[status]} for {operation.name}")
         if operation.cancel_requested and not operation.done and kind != "stuck":
             slow = _SLOW.match(operation.name.rsplit("/", 1)[1])
-            if slow and operation.gets_after_cancel < int(slow.group(1)):
+            slow_running = slow is not None and operation.gets_after_cancel < int(slow.group(1))
+            lasting = operation.ends_at is not None and self.clock() < operation.ends_at
+            if slow_running or lasting:
                 operation.gets_after_cancel += 1
             else:
                 operation.done = True

@@ -1,6 +1,6 @@
-"""``python -m function``: the operator command line, in ``_cli``."""
+"""``python -m function``: the operator command line, in ``function.cli``."""
 
-from ._cli import main
+from .cli import main
 
 if __name__ == "__main__":
     main()

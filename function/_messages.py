@@ -10,7 +10,7 @@ from typing import Any
 
 from ._clock import format_time, parse_time
 from ._json import JsonUnreadable, read_json
-from ._model import CheckRequest, InboundMessage, Result, Source, SourceKind
+from ._model import TRIGGER_FIELDS, CheckRequest, InboundMessage, Result, Source, SourceKind
 from ._names import (
     MAX_ECHO_LENGTH,
     REGISTRY,
@@ -50,19 +50,22 @@ _CHECK_SERVICE_FIELD = "service"
 # The results topic
 
 
-def event_id(idempotency_key: str, operation: str, outcome: str) -> str:
-    """Deterministic per key, operation and outcome: a republished result is dropped by consumers, and
-    no other result (a REJECTED one for the same operation, say) ever shares its id."""
-    identity = json.dumps([idempotency_key, operation, outcome], ensure_ascii=True)
+def event_id(idempotency_key: str, operation: str, outcome: str, *, dry_run: bool = False) -> str:
+    """Deterministic per key, operation and outcome (and dry run): a republished result is dropped by
+    consumers, and no other result (a REJECTED one for the same operation, or a dry run's NOT_FOUND beside
+    the real request's) ever shares its id."""
+    identity = json.dumps([idempotency_key, operation, outcome, *(["dry run"] if dry_run else [])], ensure_ascii=True)
     return hashlib.sha256(identity.encode("ascii")).hexdigest()[:32]
 
 
-def result_message(result: Result, *, project: str | None) -> tuple[bytes, dict[str, str]]:
-    """A result as a binary-mode CloudEvent over Pub/Sub; its data is the result's JSON form."""
+def result_message(result: Result, *, key: str, project: str | None) -> tuple[bytes, dict[str, str]]:
+    """A result as a binary-mode CloudEvent over Pub/Sub; its data is the result's JSON form. Its id comes
+    from ``key``, the key the result is stored under, as it always did: the result itself reports the
+    key as the sender gave it, which two stored keys can share (a rejection and a request)."""
     assert result.outcome is not None and result.finished_at is not None, "only a finished result is published"
     attributes = {
         "ce-specversion": "1.0",
-        "ce-id": event_id(result.idempotency_key, result.operation, result.outcome.value),
+        "ce-id": event_id(key, result.operation, result.outcome.value, dry_run=result.dry_run),
         "ce-source": f"//opcancel/projects/{project or '-'}",
         "ce-type": RESULT_EVENT_TYPE,
         "ce-time": format_time(result.finished_at),
@@ -169,14 +172,14 @@ def _check_ref(body: dict[str, Any], services: ServiceRegistry) -> OperationRef:
 
 
 def _check_source(value: Any) -> Source:
-    if not isinstance(value, dict) or "kind" not in value or not set(value) <= {"kind", "message_id", "incident_id"}:
+    if not isinstance(value, dict) or "kind" not in value or not set(value) <= {"kind", *TRIGGER_FIELDS}:
         raise InvalidRequest("check source is malformed")
     try:
         kind = SourceKind(value["kind"])
     except ValueError:
         raise InvalidRequest("check source kind is unknown") from None
     extras = {}
-    for name in ("message_id", "incident_id"):
+    for name in TRIGGER_FIELDS:
         if name in value:
             # Escaped and bounded when the request arrived: anything else was not written by opcancel.
             if not isinstance(value[name], str) or len(value[name]) > MAX_ECHO_LENGTH or not value[name].isprintable():

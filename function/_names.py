@@ -408,7 +408,7 @@ def parse_parent(text: str, services: ServiceRegistry = REGISTRY) -> ParsedName:
     if parent.startswith("//"):
         service, rest = _split_full_name(parent, services)
         return _parsed(service, rest, operation=False)
-    _refuse_bare_projects(parent)
+    _refuse_bare_projects(parent, operation=False)
     return ParsedName(_parse_scc_path(parent, operation=False))
 
 
@@ -428,23 +428,28 @@ def parse_allowed_parent(text: str, services: ServiceRegistry = REGISTRY) -> str
 
 def allows(allowed: tuple[str, ...] | None, service: Service, path: str) -> bool:
     """The one allow-list test: is ``path`` (a name or a parent) of ``service`` under an allowed prefix?
+    None allows everything."""
+    return allowed is None or matching_parent(allowed, service, path) is not None
+
+
+def matching_parent(parents: tuple[str, ...] | None, service: Service, path: str) -> str | None:
+    """The first of ``parents`` (in the allow-list's forms) that ``path`` of ``service`` is under, or None.
 
     Prefixes match whole segments, so ``projects/my-proj`` does not admit ``projects/my-proj-2``."""
-    if allowed is None:
-        return True
     full = f"//{service.service_name}/{path}"
-    for entry in allowed:
+    for entry in parents or ():
         target = full if entry.startswith("//") else path
         if target == entry or target.startswith(entry + "/"):
-            return True
-    return False
+            return entry
+    return None
 
 
-def _refuse_bare_projects(name: str) -> None:
+def _refuse_bare_projects(name: str, *, operation: bool = True) -> None:
     if name.startswith("projects/"):
+        what, example = ("name", "/operations/ID") if operation else ("parent", "")
         raise InvalidRequest(
-            "a projects/... name does not say which API it belongs to: use its full resource name, "
-            f"{_FULL_PREFIX}projects/..., e.g. //aiplatform.googleapis.com/projects/P/locations/L/operations/ID"
+            f"a projects/... {what} does not say which API it belongs to: use its full resource name, "
+            f"{_FULL_PREFIX}projects/..., e.g. //aiplatform.googleapis.com/projects/P/locations/L{example}"
         )
 
 

@@ -58,6 +58,17 @@ class Runtime:
                 "OPCANCEL_ALLOWED_PARENTS is unset: the operations of any organization or project may be cancelled",
                 event="allow_all_parents",
             )
+        if settings.cancel_budget is None and settings.mode == "enforce":
+            log.warning(
+                "OPCANCEL_CANCEL_BUDGET is unset: nothing limits how many operations are cancelled",
+                event="no_cancel_budget",
+            )
+        if settings.paused:
+            log.warning(
+                "paused by OPCANCEL_PAUSED=true: every new request is held, whatever `guard unpause` writes",
+                event="guard_paused",
+                paused_by="OPCANCEL_PAUSED",
+            )
         return cls(build_pipeline(settings, log=log), log=log, project=settings.project)
 
     def on_event(self, cloud_event: Any, headers: Mapping[str, str] | None = None) -> None:

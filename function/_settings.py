@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from ._backoff import PollingPolicy  # also imported from here: the policy is read from the environment here
@@ -37,6 +37,25 @@ _TASKS_QUEUE = re.compile(
 _SERVICE_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}@[a-z0-9][a-z0-9.-]{0,253}\.[a-z]{2,}")
 #: Default lease: a request's work is bounded by its retry budgets, well inside a minute.
 DEFAULT_LEASE_S = 60.0
+MODES = ("enforce", "shadow")
+_BUDGET = re.compile(r"(?P<count>[0-9]{1,6})\s*/\s*(?P<length>[0-9]{1,7})(?P<unit>[smh])")
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+#: The budget document keeps one entry per cancel in its window, so its size bounds the count.
+MAX_BUDGET_COUNT = 10_000
+
+
+@dataclass(frozen=True)
+class CancelBudget:
+    """``OPCANCEL_CANCEL_BUDGET=N/DURATION``: at most ``count`` first cancels in any window of ``window_s``."""
+
+    count: int
+    window_s: float
+
+    def __str__(self) -> str:
+        for unit, size in (("h", 3600), ("m", 60)):
+            if self.window_s % size == 0:
+                return f"{self.count}/{int(self.window_s // size)}{unit}"
+        return f"{self.count}/{int(self.window_s)}s"
 
 
 @dataclass(frozen=True)
@@ -54,8 +73,18 @@ class Settings:
     sqlite_path: str = ".opcancel/idempotency.sqlite3"
     firestore_database: str = "(default)"
     firestore_collection: str = "opcancel-idempotency"
+    #: OPCANCEL_STORE or OPCANCEL_SQLITE_PATH is set: the store was chosen, not defaulted (see ``with_store``).
+    store_configured: bool = False
     #: Canonical prefixes (``organizations/1``, ``projects/p``, ``//aiplatform.googleapis.com/projects/p``).
     allowed_parents: tuple[str, ...] | None = None
+    #: Parents never cancelled, in the allow-list's forms; None protects nothing.
+    protected_parents: tuple[str, ...] | None = None
+    #: ``enforce``, or ``shadow``: every request a dry run.
+    mode: str = "enforce"
+    #: None: no budget (warned at start-up).
+    cancel_budget: CancelBudget | None = None
+    #: ``OPCANCEL_PAUSED=true``: paused whatever ``guard unpause`` writes.
+    paused: bool = False
     services: ServiceRegistry = REGISTRY
     polling: PollingPolicy = PollingPolicy()
     lease_s: float = DEFAULT_LEASE_S
@@ -78,11 +107,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
         reader = _Reader(environ)
         on_cloud = bool(environ.get("K_SERVICE"))
+        # The defaults are PollingPolicy's own, so the policy's defaults are stated once.
+        default = PollingPolicy()
         polling = PollingPolicy(
-            initial_delay_s=reader.seconds("OPCANCEL_CHECK_INITIAL_DELAY_S", 5.0),
-            multiplier=reader.number("OPCANCEL_CHECK_MULTIPLIER", 2.0, minimum=1.0, maximum=10.0),
-            max_delay_s=reader.seconds("OPCANCEL_CHECK_MAX_DELAY_S", 300.0),
-            deadline_s=reader.seconds("OPCANCEL_CHECK_DEADLINE_S", 3600.0, maximum=MAX_DEADLINE_S),
+            initial_delay_s=reader.seconds("OPCANCEL_CHECK_INITIAL_DELAY_S", default.initial_delay_s),
+            multiplier=reader.number("OPCANCEL_CHECK_MULTIPLIER", default.multiplier, minimum=1.0, maximum=10.0),
+            max_delay_s=reader.seconds("OPCANCEL_CHECK_MAX_DELAY_S", default.max_delay_s),
+            deadline_s=reader.seconds("OPCANCEL_CHECK_DEADLINE_S", default.deadline_s, maximum=MAX_DEADLINE_S),
         )
         if polling.max_delay_s < polling.initial_delay_s:
             raise ConfigError(
@@ -118,7 +149,12 @@ class Settings:
                 "OPCANCEL_FIRESTORE_COLLECTION", _COLLECTION_ID, "a Firestore collection id"
             )
             or "opcancel-idempotency",
+            store_configured=reader.given("OPCANCEL_STORE") or reader.given("OPCANCEL_SQLITE_PATH"),
             allowed_parents=reader.parents("OPCANCEL_ALLOWED_PARENTS", services),
+            protected_parents=reader.parents("OPCANCEL_PROTECTED_PARENTS", services, protecting=True),
+            mode=reader.choice("OPCANCEL_MODE", MODES, "enforce"),
+            cancel_budget=reader.budget("OPCANCEL_CANCEL_BUDGET"),
+            paused=reader.flag("OPCANCEL_PAUSED"),
             services=services,
             polling=polling,
             lease_s=reader.seconds("OPCANCEL_LEASE_S", DEFAULT_LEASE_S),
@@ -134,6 +170,16 @@ class Settings:
             credentials_file=bool(environ.get("GOOGLE_APPLICATION_CREDENTIALS")),
         )
 
+    def with_store(self, choice: str) -> "Settings":
+        """These settings on the store an operator named (``sqlite:PATH``, ``firestore`` or ``firestore:DATABASE``,
+        the command line's ``--store``), as if OPCANCEL_STORE had said so."""
+        backend, _, where = choice.partition(":")
+        if backend == "sqlite" and where.strip():
+            return replace(self, store="sqlite", sqlite_path=where, store_configured=True)
+        if backend == "firestore" and (not where or _DATABASE_ID.fullmatch(where)):
+            return replace(self, store="firestore", firestore_database=where or "(default)", store_configured=True)
+        raise ConfigError("--store", f"{choice!r} is not sqlite:PATH, firestore or firestore:DATABASE")
+
 
 class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
@@ -144,6 +190,9 @@ class _Reader:
         if value is None or value.strip() == "":
             return None
         return value.strip()
+
+    def given(self, name: str) -> bool:
+        return self._raw(name) is not None
 
     def optional(self, name: str, pattern: re.Pattern[str], what: str) -> str | None:
         value = self._raw(name)
@@ -213,13 +262,38 @@ class _Reader:
             raise problem
         return value.rstrip("/")
 
-    def parents(self, name: str, services: ServiceRegistry) -> tuple[str, ...] | None:
+    def budget(self, name: str) -> CancelBudget | None:
+        text = self._raw(name)
+        if text is None:
+            return None
+        match = _BUDGET.fullmatch(text)
+        problem = f"{text[:40]!r} is not N/DURATION, e.g. 50/1h (DURATION in s, m or h)"
+        if match is None:
+            raise ConfigError(name, problem)
+        count, window_s = int(match["count"]), int(match["length"]) * _UNITS[match["unit"]]
+        if not 1 <= count <= MAX_BUDGET_COUNT:
+            raise ConfigError(name, f"N must be 1..{MAX_BUDGET_COUNT}, not {count}")
+        if not 1 <= window_s <= MAX_DEADLINE_S:
+            raise ConfigError(name, f"DURATION must be 1s..{MAX_DEADLINE_S // 3600}h")
+        return CancelBudget(count, float(window_s))
+
+    def flag(self, name: str) -> bool:
+        text = self._raw(name)
+        if text is None:
+            return False
+        if text.lower() not in ("true", "false"):
+            raise ConfigError(name, f"{text[:40]!r} is not true or false")
+        return text.lower() == "true"
+
+    def parents(self, name: str, services: ServiceRegistry, *, protecting: bool = False) -> tuple[str, ...] | None:
         if name not in self._environ:
             return None
         value = self._environ[name].strip()
-        # Set but blank is most likely a templating slip; allowing everything would fail open.
+        # Set but blank is most likely a templating slip: for the allow-list, allowing everything would fail
+        # open; for protection, protecting nothing would.
         if not value:
-            raise ConfigError(name, "is set but empty; unset it to allow every organization and project")
+            unset = "protect nothing" if protecting else "allow every organization and project"
+            raise ConfigError(name, f"is set but empty; unset it to {unset}")
         parents = []
         for part in (part.strip() for part in value.split(",") if part.strip()):
             try:
@@ -231,7 +305,9 @@ class _Reader:
                     f"//aiplatform.googleapis.com/projects/PROJECT ({problem})",
                 ) from None
         if not parents:
-            raise ConfigError(name, "names no parent; unset it to allow all")
+            raise ConfigError(
+                name, "names no parent; unset it to " + ("protect nothing" if protecting else "allow all")
+            )
         return tuple(dict.fromkeys(parents))
 
     def services(self, name: str) -> ServiceRegistry:

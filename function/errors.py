@@ -8,11 +8,13 @@
     │       └── NoCredentials  no Google credentials where a person must provide them (off Cloud)
     └── TransientError         raised to the platform so Pub/Sub redelivers
         ├── ApiUnavailable     429, 5xx, 409, timeouts and connection errors after in-process retries
+        │   └── ListingIncomplete  a listing that does not end: a repeated page token, or too many pages
         ├── StoreUnavailable   the idempotency store could not be read or written
         ├── PublishFailed      a Pub/Sub publish was not confirmed
         ├── ScheduleFailed     a follow-up check could not be scheduled (Cloud Tasks create)
         ├── CheckNotDue        a follow-up check arrived before its due time
-        └── KeyBusy            another live worker holds the idempotency key
+        ├── KeyBusy            another live worker holds the idempotency key
+        └── GuardContended     lost every race for a guard document (the budget's, under a storm)
 
     StaleFence                 this worker's claim was taken over; its writes are refused
 
@@ -81,6 +83,10 @@ class ApiUnavailable(TransientError):
     reason = "api_unavailable"
 
 
+class ListingIncomplete(ApiUnavailable):
+    reason = "listing_incomplete"
+
+
 class StoreUnavailable(TransientError):
     reason = "store_unavailable"
 
@@ -99,6 +105,10 @@ class CheckNotDue(TransientError):
 
 class KeyBusy(TransientError):
     reason = "key_busy"
+
+
+class GuardContended(TransientError):
+    reason = "guard_contended"
 
 
 class StaleFence(OpcancelError):

@@ -140,6 +140,23 @@ class FaultyStore(IdempotencyStore):
     def _checking(self):
         return self._backend._checking()
 
+    def _load_document(self, key):
+        return self._backend._load_document(key)
+
+    # The guard's writes (the budget's count, a held request) fail and kill the worker like any other.
+
+    def _create_document(self, document):
+        return self._faulty("guard create", lambda: self._backend._create_document(document))
+
+    def _replace_document(self, document, expected_version):
+        return self._faulty("guard replace", lambda: self._backend._replace_document(document, expected_version))
+
+    def _delete_document(self, key, expected_version):
+        return self._backend._delete_document(key, expected_version)
+
+    def _documents_of_kind(self, kind):
+        return self._backend._documents_of_kind(kind)
+
 
 class FaultyPublisher:
     def __init__(self, inner: PubSubPublisher) -> None:

@@ -22,7 +22,14 @@ TRANSIENT_STATUS = frozenset({408, 409, 429}) | SERVER_UNAVAILABLE
 #: What a writer whose caller cannot wait for redelivery tries again at once: all but 409, which a create
 #: answers when its work was done before (Cloud Tasks' ALREADY_EXISTS).
 RETRIED_AT_ONCE = TRANSIENT_STATUS - {409}
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s")
+#: The longest wait an API's retry hint is honoured for: a longer one is cut to it (SPEC), so no answer keeps
+#: a key busy for days.
+MAX_RETRY_DELAY_S = 600.0
+#: ``google.protobuf.Duration`` in JSON: ASCII seconds (at most 315,576,000,000, so 12 digits) and up to nine
+#: fractional digits, then ``s``. Anything else (non-ASCII digits, a sign, hundreds of digits) is malformed.
+_DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)s")
+#: ``Retry-After`` as delta-seconds (RFC 9110, 10.2.3); an HTTP-date is not read, and so is ignored.
+_DELTA_SECONDS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,16 @@ def _final_conflict(error: GoogleError) -> bool:
 
 
 def _retry_delay(details: Any, header: str) -> float | None:
+    """Seconds the answer asks to wait, from RetryInfo or else ``Retry-After``, at most ``MAX_RETRY_DELAY_S``;
+    None when neither is there or well formed. ``[0-9]``, not ``\\d`` or ``str.isdigit``: those take "²"."""
     for detail in details if isinstance(details, list) else ():
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            match = _DURATION.fullmatch(str(detail.get("retryDelay", "")))
+            delay = detail.get("retryDelay")
+            match = _DURATION.fullmatch(delay) if isinstance(delay, str) else None
             if match:
-                return float(match.group(1))
-    return float(header) if header.isdigit() else None
+                return min(float(match.group(1)), MAX_RETRY_DELAY_S)
+    header = header.strip()
+    if not _DELTA_SECONDS.fullmatch(header):
+        return None
+    # RFC 9110 takes an overlong value as "very long"; its length is checked first, so no number is too big.
+    return MAX_RETRY_DELAY_S if len(header) > 6 else min(float(header), MAX_RETRY_DELAY_S)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import KeyBusy, StaleFence, StoreUnavailable
+from .guard import GuardRecords
 from .record import Record, State
 
 
@@ -56,8 +57,9 @@ class Claim:
     resumed: bool = False
 
 
-class IdempotencyStore(abc.ABC):
-    """Claims, and the record's transitions as fenced writes, over a backend's conditional primitives."""
+class IdempotencyStore(GuardRecords):
+    """Claims, and the record's transitions as fenced writes, over a backend's conditional primitives; and
+    the guard's state (``GuardRecords``) beside them."""
 
     #: Attempts at a claim lost to a concurrent write before giving up as busy.
     _CLAIM_ROUNDS = 5

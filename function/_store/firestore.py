@@ -34,6 +34,7 @@ from .._gcp.auth import Authenticator, FixedTokenAuth
 from .._gcp.errors import decode_error, error_summary
 from ..errors import StoreUnavailable
 from .base import IdempotencyStore
+from .guard import Document
 from .record import Record, State
 
 DEFAULT_COLLECTION = "opcancel-idempotency"
@@ -77,25 +78,51 @@ class FirestoreStore(IdempotencyStore):
         return None if document is None else self._record(document)
 
     def _create(self, record: Record) -> bool:
-        response = self._request(
-            "POST", self._collection_url, params={"documentId": _document_id(record.key)}, json=self._fields(record)
-        )
+        return self._create_fields(record.key, record.version, self._fields(record))
+
+    def _replace(self, record: Record, expected_version: int) -> bool:
+        return self._replace_fields(record.key, record.version, self._fields(record), expected_version)
+
+    def _create_fields(self, key: str, version: int, fields: dict[str, Any]) -> bool:
+        response = self._request("POST", self._collection_url, params={"documentId": _document_id(key)}, json=fields)
         if response.status_code == 409:
             return False
         self._expect_success(response)
-        self._remember(record.key, record.version, response.json()["updateTime"])
+        self._remember(key, version, response.json()["updateTime"])
         return True
 
-    def _replace(self, record: Record, expected_version: int) -> bool:
-        update_time = self._update_time(record.key, expected_version)
+    def _replace_fields(self, key: str, version: int, fields: dict[str, Any], expected_version: int) -> bool:
+        update_time = self._update_time(key, expected_version)
         if update_time is None:
             return False
-        write = {"update": {"name": self._document_name(record.key), **self._fields(record)}}
-        written = self._commit(write, update_time)
+        written = self._commit({"update": {"name": self._document_name(key), **fields}}, update_time)
         if written is None:
             return False
-        self._remember(record.key, record.version, written)
+        self._remember(key, version, written)
         return True
+
+    # Guard documents share the collection, in the same fields.
+
+    def _load_document(self, key: str) -> Document | None:
+        document = self._document(key)
+        return None if document is None else self._guard_document(document)
+
+    def _create_document(self, document: Document) -> bool:
+        return self._create_fields(document.key, document.version, self._document_fields(document))
+
+    def _replace_document(self, document: Document, expected_version: int) -> bool:
+        return self._replace_fields(document.key, document.version, self._document_fields(document), expected_version)
+
+    def _delete_document(self, key: str, expected_version: int) -> bool:
+        return self._delete_if_version(key, expected_version)
+
+    def _documents_of_kind(self, kind: str) -> Iterator[Document]:
+        return (self._guard_document(document) for document in self._of_state(kind))
+
+    def _guard_document(self, document: dict[str, Any]) -> Document:
+        stored = Document.from_json(json.loads(document["fields"]["record"]["stringValue"]))
+        self._remember(stored.key, stored.version, document["updateTime"])
+        return stored
 
     def _delete_if_version(self, key: str, expected_version: int) -> bool:
         update_time = self._update_time(key, expected_version)
@@ -104,6 +131,9 @@ class FirestoreStore(IdempotencyStore):
         return self._commit({"delete": self._document_name(key)}, update_time) is not None
 
     def _checking(self) -> Iterator[Record]:
+        return (self._record(document) for document in self._of_state(State.CHECKING.value))
+
+    def _of_state(self, state: str) -> Iterator[dict[str, Any]]:
         after: str | None = None
         while True:
             query: dict[str, Any] = {
@@ -112,7 +142,7 @@ class FirestoreStore(IdempotencyStore):
                     "fieldFilter": {
                         "field": {"fieldPath": "state"},
                         "op": "EQUAL",
-                        "value": {"stringValue": State.CHECKING.value},
+                        "value": {"stringValue": state},
                     }
                 },
                 "orderBy": [{"field": {"fieldPath": "__name__"}, "direction": "ASCENDING"}],
@@ -125,8 +155,7 @@ class FirestoreStore(IdempotencyStore):
             )
             self._expect_success(response)
             documents = [item["document"] for item in response.json() if isinstance(item, dict) and "document" in item]
-            for document in documents:
-                yield self._record(document)
+            yield from documents
             if len(documents) < _QUERY_PAGE:
                 return
             after = documents[-1]["name"]
@@ -149,7 +178,7 @@ class FirestoreStore(IdempotencyStore):
         document = self._document(key)
         if document is None:
             return None
-        return document["updateTime"] if self._record(document).version == version else None
+        return document["updateTime"] if int(document["fields"]["version"]["integerValue"]) == version else None
 
     def _document(self, key: str) -> dict[str, Any] | None:
         response = self._request("GET", self._document_url(key))
@@ -172,15 +201,11 @@ class FirestoreStore(IdempotencyStore):
 
     @staticmethod
     def _fields(record: Record) -> dict[str, Any]:
-        return {
-            "fields": {
-                "key": {"stringValue": record.key},
-                "state": {"stringValue": record.state.value},
-                "version": {"integerValue": str(record.version)},
-                "expire_at": {"timestampValue": format_time(record.expire_at)},
-                "record": {"stringValue": json.dumps(record.to_json(), separators=(",", ":"))},
-            }
-        }
+        return _fields(record.key, record.state.value, record.version, record.expire_at, record.to_json())
+
+    @staticmethod
+    def _document_fields(document: Document) -> dict[str, Any]:
+        return _fields(document.key, document.kind, document.version, document.expire_at, document.to_json())
 
     def _document_url(self, key: str) -> str:
         return f"{self._collection_url}/{_document_id(key)}"
@@ -195,6 +220,18 @@ class FirestoreStore(IdempotencyStore):
     def _expect_success(response: httpx.Response) -> None:
         if not 200 <= response.status_code < 300:
             raise FirestoreError(f"Firestore answered {error_summary(response)}")
+
+
+def _fields(key: str, state: str, version: int, expire_at: float, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "fields": {
+            "key": {"stringValue": key},
+            "state": {"stringValue": state},
+            "version": {"integerValue": str(version)},
+            "expire_at": {"timestampValue": format_time(expire_at)},
+            "record": {"stringValue": json.dumps(body, separators=(",", ":"))},
+        }
+    }
 
 
 def _document_id(key: str) -> str:

@@ -14,6 +14,7 @@ from .._clock import SystemClock
 from .._names import escape_text
 from ..errors import StoreUnavailable
 from .base import IdempotencyStore
+from .guard import Document
 from .record import Record, State
 
 _SWITCHING_TO_WAL = Backoff(first_s=0.02, max_s=0.5, attempts=30, budget_s=10.0)
@@ -104,14 +105,14 @@ class SqliteStore(IdempotencyStore):
     def _create(self, record: Record) -> bool:
         changed, _ = self._execute(
             "INSERT OR IGNORE INTO records (key, version, body, created_at) VALUES (?, ?, ?, ?)",
-            (record.key, record.version, json.dumps(record.to_json()), record.requested_at),
+            (record.key, record.version, _encoded(record), record.requested_at),
         )
         return changed == 1
 
     def _replace(self, record: Record, expected_version: int) -> bool:
         changed, _ = self._execute(
             "UPDATE records SET version = ?, body = ? WHERE key = ? AND version = ?",
-            (record.version, json.dumps(record.to_json()), record.key, expected_version),
+            (record.version, _encoded(record), record.key, expected_version),
         )
         return changed == 1
 
@@ -128,10 +129,43 @@ class SqliteStore(IdempotencyStore):
                 return deleted
 
     def _checking(self) -> Iterator[Record]:
-        _, rows = self._execute(
-            "SELECT body FROM records WHERE json_extract(body, '$.state') = ?", (State.CHECKING.value,)
+        return (Record.from_json(body) for body in self._of_state(State.CHECKING.value))
+
+    # Guard documents share the table: a key, a version, and a body with the same state and expire_at.
+
+    def _load_document(self, key: str) -> Document | None:
+        _, rows = self._execute("SELECT body FROM records WHERE key = ?", (key,))
+        return Document.from_json(json.loads(rows[0][0])) if rows else None
+
+    def _create_document(self, document: Document) -> bool:
+        changed, _ = self._execute(
+            "INSERT OR IGNORE INTO records (key, version, body, created_at) VALUES (?, ?, ?, ?)",
+            (document.key, document.version, json.dumps(document.to_json()), document.created_at),
         )
-        return (Record.from_json(json.loads(row[0])) for row in rows)
+        return changed == 1
+
+    def _replace_document(self, document: Document, expected_version: int) -> bool:
+        changed, _ = self._execute(
+            "UPDATE records SET version = ?, body = ? WHERE key = ? AND version = ?",
+            (document.version, json.dumps(document.to_json()), document.key, expected_version),
+        )
+        return changed == 1
+
+    def _delete_document(self, key: str, expected_version: int) -> bool:
+        return self._delete_if_version(key, expected_version)
+
+    def _documents_of_kind(self, kind: str) -> Iterator[Document]:
+        return (Document.from_json(body) for body in self._of_state(kind))
+
+    def _of_state(self, state: str) -> Iterator[dict[str, Any]]:
+        _, rows = self._execute("SELECT body FROM records WHERE json_extract(body, '$.state') = ?", (state,))
+        return (json.loads(row[0]) for row in rows)
+
+
+def _encoded(record: Record) -> str:
+    """Strict JSON: a non-finite number would make SQLite's JSON functions fail on every later read of the
+    table (sweep, overdue chains), so writing one is refused instead (none should get this far)."""
+    return json.dumps(record.to_json(), allow_nan=False)
 
 
 def _add_creation_times(connection: sqlite3.Connection) -> None:

@@ -48,6 +48,22 @@ def test_a_short_chaos_run_cancels_once_reports_once_and_loses_nothing(tmp_path,
         assert report.task_creates[503] + report.task_dispatch_failures > 0, report
 
 
+def test_a_chaos_run_under_a_cancel_budget_never_cancels_more_operations_than_the_budget(tmp_path):
+    try:
+        report = chaos.run(
+            tmp_path, operations=10, duplicates=5, seed=11, store="sqlite", timeout_s=240, mode="tasks", budget=4
+        )
+    except EmulatorUnavailable as reason:
+        pytest.skip(str(reason))
+    assert report.drained and report.lost == 0, report
+    # Workers died, writes (the guard's included) and calls failed: still never more than the budget.
+    assert report.kills > 0 and report.api_faults > 0, report
+    assert report.operations_cancelled == 4, report
+    assert report.without_one_result == 0 and report.wrong_outcome == 0, report
+    assert report.outcomes["HELD"] == 6, report
+    assert report.clean, report
+
+
 def test_the_benchmark_harness_measures_opcancel_handling_real_requests(tmp_path):
     try:
         services = Services().__enter__()
@@ -114,6 +130,7 @@ def test_the_floor_handler_publishes_what_opcancel_publishes(monkeypatch):
             source=Source(SourceKind.PUBSUB, "123"),
             service="securitycenter.googleapis.com",
         ),
+        key=f"securitycenter.googleapis.com/{name}",
         project="bench-project",
     )
     floor_data, floor_attributes = floor.result_message(name, operation, "123")

@@ -7,9 +7,9 @@ import re
 import shlex
 
 from function import InboundMessage, SourceKind
-from function._cli import Exit
 from function._names import BUILTIN_SERVICES
 from function._parsing import parse_message
+from function.cli import Exit
 from tests.cli.test_cli import ROOT, Rig
 from tests.support import DATA_DIR
 

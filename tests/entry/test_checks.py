@@ -8,6 +8,7 @@ in-process on the rig's clock) and with checks published at once and refused unt
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import sys
 
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from cloudevents.http import CloudEvent
 
 from function import RedeliveryRequested, Runtime, Settings, SourceKind, State, parse_time
-from function._cli import CliClients, Exit, cli
+from function.cli import CliClients, Exit, cli
 from tests.entry.test_entrypoints import load_wired, post_event
 from tests.support import TEST_POLICY, Rig, checks_source
 
@@ -288,8 +289,9 @@ def test_a_check_for_a_parent_taken_off_the_allow_list_ends_the_chain_rejected(m
     assert result["outcome"] == "REJECTED"
     assert "OPCANCEL_ALLOWED_PARENTS" in result["error"] and "organizations/123456789" in result["error"]
     assert (result["operation"], result["checks"]) == (NAME, 1)
-    # A rejection's key, never the request's: that key is freed, so no rejection binds it.
-    assert result["idempotency_key"].startswith("rejected/")
+    # Stored under a rejection's key, never the request's: that key is freed, so no rejection binds it.
+    # The result still reports the request's key, as a consumer knows it.
+    assert result["idempotency_key"] == KEY
     assert after.rig.store._load(KEY) is None
     assert after.next_checks() == []
     # Delivered again, the check belongs to no chain: still one result.
@@ -341,6 +343,25 @@ def test_a_lost_check_is_resumed_by_the_request_delivered_again_once_overdue(mod
     assert len(chain.results()) == 1
 
 
+def test_under_the_default_policy_a_chain_is_resumed_only_once_its_check_is_later_than_the_longest_delay(mode):
+    chain = Chain(mode, settings=Settings(project="test-project", store="memory"))
+    chain.request()
+    assert len(chain.next_checks()) == 1  # lost
+    due_at = chain.rig.store._load(KEY).due_at
+    grace = chain.rig.settings.polling.max_delay_s
+    for number, at in enumerate((due_at, due_at + grace / 2, due_at + grace)):
+        chain.rig.clock.current = at
+        assert chain.request(message_id=f"r-{number + 2}") == "ack"
+        assert chain.next_checks() == [], f"resumed {at - due_at:g} s after its due time"
+    assert not [line for line in chain.rig.logs() if line.get("event") == "chain_resumed"]
+    chain.rig.clock.current = due_at + grace + 0.001
+    assert chain.request(message_id="r-late") == "ack"
+    (resumed,) = [line for line in chain.rig.logs() if line.get("event") == "chain_resumed"]
+    assert (resumed["attempt"], resumed["overdue_check"]) == (2, 1)
+    chain.drain()
+    assert [r["outcome"] for r in chain.results()] == ["CANCELLED"]
+
+
 def test_a_task_the_queue_lost_is_resumed_as_a_new_task():
     chain = Chain("tasks")
     chain.rig.cloudtasks.lose_rate = 1.0
@@ -372,6 +393,14 @@ def test_a_failed_schedule_puts_the_record_back_so_the_redelivery_schedules_agai
     assert len(chain.rig.simulator.cancel_calls()) == 1
 
 
+def resume_clients(chain: Chain) -> CliClients:
+    """The CLI on the chain's own pipeline; its settings name a configured store, as an operator's would."""
+    settings = dataclasses.replace(chain.rig.settings, store="firestore", store_configured=True)
+    return CliClients(
+        settings=settings, auth=None, api=chain.rig.api, clock=chain.rig.clock, pipeline=lambda _: chain.rig.service
+    )
+
+
 def test_resume_lists_overdue_chains_and_resumes_them(mode):
     chain = Chain(mode)
     for index in range(3):
@@ -380,20 +409,15 @@ def test_resume_lists_overdue_chains_and_resumes_them(mode):
     assert len(lost) == 3
     (first,) = [check for check in lost if json.loads(check.data)["operation"].endswith("r0")]
     chain.deliver_check(first)  # the first chain ends; the other two lost their checks
-    clients = CliClients(
-        settings=chain.rig.settings,
-        auth=None,
-        api=chain.rig.api,
-        clock=chain.rig.clock,
-        pipeline=lambda: chain.rig.service,
-    )
+    clients = resume_clients(chain)
     runner = CliRunner()
     fresh = runner.invoke(cli, ["resume", "--dry-run"], obj=clients)
-    assert (fresh.exit_code, fresh.output.strip()) == (0, "0 overdue chain(s)")
+    assert (fresh.exit_code, fresh.stdout.strip()) == (0, "0 overdue chain(s)")
+    assert fresh.stderr.startswith("store: firestore project test-project database (default)")
     overdue(chain)
     dry = runner.invoke(cli, ["resume", "--dry-run", "--json"], obj=clients)
     assert dry.exit_code == 0, dry.output
-    listed = json.loads(dry.output)
+    listed = json.loads(dry.stdout)
     assert listed["dry_run"] is True
     assert sorted(row["operation"] for row in listed["overdue"]) == [
         "organizations/123456789/operations/slow-1-r1",
@@ -403,11 +427,11 @@ def test_resume_lists_overdue_chains_and_resumes_them(mode):
     done = runner.invoke(cli, ["resume"], obj=clients)
     assert done.exit_code == 0, done.output
     assert done.output.count("resumed: overdue chain resumed: check 2") == 2
-    assert done.output.strip().endswith("2 overdue chain(s), 2 resumed")
+    assert done.stdout.strip().endswith("2 overdue chain(s), 2 resumed")
     chain.drain()
     assert sorted(r["operation"][-2:] for r in chain.results()) == ["r0", "r1", "r2"]
     again = runner.invoke(cli, ["resume"], obj=clients)
-    assert again.output.strip() == "0 overdue chain(s), 0 resumed"
+    assert again.stdout.strip() == "0 overdue chain(s), 0 resumed"
 
 
 def test_resume_exits_unavailable_when_a_chain_cannot_be_rescheduled():
@@ -416,13 +440,7 @@ def test_resume_exits_unavailable_when_a_chain_cannot_be_rescheduled():
     chain.next_checks()
     overdue(chain)
     chain.rig.publisher.fail_next = 1
-    clients = CliClients(
-        settings=chain.rig.settings,
-        auth=None,
-        api=chain.rig.api,
-        clock=chain.rig.clock,
-        pipeline=lambda: chain.rig.service,
-    )
+    clients = resume_clients(chain)
     result = CliRunner().invoke(cli, ["resume"], obj=clients)
     assert result.exit_code == Exit.UNAVAILABLE
     assert "not resumed" in result.output
@@ -463,7 +481,11 @@ def test_on_resume_serves_cloud_scheduler_through_functions_framework():
     assert client.get("/").status_code == 405
     fresh = client.post("/")
     assert (fresh.status_code, fresh.get_json()) == (200, {"dry_run": False, "overdue": []})
-    rig.clock.advance(TEST_POLICY.initial_delay_s + TEST_POLICY.max_delay_s + 1)
+    due_at = rig.store._load(KEY).due_at
+    for at in (due_at + rig.settings.polling.max_delay_s / 2, due_at + rig.settings.polling.max_delay_s):
+        rig.clock.current = at
+        assert client.post("/?dry_run=true").get_json()["overdue"] == []
+    rig.clock.current = due_at + rig.settings.polling.max_delay_s + 0.001
     listed = client.post("/?dry_run=true")
     assert listed.status_code == 200
     assert listed.get_json()["overdue"] == [{"operation": NAME, "idempotency_key": KEY, "attempt": 1}]

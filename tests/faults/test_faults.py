@@ -94,6 +94,21 @@ class CrashingStore(IdempotencyStore):
     def _checking(self):
         raise NotImplementedError
 
+    def _load_document(self, key):
+        return self._inner._load_document(key)
+
+    def _create_document(self, document):
+        return self._inner._create_document(document)
+
+    def _replace_document(self, document, expected_version):
+        return self._inner._replace_document(document, expected_version)
+
+    def _delete_document(self, key, expected_version):
+        return self._inner._delete_document(key, expected_version)
+
+    def _documents_of_kind(self, kind):
+        return self._inner._documents_of_kind(kind)
+
 
 REQUESTS_SOURCE = "//pubsub.googleapis.com/projects/test-project/topics/opcancel-requests"
 
@@ -393,6 +408,21 @@ class ClaimedMeanwhile(IdempotencyStore):
 
     def _checking(self):
         return self._backend._checking()
+
+    def _load_document(self, key):
+        return self._backend._load_document(key)
+
+    def _create_document(self, document):
+        return self._backend._create_document(document)
+
+    def _replace_document(self, document, expected_version):
+        return self._backend._replace_document(document, expected_version)
+
+    def _delete_document(self, key, expected_version):
+        return self._backend._delete_document(key, expected_version)
+
+    def _documents_of_kind(self, kind):
+        return self._backend._documents_of_kind(kind)
 
 
 def test_a_create_that_failed_while_another_worker_claimed_the_key_in_the_same_tick_does_not_hold_it(make_store):

@@ -684,6 +684,37 @@ def test_malformed_error_fields_are_left_out_not_trusted(body):
     assert error.summary == "HTTP 403: Forbidden"
 
 
+@pytest.mark.parametrize(
+    ("retry_delay", "header", "expected"),
+    [
+        ("99999999999s", None, 600.0),
+        ("600.000000001s", None, 600.0),
+        (None, "99999999999", 600.0),
+        (None, "9" * 5000, 600.0),
+        ("9" * 400 + "s", None, None),
+        ("1e999s", None, None),
+        ("Infinitys", None, None),
+        ("-5s", None, None),
+        ("1.0000000001s", None, None),
+        ("\u0661\u0662s", None, None),
+        (None, "\u00b2", None),
+        (None, "\u0661\u0662", None),
+        (None, "-1", None),
+        (None, "1.5", None),
+        (None, "Wed, 21 Oct 2026 07:28:00 GMT", None),
+        ({"seconds": 5}, None, None),
+        ("\u00b2s", "4", 4.0),
+    ],
+)
+def test_a_retry_hint_is_honoured_up_to_ten_minutes_and_a_malformed_one_ignored(retry_delay, header, expected):
+    details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}] if retry_delay else []
+    body = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": details}}
+    # As bytes on the wire: httpx takes only ASCII str header values.
+    error = decode_error(reply(429, body, headers={"retry-after": header.encode()} if header else None))
+    assert error.retry_delay_s == expected
+    assert error.summary == "HTTP 429: RESOURCE_EXHAUSTED"
+
+
 # --- what an Operation's state means -------------------------------------------------------------
 
 

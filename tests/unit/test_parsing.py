@@ -14,12 +14,15 @@ from function import InboundMessage, OperationRef, SourceKind
 from function._model import Source
 from function._names import GLOBAL, LOCATIONS, REGISTRY, VERSIONS, Service
 from function._parsing import (
+    BATCH_KEYS,
     EXPLICIT_KEYS,
     MAX_BATCH,
     MAX_BODY_BYTES,
     REJECTED_KEYS,
     Parsed,
+    dry_run_key,
     parse_message,
+    reported_key,
 )
 from tests.support import DATA_DIR
 
@@ -83,6 +86,10 @@ def assert_ignored(parsed: Parsed, reason: str, *, unreadable: bool = False, rou
 
 def explicit(key: str) -> str:
     return EXPLICIT_KEYS + key
+
+
+def batch(key: str, identity: str) -> str:
+    return f"{BATCH_KEYS}{len(key)}/{key}/{identity}"
 
 
 def incident(name_: str) -> dict:
@@ -150,6 +157,30 @@ def test_a_rejection_key_is_deterministic_so_a_redelivery_reports_once():
     again = only_rejection(parse("not a name", message_id="m-2"))
     assert first.idempotency_key == again.idempotency_key
     assert first.idempotency_key.startswith(REJECTED_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("body", "attributes"),
+    [
+        ({"operation": "not a name", "location": "us"}, None),
+        ({"operation": "not a name", "api_version": "v1"}, None),
+        ({"operation": "not a name", "deadline_seconds": 60}, None),
+        ({"operation": "not a name", "reason": "another ticket"}, None),
+        ({"operation": "not a name", "idempotency_key": "k"}, None),
+        ({"operation": "not a name"}, {"location": "us"}),
+        ({"operation": "not a name"}, {"api_version": "v1"}),
+        ({"operation": "not a name"}, {"idempotency_key": "k"}),
+        ({"operations": [{"operation": "not a name"}], "reason": "batch reason"}, None),
+        ({"operation": "not a nam"}, None),
+    ],
+)
+def test_rejections_that_differ_in_anything_the_request_carries_have_keys_of_their_own(body, attributes):
+    """Location, version, deadline and reason were once left out of the hash, so one rejection's result
+    stood for another's."""
+    plain = only_rejection(parse({"operation": "not a name", "location": "eu"}))
+    other = only_rejection(parse(body, attributes))
+    assert plain.idempotency_key != other.idempotency_key
+    assert only_rejection(parse(body, attributes, message_id="m-9")).idempotency_key == other.idempotency_key
 
 
 def test_rejected_text_is_escaped_and_bounded():
@@ -467,7 +498,7 @@ def test_a_url_in_a_batch_is_not_contradicted_by_batch_defaults():
 def test_a_batch_level_key_is_combined_with_each_identity():
     body = {"operations": [name("a"), {"operation": name("b"), "location": "eu"}], "idempotency_key": "batch-7"}
     keys = [request.idempotency_key for request in parse(body).requests]
-    assert keys == [explicit(f"batch-7/{identity('a')}"), explicit(f"batch-7/{identity('b', EU_HOST)}")]
+    assert keys == [batch("batch-7", identity("a")), batch("batch-7", f"{identity('b', EU_HOST)}")]
 
 
 def test_a_bad_item_in_a_batch_is_rejected_and_the_rest_act():
@@ -546,23 +577,121 @@ def test_a_message_key_on_a_batch_is_combined_so_items_never_collide():
     body = {"operations": [name("a"), name("b"), {"operation": name("a"), "location": "eu"}, {"operation": name("c")}]}
     keys = [r.idempotency_key for r in parse(body, {"idempotency_key": "msg-key"}).requests]
     assert keys == [
-        explicit(f"msg-key/{identity('a')}"),
-        explicit(f"msg-key/{identity('b')}"),
-        explicit(f"msg-key/{identity('a', EU_HOST)}"),
-        explicit(f"msg-key/{identity('c')}"),
+        batch("msg-key", identity("a")),
+        batch("msg-key", identity("b")),
+        batch("msg-key", identity("a", EU_HOST)),
+        batch("msg-key", identity("c")),
     ]
     assert len(set(keys)) == 4
 
 
 def test_a_message_key_on_multi_line_text_is_combined_too():
     keys = [r.idempotency_key for r in parse(f"{name('a')}\n{name('b')}", {"idempotency_key": "k"}).requests]
-    assert keys == [explicit(f"k/{identity('a')}"), explicit(f"k/{identity('b')}")]
+    assert keys == [batch("k", identity("a")), batch("k", f"{identity('b')}")]
 
 
 def test_an_item_key_in_a_batch_wins_over_the_message_key():
     body = {"operations": [{"operation": name("a"), "idempotency_key": "own"}, name("b")]}
     keys = [r.idempotency_key for r in parse(body, {"idempotency_key": "msg"}).requests]
-    assert keys == [explicit("own"), explicit(f"msg/{identity('b')}")]
+    assert keys == [explicit("own"), batch("msg", identity("b"))]
+
+
+#: Sender texts that spell other kinds' keys, and texts built from the pieces of every namespace.
+_SPELLINGS = ["K", f"K/{identity('a')}", f"K/{identity('b')}", f"K/{GLOBAL_HOST}", f"1/K/{identity('a')}"]
+_SPELLINGS += [f"batch/1/K/{identity('a')}", "explicit/K", f"incident/K/{identity('a')}", identity("a")]
+_KEY_PIECES = st.sampled_from(
+    ["explicit/", "batch/", "incident/", "incident-digest/", "rejected/", "K", "K/", "/", "1/", "2/", "12/"]
+    + [f"{GLOBAL_HOST}/", f"{identity('a')}", f"{identity('b')}", f"{EU_HOST}/", "//", "organizations/"]
+)
+_SENDER_TEXT = st.one_of(
+    st.sampled_from(_SPELLINGS),
+    st.lists(_KEY_PIECES, min_size=1, max_size=6).map("".join),
+).filter(lambda text: text == text.strip() and len(text) <= 256)
+
+
+def _keys_of(kind: str, text: str, names: list[str]) -> list[tuple[tuple[str, str, str], str]]:
+    """What each kind of request keys its operations by, through ``parse_message``: (origin, key) pairs."""
+    if kind == "derived":
+        parsed = parse("\n".join(names))
+    elif kind == "explicit":
+        parsed = parse({"operation": names[0], "idempotency_key": text})
+    elif kind == "batch":
+        parsed = parse({"operations": names, "idempotency_key": text})
+    else:
+        body = incident("alert-incident-open.json")
+        body["incident"]["incident_id"] = text
+        body["incident"]["documentation"]["content"] = " ".join(names)
+        parsed = parse(body)
+    assert not parsed.rejections, parsed.rejections
+    origin_text = "" if kind == "derived" else text
+    return [((kind, origin_text, r.ref.identity), r.idempotency_key) for r in parsed.requests]
+
+
+_KINDS = ["derived", "explicit", "batch", "incident"]
+_EVERY_SPELLING = [(kind, text, second) for kind in _KINDS for text in _SPELLINGS for second in (False, True)]
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    requests=st.lists(
+        st.tuples(st.sampled_from(_KINDS), _SENDER_TEXT, st.booleans()),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_key_namespaces_are_disjoint_by_construction(requests):
+    """No two requests that differ in kind, sender text or operation share a key, whatever the text spells."""
+    keys: dict[str, tuple[str, str, str]] = {}
+    for kind, text, second in _EVERY_SPELLING + requests:
+        names = [name("a"), name("b")] if kind == "batch" or second else [name("a")]
+        for origin, key in _keys_of(kind, text, names):
+            assert keys.setdefault(key, origin) == origin, (key, origin, keys[key])
+
+
+@pytest.mark.parametrize(
+    ("body", "attributes", "reported"),
+    [
+        (name("a"), None, identity("a")),
+        ({"operation": name("a"), "idempotency_key": "order-123"}, None, "order-123"),
+        (name("a"), {"idempotency_key": "explicit/x"}, "explicit/x"),
+        ({"operations": [name("a"), name("b")], "idempotency_key": "K/1"}, None, f"K/1/{identity('a')}"),
+        (f"{name('a')}\n{name('b')}", {"idempotency_key": "K"}, f"K/{identity('a')}"),
+    ],
+)
+def test_results_report_the_key_the_sender_gave_never_the_stored_form(body, attributes, reported):
+    request = parse(body, attributes).requests[0]
+    assert reported_key(request.idempotency_key) == reported
+    assert reported_key(dry_run_key(request.idempotency_key)) == reported
+
+
+def test_an_incidents_key_is_reported_as_its_id_and_identity():
+    request = only_request(parse(incident("alert-incident-open.json")))
+    assert reported_key(request.idempotency_key) == f"0.mtdi83m6w8ao/{GLOBAL_HOST}/{OPEN_OP}"
+
+
+def test_a_batch_item_stored_in_the_old_form_is_reported_as_the_new_one():
+    assert reported_key(f"explicit/K/{identity('a')}") == reported_key(batch("K", identity("a")))
+
+
+def test_a_rejection_reports_the_key_it_carried_escaped_when_that_key_was_the_problem():
+    assert only_rejection(parse({"operation": "bad", "idempotency_key": "k-1"})).reported_key == "k-1"
+    assert only_rejection(parse({"operation": name("a"), "idempotency_key": "a\nb"})).reported_key == "a\\nb"
+    assert only_rejection(parse({"operation": name("a"), "idempotency_key": 5})).reported_key is None
+    assert only_rejection(parse("bad", {"idempotency_key": "attr"})).reported_key == "attr"
+    assert only_rejection(parse("bad")).reported_key is None
+    outside = only_rejection(parse(name("a"), allowed=("organizations/1",)))
+    assert outside.reported_key == identity("a")
+    batch_item = parse({"operations": ["bad", name("a")], "idempotency_key": "K"}).rejections[0]
+    assert batch_item.reported_key == "K"
+
+
+def test_an_explicit_key_spelling_a_batch_item_is_not_that_item():
+    squatter = only_request(parse({"operation": name("x"), "idempotency_key": f"K/{identity('a')}"}))
+    items = parse({"operations": [name("a"), name("b")], "idempotency_key": "K"}).requests
+    assert squatter.idempotency_key not in {item.idempotency_key for item in items}
+    # Nor can one batch's key with one split spell another's item with another split.
+    other = parse({"operations": [name("a"), name("b")], "idempotency_key": f"K/{GLOBAL_HOST}"}).requests
+    assert not {item.idempotency_key for item in other} & {item.idempotency_key for item in items}
 
 
 def test_unrelated_attributes_are_ignored():
@@ -598,7 +727,9 @@ def test_an_invalid_attribute_rejects_a_bare_name():
 def test_an_invalid_attribute_rejects_what_an_open_incident_names():
     rejection = only_rejection(parse(incident("alert-incident-open.json"), {"api_version": "v0"}, message_id="m-5"))
     assert rejection.offending == "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23"
-    assert rejection.source == Source(SourceKind.ALERT, message_id="m-5", incident_id="0.mtdi83m6w8ao")
+    assert rejection.source == Source(
+        SourceKind.ALERT, message_id="m-5", incident_id="0.mtdi83m6w8ao", policy_name="runaway-scc-operation"
+    )
 
 
 def test_rejections_carry_the_location_and_version_the_message_asked_for():
@@ -720,7 +851,9 @@ def test_an_open_incident_cancels_the_operation_its_documentation_names():
         "organizations/123456789/operations/9c5fa5e5-e368-439a-baa4-08c17b77ec23", "global", "v2"
     )
     assert request.idempotency_key == f"incident/0.mtdi83m6w8ao/{GLOBAL_HOST}/{OPEN_OP}"
-    assert request.source == Source(SourceKind.ALERT, message_id="m-42", incident_id="0.mtdi83m6w8ao")
+    assert request.source == Source(
+        SourceKind.ALERT, message_id="m-42", incident_id="0.mtdi83m6w8ao", policy_name="runaway-scc-operation"
+    )
 
 
 def test_a_closed_incident_is_ignored_as_a_legitimate_no_op():
@@ -1082,9 +1215,9 @@ def test_a_batch_mixes_services_and_a_message_key_combines_with_each_identity():
     body = {"operations": [VERTEX_FULL, f"//dataproc.googleapis.com/{DATAPROC_NAME}", name("a")]}
     parsed = parse(body, {"idempotency_key": "ticket-7"})
     assert [request.idempotency_key for request in parsed.requests] == [
-        explicit(f"ticket-7/{VERTEX_FULL}"),
-        explicit(f"ticket-7///dataproc.googleapis.com/{DATAPROC_NAME}"),
-        explicit(f"ticket-7/{identity('a')}"),
+        batch("ticket-7", VERTEX_FULL),
+        batch("ticket-7", f"//dataproc.googleapis.com/{DATAPROC_NAME}"),
+        batch("ticket-7", identity("a")),
     ]
     assert [request.ref.service_name for request in parsed.requests] == [
         "aiplatform.googleapis.com",
@@ -1142,3 +1275,138 @@ def test_a_custom_registry_reaches_the_parser():
     message = InboundMessage(data=b"//workflows.googleapis.com/projects/my-proj/operations/x", message_id="m-1")
     (request,) = parse_message(message, default_version="v2", allowed_parents=None, services=registry).requests
     assert request.ref.host == "workflows.googleapis.com"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "projects/my-proj/operations/x",
+        "//evil.example.com/organizations/1/operations/a",
+        "https://securitycenter.googleapis.com/v9/organizations/1/operations/a",
+    ],
+)
+def test_a_rejected_name_of_no_known_api_gets_no_security_command_center_location_or_version(text):
+    rejection = only_rejection(parse(text))
+    assert (rejection.location, rejection.api_version, rejection.service) == (None, None, None)
+    stated = only_rejection(parse({"operation": text, "location": "eu", "api_version": "v1"}))
+    assert (stated.location, stated.api_version) == ("eu", "v1")
+
+
+def test_a_rejected_security_command_center_name_keeps_its_defaults():
+    rejection = only_rejection(parse("organizations/1/operations/a?b"))
+    assert (rejection.location, rejection.api_version) == (GLOBAL, "v2")
+
+
+# --- guard rails: dry_run, protected parents, the trigger ------------------------------------
+
+
+def test_dry_run_is_a_field_of_a_request():
+    (request,) = parse({"operation": name("a"), "dry_run": True}).requests
+    assert request.dry_run
+    (request,) = parse({"operation": name("a"), "dry_run": False}).requests
+    assert not request.dry_run
+    # Its key is the real request's: the pipeline keeps dry runs in a namespace of their own.
+    assert request.idempotency_key == identity("a")
+
+
+@pytest.mark.parametrize(("value", "dry_run"), [("true", True), ("TRUE", True), ("False", False), ("fAlSe", False)])
+def test_the_dry_run_attribute_takes_true_or_false_in_any_case(value, dry_run):
+    (request,) = parse(name("a"), {"dry_run": value}).requests
+    assert request.dry_run is dry_run
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "", " true"])
+def test_another_dry_run_attribute_rejects_the_request_naming_it(value):
+    parsed = parse(name("a"), {"dry_run": value})
+    assert not parsed.requests
+    assert only_rejection(parsed).error == "attribute dry_run: must be true or false"
+
+
+@pytest.mark.parametrize("value", ["true", 1, None, "false"])
+def test_a_dry_run_field_that_is_not_a_boolean_rejects_the_request_naming_it(value):
+    parsed = parse({"operation": name("a"), "dry_run": value})
+    assert only_rejection(parsed).error == "dry_run: must be true or false"
+
+
+def test_a_batch_carries_dry_run_beside_operations_for_every_item_unless_an_item_says_otherwise():
+    parsed = parse({"operations": [name("a"), {"operation": name("b"), "dry_run": False}], "dry_run": True})
+    assert [request.dry_run for request in parsed.requests] == [True, False]
+
+
+def test_the_body_s_dry_run_wins_over_the_attribute():
+    (request,) = parse({"operation": name("a"), "dry_run": False}, {"dry_run": "true"}).requests
+    assert not request.dry_run
+
+
+def test_shadow_mode_makes_every_request_a_dry_run_whatever_it_says():
+    message = InboundMessage(data=json.dumps({"operation": name("a"), "dry_run": False}).encode())
+    (request,) = parse_message(message, default_version="v2", allowed_parents=None, shadow=True).requests
+    assert request.dry_run
+
+
+def test_a_dry_run_s_rejection_says_so_and_is_keyed_apart_from_the_real_one_s():
+    dry = only_rejection(parse({"operation": "nope", "dry_run": True}))
+    real = only_rejection(parse({"operation": "nope"}))
+    assert dry.dry_run and not real.dry_run
+    assert dry.idempotency_key != real.idempotency_key
+
+
+def protected(body, rules: tuple[str, ...], allowed: tuple[str, ...] | None = None) -> Parsed:
+    message = InboundMessage(data=json.dumps(body).encode(), message_id="m-1")
+    return parse_message(message, default_version="v2", allowed_parents=allowed, protected_parents=rules)
+
+
+def test_a_protected_parent_is_rejected_naming_the_rule_even_where_the_allow_list_admits_it():
+    parsed = protected(
+        {"operation": name("a")}, ("organizations/999", f"organizations/{ORG}"), (f"organizations/{ORG}",)
+    )
+    rejection = only_rejection(parsed)
+    assert rejection.error == f"{name('a')} is protected: organizations/{ORG} is in OPCANCEL_PROTECTED_PARENTS"
+    assert rejection.idempotency_key.startswith(REJECTED_KEYS)
+
+
+def test_a_dry_run_of_a_protected_parent_is_rejected_like_the_real_request():
+    rejection = only_rejection(protected({"operation": name("a"), "dry_run": True}, (f"organizations/{ORG}",)))
+    assert "is protected" in rejection.error and rejection.dry_run
+
+
+def test_protection_matches_whole_segments_and_full_resource_prefixes():
+    vertex = "//aiplatform.googleapis.com/projects/my-proj-2/locations/us-central1/operations/1"
+    assert protected({"operation": vertex}, ("projects/my-proj",)).requests
+    parsed = protected({"operation": vertex}, ("//aiplatform.googleapis.com/projects/my-proj-2",))
+    assert "//aiplatform.googleapis.com/projects/my-proj-2 is in" in only_rejection(parsed).error
+
+
+def test_an_alert_s_source_names_its_policy_escaped():
+    incident = json.loads((DATA_DIR / "alert-incident-open.json").read_text())
+    incident["incident"]["policy_name"] = "policy\u202e"
+    (request, *_) = parse(incident).requests
+    assert request.source.policy_name == "policy\\u202e"
+
+
+def test_an_http_request_s_source_names_its_caller():
+    message = InboundMessage(data=name("a").encode(), kind=SourceKind.HTTP, caller="sre@example.com")
+    (request,) = parse_message(message, default_version="v2", allowed_parents=None).requests
+    assert request.source == Source(SourceKind.HTTP, caller="sre@example.com")
+
+
+@pytest.mark.parametrize(
+    ("body", "attributes"),
+    [
+        ({"operation": name("a")}, {}),
+        ({"operation": name("a"), "location": "eu", "reason": "storm", "deadline_seconds": 60}, {}),
+        ({"operation": name("a"), "idempotency_key": "k1"}, {}),
+        ({"operations": [name("a"), name("b")]}, {"idempotency_key": "shared"}),
+        ({"operation": "//aiplatform.googleapis.com/projects/my-proj/locations/us-central1/operations/1"}, {}),
+        (json.loads((DATA_DIR / "alert-incident-open.json").read_text()), {}),
+    ],
+)
+def test_a_held_request_s_replay_parses_back_to_the_same_request_and_key(body, attributes):
+    from function._parsing import replay_body
+
+    original = parse(body, attributes).requests[0]
+    data, replay_attributes = replay_body(original)
+    again = parse(data.decode(), replay_attributes).requests[0]
+    assert again.idempotency_key == original.idempotency_key
+    assert (again.ref, again.reason, again.deadline_s) == (original.ref, original.reason, original.deadline_s)
+    assert (again.source.kind, again.source.incident_id) == (original.source.kind, original.source.incident_id)

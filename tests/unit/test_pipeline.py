@@ -10,8 +10,10 @@ import pytest
 from devkit.simulator import Simulator
 from function import ItemStatus, Settings, format_time, parse_time
 from function._messages import RESULT_EVENT_TYPE, event_id
+from function._parsing import REJECTED_KEYS
 from function._pipeline import payload_hash
-from tests.support import DATA_DIR, TEST_POLICY, Rig
+from function._store import ClaimStatus
+from tests.support import DATA_DIR, TEST_POLICY, Rig, open_store
 
 ORG = "123456789"
 
@@ -54,6 +56,18 @@ def test_each_api_behaviour_ends_in_its_outcome(rig, op_id, outcome, checks):
     assert len(rig.simulator.cancel_calls(name(op_id))) == 1
 
 
+@pytest.mark.parametrize("op_id", ["missing-a", "denied-a", "unsupported-a", "invalid-a"])
+def test_a_refusal_frees_the_requests_key_and_is_reported_once_under_a_key_of_its_own(rig, op_id):
+    for message_id in ("m-1", "m-2"):
+        rig.send(name(op_id), message_id=message_id)
+    assert len(rig.publisher.results()) == 1
+    key = f"securitycenter.googleapis.com/{name(op_id)}"
+    claim = rig.store.claim_request(key, payload_hash(key), now=rig.clock.now())
+    assert (claim.status, claim.resumed) == (ClaimStatus.ACQUIRED, False)
+    # Each delivery asked the API, which refused each time; only the first reported it.
+    assert len(rig.simulator.cancel_calls(name(op_id))) == 2
+
+
 def test_the_ce_id_is_deterministic_per_key_operation_and_outcome():
     key, operation = "securitycenter.googleapis.com/organizations/1/operations/a", "organizations/1/operations/a"
     assert event_id(key, operation, "CANCELLED") == event_id(key, operation, "CANCELLED")
@@ -86,6 +100,7 @@ def test_the_result_event_is_a_binary_mode_cloudevent_with_every_field(rig):
         "service": "securitycenter.googleapis.com",
         "outcome": "CANCELLED",
         "idempotency_key": key,
+        "dry_run": False,
         "requested_at": format_time(rig.clock.now()),
         "finished_at": format_time(rig.clock.now()),
         "checks": 1,
@@ -216,6 +231,26 @@ def test_an_explicit_key_reused_for_another_operation_is_rejected(rig):
     assert len(rig.simulator.cancel_calls()) == 1
 
 
+def test_a_key_reused_for_another_operation_reports_once_under_a_rejected_key(rig):
+    """Issue 23: the same reuse sent three times published REJECTED three times, under the bound key."""
+    rig.send(json.dumps({"operation": name("k2"), "idempotency_key": "t-1"}))
+    reports = [
+        rig.send(json.dumps({"operation": name("k3"), "idempotency_key": "t-1"}), message_id=f"m-{index}")
+        for index in range(3)
+    ]
+    keys = {report.items[0].idempotency_key for report in reports}
+    (key,) = keys
+    assert key.startswith(REJECTED_KEYS)
+    first, rejected = rig.publisher.results()
+    assert (first["operation"], first["idempotency_key"]) == (name("k2"), "explicit/t-1")
+    assert (rejected["operation"], rejected["outcome"], rejected["idempotency_key"]) == (name("k3"), "REJECTED", key)
+    # Another operation reusing the same key is its own rejection; the binding itself is untouched.
+    assert rig.send(json.dumps({"operation": name("k4"), "idempotency_key": "t-1"})).items[0].idempotency_key != key
+    duplicate = rig.send(json.dumps({"operation": name("k2"), "idempotency_key": "t-1"}))
+    assert duplicate.items[0].status is ItemStatus.DUPLICATE
+    assert len(rig.simulator.cancel_calls()) == 1
+
+
 def test_invalid_input_is_rejected_once_without_any_network_call(rig):
     hostile = "organizations/1/operations/../../v1/organizations/2/operations/x:cancel"
     for _ in range(2):
@@ -252,8 +287,8 @@ def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
     rig.send(body, attributes={"idempotency_key": "batch-1"})
     keys = sorted(r["idempotency_key"] for r in rig.publisher.results())
     assert keys == [
-        f"explicit/batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
-        f"explicit/batch-1/securitycenter.googleapis.com/{name('a')}",
+        f"batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
+        f"batch-1/securitycenter.googleapis.com/{name('a')}",
     ]
     assert {c.path for c in rig.simulator.cancel_calls()} == {
         f"/v2/{name('a')}:cancel",
@@ -271,8 +306,13 @@ def test_a_closed_incident_makes_no_call_and_no_result(rig):
 def test_an_open_incident_cancels_what_it_names(rig):
     rig.send((DATA_DIR / "alert-incident-open.json").read_bytes(), message_id="alert-1")
     result = only_result(rig)
-    assert result["source"] == {"kind": "alert", "message_id": "alert-1", "incident_id": "0.mtdi83m6w8ao"}
-    assert result["idempotency_key"].startswith("incident/0.mtdi83m6w8ao/")
+    assert result["source"] == {
+        "kind": "alert",
+        "message_id": "alert-1",
+        "incident_id": "0.mtdi83m6w8ao",
+        "policy_name": "runaway-scc-operation",
+    }
+    assert result["idempotency_key"].startswith("0.mtdi83m6w8ao/securitycenter.googleapis.com/")
 
 
 # Transient trouble
@@ -530,3 +570,54 @@ def test_security_command_center_results_name_their_service_and_keep_their_ident
     result = only_result(rig)
     assert result["service"] == "securitycenter.googleapis.com"
     assert result["idempotency_key"] == f"securitycenter.googleapis.com/{name('plain')}"
+
+
+# --- liveness: when a chain counts as overdue --------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
+def store_spec(request, tmp_path):
+    if request.param == "memory":
+        return {"kind": "memory"}
+    if request.param == "sqlite":
+        return {"kind": "sqlite", "path": str(tmp_path / "store.sqlite3")}
+    return request.getfixturevalue("firestore_spec")
+
+
+def chain_whose_check_was_lost(store_spec) -> tuple[Rig, float]:
+    """A rig with the default polling policy on ``store_spec``'s backend, one chain waiting for a check that
+    never comes; and that check's due time as the store holds it."""
+    settings = Settings(project="test-project", store="memory")
+    rig = Rig(settings=settings, store=open_store(store_spec, lease_s=settings.lease_s, ttl_s=settings.record_ttl_s))
+    rig.send(name("slow-1-lost"))
+    assert len(rig.publisher.take_checks()) == 1  # dead-lettered, dropped: never delivered
+    return rig, rig.store._load(LOST_KEY).due_at
+
+
+LOST_KEY = f"securitycenter.googleapis.com/organizations/{ORG}/operations/slow-1-lost"
+
+
+def test_a_chain_is_overdue_only_once_its_check_is_later_than_the_longest_polling_delay(store_spec):
+    rig, due_at = chain_whose_check_was_lost(store_spec)
+    grace = rig.settings.polling.max_delay_s
+    for at in (due_at, due_at + 0.001, due_at + grace / 2, due_at + grace):
+        rig.clock.current = at
+        assert rig.service.overdue_chains() == [], f"overdue {at - due_at:g} s after its due time"
+    rig.clock.current = due_at + grace + 0.001
+    assert [record.key for record in rig.service.overdue_chains()] == [LOST_KEY]
+
+
+def test_a_request_delivered_again_resumes_a_chain_only_once_it_is_overdue(store_spec):
+    rig, due_at = chain_whose_check_was_lost(store_spec)
+    grace = rig.settings.polling.max_delay_s
+    for number, at in enumerate((due_at + 0.001, due_at + grace / 2, due_at + grace)):
+        rig.clock.current = at
+        (item,) = rig.send(name("slow-1-lost"), message_id=f"again-{number}").items
+        assert item.status is ItemStatus.DUPLICATE, f"{at - due_at:g} s after its due time: {item}"
+        assert rig.publisher.take_checks() == []
+    rig.clock.current = due_at + grace + 0.001
+    (item,) = rig.send(name("slow-1-lost"), message_id="again-late").items
+    assert item.status is ItemStatus.ACCEPTED and item.detail == "overdue chain resumed: check 2"
+    rig.run_checks()
+    assert only_result(rig)["outcome"] == "CANCELLED"
+    assert len(rig.simulator.cancel_calls()) == 1

@@ -96,6 +96,14 @@ def test_persistent_trouble_is_publish_failed_after_bounded_attempts():
     assert len(topic.requests) == 3 and clock.slept == [0.1, 0.2]
 
 
+@pytest.mark.parametrize("retry_after", ["\u00b2", "9" * 5000])
+def test_a_hostile_retry_hint_on_a_publish_is_publish_failed_not_a_crash(retry_after):
+    # Publishing runs after a cancel was sent: nothing in the answer may crash it (one decoder, _gcp/errors.py).
+    topic = Scripted(httpx.Response(429, headers={"retry-after": retry_after.encode()}))
+    with pytest.raises(PublishFailed, match="HTTP 429"):
+        publisher(topic).publish_all("t-1", MESSAGES)
+
+
 @pytest.mark.parametrize("status", [400, 403, 404])
 def test_a_refusal_is_publish_failed_without_retrying(status):
     topic = Scripted(httpx.Response(status, json={"error": {"status": "NOT_FOUND", "message": "Resource not found"}}))

@@ -35,7 +35,7 @@ def test_an_empty_environment_gives_the_documented_defaults():
     assert settings.api_version == "v2"
     assert settings.auth == "adc"
     assert settings.allowed_parents is None
-    assert settings.polling == PollingPolicy(initial_delay_s=5.0, multiplier=2.0, max_delay_s=300.0, deadline_s=3600.0)
+    assert settings.polling == PollingPolicy(initial_delay_s=1.0, multiplier=1.5, max_delay_s=20.0, deadline_s=3600.0)
     assert settings.pubsub_emulator_host is None
     assert settings.firestore_emulator_host is None
     assert settings.on_cloud is False
@@ -328,7 +328,7 @@ def test_max_delay_smaller_than_initial_delay_is_refused():
 
 
 def test_the_default_max_delay_is_checked_against_a_larger_initial_delay():
-    bad({"OPCANCEL_CHECK_INITIAL_DELAY_S": "301"}, "OPCANCEL_CHECK_MAX_DELAY_S")
+    bad({"OPCANCEL_CHECK_INITIAL_DELAY_S": "21"}, "OPCANCEL_CHECK_MAX_DELAY_S")
 
 
 @pytest.mark.parametrize("value", [str(WEEK + 1), str(WEEK + 0.5), "1e7"])
@@ -549,3 +549,60 @@ def test_a_malformed_account_fails_start_up_naming_it(account):
 @pytest.mark.parametrize("endpoint", ["cloudtasks.googleapis.com", "ftp://x", "http://u:p@host"])
 def test_a_malformed_tasks_endpoint_fails_start_up_naming_it(endpoint):
     bad({"OPCANCEL_TASKS_ENDPOINT": endpoint}, "OPCANCEL_TASKS_ENDPOINT")
+
+
+# --- guard rails ------------------------------------------------------------------------------
+
+
+def test_the_guard_rails_default_to_enforce_with_no_budget_no_pause_and_nothing_protected():
+    settings = Settings.from_env({})
+    assert (settings.mode, settings.cancel_budget, settings.paused, settings.protected_parents) == (
+        "enforce",
+        None,
+        False,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "count", "window_s", "shown"),
+    [("50/1h", 50, 3600.0, "50/1h"), ("1/30s", 1, 30.0, "1/30s"), (" 20 / 90m ", 20, 5400.0, "20/90m")],
+)
+def test_a_cancel_budget_is_n_per_duration_in_seconds_minutes_or_hours(value, count, window_s, shown):
+    budget = Settings.from_env({"OPCANCEL_CANCEL_BUDGET": value}).cancel_budget
+    assert (budget.count, budget.window_s, str(budget)) == (count, window_s, shown)
+
+
+@pytest.mark.parametrize("value", ["50", "50/h", "0/1h", "50/1d", "-1/1h", "50/1.5h", "1/0s", "10001/1h", "x/1h"])
+def test_a_bad_cancel_budget_fails_start_up_naming_it(value):
+    bad({"OPCANCEL_CANCEL_BUDGET": value}, "OPCANCEL_CANCEL_BUDGET")
+
+
+@pytest.mark.parametrize(("value", "paused"), [("true", True), ("TRUE", True), ("False", False), ("", False)])
+def test_opcancel_paused_takes_true_or_false_in_any_case(value, paused):
+    assert Settings.from_env({"OPCANCEL_PAUSED": value}).paused is paused
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "on"])
+def test_a_bad_opcancel_paused_fails_start_up_naming_it(value):
+    bad({"OPCANCEL_PAUSED": value}, "OPCANCEL_PAUSED")
+
+
+def test_the_mode_is_enforce_or_shadow():
+    assert Settings.from_env({"OPCANCEL_MODE": "shadow"}).mode == "shadow"
+    bad({"OPCANCEL_MODE": "dry"}, "OPCANCEL_MODE")
+
+
+def test_protected_parents_take_the_allow_list_s_forms():
+    value = "organizations/1, projects/my-proj,//aiplatform.googleapis.com/projects/my-proj-2"
+    settings = Settings.from_env({"OPCANCEL_PROTECTED_PARENTS": value})
+    assert settings.protected_parents == (
+        "organizations/1",
+        "projects/my-proj",
+        "//aiplatform.googleapis.com/projects/my-proj-2",
+    )
+
+
+@pytest.mark.parametrize("value", ["", "  ", "organizations/x", ","])
+def test_bad_protected_parents_fail_start_up_naming_them(value):
+    bad({"OPCANCEL_PROTECTED_PARENTS": value}, "OPCANCEL_PROTECTED_PARENTS")

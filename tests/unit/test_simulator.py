@@ -65,6 +65,22 @@ def test_accepted_cancels_count_only_cancels_of_a_running_operation():
     assert operation["done"] is True
 
 
+def test_a_lasting_operation_runs_until_its_seconds_after_the_first_accepted_cancel_are_up():
+    now = [100.0]
+    simulator = Simulator(clock=lambda: now[0])
+    name = "organizations/123/operations/lasts-10-x"
+    with client(simulator) as http:
+        http.post(f"/v1/{name}:cancel", json={})
+        now[0] = 105.0
+        http.post(f"/v1/{name}:cancel", json={})  # a second cancel does not move the end
+        now[0] = 109.999
+        assert http.get(f"/v1/{name}").json()["done"] is False
+        now[0] = 110.0
+        assert http.get(f"/v1/{name}").json()["error"]["code"] == 1
+    (operation,) = simulator.operations.values()
+    assert (operation.cancelled_at, operation.ends_at) == (100.0, 110.0)
+
+
 @pytest.mark.parametrize("body", [{"rate": 2}, {"rate": 0.1, "statuses": []}, {"rate": "x"}])
 def test_a_bad_fault_rate_is_refused(body):
     with client(Simulator()) as http:

@@ -16,6 +16,7 @@ from function import IdempotencyStore, MemoryStore, SqliteStore, State
 from function._store import ClaimStatus, Record, TransitionRefused
 from function._store import sqlite as sqlite_backend
 from function._store.firestore import FirestoreStore
+from function._store.guard import HeldRequest, Pause
 from function.errors import KeyBusy, StaleFence, StoreUnavailable
 from tests.support import open_store
 
@@ -132,6 +133,16 @@ def test_a_rate_limit_pause_defers_the_next_claim(store):
         store.claim_request("k", "h", now=NOW + 10)
     assert busy.value.retry_after == pytest.approx(20)
     assert store.claim_request("k", "h", now=NOW + 31).status is ClaimStatus.ACQUIRED
+
+
+def test_sqlite_refuses_to_write_a_non_finite_number_that_would_break_every_later_read(tmp_path):
+    # Nothing should get this far (retry hints are bounded, JSON numbers read finite); if anything did,
+    # SQLite's JSON functions would fail on the whole table, so the write is refused instead.
+    store = SqliteStore(str(tmp_path / "store.sqlite3"), lease_s=LEASE, ttl_s=TTL)
+    record = store.claim_request("k", "h", now=NOW).record
+    with pytest.raises(StoreUnavailable, match="ValueError"):
+        store.released(record, now=NOW, not_before=float("inf"))
+    assert list(store.chains(NOW)) == []
 
 
 def test_a_duplicate_request_while_checks_run_adds_nothing(store):
@@ -329,6 +340,21 @@ class LostResponses(IdempotencyStore):
     def _checking(self):
         return self._backend._checking()
 
+    def _load_document(self, key):
+        return self._backend._load_document(key)
+
+    def _create_document(self, document):
+        return self._backend._create_document(document)
+
+    def _replace_document(self, document, expected_version):
+        return self._backend._replace_document(document, expected_version)
+
+    def _delete_document(self, key, expected_version):
+        return self._backend._delete_document(key, expected_version)
+
+    def _documents_of_kind(self, kind):
+        return self._backend._documents_of_kind(kind)
+
 
 def test_a_lost_create_response_is_recovered_by_checking_what_landed(store):
     store = LostResponses(store)
@@ -386,6 +412,21 @@ class Counted(IdempotencyStore):
 
     def _checking(self):
         return self._backend._checking()
+
+    def _load_document(self, key):
+        return self._backend._load_document(key)
+
+    def _create_document(self, document):
+        return self._backend._create_document(document)
+
+    def _replace_document(self, document, expected_version):
+        return self._backend._replace_document(document, expected_version)
+
+    def _delete_document(self, key, expected_version):
+        return self._backend._delete_document(key, expected_version)
+
+    def _documents_of_kind(self, kind):
+        return self._backend._documents_of_kind(kind)
 
 
 def test_a_new_key_is_claimed_by_one_create_and_no_read(store):
@@ -609,3 +650,157 @@ def expired_record(key: str, *, at: float) -> Record:
     """A finished record whose expiry is ``at``, as a key last written a TTL before then leaves it."""
     record = Record.claimed(key, "h", now=at - TTL, lease_s=LEASE, ttl_s=TTL)
     return dataclasses.replace(record, state=State.FINISHED, lease_until=0.0, result={"outcome": "CANCELLED"})
+
+
+# The guard's state: the budget and its breaker, the pause, held requests. The same contract on every backend.
+
+
+def test_the_budget_counts_each_request_once_until_it_is_spent_then_trips_and_stays_tripped(store):
+    counts = [store.count_cancel(f"k{i}", now=NOW + i, limit=3, window_s=100) for i in range(3)]
+    assert [(c.allowed, c.used) for c in counts] == [(True, 1), (True, 2), (True, 3)]
+    # A redelivery of a counted request is allowed without counting again.
+    again = store.count_cancel("k1", now=NOW + 5, limit=3, window_s=100)
+    assert (again.allowed, again.used) == (True, 3)
+    tripping = store.count_cancel("k3", now=NOW + 6, limit=3, window_s=100)
+    assert (tripping.allowed, tripping.tripped_now, tripping.tripped.by, tripping.tripped.used) == (
+        False,
+        True,
+        "k3",
+        3,
+    )
+    # Tripped until reset, even long after the window: and now nothing at all is allowed, a counted key neither.
+    for key in ("k4", "k1"):
+        later = store.count_cancel(key, now=NOW + 10_000, limit=3, window_s=100)
+        assert (later.allowed, later.tripped_now, later.tripped.at) == (False, False, NOW + 6)
+    assert store.budget().tripped.by == "k3"
+
+
+def test_the_window_slides(store):
+    for i in range(3):
+        store.count_cancel(f"k{i}", now=NOW + i, limit=3, window_s=100)
+    # At NOW + 100 the first cancel (at NOW) has left the window.
+    assert store.count_cancel("k3", now=NOW + 100, limit=3, window_s=100).allowed
+    assert not store.count_cancel("k4", now=NOW + 100.5, limit=3, window_s=100).allowed
+
+
+def test_a_reset_closes_the_breaker_and_starts_a_fresh_window(store):
+    for i in range(3):
+        store.count_cancel(f"k{i}", now=NOW, limit=2, window_s=100)
+    before = store.reset_budget(now=NOW + 1)
+    assert before.tripped is not None and len(before.counted) == 2
+    assert store.budget().tripped is None
+    assert [store.count_cancel(f"n{i}", now=NOW + 2, limit=2, window_s=100).allowed for i in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+
+
+def test_concurrent_requests_never_count_past_the_budget_and_one_trips_it(store):
+    answers = []
+    barrier = threading.Barrier(12)
+
+    def request(i):
+        barrier.wait()
+        answers.append(store.count_cancel(f"k{i}", now=NOW, limit=5, window_s=100))
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(a.allowed for a in answers) == 5
+    assert sum(a.tripped_now for a in answers) == 1
+
+
+def test_a_pause_is_stored_and_ended_each_write_returning_what_it_replaced(store):
+    assert store.pause() is None
+    assert store.set_pause(Pause("ana", "incident 42", NOW), now=NOW) is None
+    assert store.pause() == Pause("ana", "incident 42", NOW)
+    assert store.set_pause(None, now=NOW + 1) == Pause("ana", "incident 42", NOW)
+    assert store.pause() is None
+
+
+def held(key="explicit/k", **changes) -> HeldRequest:
+    fields = {
+        "key": key,
+        "operation": "organizations/1/operations/x",
+        "because": "breaker",
+        "held_at": NOW,
+        "holds": 1,
+        "result": {"outcome": "HELD"},
+        "replay": {"data": "organizations/1/operations/x", "attributes": {}},
+    }
+    return HeldRequest(**{**fields, **changes})
+
+
+def test_a_request_is_held_once_and_reported_once(store):
+    kept = store.hold(held(), now=NOW)
+    assert (kept.reported, kept.holds, kept.expire_at) == (False, 1, NOW + TTL)
+    reported = store.held_reported(kept, now=NOW + 1)
+    again = store.hold(held(held_at=NOW + 2), now=NOW + 2)
+    assert again == reported and again.reported and again.held_at == NOW
+    # Holding never touches the request's own key.
+    assert store._load("explicit/k") is None
+
+
+def test_a_released_request_held_again_is_kept_anew_to_be_reported_again(store):
+    kept = store.held_reported(store.hold(held(), now=NOW), now=NOW)
+    released = store.release(kept, by="ana", now=NOW + 1)
+    assert (released.released, released.released_by, released.released_at) == (True, "ana", NOW + 1)
+    assert store.held_request("explicit/k", now=NOW + 1).released
+    again = store.hold(held(because="paused", held_at=NOW + 2), now=NOW + 2)
+    assert (again.released, again.reported, again.holds, again.because) == (False, False, 2, "paused")
+
+
+def test_held_requests_are_listed_oldest_first_until_they_expire_or_are_dropped(store):
+    first = store.hold(held("explicit/a"), now=NOW)
+    store.hold(held("explicit/b", held_at=NOW + 1), now=NOW + 1)
+    assert [h.key for h in store.held_requests(now=NOW + 2)] == ["explicit/a", "explicit/b"]
+    assert store.forget_held(first)
+    assert [h.key for h in store.held_requests(now=NOW + 2)] == ["explicit/b"]
+    assert store.held_requests(now=NOW + 1 + TTL) == []
+    assert store.held_request("explicit/b", now=NOW + 1 + TTL) is None
+
+
+def test_a_held_request_changed_since_it_was_read_is_neither_dropped_nor_released(store):
+    kept = store.hold(held(), now=NOW)
+    store.held_reported(kept, now=NOW)
+    assert not store.forget_held(kept)
+    with pytest.raises(StaleFence):
+        store.release(kept, by="ana", now=NOW)
+
+
+def test_guard_documents_are_not_records_and_records_are_not_guard_documents(store):
+    store.hold(held(), now=NOW)
+    store.count_cancel("k", now=NOW, limit=1, window_s=10)
+    waiting_for(store, check(1))
+    assert [record.key for record in store.chains(NOW)] == ["k"]
+    assert [h.key for h in store.held_requests(now=NOW)] == ["explicit/k"]
+
+
+def test_guard_state_that_cannot_be_read_is_store_unavailable():
+    class Broken(MemoryStore):
+        def _load_document(self, key):
+            raise OSError("disk on fire")
+
+    with pytest.raises(StoreUnavailable, match="guard state: OSError"):
+        Broken(lease_s=LEASE, ttl_s=TTL).pause()
+
+
+def test_expired_held_requests_are_swept_with_the_records(tmp_path):
+    store = open_store({"kind": "sqlite", "path": str(tmp_path / "s.sqlite3")}, lease_s=LEASE, ttl_s=TTL)
+    store.hold(held(), now=NOW)
+    store.count_cancel("k", now=NOW, limit=1, window_s=10)
+    store.claim_request("new", "h", now=NOW + TTL + 1)
+    assert store._load_document("held/explicit/k") is None
+    # The breaker and the budget never expire.
+    assert store._load_document("guard/budget") is not None
+
+
+def test_a_request_counted_before_the_breaker_tripped_may_still_send_its_cancel(store):
+    store.count_cancel("k0", now=NOW, limit=1, window_s=100)
+    assert store.count_cancel("k1", now=NOW + 1, limit=1, window_s=100).tripped_now
+    # A redelivery of the counted request (its cancel may be out already) goes; it does not count again.
+    again = store.count_cancel("k0", now=NOW + 2, limit=1, window_s=100)
+    assert (again.allowed, again.used, again.tripped is not None) == (True, 1, True)

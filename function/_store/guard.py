@@ -1,0 +1,321 @@
+"""The guard's state in the store: the cancel budget and its breaker, the pause, and held requests.
+
+Written once, here, over four primitives each backend adds beside its records' (load, create if absent,
+replace or delete if the version matches, list by kind), so every backend keeps the guard's state the
+same way and the store's contract tests cover it. Guard documents share the records' table or collection
+under keys of their own namespaces (``guard/`` and ``held/``), whose first segment no idempotency key
+has (a derived key starts with an API host, which has a dot; the others are ``explicit/``, ``incident/``,
+``incident-digest/``, ``rejected/`` and ``dry-run/``).
+
+The budget document is the one hot document: only a request about to send its first cancel writes it
+(one conditional write, which also trips the breaker when the budget is spent); a tripped breaker is only
+read. Deciding what the state means (go, dry run, hold) is ``function._guard``'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import GuardContended, StaleFence, StoreUnavailable
+
+BUDGET_KEY = "guard/budget"
+PAUSE_KEY = "guard/pause"
+HELD_KEYS = "held/"
+HELD_KIND = "held"
+GUARD_KIND = "guard"
+#: 9999-12-31T23:59:59Z, Firestore's last timestamp: the breaker and the pause never expire by themselves.
+NEVER = 253402300799.0
+
+
+@dataclass(frozen=True)
+class Document:
+    """A guard document: JSON under a key of the guard's namespaces, versioned and expiring like a record."""
+
+    key: str
+    #: Stored where a record keeps its state, so one query finds every document of a kind (held requests).
+    kind: str
+    body: dict[str, Any]
+    version: int = 1
+    expire_at: float = NEVER
+    created_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "state": self.kind,
+            "version": self.version,
+            "expire_at": self.expire_at,
+            "created_at": self.created_at,
+            "body": self.body,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Document:
+        return cls(
+            data["key"], data["state"], data["body"], data["version"], data["expire_at"], data.get("created_at", 0.0)
+        )
+
+
+@dataclass(frozen=True)
+class Trip:
+    """The breaker tripped: when, by which request (its key), and how many cancels the window held."""
+
+    at: float
+    by: str
+    used: int
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The cancels counted since the last reset, each (sent at, digest of its request's key), and the breaker."""
+
+    counted: tuple[tuple[float, str], ...] = ()
+    #: The last ``guard reset``: cancels before it no longer count.
+    since: float = 0.0
+    tripped: Trip | None = None
+
+    def live(self, now: float, window_s: float) -> tuple[tuple[float, str], ...]:
+        """The cancels inside the sliding window ending ``now``."""
+        start = now - window_s
+        return tuple(entry for entry in self.counted if entry[0] > start and entry[0] >= self.since)
+
+    def counts(self, key: str, now: float, window_s: float) -> bool:
+        """Whether the request with ``key`` was counted in the window: its cancel may go (again), tripped or not."""
+        digest = _digest(key)
+        return any(entry[1] == digest for entry in self.live(now, window_s))
+
+    def to_body(self) -> dict[str, Any]:
+        tripped = dataclasses.asdict(self.tripped) if self.tripped is not None else None
+        return {"counted": [list(entry) for entry in self.counted], "since": self.since, "tripped": tripped}
+
+    @classmethod
+    def from_document(cls, document: Document | None) -> Budget:
+        if document is None:
+            return cls()
+        body = document.body
+        tripped = body.get("tripped")
+        return cls(
+            tuple((float(at), str(digest)) for at, digest in body.get("counted", ())),
+            float(body.get("since", 0.0)),
+            Trip(**tripped) if tripped else None,
+        )
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What counting a cancel found: whether it may be sent (``counted`` or counted before) and the budget's use."""
+
+    allowed: bool
+    used: int
+    #: The breaker, when it is open; ``tripped_now`` when this very request tripped it.
+    tripped: Trip | None = None
+    tripped_now: bool = False
+    #: The budget as this count left it.
+    budget: Budget = Budget()
+
+
+@dataclass(frozen=True)
+class Pause:
+    by: str
+    reason: str | None
+    since: float
+
+
+@dataclass(frozen=True)
+class HeldRequest:
+    """A request the guard held: its HELD result (published once), how to send it again, and whether an
+    operator released it (the only thing that lets it past the breaker)."""
+
+    key: str
+    operation: str
+    because: str
+    held_at: float
+    holds: int
+    result: dict[str, Any]
+    #: The message that parses back to the request and its key: ``{"data": text, "attributes": {...}}``.
+    replay: dict[str, Any] | None
+    reported: bool = False
+    released: bool = False
+    released_by: str | None = None
+    released_at: float | None = None
+    version: int = 1
+    expire_at: float = NEVER
+
+    def to_body(self) -> dict[str, Any]:
+        body = dataclasses.asdict(self)
+        for name in ("version", "expire_at"):
+            del body[name]
+        return body
+
+    @classmethod
+    def from_document(cls, document: Document) -> HeldRequest:
+        return cls(**document.body, version=document.version, expire_at=document.expire_at)
+
+
+class GuardRecords:
+    """The guard's state over a backend's document primitives; mixed into ``IdempotencyStore``."""
+
+    #: Attempts at one guard write lost to a concurrent one, before giving up as contended (and retried).
+    _GUARD_ROUNDS = 64
+
+    ttl_s: float
+
+    # The budget and its breaker
+
+    def budget(self) -> Budget:
+        return Budget.from_document(self._guarded(self._load_document, BUDGET_KEY))
+
+    def count_cancel(self, key: str, *, now: float, limit: int, window_s: float) -> Counted:
+        """Count the first cancel of the request with ``key``, if the budget allows one more in the window
+        ending ``now``; else trip the breaker. A key counted in the window already is allowed again without
+        counting, so a redelivery or a takeover of the same request never counts twice."""
+        for _ in range(self._GUARD_ROUNDS):
+            document = self._guarded(self._load_document, BUDGET_KEY)
+            budget = Budget.from_document(document)
+            live = budget.live(now, window_s)
+            # Counted before the breaker tripped (a redelivery, a takeover): its cancel may have gone already.
+            if budget.counts(key, now, window_s):
+                return Counted(True, len(live), budget.tripped, budget=budget)
+            if budget.tripped is not None:
+                return Counted(False, len(live), budget.tripped, budget=budget)
+            if len(live) >= limit:
+                changed = Budget(live, budget.since, Trip(now, key, len(live)))
+            else:
+                changed = Budget((*live, (now, _digest(key))), budget.since)
+            if self._put(document, BUDGET_KEY, GUARD_KIND, changed.to_body(), now=now, expire_at=NEVER):
+                if changed.tripped is not None:
+                    return Counted(False, len(live), changed.tripped, tripped_now=True, budget=changed)
+                return Counted(True, len(changed.counted), budget=changed)
+        raise GuardContended(f"lost {self._GUARD_ROUNDS} races for the budget document")
+
+    def reset_budget(self, *, now: float) -> Budget:
+        """Close the breaker and start a fresh window; returns the budget as it was."""
+        for _ in range(self._GUARD_ROUNDS):
+            document = self._guarded(self._load_document, BUDGET_KEY)
+            fresh = Budget(since=now)
+            if self._put(document, BUDGET_KEY, GUARD_KIND, fresh.to_body(), now=now, expire_at=NEVER):
+                return Budget.from_document(document)
+        raise GuardContended(f"lost {self._GUARD_ROUNDS} races for the budget document")
+
+    # The pause
+
+    def pause(self) -> Pause | None:
+        document = self._guarded(self._load_document, PAUSE_KEY)
+        return _pause_of(document)
+
+    def set_pause(self, pause: Pause | None, *, now: float) -> Pause | None:
+        """Pause (or, with None, unpause); returns the pause as it was."""
+        body = dataclasses.asdict(pause) if pause is not None else {}
+        for _ in range(self._GUARD_ROUNDS):
+            document = self._guarded(self._load_document, PAUSE_KEY)
+            if self._put(document, PAUSE_KEY, GUARD_KIND, {"pause": body or None}, now=now, expire_at=NEVER):
+                return _pause_of(document)
+        raise GuardContended(f"lost {self._GUARD_ROUNDS} races for the pause document")
+
+    # Held requests
+
+    def hold(self, held: HeldRequest, *, now: float) -> HeldRequest:
+        """Keep ``held`` unless the request is held already; a released one is held again (``holds`` + 1), to
+        be reported again. Returns what the store now keeps: its ``reported`` says whether to publish."""
+        key = HELD_KEYS + held.key
+        for _ in range(self._GUARD_ROUNDS):
+            document = self._guarded(self._load_document, key)
+            if document is not None and document.expire_at > now:
+                kept = HeldRequest.from_document(document)
+                if not kept.released:
+                    return kept
+                held = dataclasses.replace(held, holds=kept.holds + 1)
+            written = self._put(document, key, HELD_KIND, held.to_body(), now=now, expire_at=now + self.ttl_s)
+            if written is not None:
+                return HeldRequest.from_document(written)
+        raise GuardContended(f"lost {self._GUARD_ROUNDS} races for a held request")
+
+    def held_reported(self, held: HeldRequest, *, now: float) -> HeldRequest:
+        """The HELD result is out: a later delivery of the request does not publish it again."""
+        return self._change_held(held, dataclasses.replace(held, reported=True), now=now)
+
+    def release(self, held: HeldRequest, *, by: str, now: float) -> HeldRequest:
+        """Let the request past the breaker the next time it comes (the pause still stops it)."""
+        return self._change_held(
+            held, dataclasses.replace(held, released=True, released_by=by, released_at=now), now=now
+        )
+
+    def held_request(self, key: str, *, now: float) -> HeldRequest | None:
+        document = self._guarded(self._load_document, HELD_KEYS + key)
+        if document is None or document.expire_at <= now:
+            return None
+        return HeldRequest.from_document(document)
+
+    def held_requests(self, *, now: float) -> list[HeldRequest]:
+        """Every held request that has not expired, oldest first."""
+        documents = self._guarded(lambda: list(self._documents_of_kind(HELD_KIND)))
+        held = [HeldRequest.from_document(d) for d in documents if d.expire_at > now]
+        return sorted(held, key=lambda request: (request.held_at, request.key))
+
+    def forget_held(self, held: HeldRequest) -> bool:
+        """Delete ``held`` if unchanged since it was read; False if it changed (or is gone)."""
+        return bool(self._guarded(self._delete_document, HELD_KEYS + held.key, held.version))
+
+    def _change_held(self, held: HeldRequest, changed: HeldRequest, *, now: float) -> HeldRequest:
+        current = Document(HELD_KEYS + held.key, HELD_KIND, held.to_body(), held.version, held.expire_at)
+        written = self._put(current, current.key, HELD_KIND, changed.to_body(), now=now, expire_at=now + self.ttl_s)
+        if written is None:
+            raise StaleFence("the held request changed since it was read")
+        return HeldRequest.from_document(written)
+
+    # The rules
+
+    def _put(
+        self, current: Document | None, key: str, kind: str, body: dict[str, Any], *, now: float, expire_at: float
+    ) -> Document | None:
+        """``body`` as the next version of ``current`` (created if None); None if another write came between."""
+        if current is None:
+            fresh = Document(key, kind, body, 1, expire_at, created_at=now)
+            return fresh if self._guarded(self._create_document, fresh) else None
+        changed = Document(key, kind, body, current.version + 1, expire_at, current.created_at)
+        return changed if self._guarded(self._replace_document, changed, current.version) else None
+
+    @staticmethod
+    def _guarded(operation: Any, *args: Any) -> Any:
+        try:
+            return operation(*args)
+        except Exception as problem:
+            if isinstance(problem, StoreUnavailable):
+                raise StoreUnavailable(f"guard state: {problem}") from problem
+            raise StoreUnavailable(f"guard state: {type(problem).__name__}") from problem
+
+    # The backend's primitives: every backend of the project has them (the store's contract tests hold each
+    # to them); a stand-in without them has no guard state, which reads as unavailable (nothing is cancelled).
+
+    def _load_document(self, key: str) -> Document | None:
+        raise NotImplementedError
+
+    def _create_document(self, document: Document) -> bool:
+        """Write ``document`` only if its key is absent; True if written."""
+        raise NotImplementedError
+
+    def _replace_document(self, document: Document, expected_version: int) -> bool:
+        """Overwrite only if the stored version is ``expected_version``; True if written."""
+        raise NotImplementedError
+
+    def _delete_document(self, key: str, expected_version: int) -> bool:
+        """Delete only if the stored version is ``expected_version``; True if deleted."""
+        raise NotImplementedError
+
+    def _documents_of_kind(self, kind: str) -> Iterator[Document]:
+        """Every stored document of ``kind`` (expired ones included)."""
+        raise NotImplementedError
+
+
+def _digest(key: str) -> str:
+    """What the budget document keeps of a request's key: enough to tell requests apart, bounded in size."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _pause_of(document: Document | None) -> Pause | None:
+    pause = document.body.get("pause") if document is not None else None
+    return Pause(**pause) if pause else None

@@ -1,0 +1,154 @@
+"""``guard`` and ``held``: what each command prints and changes, on the store the function writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from function import SqliteStore
+from function._settings import CancelBudget
+from function.cli import CliClients, Exit, cli
+from tests.support import Rig
+
+
+class GuardRig:
+    """A function (a rig on an SQLite file) with a budget of one, and the CLI on the same file."""
+
+    def __init__(self, tmp_path, *, project: bool = True) -> None:
+        path = str(tmp_path / "state.sqlite3")
+        settings = dataclasses.replace(
+            Rig().settings,
+            store="sqlite",
+            store_configured=True,
+            sqlite_path=path,
+            cancel_budget=CancelBudget(1, 3600.0),
+        )
+        self.store = SqliteStore(path, lease_s=60, ttl_s=settings.record_ttl_s)
+        self.rig = Rig(settings=settings, store=self.store)
+        self.clients = CliClients(
+            settings=settings,
+            auth=None,
+            api=self.rig.api,
+            clock=self.rig.clock,
+            publisher=self.rig.publisher if project else None,
+            store=lambda chosen: SqliteStore(chosen.sqlite_path, lease_s=60, ttl_s=settings.record_ttl_s),
+        )
+
+    def run(self, *args: str):
+        return CliRunner().invoke(cli, list(args), obj=self.clients, catch_exceptions=False)
+
+    def trip(self) -> None:
+        """One cancel, then two requests held by the breaker."""
+        for op_id in ("first", "a", "b"):
+            self.rig.send(f"organizations/1/operations/{op_id}")
+
+    def deliver_released(self):
+        """What `held release` published to the requests topic, delivered to the function."""
+        released = self.rig.publisher.on("opcancel-requests")
+        self.rig.publisher.messages = [m for m in self.rig.publisher.messages if m[0] != "opcancel-requests"]
+        for data, attributes in released:
+            self.rig.send(data, attributes, message_id="m-released")
+
+
+KEY_A = "securitycenter.googleapis.com/organizations/1/operations/a"
+KEY_B = "securitycenter.googleapis.com/organizations/1/operations/b"
+
+
+@pytest.fixture
+def state(tmp_path):
+    return GuardRig(tmp_path)
+
+
+def test_guard_status_prints_the_mode_the_budget_s_use_the_breaker_and_the_pause(state):
+    result = state.run("guard", "status")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "mode:    enforce",
+        "budget:  0 of 1 cancels used in the last 1h",
+        "breaker: closed",
+        "pause:   not paused",
+        "held:    0 request(s) (`python -m function held`)",
+    ]
+    assert result.stderr.startswith("store: sqlite ")
+    state.trip()
+    status = json.loads(state.run("guard", "status", "--json").stdout)
+    assert (status["budget"], status["budget_used"], status["held"], status["paused"]) == ("1/1h", 1, 2, False)
+    assert status["breaker"]["tripped_by"] == KEY_A
+
+
+def test_held_lists_and_release_sends_a_held_request_past_the_open_breaker_uncounted(state):
+    state.trip()
+    listed = state.run("held")
+    assert listed.exit_code == 0
+    assert listed.stdout.splitlines()[-1] == "2 held request(s)"
+    assert [row["idempotency_key"] for row in json.loads(state.run("held", "--json").stdout)] == [KEY_A, KEY_B]
+    released = state.run("held", "release", KEY_A, "--by", "ana")
+    assert released.exit_code == 0, released.output
+    assert released.stdout == f"released {KEY_A} (organizations/1/operations/a): published to opcancel-requests\n"
+    state.deliver_released()
+    assert state.rig.publisher.results()[-1]["outcome"] == "CANCELLED"
+    assert len(state.rig.simulator.cancel_calls()) == 2
+    assert json.loads(state.run("guard", "status", "--json").stdout)["budget_used"] == 1
+    assert [row["idempotency_key"] for row in json.loads(state.run("held", "--json").stdout)] == [KEY_B]
+
+
+def test_held_drop_forgets_without_cancelling(state):
+    state.trip()
+    result = state.run("held", "drop", "--all")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        f"dropped {KEY_A} (organizations/1/operations/a)",
+        f"dropped {KEY_B} (organizations/1/operations/b)",
+    ]
+    assert state.run("held").stdout == "0 held request(s)\n"
+    assert len(state.rig.simulator.cancel_calls()) == 1
+
+
+def test_release_or_drop_of_a_key_not_held_changes_nothing_and_exits_6(state):
+    state.trip()
+    for command in ("release", "drop"):
+        result = state.run("held", command, KEY_A, "explicit/nope")
+        assert result.exit_code == Exit.NOT_FOUND
+        assert result.stderr.endswith("Error: not held: explicit/nope\n")
+    assert len(json.loads(state.run("held", "--json").stdout)) == 2
+
+
+@pytest.mark.parametrize("args", [(), (KEY_A, "--all")])
+def test_release_needs_keys_or_all_but_not_both(state, args):
+    assert state.run("held", "release", *args).exit_code == 2
+
+
+def test_release_without_a_project_is_bad_configuration(tmp_path):
+    state = GuardRig(tmp_path, project=False)
+    state.trip()
+    result = state.run("held", "release", "--all")
+    assert result.exit_code == Exit.BAD_CONFIGURATION and "GOOGLE_CLOUD_PROJECT" in result.stderr
+
+
+def test_reset_closes_the_breaker_and_says_what_it_closed(state):
+    state.trip()
+    result = state.run("guard", "reset")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("breaker closed (tripped at ")
+    assert result.stdout.endswith(f"by {KEY_A}); a fresh window starts now (1 earlier cancels no longer count)\n")
+    state.rig.clock.advance(10)
+    state.rig.send("organizations/1/operations/after-reset")
+    assert state.rig.publisher.results()[-1]["outcome"] == "CANCELLED"
+    again = state.run("guard", "reset")
+    assert again.stdout == "breaker was closed; a fresh window starts now (1 earlier cancels no longer count)\n"
+
+
+def test_pause_and_unpause_print_what_they_changed(state):
+    paused = state.run("guard", "pause", "--reason", "INC-7 \u202e", "--by", "ana")
+    assert (paused.exit_code, paused.stdout) == (0, "paused by ana: INC-7 \\u202e\n")
+    assert "PAUSED by ana since " in state.run("guard", "status").stdout
+    state.rig.send("organizations/1/operations/while-paused")
+    assert state.rig.publisher.results()[-1]["outcome"] == "HELD"
+    again = state.run("guard", "pause", "--by", "bo")
+    assert again.stdout.startswith("paused by bo (was paused by ana since ")
+    unpaused = state.run("guard", "unpause")
+    assert unpaused.stdout.startswith("unpaused (was paused by bo since ")
+    assert state.run("guard", "unpause").stdout == "not paused; nothing changed\n"

@@ -1,0 +1,169 @@
+"""The guard's decisions, and what each costs the store: the pause and the breaker are read at most once per
+``STATE_CACHE_S`` per instance, only a cancel writes the budget document, and a tripped breaker is a read."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from function import MemoryStore
+from function._guard import STATE_CACHE_S, Guard, HeldBecause, Verdict
+from function._log import Logger
+from function._model import CancelRequest, Outcome, Result, Source, SourceKind
+from function._names import OperationRef
+from function._settings import CancelBudget
+from function._store.guard import BUDGET_KEY, PAUSE_KEY
+from tests.support import FakeClock
+
+
+class CountingStore(MemoryStore):
+    """Counts the guard's document reads and writes, by key."""
+
+    def __init__(self) -> None:
+        super().__init__(lease_s=60, ttl_s=3600)
+        self.reads: list[str] = []
+        self.writes: list[str] = []
+
+    def _load_document(self, key):
+        self.reads.append(key)
+        return super()._load_document(key)
+
+    def _create_document(self, document):
+        self.writes.append(document.key)
+        return super()._create_document(document)
+
+    def _replace_document(self, document, expected_version):
+        self.writes.append(document.key)
+        return super()._replace_document(document, expected_version)
+
+
+def request(op_id: str, *, dry_run: bool = False) -> CancelRequest:
+    name = f"organizations/1/operations/{op_id}"
+    return CancelRequest(OperationRef(name), OperationRef(name).identity, Source(SourceKind.PUBSUB), dry_run=dry_run)
+
+
+def guard(store=None, clock=None, **settings) -> Guard:
+    return Guard(store=store or CountingStore(), clock=clock or FakeClock(), log=Logger(), **settings)
+
+
+def test_a_dry_run_is_never_held_and_reads_nothing():
+    store = CountingStore()
+    store.set_pause(None, now=0)
+    store.reads.clear()
+    assert guard(store, pinned=True).decide(request("a", dry_run=True)).verdict is Verdict.DRY_RUN
+    assert store.reads == []
+
+
+def test_without_a_budget_a_request_costs_one_pause_read_per_cache_period():
+    store, clock = CountingStore(), FakeClock()
+    rails = guard(store, clock)
+    for i in range(5):
+        assert rails.decide(request(f"a{i}")).verdict is Verdict.GO
+    assert (store.reads, store.writes) == ([PAUSE_KEY], [])
+    clock.advance(STATE_CACHE_S)
+    rails.decide(request("b"))
+    assert store.reads == [PAUSE_KEY, PAUSE_KEY]
+
+
+def test_a_pause_is_seen_once_the_cached_state_is_older_than_the_cache_period():
+    store, clock = CountingStore(), FakeClock()
+    rails = guard(store, clock)
+    rails.decide(request("a"))
+    Guard(store=store, clock=clock, log=Logger()).pause(by="ana", reason="why")
+    clock.advance(STATE_CACHE_S - 0.5)
+    assert rails.decide(request("b")).verdict is Verdict.GO
+    clock.advance(0.5)
+    held = rails.decide(request("c"))
+    assert (held.verdict, held.because) == (Verdict.HOLD, HeldBecause.PAUSED)
+
+
+def test_with_a_budget_each_cancel_reads_and_writes_the_budget_document_once_and_its_held_record_once():
+    store = CountingStore()
+    rails = guard(store, budget=CancelBudget(10, 3600))
+    rails.decide(request("warm"))
+    store.reads.clear(), store.writes.clear()
+    decision = rails.decide(request("a"))
+    assert (decision.verdict, decision.budget_used, decision.budget_limit) == (Verdict.GO, 2, 10)
+    assert store.reads == ["held/" + request("a").idempotency_key, BUDGET_KEY]
+    assert store.writes == [BUDGET_KEY]
+
+
+def test_a_tripped_breaker_is_a_read_of_the_held_record_and_no_write():
+    store = CountingStore()
+    rails = guard(store, budget=CancelBudget(1, 3600))
+    rails.decide(request("a"))
+    tripping = rails.decide(request("b"))
+    assert (tripping.verdict, tripping.because) == (Verdict.HOLD, HeldBecause.BREAKER)
+    store.reads.clear(), store.writes.clear()
+    for i in range(5):
+        assert rails.decide(request(f"c{i}")).verdict is Verdict.HOLD
+    assert store.writes == []
+    assert BUDGET_KEY not in store.reads
+
+
+def test_another_instance_sees_the_breaker_when_it_counts_and_then_from_its_cache():
+    store, clock = CountingStore(), FakeClock()
+    first, second = guard(store, clock, budget=CancelBudget(1, 3600)), guard(store, clock, budget=CancelBudget(1, 3600))
+    second.decide(request("warm-cache"))
+    first.decide(request("b"))
+    store.reads.clear(), store.writes.clear()
+    assert second.decide(request("c")).verdict is Verdict.HOLD
+    assert second.decide(request("d")).verdict is Verdict.HOLD
+    assert store.writes == [] and store.reads.count(BUDGET_KEY) == 1
+
+
+def test_a_held_request_released_by_an_operator_goes_uncounted_past_the_breaker_but_not_past_the_pause():
+    store, clock = CountingStore(), FakeClock()
+    rails = guard(store, clock, budget=CancelBudget(1, 3600))
+    rails.decide(request("a"))
+    held_request = request("b")
+    decision = rails.decide(held_request)
+    result = Result(
+        "n",
+        "global",
+        "v2",
+        Outcome.HELD,
+        held_request.idempotency_key,
+        0.0,
+        0.0,
+        0,
+        None,
+        decision.error,
+        Source(SourceKind.PUBSUB),
+    )
+    held = rails.hold(held_request, result, decision.because)
+
+    class Nowhere:
+        def publish_all(self, topic, messages):
+            return ["1"]
+
+    rails.release(held, by="ana", publisher=Nowhere(), topic="t")
+    store.writes.clear()
+    released = rails.decide(held_request)
+    assert (released.verdict, released.released.released_by, released.budget_used) == (Verdict.GO, "ana", None)
+    assert store.writes == []
+    rails.pause(by="bo", reason=None)
+    clock.advance(STATE_CACHE_S)
+    assert rails.decide(held_request).because is HeldBecause.PAUSED
+
+
+def test_status_reads_afresh_and_reports_the_window_s_use():
+    store, clock = CountingStore(), FakeClock()
+    rails = guard(store, clock, budget=CancelBudget(3, 60))
+    rails.decide(request("a"))
+    clock.advance(30)
+    rails.decide(request("b"))
+    clock.advance(31)
+    status = rails.status()
+    assert (status.used, status.tripped, status.pause, status.held) == (1, None, None, 0)
+    assert status.to_json()["budget"] == "3/1m"
+    assert dataclasses.replace(status, pinned=True).to_json()["paused"] is True
+
+
+def test_an_instance_holding_from_its_cached_breaker_still_lets_a_request_counted_before_it_tripped_go():
+    store = CountingStore()
+    rails = guard(store, budget=CancelBudget(1, 3600))
+    rails.decide(request("a"))
+    rails.decide(request("b"))
+    store.writes.clear()
+    assert rails.decide(request("a")).verdict is Verdict.GO
+    assert store.writes == []
