@@ -70,9 +70,9 @@ def test_a_lasting_operation_runs_until_its_seconds_after_the_first_accepted_can
     simulator = Simulator(clock=lambda: now[0])
     name = "organizations/123/operations/lasts-10-x"
     with client(simulator) as http:
-        http.post(f"/v1/{name}:cancel", json={})
+        http.post(f"/v1/{name}:cancel")
         now[0] = 105.0
-        http.post(f"/v1/{name}:cancel", json={})  # a second cancel does not move the end
+        http.post(f"/v1/{name}:cancel")  # a second cancel does not move the end
         now[0] = 109.999
         assert http.get(f"/v1/{name}").json()["done"] is False
         now[0] = 110.0
