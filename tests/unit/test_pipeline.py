@@ -404,7 +404,7 @@ def test_a_dead_holders_cancel_that_got_through_is_not_sent_again():
     claimed_by_a_dead_holder(rig, "plain")
     # What the dead holder managed before it died: the API accepted its cancel.
     with httpx.Client(transport=httpx.WSGITransport(app=rig.simulator), base_url="http://sim") as http:
-        http.post(f"/v2/{name('plain')}:cancel", json={})
+        http.post(f"/v2/{name('plain')}:cancel")
     assert not rig.send(name("plain")).must_retry
     assert len(rig.simulator.cancel_calls()) == 1
     result = only_result(rig)
