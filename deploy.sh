@@ -40,6 +40,12 @@ readonly TASKS_MAX_ATTEMPTS=100
 readonly TASKS_MAX_RETRY_DURATION=86400s
 readonly DEFAULT_PERMISSIONS=securitycenter.operations.cancel,securitycenter.operations.get
 readonly DEPLOY_LABEL=opcancel_deploy
+# The cancel budget a deployment gets unless told otherwise (SPEC, Guard rails): deploy.sh never deploys
+# without one.
+readonly DEFAULT_CANCEL_BUDGET=100/1h
+# The longest budget window deploy.sh accepts: a week. Longer windows keep a tripped breaker's cause out
+# of sight for too long to be a useful rail, and the dashboard draws one bar per window.
+readonly MAX_BUDGET_WINDOW_S=604800
 # What Cloud Build needs to build a function as a user-chosen account (functions/docs/securing/
 # build-custom-sa; run/docs/configuring/services/build-service-account names Storage Object Admin
 # for reading the uploaded source and storing the build's layers).
@@ -67,13 +73,15 @@ readonly APIS=(
 usage() {
   cat <<'EOF'
 Usage: ./deploy.sh --project PROJECT --region REGION [--allowed-parents PARENT,...]
-                   [--name NAME] [--firestore-location LOCATION] [--role-permissions P,...]
+                   [--mode enforce|shadow] [--cancel-budget N/DURATION] [--protected-parents PARENT,...]
+                   [--paused] [--name NAME] [--firestore-location LOCATION] [--role-permissions P,...]
                    [--notification-channel CHANNEL,...] [--dry-run] [--destroy]
 
 Deploys opcancel to Cloud Functions (2nd gen): the Pub/Sub topics, four service accounts, the
 Cloud Tasks queue for delayed checks, custom roles where operations may be cancelled, the
 Firestore database and its TTL policy, the functions and their subscriptions' ack deadline,
-retry and dead-letter policies, log-based metrics, a dashboard and a dead-letter alert.
+retry and dead-letter policies, log-based metrics, a dashboard, and alerts on dead letters, on the
+cancel budget's breaker tripping and on a pause.
 Safe to run again. docs/deploy.md explains each piece.
 
   --project P            Google Cloud project id.       env OPCANCEL_PROJECT, GOOGLE_CLOUD_PROJECT
@@ -85,14 +93,24 @@ Safe to run again. docs/deploy.md explains each piece.
                            //SERVICE.googleapis.com/projects/PROJECT[/...]  one service there.
                          Unset: everything is allowed and no permission is granted anywhere.
                                                                       env OPCANCEL_ALLOWED_PARENTS
+  --mode M               enforce (default) or shadow: in shadow mode every request is a dry run,
+                         looked at with one get and never cancelled.              env OPCANCEL_MODE
+  --cancel-budget B      N/DURATION, DURATION in s, m or h (at most 168h): never more than N
+                         cancels in any window of DURATION; the request that would exceed it trips
+                         the breaker, which holds every request until `guard reset` (default 100/1h;
+                         there is no way to deploy without a budget here).  env OPCANCEL_CANCEL_BUDGET
+  --protected-parents L  comma list, same forms as --allowed-parents, of parents never cancelled:
+                         their requests are REJECTED. Grants nothing.   env OPCANCEL_PROTECTED_PARENTS
+  --paused               pin the pause: every new request is held until a deploy without --paused
+                         (`guard unpause` cannot lift it).                    env OPCANCEL_PAUSED=true
   --name N               prefix of every resource name (default opcancel).      env OPCANCEL_NAME
   --firestore-location L location of a new Firestore database (default: the region).
                                                               env OPCANCEL_FIRESTORE_LOCATION
   --role-permissions P   Security Command Center permissions of the organization role
                          (default securitycenter.operations.cancel,securitycenter.operations.get).
                                                                 env OPCANCEL_ROLE_PERMISSIONS
-  --notification-channel C  comma list of projects/P/notificationChannels/ID the dead-letter
-                         alert notifies (default: none; the alert still shows in the console).
+  --notification-channel C  comma list of projects/P/notificationChannels/ID the alerts (dead
+                         letters, breaker, pause) notify (default: none; they still show in the console).
                                                          env OPCANCEL_NOTIFICATION_CHANNEL
   --dry-run              print every gcloud command, one per line, and run none.
                                                                        env OPCANCEL_DRY_RUN=1
@@ -136,6 +154,15 @@ permissions_text=${OPCANCEL_ROLE_PERMISSIONS:-$DEFAULT_PERMISSIONS}
 parents_given=${OPCANCEL_ALLOWED_PARENTS+yes}
 parents_text=${OPCANCEL_ALLOWED_PARENTS-}
 channels_text=${OPCANCEL_NOTIFICATION_CHANNEL:-}
+mode=${OPCANCEL_MODE:-enforce}
+budget_text=${OPCANCEL_CANCEL_BUDGET-$DEFAULT_CANCEL_BUDGET}
+protected_given=${OPCANCEL_PROTECTED_PARENTS+yes}
+protected_text=${OPCANCEL_PROTECTED_PARENTS-}
+case ${OPCANCEL_PAUSED:-} in
+  "" | false) paused=false ;;
+  true) paused=true ;;
+  *) usage_error "OPCANCEL_PAUSED must be true or false, not '$OPCANCEL_PAUSED'" ;;
+esac
 destroy=false
 case ${OPCANCEL_DRY_RUN:-} in
   "" | 0 | false) dry_run=false ;;
@@ -152,11 +179,14 @@ set_option() {
     --firestore-location) firestore_location=$2 ;;
     --role-permissions) permissions_text=$2 ;;
     --notification-channel) channels_text=$2 ;;
+    --mode) mode=$2 ;;
+    --cancel-budget) budget_text=$2 ;;
+    --protected-parents) protected_given=yes protected_text=$2 ;;
   esac
 }
 
 readonly VALUED_OPTIONS=" --project --region --allowed-parents --name --firestore-location --role-permissions \
---notification-channel "
+--notification-channel --mode --cancel-budget --protected-parents "
 while (($#)); do
   if [[ $VALUED_OPTIONS == *" $1 "* ]]; then
     # A flag followed by another flag is a forgotten value, not a value that starts with dashes.
@@ -171,6 +201,7 @@ while (($#)); do
   else
     case $1 in
       --dry-run) dry_run=true && shift ;;
+      --paused) paused=true && shift ;;
       --destroy) destroy=true && shift ;;
       -h | --help) usage && exit 0 ;;
       *) usage_error "unknown argument '$1'" ;;
@@ -243,6 +274,34 @@ or //SERVICE.googleapis.com/projects/PROJECT[/...]"
   parents=("${listed[@]}")
 fi
 
+protected=()
+if [[ -n $protected_given ]]; then
+  # Set but blank would protect nothing: most likely a templating slip, and it fails open.
+  [[ $protected_text =~ [^[:space:],] ]] ||
+    usage_error "protected parents are set but empty; leave them unset to protect nothing"
+  split_list "$protected_text"
+  for entry in "${listed[@]}"; do
+    parent_scope "$entry" || usage_error "protected parent '$entry' is not organizations/ID, projects/PROJECT \
+or //SERVICE.googleapis.com/projects/PROJECT[/...]"
+  done
+  protected=("${listed[@]}")
+fi
+
+[[ $mode == enforce || $mode == shadow ]] || usage_error "--mode must be enforce or shadow, not '$mode'"
+
+# The budget's rules: N a positive integer, DURATION a positive whole number of s, m or h, at most a week.
+# Checked here, before anything changes; the function checks OPCANCEL_CANCEL_BUDGET again at start-up.
+declare -rA UNIT_S=([s]=1 [m]=60 [h]=3600)
+budget_problem="is not N/DURATION: N cancels (a positive whole number) in any DURATION, a positive whole number \
+of s, m or h such as 100/1h or 20/15m"
+[[ $budget_text =~ [^[:space:]] ]] ||
+  usage_error "the cancel budget is set but empty; deploy.sh always deploys with one (default $DEFAULT_CANCEL_BUDGET)"
+[[ $budget_text =~ ^([1-9][0-9]{0,8})/([1-9][0-9]{0,8})([smh])$ ]] || usage_error "cancel budget '$budget_text' $budget_problem"
+budget_limit=${BASH_REMATCH[1]}
+budget_window_s=$((BASH_REMATCH[2] * UNIT_S[${BASH_REMATCH[3]}]))
+((budget_window_s <= MAX_BUDGET_WINDOW_S)) ||
+  usage_error "cancel budget '$budget_text' has a window longer than a week (168h); choose a shorter one"
+
 split_list "$permissions_text"
 permissions=("${listed[@]}")
 for entry in "${permissions[@]}"; do
@@ -281,8 +340,11 @@ metric_results=$name-results
 metric_cancels=$name-cancels-sent
 metric_retries=$name-retries
 metric_takeovers=$name-takeovers
+metric_guard_events=$name-guard-events
 dashboard_title="opcancel ($name)"
-policy_title="opcancel ($name): messages in the dead-letter subscription"
+dead_letter_policy_title="opcancel ($name): messages in the dead-letter subscription"
+breaker_policy_title="opcancel ($name): the cancel budget breaker tripped"
+pause_policy_title="opcancel ($name): cancelling is paused"
 if $destroy; then dry_exists=0; else dry_exists=1; fi
 
 $dry_run || command -v gcloud >/dev/null || die "gcloud is not installed: see https://cloud.google.com/sdk/docs/install"
@@ -482,14 +544,20 @@ scopes_of() {
   done
 }
 
-# The scopes the deployed function was last given, so narrowing the list narrows the grants. Leaves
+# The scopes the deployed function was last given, so narrowing the list narrows the grants, and its
+# mode and pinned pause ($deployed_mode, $deployed_paused), so a run that changes them says so. Leaves
 # $scopes as it found it.
-read_deployed_scopes() {
-  local entries current=("${scopes[@]}")
-  deployed_scopes=()
+read_deployed() {
+  local entries current=("${scopes[@]}") variables=serviceConfig.environmentVariables
+  deployed_scopes=() deployed_mode="" deployed_paused=""
   query gcloud functions describe "$function_requests" --project="$project" --region="$region" --gen2 \
-    --format='value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS)' || return 0
-  IFS=, read -ra entries <<<"$answer"
+    --format="value($variables.OPCANCEL_ALLOWED_PARENTS,$variables.OPCANCEL_MODE,$variables.OPCANCEL_PAUSED)" ||
+    return 0
+  # Split by hand: read with a tab in IFS would merge empty fields.
+  deployed_paused=${answer##*$'\t'}
+  answer=${answer%$'\t'*}
+  deployed_mode=${answer##*$'\t'}
+  IFS=, read -ra entries <<<"${answer%$'\t'*}"
   scopes_of "${entries[@]}"
   deployed_scopes=("${scopes[@]}")
   scopes=("${current[@]}")
@@ -639,8 +707,15 @@ deploy_function() {
   env_vars=GOOGLE_CLOUD_PROJECT=$project\|OPCANCEL_STORE=firestore\|OPCANCEL_FIRESTORE_COLLECTION=$collection
   env_vars+=\|OPCANCEL_CHECKS_TOPIC=$topic_checks\|OPCANCEL_RESULTS_TOPIC=$topic_results
   env_vars+=\|OPCANCEL_TASKS_QUEUE=$queue_path\|OPCANCEL_TASKS_SERVICE_ACCOUNT=$tasks_account
+  env_vars+=\|OPCANCEL_MODE=$mode\|OPCANCEL_CANCEL_BUDGET=$budget_text
   if ((${#parents[@]})); then
     env_vars+=\|OPCANCEL_ALLOWED_PARENTS=$(joined "${parents[@]}")
+  fi
+  if ((${#protected[@]})); then
+    env_vars+=\|OPCANCEL_PROTECTED_PARENTS=$(joined "${protected[@]}")
+  fi
+  if $paused; then
+    env_vars+=\|OPCANCEL_PAUSED=true
   fi
   # ^|^ makes | the separator (gcloud topic escaping): the list of parents is comma-separated and an
   # account's email holds an @, and no value here can hold a |.
@@ -718,12 +793,16 @@ json_string() {
 }
 
 # write_log_metric FILE EVENT DESCRIPTION [LABEL]: a counter of log lines whose jsonPayload.event is
-# EVENT, with jsonPayload.LABEL as the metric label LABEL. The definition's digest ends the description,
+# EVENT (or, given as `("A" OR "B")`, one of those), with jsonPayload.LABEL as the metric label LABEL. The definition's digest ends the description,
 # so a re-run can tell whether the metric is the one this script would create.
 write_log_metric() {
   local file=$1 event=$2 description=$3 label=${4:-} definition
   local filter
-  filter="$(logs_of_functions) AND jsonPayload.event=\"$event\""
+  if [[ $event == \(* ]]; then
+    filter="$(logs_of_functions) AND jsonPayload.event=$event"
+  else
+    filter="$(logs_of_functions) AND jsonPayload.event=\"$event\""
+  fi
   definition="{
   \"description\": $(json_string "$description [$DEPLOY_LABEL=@DIGEST@]"),
   \"filter\": $(json_string "$filter"),
@@ -762,23 +841,41 @@ ensure_log_metric() {
   fi
 }
 
-# One chart: TITLE, the time series FILTER, the aligner and the label to group by ("" for none).
+# One chart: TITLE, the time series FILTER, the aligner, the label to group by ("" for none), its place,
+# and optionally the alignment period (default 60s) and the XyChart's thresholds (a JSON list).
 chart() {
-  local title=$1 filter=$2 aligner=$3 group=$4 x=$5 y=$6 grouping=""
+  local title=$1 filter=$2 aligner=$3 group=$4 x=$5 y=$6 period=${7:-60s} thresholds=${8:-} grouping=""
   if [[ -n $group ]]; then
     grouping=", \"crossSeriesReducer\": \"REDUCE_SUM\", \"groupByFields\": [\"$group\"]"
   elif [[ $aligner != ALIGN_MAX ]]; then
     grouping=", \"crossSeriesReducer\": \"REDUCE_SUM\""
   fi
   printf '      {"xPos": %s, "yPos": %s, "width": 6, "height": 4, "widget": {"title": %s, "xyChart": {"dataSets": [
-        {"plotType": "STACKED_BAR", "minAlignmentPeriod": "60s", "timeSeriesQuery": {"timeSeriesFilter": {
+        {"plotType": "STACKED_BAR", "minAlignmentPeriod": "%s", "timeSeriesQuery": {"timeSeriesFilter": {
           "filter": %s,
-          "aggregation": {"alignmentPeriod": "60s", "perSeriesAligner": "%s"%s}}}}]}}}' \
-    "$x" "$y" "$(json_string "$title")" "$(json_string "$filter")" "$aligner" "$grouping"
+          "aggregation": {"alignmentPeriod": "%s", "perSeriesAligner": "%s"%s}}}}]%s}}}' \
+    "$x" "$y" "$(json_string "$title")" "$period" "$(json_string "$filter")" "$period" "$aligner" "$grouping" \
+    "${thresholds:+, \"thresholds\": $thresholds}"
+}
+
+# Cancels sent per budget window, with the budget as the chart's threshold line. A chart's alignment
+# period is at least 60 s (monitoring/api/ref_v3/rest/v1/projects.dashboards, Aggregation), so a shorter
+# window is drawn as K windows per bar against K times the budget, which is still a bound: any K windows
+# in a row hold at most K*N cancels.
+budget_chart() {
+  local windows=$(((60 + budget_window_s - 1) / budget_window_s)) label
+  label="budget $budget_text"
+  ((windows == 1)) || label+=" ($((windows * budget_limit)) per $((windows * budget_window_s))s bar)"
+  chart "Cancels sent per budget window, against the budget" "$(user_metric "$metric_cancels")" ALIGN_SUM "" \
+    "$@" "$((windows * budget_window_s))s" "[{\"label\": $(json_string "$label"), \"value\": $((windows * budget_limit))}]"
 }
 
 user_metric() {
   printf 'metric.type="logging.googleapis.com/user/%s" resource.type="cloud_run_revision"' "$1"
+}
+
+results_with_outcome() {
+  printf '%s metric.label.outcome="%s"' "$(user_metric "$metric_results")" "$1"
 }
 
 dead_letter_backlog() {
@@ -796,7 +893,11 @@ $(chart "Results by outcome" "$(user_metric "$metric_results")" ALIGN_SUM metric
 $(chart "Cancels sent" "$(user_metric "$metric_cancels")" ALIGN_SUM "" 6 0),
 $(chart "Retries (redelivery asked for) by reason" "$(user_metric "$metric_retries")" ALIGN_SUM metric.label.reason 0 4),
 $(chart "Takeovers of keys left by dead workers" "$(user_metric "$metric_takeovers")" ALIGN_SUM "" 6 4),
-$(chart "Dead-letter backlog (undelivered messages)" "$(dead_letter_backlog)" ALIGN_MAX "" 0 8)
+$(chart "Dead-letter backlog (undelivered messages)" "$(dead_letter_backlog)" ALIGN_MAX "" 0 8),
+$(budget_chart 6 8),
+$(chart "Held results (breaker open or paused)" "$(results_with_outcome HELD)" ALIGN_SUM "" 0 12),
+$(chart "Dry-run results (shadow mode or dry_run requests)" "$(results_with_outcome DRY_RUN)" ALIGN_SUM "" 6 12),
+$(chart "Breaker trips and pauses seen, by event" "$(user_metric "$metric_guard_events")" ALIGN_SUM metric.label.event 0 16)
   ]}
 }"
   render "$definition" >"$file"
@@ -807,20 +908,27 @@ $(chart "Dead-letter backlog (undelivered messages)" "$(dead_letter_backlog)" AL
   fi
 }
 
+# write_alert_policy FILE TITLE CONDITION CONTENT [MORE]: a policy with the one CONDITION (a JSON object),
+# whose documentation is CONTENT and which notifies the --notification-channel list. MORE adds top-level
+# fields (as `"name": value,` lines).
 write_alert_policy() {
-  local file=$1 channel_list="" channel
+  local file=$1 title=$2 condition=$3 content=$4 more=${5:-} channel_list="" channel
   for channel in "${channels[@]}"; do
     channel_list+="${channel_list:+, }$(json_string "$channel")"
   done
-  local content="Messages that kept failing wait in the subscription $topic_dead_letter of project $project.
-Each is a request or a check that was never handled: read them with
-gcloud pubsub subscriptions pull $topic_dead_letter --project=$project --limit=10,
-fix the cause, and publish them again to their topic. docs/deploy.md, Observability, explains."
   render "{
-  \"displayName\": $(json_string "$policy_title"),
+  \"displayName\": $(json_string "$title"),
   \"userLabels\": {\"$DEPLOY_LABEL\": \"@DIGEST@\"},
-  \"combiner\": \"OR\",
-  \"conditions\": [{
+  \"combiner\": \"OR\",${more:+
+$more}
+  \"conditions\": [$condition],
+  \"documentation\": {\"mimeType\": \"text/markdown\", \"content\": $(json_string "$content")},
+  \"notificationChannels\": [$channel_list]
+}" >"$file"
+}
+
+write_dead_letter_policy() {
+  write_alert_policy "$1" "$dead_letter_policy_title" "{
     \"displayName\": $(json_string "$topic_dead_letter has undelivered messages"),
     \"conditionThreshold\": {
       \"filter\": $(json_string "$(dead_letter_backlog)"),
@@ -830,10 +938,44 @@ fix the cause, and publish them again to their topic. docs/deploy.md, Observabil
       \"aggregations\": [{\"alignmentPeriod\": \"300s\", \"perSeriesAligner\": \"ALIGN_MAX\"}],
       \"trigger\": {\"count\": 1}
     }
-  }],
-  \"documentation\": {\"mimeType\": \"text/markdown\", \"content\": $(json_string "$content")},
-  \"notificationChannels\": [$channel_list]
-}" >"$file"
+  }" "Messages that kept failing wait in the subscription $topic_dead_letter of project $project.
+Each is a request or a check that was never handled: read them with
+gcloud pubsub subscriptions pull $topic_dead_letter --project=$project --limit=10,
+fix the cause, and publish them again to their topic. docs/deploy.md, Observability, explains."
+}
+
+# The guard's alerts match its log lines themselves (a log-based alerting policy: LogMatch), not a
+# log-based metric: Monitoring can refuse a policy on a log-based metric for up to 10 minutes after the
+# metric is created (hashicorp/terraform-provider-google#11102), and a log match notifies again for a new
+# line on an open incident. Google limits such a policy to one notification per 5 minutes and 20 a day
+# (monitoring/alerts/log-based-incidents); with no matching line for 30 minutes the incident closes.
+write_event_policy() {
+  local file=$1 title=$2 event=$3 severity=$4 content=$5
+  write_alert_policy "$file" "$title" "{
+    \"displayName\": $(json_string "opcancel logged $event"),
+    \"conditionMatchedLog\": {\"filter\": $(json_string "$(logs_of_functions) AND jsonPayload.event=\"$event\"")}
+  }" "$content" "  \"alertStrategy\": {\"notificationRateLimit\": {\"period\": \"300s\"}, \"autoClose\": \"1800s\"},
+  \"severity\": \"$severity\","
+}
+
+write_breaker_policy() {
+  write_event_policy "$1" "$breaker_policy_title" breaker_tripped CRITICAL \
+    "opcancel ($name) in project $project spent its cancel budget ($budget_text) and its breaker
+tripped: every request is now HELD, not cancelled, until an operator resets the breaker.
+Look before resetting: python -m function guard status shows the budget's use, python -m function held
+lists what was held, and the cancel_sent log lines name what triggered each cancel.
+Then python -m function guard reset, and held release KEY... (or held drop) for the held requests.
+docs/guard-rails.md explains."
+}
+
+write_pause_policy() {
+  write_event_policy "$1" "$pause_policy_title" guard_paused WARNING \
+    "An instance of opcancel ($name) in project $project found cancelling paused: every new request is
+HELD, not cancelled. python -m function guard status says who paused, when and why.
+A pause set with python -m function guard pause ends with guard unpause; one pinned at deploy time
+(deploy.sh --paused, OPCANCEL_PAUSED=true) ends with a deploy without --paused.
+Then python -m function held lists the requests held meanwhile, for held release or held drop.
+This alert fires when an instance first sees the pause, which takes a request: guard status is the truth."
 }
 
 ensure_dashboard() {
@@ -852,11 +994,13 @@ ensure_dashboard() {
   fi
 }
 
+# ensure_alert_policy FILE TITLE WRITER: creates the policy WRITER writes to FILE, or updates it where its
+# digest differs. PLACEHOLDER stands for the policy's name in a dry run.
 ensure_alert_policy() {
-  local file=$work_dir/alert-policy.json
-  write_alert_policy "$file"
-  if find_one "<alert policy of $name>" gcloud alpha monitoring policies list --project="$project" \
-    --filter="displayName=$(json_string "$policy_title")" --format="value(name,userLabels.$DEPLOY_LABEL)"; then
+  local file=$work_dir/$1 title=$2 placeholder=$3
+  "$4" "$file"
+  if find_one "$placeholder" gcloud alpha monitoring policies list --project="$project" \
+    --filter="displayName=$(json_string "$title")" --format="value(name,userLabels.$DEPLOY_LABEL)"; then
     [[ ${answer#*$'\t'} == "$digest" ]] ||
       change gcloud alpha monitoring policies update "${answer%%$'\t'*}" --project="$project" --policy-from-file="$file"
   else
@@ -875,8 +1019,14 @@ observe() {
   ensure_log_metric "$metric_retries" "$work_dir/metric-retries.json"
   write_log_metric "$work_dir/metric-takeovers.json" takeover "opcancel ($name): keys taken over from dead workers"
   ensure_log_metric "$metric_takeovers" "$work_dir/metric-takeovers.json"
+  write_log_metric "$work_dir/metric-guard-events.json" '("breaker_tripped" OR "guard_paused")' \
+    "opcancel ($name): the breaker tripping and instances finding cancelling paused, by event" event
+  ensure_log_metric "$metric_guard_events" "$work_dir/metric-guard-events.json"
   ensure_dashboard
-  ensure_alert_policy
+  ensure_alert_policy alert-policy.json "$dead_letter_policy_title" "<alert policy of $name>" write_dead_letter_policy
+  ensure_alert_policy alert-policy-breaker.json "$breaker_policy_title" "<breaker alert policy of $name>" \
+    write_breaker_policy
+  ensure_alert_policy alert-policy-pause.json "$pause_policy_title" "<pause alert policy of $name>" write_pause_policy
 }
 
 deploy() {
@@ -934,10 +1084,17 @@ deploy() {
   for scope in "${scopes[@]}"; do
     [[ -z ${scope_permissions[$scope]:-} ]] || grant_scope "$scope" "${scope_permissions[$scope]}"
   done
-  read_deployed_scopes
+  read_deployed
   for previous in "${deployed_scopes[@]}"; do
     [[ -n ${scope_permissions[$previous]:-} ]] || revoke_scope "$previous"
   done
+  if [[ $deployed_mode == shadow && $mode == enforce ]]; then
+    note "The functions go from shadow mode to enforce: from this deploy on they send cancels."
+  fi
+  if [[ $deployed_paused == true ]] && ! $paused; then
+    note "The functions are deployed paused (OPCANCEL_PAUSED=true) and this run has no --paused: it lifts that" \
+      "pin. A pause set with \`guard pause\` stays."
+  fi
 
   deploy_function "$function_requests" on_event "$topic_requests"
   deploy_function "$function_checks" on_event "$topic_checks"
@@ -967,7 +1124,7 @@ deploy() {
 destroy() {
   local function topic scope account role metric
   scopes=()
-  read_deployed_scopes
+  read_deployed
   scopes_of "${parents[@]}"
   for scope in "${deployed_scopes[@]}"; do
     [[ " ${scopes[*]} " == *" $scope "* ]] || scopes+=("$scope")
@@ -1004,7 +1161,7 @@ destroy() {
       change gcloud iam service-accounts delete "$account" --project="$project" --quiet
     fi
   done
-  for metric in "$metric_results" "$metric_cancels" "$metric_retries" "$metric_takeovers"; do
+  for metric in "$metric_results" "$metric_cancels" "$metric_retries" "$metric_takeovers" "$metric_guard_events"; do
     if query gcloud logging metrics describe "$metric" --project="$project" --format='value(name)'; then
       change gcloud logging metrics delete "$metric" --project="$project" --quiet
     fi
@@ -1013,10 +1170,18 @@ destroy() {
     --filter="displayName=$(json_string "$dashboard_title")" --format='value(name)'; then
     change gcloud monitoring dashboards delete "$answer" --project="$project" --quiet
   fi
-  if find_one "<alert policy of $name>" gcloud alpha monitoring policies list --project="$project" \
-    --filter="displayName=$(json_string "$policy_title")" --format='value(name)'; then
-    change gcloud alpha monitoring policies delete "$answer" --project="$project" --quiet
-  fi
+  local title placeholder
+  for title in "$dead_letter_policy_title" "$breaker_policy_title" "$pause_policy_title"; do
+    case $title in
+      "$breaker_policy_title") placeholder="<breaker alert policy of $name>" ;;
+      "$pause_policy_title") placeholder="<pause alert policy of $name>" ;;
+      *) placeholder="<alert policy of $name>" ;;
+    esac
+    if find_one "$placeholder" gcloud alpha monitoring policies list --project="$project" \
+      --filter="displayName=$(json_string "$title")" --format='value(name)'; then
+      change gcloud alpha monitoring policies delete "$answer" --project="$project" --quiet
+    fi
+  done
   $dry_run || note "Done. Kept: the Firestore database, whose TTL policy goes on expiring the idempotency records," \
     "and the APIs, which other workloads in the project may use."
 }

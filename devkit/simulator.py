@@ -13,7 +13,7 @@ from the command line:
     completes-...    finishes with a response despite the cancel (COMPLETED)
     fails-...        finishes with rpc error 13 after the cancel (FAILED)
     done-...         already finished: cancel answers 400 FAILED_PRECONDITION
-    missing-...      404 NOT_FOUND
+    missing-...      404 NOT_FOUND, and never listed
     denied-...       403 PERMISSION_DENIED
     unsupported-...  cancel answers 501 UNIMPLEMENTED
     invalid-...      cancel answers 400 INVALID_ARGUMENT
@@ -271,7 +271,8 @@ class Simulator:
         found = [
             op.body()
             for name, op in sorted(self.operations.items())
-            if name.startswith(prefix) and (wanted is None or op.done is wanted)
+            # A missing- operation does not exist: get answers 404, so no listing shows it either.
+            if name.startswith(prefix) and (wanted is None or op.done is wanted) and _kind(name) != "missing"
         ]
         start = int(offset.group(1))
         body: dict[str, Any] = {}

@@ -86,31 +86,60 @@ def _cloud_event(headers: Any, media_type: str, data: bytes) -> Any:
     The cloudevents library is handed a dict, never the body: its own reading parses JSON with a parser
     that recurses without a bound, and it takes the body for a structured event whenever the four
     required ``ce-`` headers are not all there. Binary mode (all four, and not the structured media
-    type) keeps the data as bytes; anything else is read here as a structured event's envelope.
+    type) keeps the data as bytes; anything else is read here as a structured event's envelope, and the
+    required attributes are checked here in both modes.
     """
     from cloudevents.exceptions import GenericException
     from cloudevents.http import from_dict
 
     attributes = {name.lower(): value for name, value in headers.items()}
-    binary = media_type != "application/cloudevents+json" and all(
-        f"ce-{name}" in attributes for name in _REQUIRED_ATTRIBUTES
-    )
-    if binary:
-        envelope: Any = {name[3:]: value for name, value in attributes.items() if name.startswith("ce-")}
+    sent: Any = {name[3:]: value for name, value in attributes.items() if name.startswith("ce-")}
+    structured = media_type == "application/cloudevents+json"
+    if not structured and all(name in sent for name in _REQUIRED_ATTRIBUTES):
+        _require_attributes(sent, "ce-")
+        envelope = sent
         if "content-type" in attributes:
             envelope["datacontenttype"] = attributes["content-type"]
         envelope["data"] = data
     else:
+        # ce- headers short of binary mode: the body may still be a structured event; if it is none, the
+        # answer names the headers missing (a body nested too deep is said too, never read any further).
+        partial = not structured
         try:
             envelope = read_json(data)
         except JsonUnreadable as problem:
+            if partial:
+                raise UnusableEvent(f"{_missing(sent, 'ce-')}, and the body is {problem}") from None
             raise UnusableEvent(f"structured CloudEvent is {problem}") from None
+        if partial and not (isinstance(envelope, dict) and "specversion" in envelope):
+            raise UnusableEvent(_missing(sent, "ce-"))
         if not isinstance(envelope, dict):
             raise UnusableEvent("structured CloudEvent is not a JSON object")
+        _require_attributes(envelope, "")
     try:
         return from_dict(envelope)
     except GenericException as problem:
         raise UnusableEvent(f"malformed CloudEvent: {escape_text(str(problem))}") from None
+
+
+def _require_attributes(envelope: Mapping[str, Any], prefix: str) -> None:
+    """The required attributes of a CloudEvents 1.0 event, present and non-empty strings: the library fills in
+    a missing specversion and reads a 0.3 event, so neither would otherwise get the 400 a malformed event
+    gets (binary mode names the ``ce-`` headers)."""
+    if not all(_is_text(envelope.get(name)) for name in _REQUIRED_ATTRIBUTES):
+        raise UnusableEvent(_missing(envelope, prefix))
+    if envelope["specversion"] != "1.0":
+        shown = escape_text(envelope["specversion"], 16)
+        raise UnusableEvent(f"malformed CloudEvent: {prefix}specversion '{shown}' is not 1.0")
+
+
+def _missing(envelope: Mapping[str, Any], prefix: str) -> str:
+    missing = [f"{prefix}{name}" for name in _REQUIRED_ATTRIBUTES if not _is_text(envelope.get(name))]
+    return f"malformed CloudEvent: no {', '.join(missing)}"
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
 
 
 def message_from_cloud_event(event: Any) -> InboundMessage:

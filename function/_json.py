@@ -5,12 +5,17 @@ Python's ``json`` recurses once per nesting level, so a small body of brackets r
 outside strings, and anything deeper than any message opcancel reads is refused with a clear reason.
 Every step is linear in the text, however it is crafted: the string pattern never backtracks, and an
 unterminated string ends the scan instead of being tried again from each later quote.
+
+A number too large for a double (``1e999``) is valid JSON that Python reads as infinity, which no
+strict JSON reader (SQLite's included) takes back: it is read as the string proto3 JSON writes for a
+double's infinity, ``"Infinity"`` or ``"-Infinity"``, so no non-finite number reaches a record or an event.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from typing import Any
 
@@ -40,7 +45,7 @@ def read_json(data: bytes | str) -> Any:
     if depth > MAX_JSON_DEPTH:
         raise JsonUnreadable(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except ValueError as problem:
         # The decoder's own words name a line and column, never the text itself.
         if isinstance(problem, json.JSONDecodeError):
@@ -52,3 +57,10 @@ def read_json(data: bytes | str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float | str:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    return "Infinity" if value > 0 else "-Infinity"

@@ -58,12 +58,14 @@ def event_id(idempotency_key: str, operation: str, outcome: str, *, dry_run: boo
     return hashlib.sha256(identity.encode("ascii")).hexdigest()[:32]
 
 
-def result_message(result: Result, *, project: str | None) -> tuple[bytes, dict[str, str]]:
-    """A result as a binary-mode CloudEvent over Pub/Sub; its data is the result's JSON form."""
+def result_message(result: Result, *, key: str, project: str | None) -> tuple[bytes, dict[str, str]]:
+    """A result as a binary-mode CloudEvent over Pub/Sub; its data is the result's JSON form. Its id comes
+    from ``key``, the key the result is stored under, as it always did: the result itself reports the
+    key as the sender gave it, which two stored keys can share (a rejection and a request)."""
     assert result.outcome is not None and result.finished_at is not None, "only a finished result is published"
     attributes = {
         "ce-specversion": "1.0",
-        "ce-id": event_id(result.idempotency_key, result.operation, result.outcome.value, dry_run=result.dry_run),
+        "ce-id": event_id(key, result.operation, result.outcome.value, dry_run=result.dry_run),
         "ce-source": f"//opcancel/projects/{project or '-'}",
         "ce-type": RESULT_EVENT_TYPE,
         "ce-time": format_time(result.finished_at),

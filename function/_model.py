@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._clock import format_time, parse_time
 from ._names import OperationRef
+
+#: The most of an Operation a result carries, as compact JSON: a result is stored (a Firestore document holds
+#: at most 1 MiB) and published (a Pub/Sub message at most 10 MB), however large the API's answer was.
+MAX_FINAL_OPERATION_BYTES = 64 * 1024
+#: Each text kept from an Operation over the bound, when even the fields kept are over it.
+_KEPT_TEXT_LENGTH = 1024
+
+
+def bounded_operation(operation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``operation`` whole when its JSON fits in ``MAX_FINAL_OPERATION_BYTES``; else what tells how it ended,
+    ``name``, ``done``, ``error`` and ``metadata["@type"]``, marked ``"truncated": true`` (SPEC)."""
+    if operation is None or _json_size(operation) <= MAX_FINAL_OPERATION_BYTES:
+        return operation
+    kept = {key: operation[key] for key in ("name", "done", "error") if key in operation}
+    metadata = operation.get("metadata")
+    if isinstance(metadata, dict) and "@type" in metadata:
+        kept["metadata"] = {"@type": metadata["@type"]}
+    if _json_size(kept) > MAX_FINAL_OPERATION_BYTES:
+        # The kept fields are themselves huge (an error's details, a long message): texts cut, details left out.
+        kept = {key: _cut(value) for key, value in kept.items()}
+    return {**kept, "truncated": True}
+
+
+def _json_size(value: Any) -> int:
+    # As a result event encodes it: compact, ASCII.
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str):
+        return value[:_KEPT_TEXT_LENGTH]
+    if isinstance(value, dict):
+        return {key: _cut(item) for key, item in value.items() if key in ("code", "message", "@type")}
+    return value if isinstance(value, (bool, int, float)) else None
 
 
 class Outcome(enum.Enum):
@@ -94,13 +129,18 @@ class Rejection:
 
     offending: str
     error: str
+    #: Its own key, in the store's ``rejected/`` namespace.
     idempotency_key: str
     source: Source
-    location: str
-    api_version: str
+    #: None where the text named no Security Command Center name and no known service, and the request
+    #: stated none: Security Command Center's defaults say nothing about such a name.
+    location: str | None
+    api_version: str | None
     #: The named service (``aiplatform.googleapis.com``), when the name got far enough to say.
     service: str | None = None
     dry_run: bool = False
+    #: The key its result reports: the one the sender gave, or the default the operation's identity gives.
+    reported_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,11 +163,14 @@ class Result:
     """The one result of a request, stored before it is published so a republish is identical."""
 
     operation: str
-    location: str
-    api_version: str
+    #: None only on a REJECTED result whose rejection had none (see ``Rejection``).
+    location: str | None
+    api_version: str | None
     #: None, with ``finished_at``, only in the CLI's report of a cancel whose operation still runs.
     outcome: Outcome | None
-    idempotency_key: str
+    #: As the sender gave it, or the default derived from the operation; never the store's own form (SPEC).
+    #: None for a rejected request that carried no key and named no operation.
+    idempotency_key: str | None
     requested_at: float
     finished_at: float | None
     checks: int
@@ -137,6 +180,10 @@ class Result:
     #: ``securitycenter.googleapis.com``, ``aiplatform.googleapis.com``; None for a name that named no known service.
     service: str | None = None
     dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        # Bounded as it is made, so no way of storing, publishing or printing a result meets a huge Operation.
+        object.__setattr__(self, "final_operation", bounded_operation(self.final_operation))
 
     def to_json(self) -> dict[str, Any]:
         """The one schema of a result: what the store keeps, the results topic carries and the CLI prints."""
@@ -183,7 +230,7 @@ class Result:
             location=rejection.location,
             api_version=rejection.api_version,
             outcome=Outcome.REJECTED,
-            idempotency_key=rejection.idempotency_key,
+            idempotency_key=rejection.reported_key,
             requested_at=requested_at,
             finished_at=finished_at,
             checks=0,

@@ -349,7 +349,7 @@ def parse_parent(text: str, services: ServiceRegistry = REGISTRY) -> ParsedName:
     if parent.startswith("//"):
         service, rest = _split_full_name(parent, services)
         return _parsed(service, rest, operation=False)
-    _refuse_bare_projects(parent)
+    _refuse_bare_projects(parent, operation=False)
     return ParsedName(_parse_scc_path(parent, operation=False))
 
 
@@ -385,11 +385,12 @@ def matching_parent(parents: tuple[str, ...] | None, service: Service, path: str
     return None
 
 
-def _refuse_bare_projects(name: str) -> None:
+def _refuse_bare_projects(name: str, *, operation: bool = True) -> None:
     if name.startswith("projects/"):
+        what, example = ("name", "/operations/ID") if operation else ("parent", "")
         raise InvalidRequest(
-            "a projects/... name does not say which API it belongs to: use its full resource name, "
-            f"{_FULL_PREFIX}projects/..., e.g. //aiplatform.googleapis.com/projects/P/locations/L/operations/ID"
+            f"a projects/... {what} does not say which API it belongs to: use its full resource name, "
+            f"{_FULL_PREFIX}projects/..., e.g. //aiplatform.googleapis.com/projects/P/locations/L{example}"
         )
 
 

@@ -193,9 +193,15 @@ class _MessageParser:
                 caller=self._message.caller,
             )
         if attribute_defaults is None:
+            shown = _shown_key(self._message.attributes.get("idempotency_key"))
             for entry in entries:
                 self._reject(
-                    entry, _offending_text(entry), f"attribute {attribute_problem}", defaults=None, dry_run=self._shadow
+                    entry,
+                    _offending_text(entry),
+                    f"attribute {attribute_problem}",
+                    shown,
+                    defaults=None,
+                    dry_run=self._shadow,
                 )
             return self._parsed
         defaults = _merge(attribute_defaults, body_defaults)
@@ -312,17 +318,20 @@ class _MessageParser:
             name = parse_name(text, self._services)
             request = self._request(name, item, defaults, many=many, incident_id=incident_id)
         except InvalidRequest as problem:
-            scc = name is None or name.service.is_scc
+            scc = name.service.is_scc if name is not None else _scc_shaped(_offending_text(entry))
+            item_key = entry.get("idempotency_key") if isinstance(entry, dict) else None
             dry_run = item.dry_run if item is not None and item.dry_run is not None else defaults.dry_run
             self._reject(
                 entry,
                 _offending_text(entry),
                 str(problem),
+                _shown_key(item_key) if item_key is not None else defaults.idempotency_key,
                 defaults=defaults,
-                location=(item.location if item is not None else None) if scc else name.location,
+                location=name.location if name is not None and not scc else item.location if item is not None else None,
                 api_version=item.api_version if item is not None else None,
                 service=name.service.service_name if name is not None else None,
                 dry_run=bool(dry_run) or self._shadow,
+                scc_defaults=scc,
             )
             return
         ref = request.ref
@@ -339,6 +348,7 @@ class _MessageParser:
             entry,
             ref.name,
             error,
+            reported_key(request.idempotency_key),
             defaults=defaults,
             location=ref.location,
             api_version=ref.api_version,
@@ -394,17 +404,20 @@ class _MessageParser:
         entry: Any,
         offending: str,
         error: str,
+        shown_key: str | None,
         *,
         defaults: _Defaults | None,
         location: str | None = None,
         api_version: str | None = None,
         service: str | None = None,
         dry_run: bool = False,
+        scc_defaults: bool = True,
     ) -> None:
         """Keyed by a hash of everything the request was made of (``entry`` as sent, what the message set for
         it, its incident, whether it is a dry run) and of what broke, in a namespace no valid request uses: its
         duplicates report once, and a request that differs in anything (location, version, deadline, reason)
-        reports too."""
+        reports too. Without ``scc_defaults`` (text that is no Security Command Center name), only a stated
+        location and version are echoed: Security Command Center's defaults would misdescribe it."""
         request = {**self._shared, "entry": entry, "error": error}
         if dry_run:
             request["dry_run"] = True
@@ -414,10 +427,18 @@ class _MessageParser:
                 offending=escape_text(offending),
                 error=error,
                 idempotency_key=key,
+                reported_key=shown_key,
                 source=self._source,
-                location=location or (defaults.location if defaults and defaults.location else GLOBAL),
+                location=location
+                or (defaults.location if defaults and defaults.location else GLOBAL if scc_defaults else None),
                 api_version=api_version
-                or (defaults.api_version if defaults and defaults.api_version else self._default_version),
+                or (
+                    defaults.api_version
+                    if defaults and defaults.api_version
+                    else self._default_version
+                    if scc_defaults
+                    else None
+                ),
                 service=service,
                 dry_run=dry_run,
             )
@@ -460,6 +481,23 @@ def _object_defaults(body: Mapping[str, Any], validate_api_version: Callable[[An
         else None,
         dry_run=_field("dry_run", _validate_dry_run, body["dry_run"]) if "dry_run" in body else None,
     )
+
+
+def reported_key(key: str) -> str | None:
+    """A stored key as results and answers show it: the key the sender gave (a batch's with the operation's
+    identity after it), or the default derived from the operation and its incident; never the store's
+    namespace. None for a ``rejected/`` key, which no sender gave (a rejection carries the key it reports)."""
+    if key.startswith(DRY_RUN_KEYS):
+        key = key[len(DRY_RUN_KEYS) :]
+    for namespace in (EXPLICIT_KEYS, INCIDENT_KEYS, INCIDENT_DIGEST_KEYS):
+        if key.startswith(namespace):
+            return key[len(namespace) :]
+    if key.startswith(BATCH_KEYS):
+        # batch/{length}/{key}/{identity}: the sender's key and the identity, as the SPEC says they combine.
+        return key[len(BATCH_KEYS) :].partition("/")[2]
+    if key.startswith(REJECTED_KEYS):
+        return None
+    return key
 
 
 def dry_run_key(key: str) -> str:
@@ -550,6 +588,17 @@ def _validate_key(value: Any, limit: int = MAX_KEY_LENGTH) -> str:
     return value
 
 
+def _shown_key(value: Any) -> str | None:
+    """A key a rejected request carried, as its result reports it: as given when it is a valid key (printable,
+    so safe to echo), escaped and bounded when it is the text that was rejected, none when not text."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return _validate_key(value)
+    except InvalidRequest:
+        return escape_text(value)
+
+
 def validate_stored_key(value: Any) -> str:
     """A key opcancel built and wrote into a check: any namespace's, longer than a sender may send."""
     return _validate_key(value, MAX_STORED_KEY_LENGTH)
@@ -600,6 +649,11 @@ def _merge(attributes: _Defaults, body: _Defaults | None) -> _Defaults:
         from_body = getattr(body, item.name)
         merged[item.name] = from_body if from_body is not None else getattr(attributes, item.name)
     return _Defaults(**merged)
+
+
+def _scc_shaped(text: str) -> bool:
+    """Whether unparsable text was still meant as a Security Command Center name (or names no API at all)."""
+    return not text.strip().startswith(("projects/", "//", "https://", "http://"))
 
 
 def _offending_text(entry: Any) -> str:

@@ -27,8 +27,8 @@ from ._guard import Decision, Guard, Verdict
 from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, read_check_body, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
-from ._names import OperationRef, allows
-from ._parsing import dry_run_key, parse_message, rejected_key
+from ._names import OperationRef, allows, escape_text
+from ._parsing import dry_run_key, parse_message, rejected_key, reported_key
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
@@ -58,6 +58,7 @@ class ItemReport:
 
     operation: str
     status: ItemStatus
+    #: As results report it (``reported_key``): the sender's own, or the default derived from the operation.
     idempotency_key: str | None = None
     outcome: str | None = None
     detail: str | None = None
@@ -132,7 +133,8 @@ class Pipeline:
                 event="message_ignored",
                 reason=reason,
                 message_id=message.message_id,
-                event_source=message.event_source,
+                # Kept as sent for the comparison with the checks topic; escaped and cut where it is echoed.
+                event_source=escape_text(message.event_source) if message.event_source is not None else None,
             )
             return Report(ignored=reason)
         return Report((self._check_message(message),))
@@ -178,7 +180,7 @@ class Pipeline:
             )
             # The caller sees only the kind of trouble; what failed, in detail, is in the log line above.
             return ItemReport(
-                operation or "", ItemStatus.RETRY, key, detail=trouble.reason, retry_after=trouble.retry_after
+                operation or "", ItemStatus.RETRY, _shown(key), detail=trouble.reason, retry_after=trouble.retry_after
             )
         except StaleFence as fenced:
             self._log.warning(
@@ -188,7 +190,7 @@ class Pipeline:
                 operation=operation,
                 idempotency_key=key,
             )
-            return ItemReport(operation or "", ItemStatus.RETRY, key, detail=fenced.reason)
+            return ItemReport(operation or "", ItemStatus.RETRY, _shown(key), detail=fenced.reason)
 
     # Requests
 
@@ -204,9 +206,7 @@ class Pipeline:
                 operation=ref.name,
                 idempotency_key=key,
             )
-            error = "idempotency_key is already bound to a different operation"
-            now = self._clock.now()
-            return self._finish(self._result(ref, key, request.source, Outcome.REJECTED, error, requested_at=now))
+            return self._key_reused(request)
         if claim.status is ClaimStatus.CHAIN_RUNNING and claim.record is not None:
             now = self._clock.now()
             if self._overdue(claim.record, now):
@@ -244,6 +244,23 @@ class Pipeline:
             record = sent
         return self._check(record, ref, request.source)
 
+    def _key_reused(self, request: CancelRequest) -> ItemReport:
+        """A key bound to another operation: the request is REJECTED under a key of the rejected namespace,
+        made from the key and this operation, so its redeliveries and repeats report once (SPEC), and the
+        binding is left alone."""
+        ref = request.ref
+        error = "idempotency_key is already bound to a different operation"
+        reused = json.dumps(["key_mismatch", request.idempotency_key, ref.identity])
+        key = rejected_key(reused)
+        self._report_once(
+            key,
+            reused,
+            lambda requested_at: self._result(
+                ref, request.idempotency_key, request.source, Outcome.REJECTED, error, requested_at=requested_at
+            ),
+        )
+        return ItemReport(ref.name, ItemStatus.REJECTED, _shown(request.idempotency_key), Outcome.REJECTED.value, error)
+
     def _dry_run(self, record: Record, request: CancelRequest) -> ItemReport:
         """Look (one ``get``), never cancel: DRY_RUN with what the API showed, or what it refused."""
         ref, checks = request.ref, record.checks + 1
@@ -252,9 +269,7 @@ class Pipeline:
                 operation = self._api.get(ref)
         except ApiRejected as refusal:
             refused = self._refused(record, ref, request.source, refusal, checks=checks)
-            return self._conclude(
-                record, dataclasses.replace(refused, idempotency_key=request.idempotency_key, dry_run=True)
-            )
+            return self._conclude(record, dataclasses.replace(refused, dry_run=True))
         result = self._result(
             ref,
             request.idempotency_key,
@@ -287,11 +302,11 @@ class Pipeline:
         with self._released_on_trouble(record):
             held = self._guard.hold(request, result, decision.because)
             if not held.reported:
-                self._finish(Result.from_json(held.result))
+                self._finish(Result.from_json(held.result), key=record.key)
                 self._guard.reported(held)
         self._store.forgotten(record)
         status = ItemStatus.ACCEPTED if not held.reported else ItemStatus.DUPLICATE
-        return ItemReport(ref.name, status, request.idempotency_key, Outcome.HELD.value, decision.error)
+        return ItemReport(ref.name, status, _shown(request.idempotency_key), Outcome.HELD.value, decision.error)
 
     def _get_before_cancel(self, record: Record, request: CancelRequest) -> Record | ItemReport:
         """On a key taken back before any cancel was recorded, look first: the earlier holder may have
@@ -363,7 +378,7 @@ class Pipeline:
         self._report_once(key, refused, lambda _: result)
         self._store.forgotten(record)
         status = ItemStatus.REJECTED if result.outcome is Outcome.REJECTED else ItemStatus.ACCEPTED
-        return ItemReport(ref.name, status, record.key, refusal.outcome, result.error)
+        return ItemReport(ref.name, status, result.idempotency_key, refusal.outcome, result.error)
 
     def _check(self, record: Record, ref: OperationRef, source: Source) -> ItemReport:
         """One ``get``: finish when done or past the deadline, else schedule the next check."""
@@ -404,7 +419,7 @@ class Pipeline:
             deadline_at=format_time(deadline_at),
         )
         return ItemReport(
-            ref.name, ItemStatus.ACCEPTED, record.key, detail=f"check {attempt} due {format_time(check.due_at)}"
+            ref.name, ItemStatus.ACCEPTED, _shown(record.key), detail=f"check {attempt} due {format_time(check.due_at)}"
         )
 
     def _schedule(self, record: Record, check: CheckRequest, *, now: float, checks: int) -> Record:
@@ -453,7 +468,10 @@ class Pipeline:
             was_due_at=format_time(record.due_at),
         )
         return ItemReport(
-            check.ref.name, ItemStatus.ACCEPTED, record.key, detail=f"overdue chain resumed: check {check.attempt}"
+            check.ref.name,
+            ItemStatus.ACCEPTED,
+            _shown(record.key),
+            detail=f"overdue chain resumed: check {check.attempt}",
         )
 
     def overdue_chains(self) -> list[Record]:
@@ -470,12 +488,13 @@ class Pipeline:
             def work(record: Record = record, operation: str = operation) -> ItemReport:
                 now = self._clock.now()
                 if not self._overdue(record, now):
-                    return ItemReport(operation, ItemStatus.SKIPPED, record.key, detail="no longer overdue")
+                    return ItemReport(operation, ItemStatus.SKIPPED, _shown(record.key), detail="no longer overdue")
                 try:
                     return self._resume_chain(record, now)
                 except StaleFence:
                     # The record moved on since it was listed: another resume, a delivery, or the check itself.
-                    return ItemReport(operation, ItemStatus.SKIPPED, record.key, detail="resumed or moved on elsewhere")
+                    detail = "resumed or moved on elsewhere"
+                    return ItemReport(operation, ItemStatus.SKIPPED, _shown(record.key), detail=detail)
 
             reports.append(self._guarded(operation, record.key, work))
         return Report(tuple(reports))
@@ -523,7 +542,9 @@ class Pipeline:
         one result is a rejection, under a key of the rejected namespace. The request's own key is then
         freed: a rejection never binds the key a valid request would use, so putting the parent back on
         the list takes effect at once (SPEC). Until the key is freed its record still waits for this
-        check, so a crash in between ends here again, and the result, published once, is not repeated."""
+        check, so a crash in between ends here again, and the result, published once, is not repeated. The
+        rejection's key holds the chain's claim time too: a later chain of the same key, stopped alike, is
+        another request and gets its own result."""
         self._log.warning(
             "check for a parent outside OPCANCEL_ALLOWED_PARENTS: chain ended as REJECTED",
             event="check_not_allowed",
@@ -531,17 +552,17 @@ class Pipeline:
             idempotency_key=record.key,
         )
         error = f"{ref.name} is no longer under OPCANCEL_ALLOWED_PARENTS; checks stopped"
-        stopped = "stopped\n" + record.key
+        stopped = f"stopped\n{record.key}\n{format_time(record.requested_at)}"
         key = rejected_key(stopped)
         self._report_once(
             key,
             stopped,
             lambda _: self._result(
-                ref, key, source, Outcome.REJECTED, error, checks=record.checks, requested_at=record.requested_at
+                ref, record.key, source, Outcome.REJECTED, error, checks=record.checks, requested_at=record.requested_at
             ),
         )
         self._store.forgotten(record)
-        return ItemReport(ref.name, ItemStatus.REJECTED, key, Outcome.REJECTED.value, error)
+        return ItemReport(ref.name, ItemStatus.REJECTED, _shown(record.key), Outcome.REJECTED.value, error)
 
     # Results
 
@@ -561,7 +582,7 @@ class Pipeline:
             lambda requested_at: self._rejected(rejection, requested_at=requested_at),
         )
         return ItemReport(
-            rejection.offending, ItemStatus.REJECTED, rejection.idempotency_key, Outcome.REJECTED.value, rejection.error
+            rejection.offending, ItemStatus.REJECTED, rejection.reported_key, Outcome.REJECTED.value, rejection.error
         )
 
     def _report_once(self, key: str, payload: str, result_for: Callable[[float], Result]) -> None:
@@ -574,12 +595,12 @@ class Pipeline:
             else:
                 self._conclude(claim.record, result_for(claim.record.requested_at))
         elif claim.status is ClaimStatus.MISMATCH:
-            self._finish(result_for(self._clock.now()))
+            self._finish(result_for(self._clock.now()), key=key)
 
     def _result(
         self,
         ref: OperationRef,
-        key: str,
+        key: str,  # the request's key as stored; the result reports it as the sender gave it
         source: Source,
         outcome: Outcome,
         error: str | None,
@@ -593,7 +614,7 @@ class Pipeline:
             location=ref.location,
             api_version=ref.api_version,
             outcome=outcome,
-            idempotency_key=key,
+            idempotency_key=reported_key(key),
             requested_at=requested_at,
             finished_at=self._clock.now(),
             checks=checks,
@@ -625,10 +646,12 @@ class Pipeline:
         assert record.result is not None
         return self._finish(Result.from_json(record.result), record)
 
-    def _finish(self, result: Result, record: Record | None = None) -> ItemReport:
+    def _finish(self, result: Result, record: Record | None = None, *, key: str | None = None) -> ItemReport:
         """The one way out: publish the result, then mark its key finished. Without a ``record`` the result
-        owns no key (another operation holds it), and its event id alone lets consumers drop a repeat."""
-        message = result_message(result, project=self._settings.project)
+        owns no key (another operation holds ``key``), and its event id alone lets consumers drop a repeat."""
+        stored_key = record.key if record is not None else key
+        assert stored_key is not None
+        message = result_message(result, key=stored_key, project=self._settings.project)
         if record is None:
             self._publisher.publish_all(self._settings.results_topic, [message])
         else:
@@ -642,7 +665,8 @@ class Pipeline:
             event="result_published",
             operation=result.operation,
             service=result.service,
-            idempotency_key=result.idempotency_key,
+            # As stored, like every line of the key's work, so one query finds them all.
+            idempotency_key=stored_key,
             outcome=result.outcome.value,
             checks=result.checks,
             error=result.error,
@@ -668,7 +692,7 @@ class Pipeline:
             outcome=outcome,
             attempt=attempt,
         )
-        return ItemReport(operation, status, key, outcome, claim.status.value)
+        return ItemReport(operation, status, _shown(key), outcome, claim.status.value)
 
     @contextlib.contextmanager
     def _released_on_trouble(self, record: Record) -> Iterator[None]:
@@ -683,3 +707,8 @@ class Pipeline:
             with contextlib.suppress(TransientError, StaleFence):
                 self._store.released(record, now=now, not_before=not_before)
             raise
+
+
+def _shown(key: str | None) -> str | None:
+    """A stored key as an item report shows it: the way its result reports it."""
+    return reported_key(key) if key is not None else None

@@ -8,6 +8,7 @@
     │       └── NoCredentials  no Google credentials where a person must provide them (off Cloud)
     └── TransientError         raised to the platform so Pub/Sub redelivers
         ├── ApiUnavailable     429, 5xx, 409, timeouts and connection errors after in-process retries
+        │   └── ListingIncomplete  a listing that does not end: a repeated page token, or too many pages
         ├── StoreUnavailable   the idempotency store could not be read or written
         ├── PublishFailed      a Pub/Sub publish was not confirmed
         ├── ScheduleFailed     a follow-up check could not be scheduled (Cloud Tasks create)
@@ -80,6 +81,10 @@ class TransientError(OpcancelError):
 
 class ApiUnavailable(TransientError):
     reason = "api_unavailable"
+
+
+class ListingIncomplete(ApiUnavailable):
+    reason = "listing_incomplete"
 
 
 class StoreUnavailable(TransientError):

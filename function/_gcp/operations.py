@@ -20,13 +20,15 @@ from .._clock import Clock, format_time
 from .._log import Logger
 from .._model import Outcome
 from .._names import OperationParent, OperationRef, escape_text
-from ..errors import ApiUnavailable
+from ..errors import ApiUnavailable, ListingIncomplete
 from .auth import Authenticator
 from .errors import SERVER_UNAVAILABLE, decode_error, from_http_response
 from .transport import json_object, send
 
 #: In ``OPCANCEL_API_ENDPOINT``, replaced by the host a call would go to, so a stand-in can tell services apart.
 HOST_PLACEHOLDER = "{host}"
+#: Pages one listing reads at most: an API that keeps handing out new page tokens would be read for ever.
+MAX_PAGES = 1000
 _RPC_CANCELLED = 1
 
 
@@ -156,18 +158,21 @@ class OperationsClient:
     def pages(
         self, parent: OperationParent, *, filter: str | None = None, page_size: int | None = None
     ) -> Iterator[list[dict[str, Any]]]:
-        """Every page of ``parent``'s operations in turn, so no caller keeps page tokens."""
+        """Every page of ``parent``'s operations in turn, so no caller keeps page tokens. A listing that does
+        not end, a token handed back again or more than ``MAX_PAGES`` pages, is ``ListingIncomplete``."""
         token: str | None = None
         seen: set[str] = set()
-        while True:
+        for _ in range(MAX_PAGES):
             operations, token = self.list(parent, filter=filter, page_size=page_size, page_token=token)
             yield operations
             if token is None:
                 return
-            # A server that hands back a token it gave before would keep this loop going for ever.
             if token in seen:
-                raise ApiUnavailable("the API repeated a page token; the listing is incomplete")
+                raise ListingIncomplete("the API repeated a page token; the listing is incomplete")
             seen.add(token)
+        raise ListingIncomplete(
+            f"gave up after {MAX_PAGES} pages, each with a next page token; the listing is incomplete"
+        )
 
     def close(self) -> None:
         self._http.close()

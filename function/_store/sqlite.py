@@ -105,14 +105,14 @@ class SqliteStore(IdempotencyStore):
     def _create(self, record: Record) -> bool:
         changed, _ = self._execute(
             "INSERT OR IGNORE INTO records (key, version, body, created_at) VALUES (?, ?, ?, ?)",
-            (record.key, record.version, json.dumps(record.to_json()), record.requested_at),
+            (record.key, record.version, _encoded(record), record.requested_at),
         )
         return changed == 1
 
     def _replace(self, record: Record, expected_version: int) -> bool:
         changed, _ = self._execute(
             "UPDATE records SET version = ?, body = ? WHERE key = ? AND version = ?",
-            (record.version, json.dumps(record.to_json()), record.key, expected_version),
+            (record.version, _encoded(record), record.key, expected_version),
         )
         return changed == 1
 
@@ -160,6 +160,12 @@ class SqliteStore(IdempotencyStore):
     def _of_state(self, state: str) -> Iterator[dict[str, Any]]:
         _, rows = self._execute("SELECT body FROM records WHERE json_extract(body, '$.state') = ?", (state,))
         return (json.loads(row[0]) for row in rows)
+
+
+def _encoded(record: Record) -> str:
+    """Strict JSON: a non-finite number would make SQLite's JSON functions fail on every later read of the
+    table (sweep, overdue chains), so writing one is refused instead (none should get this far)."""
+    return json.dumps(record.to_json(), allow_nan=False)
 
 
 def _add_creation_times(connection: sqlite3.Connection) -> None:

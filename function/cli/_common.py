@@ -24,8 +24,8 @@ from .._names import (
     version_for,
 )
 from .._parsing import Parsed, parse_message
-from .._settings import MAX_DEADLINE_S
-from ..errors import ApiRejected, ApiUnavailable, InvalidRequest, NoCredentials
+from .._settings import MAX_DEADLINE_S, Settings
+from ..errors import ApiRejected, ApiUnavailable, InvalidRequest, ListingIncomplete, NoCredentials
 from ._clients import CliClients
 from ._exits import CliFailure, Exit, failure, safe
 
@@ -120,7 +120,7 @@ def pages(
     """The client's pager, with its failures turned into the CLI's exit statuses."""
     try:
         yield from clients.api.pages(parent, filter=filter_, page_size=page_size)
-    except ApiRejected as refusal:
+    except (ApiRejected, ListingIncomplete) as refusal:
         raise failure(refusal, f"{parent.path}: {refusal}") from None
     except ApiUnavailable as trouble:
         raise failure(trouble, f"Operations API unavailable: {trouble}") from None
@@ -136,6 +136,13 @@ def require_credentials(clients: CliClients, *, hint: str = NO_CREDENTIALS) -> N
         # Credentials that cannot be refreshed are the operator's to renew, not an outage to wait out.
         message = f"{trouble}: run `gcloud auth application-default login` to renew them"
         raise CliFailure(safe(message), Exit.NO_CREDENTIALS) from None
+
+
+def pubsub_host(settings: Settings) -> str:
+    """Where a publish went and what sets it: a failure that only says ConnectError leaves the operator guessing."""
+    if settings.pubsub_emulator_host:
+        return f"Pub/Sub at {settings.pubsub_emulator_host}, from PUBSUB_EMULATOR_HOST"
+    return "Pub/Sub at pubsub.googleapis.com; PUBSUB_EMULATOR_HOST names an emulator instead"
 
 
 def state_line(operation: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import click
 from .._names import OperationParent, OperationRef, allows, escape_text
 from ..errors import PublishFailed
 from ._clients import CliClients
-from ._common import pages, parent_of, parse, request_body, require_credentials
+from ._common import pages, parent_of, parse, pubsub_host, request_body, require_credentials
 from ._exits import CliFailure, Exit, failure, safe
 
 #: Requests per publish call, well inside Pub/Sub's limits on one publish request.
@@ -48,8 +48,9 @@ def cancel_all(
             requests.append(request)
             # Stop reading at the first one past the bound: nothing will be published anyway.
             if max_count is not None and len(requests) > max_count:
+                matches = "operation under {} matches" if max_count == 1 else "operations under {} match"
                 raise CliFailure(
-                    f"more than {max_count} running operations under {escape_text(text)} match; nothing published "
+                    f"more than {max_count} running {matches.format(escape_text(text))}; nothing published "
                     "(narrow --filter, or raise --max)",
                     Exit.REJECTED,
                 )
@@ -72,7 +73,7 @@ def cancel_all(
             published += len(chunk)
     except PublishFailed as problem:
         message = (
-            f"{problem}; {published} of {len(requests)} requests were published first. Running the command again is "
+            f"{problem} ({pubsub_host(clients.settings)}); {published} of {len(requests)} requests were published first. Running the command again is "
             "safe: each request's key is derived from its operation, so those already handled are not cancelled twice"
         )
         raise failure(problem, message) from None

@@ -21,6 +21,7 @@ from .._clock import Clock
 from .._gcp.operations import settle
 from .._model import CancelRequest, Outcome, Rejection, Result
 from .._names import SERVICE, escape_text
+from .._parsing import reported_key
 from .._settings import PollingPolicy
 from ..errors import ApiRejected, ApiUnavailable, PublishFailed
 from ._clients import CliClients
@@ -32,6 +33,7 @@ from ._common import (
     pages,
     parent_of,
     parse,
+    pubsub_host,
     request_body,
     require_credentials,
     seconds,
@@ -148,7 +150,13 @@ def get(clients: CliClients, name: str, location: str | None, api_version: str |
     try:
         operation = clients.api.get(parsed.ref)
     except ApiRejected as refusal:
-        raise failure(refusal, f"{parsed.ref.name}: {refusal}") from None
+        # What the operation is (NOT_FOUND, PERMISSION_DENIED) goes to stdout, as cancel reports it.
+        outcome = Outcome(refusal.outcome)
+        if as_json:
+            click.echo(json.dumps({"name": parsed.ref.name, "outcome": outcome.value, "error": str(refusal)}, indent=2))
+        else:
+            click.echo(safe(f"{outcome.value:<9} {parsed.ref.name}  ({refusal})"))
+        sys.exit(exit_for(outcome))
     except ApiUnavailable as trouble:
         raise failure(trouble, f"Operations API unavailable: {trouble}") from None
     click.echo(json.dumps(operation, indent=2) if as_json else state_line(operation))
@@ -232,7 +240,7 @@ def publish(
     try:
         (message_id,) = clients.publisher.publish_all(topic, [(body, {})])
     except PublishFailed as problem:
-        raise failure(problem) from None
+        raise failure(problem, f"{problem} ({pubsub_host(clients.settings)})") from None
     path = f"projects/{project}/topics/{topic}"
     if as_json:
         click.echo(json.dumps({"topic": path, "message_id": message_id, "data": json.loads(body)}, indent=2))
@@ -262,7 +270,7 @@ def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, po
         location=ref.location,
         api_version=ref.api_version,
         outcome=None,
-        idempotency_key=request.idempotency_key,
+        idempotency_key=reported_key(request.idempotency_key),
         requested_at=requested_at,
         finished_at=None,
         checks=0,

@@ -130,6 +130,7 @@ def test_the_floor_handler_publishes_what_opcancel_publishes(monkeypatch):
             source=Source(SourceKind.PUBSUB, "123"),
             service="securitycenter.googleapis.com",
         ),
+        key=f"securitycenter.googleapis.com/{name}",
         project="bench-project",
     )
     floor_data, floor_attributes = floor.result_message(name, operation, "123")

@@ -242,3 +242,17 @@ def test_cancel_and_get_take_another_services_name_and_show_it_whole(rig):
     )
     assert rig.run("get", f"//dataproc.googleapis.com/{name}").stdout == f"CANCELLED {name}\n"
     assert [call.path for call in rig.simulator.calls][:2] == [f"/v1/{name}:cancel", f"/v1/{name}"]
+
+
+def test_one_match_past_a_max_of_one_reads_as_english(rig):
+    touch(rig, "aiplatform", VERTEX_PARENT, "1", "2", location="us-central1")
+    result = rig.run("cancel", "--all", VERTEX, "--max", "1", "--yes")
+    assert result.exit_code == Exit.REJECTED
+    assert f"more than 1 running operation under {VERTEX} matches; nothing published" in result.stderr
+
+
+def test_a_bare_projects_parent_is_shown_a_parent_to_use():
+    result = Rig().run("cancel", "--all", "projects/my-proj", "--dry-run")
+    assert result.exit_code == Exit.REJECTED
+    assert "a projects/... parent does not say which API" in result.stderr
+    assert result.stderr.rstrip().endswith("e.g. //aiplatform.googleapis.com/projects/P/locations/L")

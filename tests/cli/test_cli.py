@@ -386,12 +386,16 @@ def test_get_takes_location_and_version(rig):
 @pytest.mark.parametrize(
     ("operation_id", "status"), [("missing-x", Exit.NOT_FOUND), ("denied-x", Exit.PERMISSION_DENIED)]
 )
-def test_get_refusals_exit_with_their_outcome_status(rig, operation_id, status):
-    result = rig.run("get", f"{ORG}/operations/{operation_id}", "--json")
+def test_get_refusals_say_the_outcome_on_stdout_as_cancel_does(rig, operation_id, status):
+    name = f"{ORG}/operations/{operation_id}"
+    result = rig.run("get", name)
     assert result.exit_code == status
-    assert result.stdout == ""
-    (line,) = result.stderr.splitlines()
-    assert line.startswith(f"Error: {ORG}/operations/{operation_id}: HTTP ")
+    assert result.stdout.startswith(f"{status.name:<9} {name}  (HTTP ")
+    assert rig.run("cancel", name).stdout.startswith(f"{status.name} {name}: HTTP ")
+    shown = rig.run("get", name, "--json")
+    assert shown.exit_code == status
+    report = as_json(shown)
+    assert (report["name"], report["outcome"]) == (name, status.name) and report["error"].startswith("HTTP ")
 
 
 def test_get_of_an_unavailable_api_exits_10(rig):
@@ -447,6 +451,13 @@ def test_list_only_shows_the_parents_operations(rig):
     rig.touch("a")
     rig.clients.api.get(OperationRef("organizations/2/operations/other"))
     assert rig.run("list", ORG).stdout == f"RUNNING   {ORG}/operations/a\n"
+
+
+def test_an_operation_get_says_does_not_exist_is_not_listed_or_proposed_for_cancelling(rig):
+    assert rig.run("get", f"{ORG}/operations/missing-x").exit_code == Exit.NOT_FOUND
+    rig.touch("abc")
+    assert rig.run("list", ORG).stdout == f"RUNNING   {NAME}\n"
+    assert rig.run("cancel", "--all", ORG, "--dry-run").stdout == f"cancel {NAME}\n"
 
 
 def test_an_empty_list_says_so(rig):
@@ -551,7 +562,7 @@ def test_published_requests_are_what_the_function_acts_on(rig):
         (name, "CANCELLED", "eu", "v2") for name in names
     ]
     assert {r["idempotency_key"] for r in results} == {
-        f"batch/8/ticket-7/securitycenter.eu.rep.googleapis.com/{name}" for name in names
+        f"ticket-7/securitycenter.eu.rep.googleapis.com/{name}" for name in names
     }
 
 
@@ -612,6 +623,35 @@ def test_an_unconfirmed_publish_exits_13(rig):
     result = rig.run("publish", NAME)
     assert result.exit_code == Exit.PUBLISH_FAILED
     assert result.stderr.startswith("Error: publish to opcancel-requests failed")
+
+
+@pytest.mark.parametrize(
+    ("emulator", "named"),
+    [
+        ("127.0.0.1:9", "(Pub/Sub at 127.0.0.1:9, from PUBSUB_EMULATOR_HOST)"),
+        (None, "(Pub/Sub at pubsub.googleapis.com; PUBSUB_EMULATOR_HOST names an emulator instead)"),
+    ],
+)
+def test_a_publish_that_cannot_connect_names_the_host_and_the_variable(emulator, named):
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    publisher = PubSubPublisher(
+        "test-project",
+        auth=AnonymousAuth(),
+        clock=FakeClock(),
+        emulator_host=emulator,
+        transport=httpx.MockTransport(refuse),
+        jitter=lambda: 0.5,
+    )
+    settings = Settings(project="test-project", polling=POLICY, pubsub_emulator_host=emulator)
+    rig = Rig(publisher=publisher, settings=settings)
+    for args in (["publish", NAME], ["cancel", "--all", ORG, "--yes"]):
+        rig.touch("abc")
+        result = rig.run(*args)
+        assert result.exit_code == Exit.PUBLISH_FAILED, result.output
+        (line,) = result.stderr.splitlines()[-1:]
+        assert line.startswith("Error: publish to opcancel-requests failed") and named in line, line
 
 
 def test_publish_without_credentials_says_how_to_get_them():

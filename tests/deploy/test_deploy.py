@@ -44,8 +44,16 @@ ENV_VARS = (
     f"^|^GOOGLE_CLOUD_PROJECT={PROJECT}|OPCANCEL_STORE=firestore|OPCANCEL_FIRESTORE_COLLECTION=opcancel-idempotency"
     "|OPCANCEL_CHECKS_TOPIC=opcancel-checks|OPCANCEL_RESULTS_TOPIC=opcancel-results"
     f"|OPCANCEL_TASKS_QUEUE=projects/{PROJECT}/locations/{REGION}/queues/opcancel-checks"
-    f"|OPCANCEL_TASKS_SERVICE_ACCOUNT={TASKS_SA}|OPCANCEL_ALLOWED_PARENTS={PARENTS}"
+    f"|OPCANCEL_TASKS_SERVICE_ACCOUNT={TASKS_SA}|OPCANCEL_MODE=enforce|OPCANCEL_CANCEL_BUDGET=100/1h"
+    f"|OPCANCEL_ALLOWED_PARENTS={PARENTS}"
 )
+DEPLOYED = (
+    "--format=value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS,"
+    "serviceConfig.environmentVariables.OPCANCEL_MODE,serviceConfig.environmentVariables.OPCANCEL_PAUSED)"
+)
+DEAD_LETTER_TITLE = "opcancel (opcancel): messages in the dead-letter subscription"
+BREAKER_TITLE = "opcancel (opcancel): the cancel budget breaker tripped"
+PAUSE_TITLE = "opcancel (opcancel): cancelling is paused"
 POLICY = "--flatten=bindings[].members --format=value(bindings.role)"
 FRESH_DEPLOY = f"""
 services list --enabled --project={PROJECT} --format=value(config.name)
@@ -106,7 +114,7 @@ iam roles describe opcancel_operation_canceller --organization=456 --format=valu
 iam roles create opcancel_operation_canceller --organization=456 '--title=opcancel operation canceller' '--description=Cancel and get long-running operations, for the opcancel deployment opcancel in {PROJECT}' --permissions=securitycenter.operations.cancel,securitycenter.operations.get --stage=GA --quiet
 organizations get-iam-policy 456 POLICY organizations/456/roles/opcancel_operation_canceller serviceAccount:{FUNCTION_SA}
 organizations add-iam-policy-binding 456 --member=serviceAccount:{FUNCTION_SA} --role=organizations/456/roles/opcancel_operation_canceller --condition=None
-functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS)
+functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 {DEPLOYED}
 functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy,eventTrigger.pubsubTopic,eventTrigger.serviceAccountEmail,eventTrigger.retryPolicy)
 functions deploy opcancel-requests --project={PROJECT} --region={REGION} --gen2 --runtime=python313 --source={ROOT} --entry-point=on_event --build-service-account=projects/{PROJECT}/serviceAccounts/{BUILD_SA} --service-account={FUNCTION_SA} --timeout=540s --no-allow-unauthenticated --ingress-settings=internal-only --set-env-vars='{ENV_VARS}' --trigger-topic=opcancel-requests --trigger-service-account={TRIGGER_SA} --retry --update-labels=opcancel_deploy=DIGEST --quiet
 functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 --format=value(state,labels.opcancel_deploy,eventTrigger.pubsubTopic,eventTrigger.serviceAccountEmail,eventTrigger.retryPolicy)
@@ -137,14 +145,20 @@ logging metrics describe opcancel-retries --project={PROJECT} --format=value(des
 logging metrics create opcancel-retries --project={PROJECT} --config-from-file=WORK/metric-retries.json
 logging metrics describe opcancel-takeovers --project={PROJECT} --format=value(description)
 logging metrics create opcancel-takeovers --project={PROJECT} --config-from-file=WORK/metric-takeovers.json
+logging metrics describe opcancel-guard-events --project={PROJECT} --format=value(description)
+logging metrics create opcancel-guard-events --project={PROJECT} --config-from-file=WORK/metric-guard-events.json
 monitoring dashboards list --project={PROJECT} '--filter=displayName="opcancel (opcancel)"' --format=value(name,etag,labels.opcancel_deploy)
 monitoring dashboards create --project={PROJECT} --config-from-file=WORK/dashboard.json
-alpha monitoring policies list --project={PROJECT} '--filter=displayName="opcancel (opcancel): messages in the dead-letter subscription"' --format=value(name,userLabels.opcancel_deploy)
+alpha monitoring policies list --project={PROJECT} '--filter=displayName="{DEAD_LETTER_TITLE}"' --format=value(name,userLabels.opcancel_deploy)
 alpha monitoring policies create --project={PROJECT} --policy-from-file=WORK/alert-policy.json
+alpha monitoring policies list --project={PROJECT} '--filter=displayName="{BREAKER_TITLE}"' --format=value(name,userLabels.opcancel_deploy)
+alpha monitoring policies create --project={PROJECT} --policy-from-file=WORK/alert-policy-breaker.json
+alpha monitoring policies list --project={PROJECT} '--filter=displayName="{PAUSE_TITLE}"' --format=value(name,userLabels.opcancel_deploy)
+alpha monitoring policies create --project={PROJECT} --policy-from-file=WORK/alert-policy-pause.json
 """
 
 DESTROY = f"""
-functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(serviceConfig.environmentVariables.OPCANCEL_ALLOWED_PARENTS)
+functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 {DEPLOYED}
 functions describe opcancel-requests --project={PROJECT} --region={REGION} --gen2 --format=value(name)
 functions delete opcancel-requests --project={PROJECT} --region={REGION} --gen2 --quiet
 functions describe opcancel-checks --project={PROJECT} --region={REGION} --gen2 --format=value(name)
@@ -195,10 +209,16 @@ logging metrics describe opcancel-retries --project={PROJECT} --format=value(nam
 logging metrics delete opcancel-retries --project={PROJECT} --quiet
 logging metrics describe opcancel-takeovers --project={PROJECT} --format=value(name)
 logging metrics delete opcancel-takeovers --project={PROJECT} --quiet
+logging metrics describe opcancel-guard-events --project={PROJECT} --format=value(name)
+logging metrics delete opcancel-guard-events --project={PROJECT} --quiet
 monitoring dashboards list --project={PROJECT} '--filter=displayName="opcancel (opcancel)"' --format=value(name)
 monitoring dashboards delete DASHBOARD --project={PROJECT} --quiet
-alpha monitoring policies list --project={PROJECT} '--filter=displayName="opcancel (opcancel): messages in the dead-letter subscription"' --format=value(name)
+alpha monitoring policies list --project={PROJECT} '--filter=displayName="{DEAD_LETTER_TITLE}"' --format=value(name)
 alpha monitoring policies delete ALERT_POLICY --project={PROJECT} --quiet
+alpha monitoring policies list --project={PROJECT} '--filter=displayName="{BREAKER_TITLE}"' --format=value(name)
+alpha monitoring policies delete BREAKER_POLICY --project={PROJECT} --quiet
+alpha monitoring policies list --project={PROJECT} '--filter=displayName="{PAUSE_TITLE}"' --format=value(name)
+alpha monitoring policies delete PAUSE_POLICY --project={PROJECT} --quiet
 """
 
 
@@ -314,14 +334,23 @@ class FakeCloud:
         return result
 
     def monitoring(self) -> dict[str, str]:
-        """The dashboard's and the alert policy's names, which the API chooses, for DASHBOARD and ALERT_POLICY."""
+        """The dashboard's and the alert policies' names, which the API chooses, for DASHBOARD, ALERT_POLICY
+        (dead letters), BREAKER_POLICY and PAUSE_POLICY."""
         resources = self.state["resources"]
-        return {
-            placeholder: resource["name"]
-            for placeholder, kind in (("DASHBOARD", "dashboard/"), ("ALERT_POLICY", "policy/"))
-            for key, resource in resources.items()
-            if key.startswith(kind)
-        }
+        names = {"DASHBOARD": next(r["name"] for key, r in resources.items() if key.startswith("dashboard/"))}
+        for placeholder, title in (
+            ("ALERT_POLICY", DEAD_LETTER_TITLE),
+            ("BREAKER_POLICY", BREAKER_TITLE),
+            ("PAUSE_POLICY", PAUSE_TITLE),
+        ):
+            names[placeholder] = self.policy(title)["name"]
+        return names
+
+    def policy(self, title: str) -> dict:
+        (policy,) = [
+            r for key, r in self.state["resources"].items() if key.startswith("policy/") and r["displayName"] == title
+        ]
+        return policy
 
     def subscriptions(self) -> dict[str, str]:
         resources = self.state["resources"]
@@ -379,6 +408,8 @@ def test_a_fresh_deploy_leaves_the_deployment_the_readme_describes(cloud):
             "OPCANCEL_RESULTS_TOPIC": "opcancel-results",
             "OPCANCEL_TASKS_QUEUE": f"projects/{PROJECT}/locations/{REGION}/queues/opcancel-checks",
             "OPCANCEL_TASKS_SERVICE_ACCOUNT": TASKS_SA,
+            "OPCANCEL_MODE": "enforce",
+            "OPCANCEL_CANCEL_BUDGET": "100/1h",
             "OPCANCEL_ALLOWED_PARENTS": PARENTS,
         }
         assert deployed["buildConfig"] == {"serviceAccount": f"projects/{PROJECT}/serviceAccounts/{BUILD_SA}"}
@@ -604,6 +635,7 @@ def test_a_custom_name_prefixes_every_resource(cloud):
         "sec-ops-cancels-sent",
         "sec-ops-retries",
         "sec-ops-takeovers",
+        "sec-ops-guard-events",
         "(default)/sec-ops-idempotency/expire_at",
         f"{REGION}/sec-ops-requests",
         f"{REGION}/sec-ops-checks",
@@ -782,7 +814,13 @@ def test_the_log_metrics_count_opcancel_s_events_from_its_structured_logs(cloud)
     metrics = {
         key.removeprefix("metric/"): resource for key, resource in resources.items() if key.startswith("metric/")
     }
-    assert sorted(metrics) == ["opcancel-cancels-sent", "opcancel-results", "opcancel-retries", "opcancel-takeovers"]
+    assert sorted(metrics) == [
+        "opcancel-cancels-sent",
+        "opcancel-guard-events",
+        "opcancel-results",
+        "opcancel-retries",
+        "opcancel-takeovers",
+    ]
     logs = (
         'resource.type="cloud_run_revision" AND resource.labels.service_name=~"^opcancel-(requests|checks|http)$"'
         ' AND labels.component="opcancel"'
@@ -797,6 +835,10 @@ def test_the_log_metrics_count_opcancel_s_events_from_its_structured_logs(cloud)
         assert metrics[metric]["metricDescriptor"]["metricKind"] == "DELTA"
     assert metrics["opcancel-results"]["labelExtractors"] == {"outcome": "EXTRACT(jsonPayload.outcome)"}
     assert metrics["opcancel-retries"]["labelExtractors"] == {"reason": "EXTRACT(jsonPayload.reason)"}
+    assert metrics["opcancel-guard-events"]["filter"] == (
+        f'{logs} AND jsonPayload.event=("breaker_tripped" OR "guard_paused")'
+    )
+    assert metrics["opcancel-guard-events"]["labelExtractors"] == {"event": "EXTRACT(jsonPayload.event)"}
 
 
 def test_the_dashboard_shows_the_metrics_and_the_dead_letter_backlog(cloud):
@@ -824,7 +866,7 @@ def test_the_dead_letter_alert_fires_on_any_undelivered_message_and_notifies_the
     result = cloud.run(*BASE, "--notification-channel", channels)
     assert result.returncode == 0, result.stderr
 
-    (policy,) = [resource for key, resource in cloud.state["resources"].items() if key.startswith("policy/")]
+    policy = cloud.policy(DEAD_LETTER_TITLE)
     condition = policy["conditions"][0]["conditionThreshold"]
     assert "subscription/num_undelivered_messages" in condition["filter"]
     assert 'subscription_id="opcancel-dead-letter"' in condition["filter"]
@@ -832,11 +874,16 @@ def test_the_dead_letter_alert_fires_on_any_undelivered_message_and_notifies_the
     assert policy["notificationChannels"] == channels.split(",")
     assert "gcloud pubsub subscriptions pull opcancel-dead-letter" in policy["documentation"]["content"]
 
-    # Without the flag on the next run the policy's definition changed: it is updated in place.
+    for title in (BREAKER_TITLE, PAUSE_TITLE):
+        assert cloud.policy(title)["notificationChannels"] == channels.split(",")
+
+    # Without the flag on the next run the policies' definitions changed: they are updated in place.
     again = cloud.run(*BASE)
-    assert [call[:4] for call in again.calls if not is_read(call)] == [["alpha", "monitoring", "policies", "update"]]
-    (policy,) = [resource for key, resource in cloud.state["resources"].items() if key.startswith("policy/")]
-    assert policy["notificationChannels"] == []
+    assert [call[:4] for call in again.calls if not is_read(call)] == [
+        ["alpha", "monitoring", "policies", "update"]
+    ] * 3
+    for title in (DEAD_LETTER_TITLE, BREAKER_TITLE, PAUSE_TITLE):
+        assert cloud.policy(title)["notificationChannels"] == []
 
 
 def test_a_dashboard_edited_by_hand_is_replaced_with_the_etag_it_was_read_at(cloud):
@@ -852,7 +899,7 @@ def test_a_dashboard_edited_by_hand_is_replaced_with_the_etag_it_was_read_at(clo
     assert [call[:3] for call in result.calls if not is_read(call)] == [["monitoring", "dashboards", "update"]]
     dashboard = cloud.state["resources"][key]
     assert dashboard["labels"]["opcancel_deploy"] != "edited"
-    assert len(dashboard["mosaicLayout"]["tiles"]) == 5
+    assert len(dashboard["mosaicLayout"]["tiles"]) == 9
 
 
 def test_a_log_metric_whose_definition_changed_is_updated(cloud):
@@ -1263,9 +1310,12 @@ def test_a_dry_run_prints_the_fresh_deploy_and_runs_nothing(cloud):
     ).parent
     assert f"The files the commands above name are kept in {work}." in dry.stderr
     assert sorted(path.name for path in work.iterdir()) == [
+        "alert-policy-breaker.json",
+        "alert-policy-pause.json",
         "alert-policy.json",
         "dashboard.json",
         "metric-cancels-sent.json",
+        "metric-guard-events.json",
         "metric-results.json",
         "metric-retries.json",
         "metric-takeovers.json",
@@ -1281,7 +1331,12 @@ def test_the_dry_run_can_be_asked_for_in_the_environment(cloud):
 def test_a_destroy_dry_run_prints_every_removal_and_runs_nothing(cloud):
     lines = dry_run_lines(cloud, *BASE, "--allowed-parents", PARENTS, "--destroy")
 
-    placeholders = {"DASHBOARD": "<dashboard of opcancel>", "ALERT_POLICY": "<alert policy of opcancel>"}
+    placeholders = {
+        "DASHBOARD": "<dashboard of opcancel>",
+        "ALERT_POLICY": "<alert policy of opcancel>",
+        "BREAKER_POLICY": "<breaker alert policy of opcancel>",
+        "PAUSE_POLICY": "<pause alert policy of opcancel>",
+    }
     assert [shlex.split(line)[1:] for line in lines] == expected(DESTROY, placeholders)
 
 

@@ -289,8 +289,9 @@ def test_a_check_for_a_parent_taken_off_the_allow_list_ends_the_chain_rejected(m
     assert result["outcome"] == "REJECTED"
     assert "OPCANCEL_ALLOWED_PARENTS" in result["error"] and "organizations/123456789" in result["error"]
     assert (result["operation"], result["checks"]) == (NAME, 1)
-    # A rejection's key, never the request's: that key is freed, so no rejection binds it.
-    assert result["idempotency_key"].startswith("rejected/")
+    # Stored under a rejection's key, never the request's: that key is freed, so no rejection binds it.
+    # The result still reports the request's key, as a consumer knows it.
+    assert result["idempotency_key"] == KEY
     assert after.rig.store._load(KEY) is None
     assert after.next_checks() == []
     # Delivered again, the check belongs to no chain: still one result.

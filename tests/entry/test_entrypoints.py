@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -88,7 +89,7 @@ def test_the_eventarc_sample_cancels_with_its_attribute_key(on_event):
     (result,) = rig.publisher.results()
     assert result["outcome"] == "CANCELLED"
     assert result["operation"] == "organizations/123456789/operations/abc"
-    assert result["idempotency_key"] == "explicit/k1"
+    assert result["idempotency_key"] == "k1"
     assert result["source"] == {"kind": "pubsub", "message_id": "2070443601311540"}
 
 
@@ -139,18 +140,16 @@ def test_monitoring_incidents_through_on_event(on_event, sample, operations):
     results = rig.publisher.results()
     assert [r["operation"] for r in results] == operations
     assert [c.path.split("/v2/")[1] for c in rig.simulator.cancel_calls()] == [f"{o}:cancel" for o in operations]
-    incident_id = json.loads(data)["incident"]["incident_id"]
-    policy = json.loads(data)["incident"]["policy_name"]
+    incident = json.loads(data)["incident"]
+    incident_id, policy_name = incident["incident_id"], incident["policy_name"]
     for result in results:
         assert result["source"] == {
             "kind": "alert",
             "message_id": "alert-1",
             "incident_id": incident_id,
-            "policy_name": policy,
+            "policy_name": policy_name,
         }
-        assert (
-            result["idempotency_key"] == f"incident/{incident_id}/securitycenter.googleapis.com/{result['operation']}"
-        )
+        assert result["idempotency_key"] == f"{incident_id}/securitycenter.googleapis.com/{result['operation']}"
 
 
 def test_duplicate_deliveries_through_the_entry_point_cancel_once(on_event):
@@ -263,6 +262,18 @@ def test_http_json_request_answers_202_with_each_items_fate(on_http):
     assert {r["source"]["kind"] for r in rig.publisher.results()} == {"http"}
 
 
+def test_http_items_carry_only_the_fields_docs_requests_md_lists(on_http):
+    http_client, _ = on_http
+    body = {"operations": [NAME, "organizations/1/operations/slow-3-x", "organizations/1/operations/bad%2Fid"]}
+    answer = http_client.post("/", json=body).get_json()
+    items = answer["accepted"] + answer["rejected"]
+    (running,) = [item for item in items if item["operation"].endswith("slow-3-x")]
+    assert running["detail"].startswith("check 1 due ")
+    row = next(line for line in (ROOT / "docs" / "requests.md").read_text().splitlines() if line.startswith("| `202`"))
+    documented = set(re.findall(r"`([a-z_]+)`", row.split("each item with", 1)[1].split(";", 1)[0]))
+    assert {field for item in items for field in item} <= documented, documented
+
+
 def test_http_plain_text_names_one_per_line(on_http):
     http_client, rig = on_http
     response = http_client.post("/", data=f"  {NAME}  \n\norganizations/1/operations/b\n", content_type="text/plain")
@@ -360,6 +371,50 @@ def test_http_malformed_cloudevent_is_a_400(on_http):
     response = http_client.post("/", data=b"{}", headers={"ce-specversion": "1.0", "Content-Type": "application/json"})
     assert response.status_code == 400
     assert "malformed CloudEvent" in response.get_json()["error"]
+
+
+BINARY = {"ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "//sender", "ce-type": "dev.example.cancel"}
+STRUCTURED = {"specversion": "1.0", "id": "e-1", "source": "//sender", "type": "dev.example.cancel", "data": NAME}
+
+
+@pytest.mark.parametrize(
+    ("dropped", "error"),
+    [
+        ("ce-source", "malformed CloudEvent: no ce-source"),
+        ("ce-id", "malformed CloudEvent: no ce-id"),
+        ("ce-type", "malformed CloudEvent: no ce-type"),
+    ],
+)
+def test_http_binary_cloudevent_without_a_required_header_is_a_400_naming_it(on_http, dropped, error):
+    http_client, rig = on_http
+    headers = {name: value for name, value in BINARY.items() if name != dropped}
+    response = http_client.post("/", data=NAME.encode(), headers={**headers, "Content-Type": "text/plain"})
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith(f"{error}, and the body is ")
+    as_json = http_client.post("/", json={"operation": NAME}, headers=headers)
+    assert (as_json.status_code, as_json.get_json()) == (400, {"error": error})
+    assert rig.simulator.cancel_calls() == []
+    complete = http_client.post("/", data=NAME.encode(), headers={**BINARY, "Content-Type": "text/plain"})
+    assert complete.status_code == 202, complete.get_json()
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"id": None}, "malformed CloudEvent: no id"),
+        ({"specversion": None}, "malformed CloudEvent: no specversion"),
+        ({"source": ""}, "malformed CloudEvent: no source"),
+        ({"specversion": "0.3"}, "malformed CloudEvent: specversion '0.3' is not 1.0"),
+    ],
+)
+def test_http_structured_cloudevent_without_its_required_attributes_is_a_400(on_http, change, error):
+    http_client, rig = on_http
+    event = {name: value for name, value in {**STRUCTURED, **change}.items() if value is not None}
+    response = http_client.post("/", data=json.dumps(event), content_type="application/cloudevents+json")
+    assert (response.status_code, response.get_json()) == (400, {"error": error})
+    assert rig.simulator.cancel_calls() == []
+    complete = http_client.post("/", data=json.dumps(STRUCTURED), content_type="application/cloudevents+json")
+    assert complete.status_code == 202, complete.get_json()
 
 
 @pytest.mark.parametrize(

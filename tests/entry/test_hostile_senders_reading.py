@@ -16,6 +16,7 @@ import json
 import signal
 import sqlite3
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -302,3 +303,172 @@ def test_a_retry_hint_of_hundreds_of_digits_leaves_the_sqlite_store_readable(tmp
     response = resume.post("/")
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["overdue"] == []
+
+
+# 5. Numbers JSON cannot hold: never in a record or an event.
+
+INFINITE_OPERATION = (
+    b'{"name": "organizations/1/operations/hostile-answers", "done": true,'
+    b' "metadata": {"@type": "type.googleapis.com/x", "progress": 1e999, "low": -1e999, "ok": 0.5},'
+    b' "error": {"code": 1, "message": "cancelled"}}'
+)
+
+
+def test_an_operation_with_1e999_reaches_the_result_and_the_store_as_strict_json(tmp_path):
+    transport = Answering(once(httpx.Response(200, content=INFINITE_OPERATION), method="GET"))
+    rig = sqlite_rig(tmp_path, transport)
+    client = serve("on_http", "http", rig)
+    (item,) = client.post("/", json={"operation": NAME}).get_json()["accepted"]
+    assert item["outcome"] == "CANCELLED"
+    ((data, _),) = rig.publisher.on("opcancel-results")
+    result = strict_json(data)
+    assert result["final_operation"]["metadata"] == {
+        "@type": "type.googleapis.com/x",
+        "progress": "Infinity",
+        "low": "-Infinity",
+        "ok": 0.5,
+    }
+    for body in stored_bodies(tmp_path):
+        strict_json(body)
+    assert serve("on_resume", "http", rig).post("/").status_code == 200
+
+
+def test_a_request_deadline_of_1e999_is_rejected_not_stored():
+    client, rig = load_wired("on_http", "http")
+    response = client.post(
+        "/", data=f'{{"operation": "{NAME}", "deadline_seconds": 1e999}}', content_type="application/json"
+    )
+    (item,) = response.get_json()["rejected"]
+    assert "deadline_seconds" in item["error"]
+    for data, _ in rig.publisher.on("opcancel-results"):
+        strict_json(data)
+
+
+# 3. A huge Operation: the result and the record keep at most 64 KiB of it.
+
+FINAL_OPERATION_LIMIT = 64 * 1024
+HUGE_METADATA = {"@type": "type.googleapis.com/google.cloud.Huge", "rows": ["x" * 1000] * 6400}
+
+
+def operation_answer(**fields: object) -> httpx.Response:
+    return httpx.Response(200, content=json.dumps({"name": NAME, "done": True, **fields}).encode())
+
+
+@pytest.mark.parametrize(
+    ("fields", "kept"),
+    [
+        (
+            {"metadata": HUGE_METADATA, "error": {"code": 1, "message": "cancelled"}},
+            {"error": {"code": 1, "message": "cancelled"}, "metadata": {"@type": HUGE_METADATA["@type"]}},
+        ),
+        (
+            {"metadata": {"@type": "t"}, "error": {"code": 1, "message": "m" * 2_000_000, "details": [{"a": "b"}]}},
+            {"error": {"code": 1, "message": "m" * 1024}, "metadata": {"@type": "t"}},
+        ),
+        ({"response": {"rows": ["y" * 1000] * 100}}, {}),
+    ],
+    ids=["huge-metadata", "huge-error", "huge-response"],
+)
+def test_a_huge_final_operation_is_cut_to_what_tells_how_it_ended(tmp_path, fields, kept):
+    transport = Answering(once(operation_answer(**fields), method="GET"))
+    rig = sqlite_rig(tmp_path, transport)
+    client = serve("on_http", "http", rig)
+    (item,) = client.post("/", json={"operation": NAME}).get_json()["accepted"]
+    ((data, _),) = rig.publisher.on("opcancel-results")
+    result = strict_json(data)
+    assert result["final_operation"] == {"name": NAME, "done": True, **kept, "truncated": True}
+    assert len(json.dumps(result["final_operation"], separators=(",", ":"))) <= FINAL_OPERATION_LIMIT
+    assert len(data) < FINAL_OPERATION_LIMIT + 4096
+    assert all(len(body) < FINAL_OPERATION_LIMIT + 4096 for body in stored_bodies(tmp_path))
+    # The stored (cut) result reads back: a duplicate reports its outcome.
+    (duplicate,) = client.post("/", json={"operation": NAME}).get_json()["accepted"]
+    assert (duplicate["status"], duplicate["outcome"]) == ("duplicate", item["outcome"])
+
+
+def test_a_final_operation_within_64_kib_is_relayed_whole(tmp_path):
+    metadata = {"@type": "t", "rows": ["z" * 1000] * 60}
+    transport = Answering(once(operation_answer(metadata=metadata, error={"code": 1}), method="GET"))
+    rig = sqlite_rig(tmp_path, transport)
+    client = serve("on_http", "http", rig)
+    client.post("/", json={"operation": NAME})
+    (result,) = rig.publisher.results()
+    assert result["final_operation"] == {"name": NAME, "done": True, "metadata": metadata, "error": {"code": 1}}
+
+
+# 9. on_check: every field it echoes into a log line, the event's source included, bounded and escaped.
+
+ECHO_LIMIT = 256
+HOSTILE_TEXT = "a\ud800b\u2028c\u2029d\u202ee\x1b[31mf\x00g\\h"
+
+
+def assert_echo_safe(text: str) -> None:
+    assert len(text) <= ECHO_LIMIT, len(text)
+    assert not [ch for ch in text if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")], ascii(text[:300])
+
+
+def messages_published(source: str, data: bytes, message_id: str) -> CloudEvent:
+    return pubsub_event(data, source=source, message_id=message_id)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["//pubsub.googleapis.com/projects/p/topics/t" + "x" * 300_000 + "\u202e", HOSTILE_TEXT, checks_source()],
+    ids=["long-source", "hostile-source", "checks-topic"],
+)
+def test_on_check_logs_every_echoed_field_bounded_and_escaped(source):
+    client, rig = load_wired("on_check", "cloudevent")
+    check = {"operation": "organizations/1/operations/" + HOSTILE_TEXT * 50, "attempt": HOSTILE_TEXT}
+    response = post_event(client, messages_published(source, json.dumps(check).encode(), HOSTILE_TEXT * 50))
+    assert response.status_code == 200
+    assert rig.simulator.calls == [] and rig.publisher.messages == []
+    lines = rig.logs()
+    assert lines
+    for line in lines:
+        for field in ("event_source", "reason", "message_id", "operation", "error"):
+            if field in line:
+                assert_echo_safe(line[field])
+        assert len(json.dumps(line)) < 4096
+
+
+# 10. Listing stops: a repeated page token ends it, and 1,000 pages is as far as `list` and `cancel --all` read.
+
+
+class EndlessPages:
+    """An API whose every page is empty and names a next page: t1, t2, … (or, from ``repeat_at``, t1 again)."""
+
+    def __init__(self, repeat_at: int | None = None) -> None:
+        self.requests = 0
+        self.repeat_at = repeat_at
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        token = 1 if self.repeat_at is not None and self.requests >= self.repeat_at else self.requests
+        return httpx.Response(200, json={"operations": [], "nextPageToken": f"t{token}"})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["list", "organizations/1"], ["cancel", "--dry-run", "--all", "organizations/1"]],
+    ids=["list", "cancel-all"],
+)
+def test_a_listing_with_endless_page_tokens_gives_up_after_1000_pages(command):
+    from function.cli import Exit
+    from tests.cli.test_cli import Rig as CliRig
+
+    api = EndlessPages()
+    with cpu_bounded(60.0):
+        result = CliRig(transport=httpx.MockTransport(api)).run(*command)
+    assert result.exit_code == Exit.API_UNAVAILABLE
+    assert "gave up after 1000 pages" in result.stderr and "the listing is incomplete" in result.stderr
+    assert api.requests == 1000
+
+
+def test_a_page_token_handed_back_again_ends_the_listing():
+    from function.cli import Exit
+    from tests.cli.test_cli import Rig as CliRig
+
+    api = EndlessPages(repeat_at=5)
+    result = CliRig(transport=httpx.MockTransport(api)).run("list", "organizations/1")
+    assert result.exit_code == Exit.API_UNAVAILABLE
+    assert "repeated a page token" in result.stderr
+    assert api.requests == 5

@@ -79,3 +79,11 @@ def test_an_unterminated_string_is_malformed_json_whatever_it_holds(text):
     # Scanned once to its end (tests/entry/test_hostile_senders_reading.py bounds the work of 1 MiB of each).
     with pytest.raises(JsonUnreadable, match="not valid JSON"):
         read_json(text)
+
+
+def test_a_number_too_large_for_a_double_is_read_as_proto3_json_spells_infinity():
+    assert read_json('{"a": 1e999, "b": -1e999, "c": [0.5, 1e308, 2.5e-400]}') == {
+        "a": "Infinity",
+        "b": "-Infinity",
+        "c": [0.5, 1e308, 0.0],
+    }

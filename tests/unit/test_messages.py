@@ -9,7 +9,7 @@ import re
 import pytest
 
 from function import InboundMessage, OperationRef, SourceKind
-from function._messages import check_message, parse_check, result_message
+from function._messages import check_message, event_id, parse_check, result_message
 from function._model import CheckRequest, Outcome, Rejection, Result, Source
 from function._names import GLOBAL, LOCATIONS, VERSIONS
 from function.errors import InvalidRequest
@@ -207,11 +207,22 @@ def a_result(**changes) -> Result:
 def test_a_stored_result_republishes_byte_for_byte(result):
     stored = json.loads(json.dumps(result.to_json()))
     assert Result.from_json(stored).to_json() == stored
-    assert result_message(Result.from_json(stored), project="p") == result_message(result, project="p")
+    again = result_message(Result.from_json(stored), key="k", project="p")
+    assert again == result_message(result, key="k", project="p")
+
+
+def test_the_event_id_comes_from_the_stored_key_not_the_key_the_result_reports():
+    result = a_result(idempotency_key="order-123")
+    _, attributes = result_message(result, key="explicit/order-123", project="p")
+    assert attributes["ce-id"] == event_id("explicit/order-123", result.operation, "CANCELLED")
+    _, other = result_message(result, key="rejected/abc", project="p")
+    assert other["ce-id"] != attributes["ce-id"]
 
 
 def test_a_rejection_has_the_one_result_schema_with_what_was_sent():
-    rejection = Rejection("organizations/x", "bad name", "rejected/abc", Source(SourceKind.HTTP), GLOBAL, "v2")
+    rejection = Rejection(
+        "organizations/x", "bad name", "rejected/abc", Source(SourceKind.HTTP), GLOBAL, "v2", reported_key="k-1"
+    )
     result = Result.of_rejection(rejection, requested_at=1.0, finished_at=2.0)
     assert result.to_json() == {
         "operation": "organizations/x",
@@ -219,7 +230,7 @@ def test_a_rejection_has_the_one_result_schema_with_what_was_sent():
         "api_version": "v2",
         "service": None,
         "outcome": "REJECTED",
-        "idempotency_key": "rejected/abc",
+        "idempotency_key": "k-1",
         "dry_run": False,
         "requested_at": "1970-01-01T00:00:01.000Z",
         "finished_at": "1970-01-01T00:00:02.000Z",

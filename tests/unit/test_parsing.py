@@ -20,7 +20,9 @@ from function._parsing import (
     MAX_BODY_BYTES,
     REJECTED_KEYS,
     Parsed,
+    dry_run_key,
     parse_message,
+    reported_key,
 )
 from tests.support import DATA_DIR
 
@@ -646,6 +648,43 @@ def test_key_namespaces_are_disjoint_by_construction(requests):
             assert keys.setdefault(key, origin) == origin, (key, origin, keys[key])
 
 
+@pytest.mark.parametrize(
+    ("body", "attributes", "reported"),
+    [
+        (name("a"), None, identity("a")),
+        ({"operation": name("a"), "idempotency_key": "order-123"}, None, "order-123"),
+        (name("a"), {"idempotency_key": "explicit/x"}, "explicit/x"),
+        ({"operations": [name("a"), name("b")], "idempotency_key": "K/1"}, None, f"K/1/{identity('a')}"),
+        (f"{name('a')}\n{name('b')}", {"idempotency_key": "K"}, f"K/{identity('a')}"),
+    ],
+)
+def test_results_report_the_key_the_sender_gave_never_the_stored_form(body, attributes, reported):
+    request = parse(body, attributes).requests[0]
+    assert reported_key(request.idempotency_key) == reported
+    assert reported_key(dry_run_key(request.idempotency_key)) == reported
+
+
+def test_an_incidents_key_is_reported_as_its_id_and_identity():
+    request = only_request(parse(incident("alert-incident-open.json")))
+    assert reported_key(request.idempotency_key) == f"0.mtdi83m6w8ao/{GLOBAL_HOST}/{OPEN_OP}"
+
+
+def test_a_batch_item_stored_in_the_old_form_is_reported_as_the_new_one():
+    assert reported_key(f"explicit/K/{identity('a')}") == reported_key(batch("K", identity("a")))
+
+
+def test_a_rejection_reports_the_key_it_carried_escaped_when_that_key_was_the_problem():
+    assert only_rejection(parse({"operation": "bad", "idempotency_key": "k-1"})).reported_key == "k-1"
+    assert only_rejection(parse({"operation": name("a"), "idempotency_key": "a\nb"})).reported_key == "a\\nb"
+    assert only_rejection(parse({"operation": name("a"), "idempotency_key": 5})).reported_key is None
+    assert only_rejection(parse("bad", {"idempotency_key": "attr"})).reported_key == "attr"
+    assert only_rejection(parse("bad")).reported_key is None
+    outside = only_rejection(parse(name("a"), allowed=("organizations/1",)))
+    assert outside.reported_key == identity("a")
+    batch_item = parse({"operations": ["bad", name("a")], "idempotency_key": "K"}).rejections[0]
+    assert batch_item.reported_key == "K"
+
+
 def test_an_explicit_key_spelling_a_batch_item_is_not_that_item():
     squatter = only_request(parse({"operation": name("x"), "idempotency_key": f"K/{identity('a')}"}))
     items = parse({"operations": [name("a"), name("b")], "idempotency_key": "K"}).requests
@@ -1236,6 +1275,26 @@ def test_a_custom_registry_reaches_the_parser():
     message = InboundMessage(data=b"//workflows.googleapis.com/projects/my-proj/operations/x", message_id="m-1")
     (request,) = parse_message(message, default_version="v2", allowed_parents=None, services=registry).requests
     assert request.ref.host == "workflows.googleapis.com"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "projects/my-proj/operations/x",
+        "//evil.example.com/organizations/1/operations/a",
+        "https://securitycenter.googleapis.com/v9/organizations/1/operations/a",
+    ],
+)
+def test_a_rejected_name_of_no_known_api_gets_no_security_command_center_location_or_version(text):
+    rejection = only_rejection(parse(text))
+    assert (rejection.location, rejection.api_version, rejection.service) == (None, None, None)
+    stated = only_rejection(parse({"operation": text, "location": "eu", "api_version": "v1"}))
+    assert (stated.location, stated.api_version) == ("eu", "v1")
+
+
+def test_a_rejected_security_command_center_name_keeps_its_defaults():
+    rejection = only_rejection(parse("organizations/1/operations/a?b"))
+    assert (rejection.location, rejection.api_version) == (GLOBAL, "v2")
 
 
 # --- guard rails: dry_run, protected parents, the trigger ------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from devkit.simulator import Simulator
 from function import ItemStatus, Settings, format_time, parse_time
 from function._messages import RESULT_EVENT_TYPE, event_id
+from function._parsing import REJECTED_KEYS
 from function._pipeline import payload_hash
 from function._store import ClaimStatus
 from tests.support import DATA_DIR, TEST_POLICY, Rig, open_store
@@ -230,6 +231,26 @@ def test_an_explicit_key_reused_for_another_operation_is_rejected(rig):
     assert len(rig.simulator.cancel_calls()) == 1
 
 
+def test_a_key_reused_for_another_operation_reports_once_under_a_rejected_key(rig):
+    """Issue 23: the same reuse sent three times published REJECTED three times, under the bound key."""
+    rig.send(json.dumps({"operation": name("k2"), "idempotency_key": "t-1"}))
+    reports = [
+        rig.send(json.dumps({"operation": name("k3"), "idempotency_key": "t-1"}), message_id=f"m-{index}")
+        for index in range(3)
+    ]
+    keys = {report.items[0].idempotency_key for report in reports}
+    (key,) = keys
+    assert key.startswith(REJECTED_KEYS)
+    first, rejected = rig.publisher.results()
+    assert (first["operation"], first["idempotency_key"]) == (name("k2"), "explicit/t-1")
+    assert (rejected["operation"], rejected["outcome"], rejected["idempotency_key"]) == (name("k3"), "REJECTED", key)
+    # Another operation reusing the same key is its own rejection; the binding itself is untouched.
+    assert rig.send(json.dumps({"operation": name("k4"), "idempotency_key": "t-1"})).items[0].idempotency_key != key
+    duplicate = rig.send(json.dumps({"operation": name("k2"), "idempotency_key": "t-1"}))
+    assert duplicate.items[0].status is ItemStatus.DUPLICATE
+    assert len(rig.simulator.cancel_calls()) == 1
+
+
 def test_invalid_input_is_rejected_once_without_any_network_call(rig):
     hostile = "organizations/1/operations/../../v1/organizations/2/operations/x:cancel"
     for _ in range(2):
@@ -266,8 +287,8 @@ def test_a_batch_with_a_message_key_gives_each_item_its_own_key(rig):
     rig.send(body, attributes={"idempotency_key": "batch-1"})
     keys = sorted(r["idempotency_key"] for r in rig.publisher.results())
     assert keys == [
-        f"batch/7/batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
-        f"batch/7/batch-1/securitycenter.googleapis.com/{name('a')}",
+        f"batch-1/securitycenter.eu.rep.googleapis.com/{name('b')}",
+        f"batch-1/securitycenter.googleapis.com/{name('a')}",
     ]
     assert {c.path for c in rig.simulator.cancel_calls()} == {
         f"/v2/{name('a')}:cancel",
@@ -291,7 +312,7 @@ def test_an_open_incident_cancels_what_it_names(rig):
         "incident_id": "0.mtdi83m6w8ao",
         "policy_name": "runaway-scc-operation",
     }
-    assert result["idempotency_key"].startswith("incident/0.mtdi83m6w8ao/")
+    assert result["idempotency_key"].startswith("0.mtdi83m6w8ao/securitycenter.googleapis.com/")
 
 
 # Transient trouble

@@ -135,6 +135,16 @@ def test_a_rate_limit_pause_defers_the_next_claim(store):
     assert store.claim_request("k", "h", now=NOW + 31).status is ClaimStatus.ACQUIRED
 
 
+def test_sqlite_refuses_to_write_a_non_finite_number_that_would_break_every_later_read(tmp_path):
+    # Nothing should get this far (retry hints are bounded, JSON numbers read finite); if anything did,
+    # SQLite's JSON functions would fail on the whole table, so the write is refused instead.
+    store = SqliteStore(str(tmp_path / "store.sqlite3"), lease_s=LEASE, ttl_s=TTL)
+    record = store.claim_request("k", "h", now=NOW).record
+    with pytest.raises(StoreUnavailable, match="ValueError"):
+        store.released(record, now=NOW, not_before=float("inf"))
+    assert list(store.chains(NOW)) == []
+
+
 def test_a_duplicate_request_while_checks_run_adds_nothing(store):
     waiting_for(store, check(1))
     assert store.claim_request("k", "h", now=NOW + 1).status is ClaimStatus.CHAIN_RUNNING
