@@ -289,9 +289,11 @@ def _trip_json(trip: Trip | None) -> dict[str, Any] | None:
 
 
 def describe_held(held: HeldRequest) -> dict[str, Any]:
-    """A held request as ``held --json`` prints it."""
+    """A held request as ``held --json`` prints it: ``key`` as stored (what ``held release`` takes), and
+    ``idempotency_key`` as its HELD result reported it (which ``held release`` takes too, where unambiguous)."""
     return {
-        "idempotency_key": held.key,
+        "key": held.key,
+        "idempotency_key": held.result.get("idempotency_key"),
         "operation": held.operation,
         "held_because": held.because,
         "held_at": format_time(held.held_at),
