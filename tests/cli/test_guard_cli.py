@@ -160,3 +160,16 @@ def test_a_held_request_is_named_by_its_stored_key_or_the_key_its_result_reporte
     (row,) = [row for row in json.loads(state.run("held", "--json").stdout) if row["operation"].endswith("/c")]
     assert (row["key"], row["idempotency_key"]) == ("explicit/mine", "mine")
     assert state.run("held", "drop", "mine").stdout == "dropped explicit/mine (organizations/1/operations/c)\n"
+
+
+def test_the_command_line_never_cancels_or_publishes_a_protected_parent_but_may_look_at_it():
+    from tests.cli.test_cli import Rig as CliRig
+
+    settings = dataclasses.replace(CliRig().settings, protected_parents=("organizations/1",))
+    cli_rig = CliRig(settings=settings)
+    for args in (("cancel", "organizations/1/operations/a"), ("publish", "organizations/1/operations/a")):
+        result = cli_rig.run(*args)
+        assert result.exit_code == Exit.REJECTED
+        assert "is protected: organizations/1 is in OPCANCEL_PROTECTED_PARENTS" in result.output
+    assert cli_rig.simulator.cancel_calls() == [] and cli_rig.publisher.messages == []
+    assert cli_rig.run("get", "organizations/1/operations/a").exit_code == 0
