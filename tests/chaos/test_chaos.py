@@ -48,10 +48,11 @@ def test_a_short_chaos_run_cancels_once_reports_once_and_loses_nothing(tmp_path,
         assert report.task_creates[503] + report.task_dispatch_failures > 0, report
 
 
-def test_a_chaos_run_under_a_cancel_budget_never_cancels_more_operations_than_the_budget(tmp_path):
+@pytest.mark.parametrize("store", ["sqlite", "firestore"])
+def test_a_chaos_run_under_a_cancel_budget_never_cancels_more_operations_than_the_budget(tmp_path, store):
     try:
         report = chaos.run(
-            tmp_path, operations=10, duplicates=5, seed=11, store="sqlite", timeout_s=240, mode="tasks", budget=4
+            tmp_path, operations=10, duplicates=5, seed=11, store=store, timeout_s=240, mode="tasks", budget=4
         )
     except EmulatorUnavailable as reason:
         pytest.skip(str(reason))
