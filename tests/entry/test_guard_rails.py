@@ -385,3 +385,18 @@ def test_a_bad_guard_setting_fails_start_up_naming_it(monkeypatch, capsys):
 
     with pytest.raises(ConfigError, match="OPCANCEL_CANCEL_BUDGET"):
         start_up_events(monkeypatch, capsys, OPCANCEL_CANCEL_BUDGET="100")
+
+
+def test_a_held_request_let_through_after_a_reset_leaves_the_held_list():
+    client, rig = serve("on_event", dataclasses.replace(BASE, cancel_budget=CancelBudget(1, 3600.0)))
+    send(client, name("first"))
+    send(client, name("held"))
+    guard = guard_of(rig)
+    guard.reset()
+    rig.clock.advance(STATE_CACHE_S)
+    # The alert fires again: the request comes anew, is counted in the fresh window, and cancels.
+    send(client, name("held"), message_id="m-again")
+    assert rig.publisher.results()[-1]["outcome"] == "CANCELLED"
+    assert guard.held() == []
+    (audit,) = [a for a in events(rig, "cancel_sent") if a["operation"] == name("held")]
+    assert "released_by" not in audit

@@ -139,7 +139,7 @@ def test_a_held_request_released_by_an_operator_goes_uncounted_past_the_breaker_
     rails.release(held, by="ana", publisher=Nowhere(), topic="t")
     store.writes.clear()
     released = rails.decide(held_request)
-    assert (released.verdict, released.released.released_by, released.budget_used) == (Verdict.GO, "ana", None)
+    assert (released.verdict, released.released_by, released.budget_used) == (Verdict.GO, "ana", None)
     assert store.writes == []
     rails.pause(by="bo", reason=None)
     clock.advance(STATE_CACHE_S)
