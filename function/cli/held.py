@@ -59,10 +59,17 @@ def _chosen(rails: Guard, keys: tuple[str, ...], every: bool) -> list[HeldReques
     if every:
         return requests
     by_key = {request.key: request for request in requests}
+    # The key as the HELD result reported it (the sender's) names a request too, where only one has it.
+    reported: dict[str, list[HeldRequest]] = {}
+    for request in requests:
+        reported.setdefault(str(request.result.get("idempotency_key")), []).append(request)
+    for key, named in reported.items():
+        if len(named) == 1:
+            by_key.setdefault(key, named[0])
     missing = [key for key in keys if key not in by_key]
     if missing:
         raise CliFailure(safe(f"not held: {', '.join(missing)}"), Exit.NOT_FOUND)
-    return [by_key[key] for key in dict.fromkeys(keys)]
+    return list({by_key[key].key: by_key[key] for key in keys}.values())
 
 
 @held.command()
