@@ -1144,7 +1144,7 @@ def with_other_projects(cloud: FakeCloud, untestable: tuple[str, ...] = ()) -> N
     state["other_projects"] = ["other-proj", "third-proj"]
     catalogue = {
         f"{prefix}.operations.{verb}": ""
-        for prefix in ("aiplatform", "dataproc", "documentai", "speech", "cloudtranslate", "cloudbuild")
+        for prefix in ("aiplatform", "dataproc", "documentai", "cloudtranslate", "cloudbuild")
         for verb in ("cancel", "get", "list")
         if f"{prefix}.operations.{verb}" not in untestable
     }
@@ -1176,8 +1176,6 @@ def test_project_parents_get_a_project_role_with_their_services_operation_permis
         "dataproc.operations.get",
         "documentai.operations.cancel",
         "documentai.operations.get",
-        "speech.operations.cancel",
-        "speech.operations.get",
     ]
     # A full resource prefix grants its own service only, at the project it names.
     assert role_permissions(cloud, "projects/third-proj") == [
