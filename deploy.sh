@@ -798,8 +798,9 @@ json_string() {
 }
 
 # write_log_metric FILE EVENT DESCRIPTION [LABEL]: a counter of log lines whose jsonPayload.event is
-# EVENT (or, given as `("A" OR "B")`, one of those), with jsonPayload.LABEL as the metric label LABEL. The definition's digest ends the description,
-# so a re-run can tell whether the metric is the one this script would create.
+# EVENT (or, given as `("A" OR "B")`, one of those), with jsonPayload.LABEL as the metric label LABEL.
+# The definition's digest ends the description, so a re-run can tell whether the metric is the one this
+# script would create.
 write_log_metric() {
   local file=$1 event=$2 description=$3 label=${4:-} definition
   local filter
@@ -999,8 +1000,8 @@ ensure_dashboard() {
   fi
 }
 
-# ensure_alert_policy FILE TITLE WRITER: creates the policy WRITER writes to FILE, or updates it where its
-# digest differs. PLACEHOLDER stands for the policy's name in a dry run.
+# ensure_alert_policy FILE TITLE PLACEHOLDER WRITER: creates the policy WRITER writes to FILE (in the work
+# directory), or updates it where its digest differs; PLACEHOLDER stands for its name in a dry run.
 ensure_alert_policy() {
   local file=$work_dir/$1 title=$2 placeholder=$3
   "$4" "$file"
