@@ -845,3 +845,6 @@ def test_help_documents_every_exit_status():
     for status in Exit:
         if status is not Exit.OK:
             assert re.search(rf"^\s+{status.value}\s", result.stdout, re.MULTILINE), status
+    # 1 is no Exit of the CLI's own, and --max is one way to 9: both said (issue 23).
+    assert re.search(r"^\s+1\s+a crash, or Ctrl-C$", result.stdout, re.MULTILINE)
+    assert "cancel --all matching more than --max" in result.stdout

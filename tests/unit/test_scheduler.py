@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from devkit.cloudtasks import CloudTasks
-from function import CloudTasksScheduler, OperationRef, RedeliveryScheduler, format_time, task_id
+from function import CloudTasksScheduler, OperationRef, RedeliveryScheduler, format_time, parse_time, task_id
 from function._gcp.auth import Authenticator
 from function._messages import check_message
 from function._model import CheckRequest, Source, SourceKind
@@ -74,6 +74,18 @@ def answer(status: int, rpc: str | None = None) -> httpx.Response:
 
 
 # --- the create request -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("due_in", "milliseconds"), [(1.0, ".000Z"), (2.5, ".500Z"), (3.375, ".375Z")])
+def test_a_task_is_scheduled_to_the_millisecond_of_its_checks_due_time_never_rounded_to_the_second(
+    due_in, milliseconds
+):
+    """The polling policy's delays (1 s, then 1.5 s, 2.25 s...) reach Cloud Tasks as they are."""
+    script = Scripted(answer(200))
+    scheduler(httpx.MockTransport(script)).schedule(a_check(due_in=due_in))
+    schedule_time = json.loads(script.requests[0].content)["task"]["scheduleTime"]
+    assert parse_time(schedule_time) - NOW == due_in
+    assert schedule_time.endswith(milliseconds)
 
 
 def test_a_check_becomes_a_named_task_at_its_due_time_publishing_the_check_message_with_an_oauth_token():
