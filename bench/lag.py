@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import pathlib
 import statistics
 import threading
@@ -84,6 +85,8 @@ class Ended:
 
     duration_s: int
     lag_s: float
+    #: When the operation ended, from the first measured request's publish.
+    ended_s: float
     checks: int
     invocations: int
     task_operations: int
@@ -107,6 +110,8 @@ class LagReport:
     elapsed_s: float = 0.0
     #: Over how long the requests were published, evenly.
     spread_s: float = 0.0
+    #: The machine's one-minute load average, sampled through the run: the other work it was doing.
+    load: list[float] = field(default_factory=list)
 
     @property
     def polling(self) -> PollingPolicy:
@@ -157,15 +162,26 @@ def run(
             threading.Thread(target=drive, args=(index, stack, report), daemon=True)
             for index, (stack, report) in enumerate(zip(started, reports, strict=True))
         ]
+        done = threading.Event()
+        sampler = threading.Thread(target=_sample_load, args=(reports, done), daemon=True)
+        sampler.start()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        done.set()
+        sampler.join()
     if failures:
         raise failures[0]
     for index, report in enumerate(reports):
         report.store_writes = _store_writes(workdir / f"lag-{index}", {ended.checks for ended in report.ended})
     return reports
+
+
+def _sample_load(reports: list[LagReport], done: threading.Event) -> None:
+    while not done.wait(5.0):
+        for report in reports:
+            report.load.append(os.getloadavg()[0])
 
 
 def _drive(
@@ -195,23 +211,38 @@ def _drive(
     report.requested = collections.Counter(_duration(name) for name in names)
     report.spread_s = spread_s
     started = time.monotonic()
-    for number, name in enumerate(names):
+    for offset, name in schedule(names, spread_s):
         # Pub/Sub stamps each result as it takes it, so the results can wait on their subscription meanwhile.
-        time.sleep(max(0.0, started + spread_s * number / len(names) - time.monotonic()))
+        time.sleep(max(0.0, started + offset - time.monotonic()))
         stack.publisher.publish(topic, name.encode()).result(timeout=60)
     results: list[dict] = []
     deadline = started + timeout_s
     while len(results) < len(names) and time.monotonic() < deadline:
         results += stack.pull_results(len(names) - len(results), timeout_s=min(5.0, deadline - time.monotonic()))
     report.elapsed_s = time.monotonic() - started
-    _account(report, stack, names, results)
+    _account(report, stack, names, results, started_at=time.time() - (time.monotonic() - started))
+
+
+def schedule(names: list[str], spread_s: float) -> list[tuple[float, str]]:
+    """When to publish each request, from the first: each duration's requests evenly over ``spread_s`` plus
+    the longest duration less its own, so every operation ends within that time and the early checks of a
+    chain, its densest, are spread over the whole run rather than bunched at its start."""
+    by_duration = collections.defaultdict(list)
+    for name in names:
+        by_duration[_duration(name)].append(name)
+    window = spread_s + max(by_duration)
+    return sorted(
+        ((window - duration) * number / len(same), name)
+        for duration, same in by_duration.items()
+        for number, name in enumerate(same)
+    )
 
 
 def _duration(name: str) -> int:
     return int(name.rsplit("/", 1)[1].split("-")[1])
 
 
-def _account(report: LagReport, stack: LocalStack, names: list[str], results: list[dict]) -> None:
+def _account(report: LagReport, stack: LocalStack, names: list[str], results: list[dict], *, started_at: float) -> None:
     assert stack.cloudtasks is not None
     published = {result["data"]["operation"]: result for result in results}
     keys = {f"securitycenter.googleapis.com/{name}": name for name in names}
@@ -250,6 +281,7 @@ def _account(report: LagReport, stack: LocalStack, names: list[str], results: li
             Ended(
                 duration_s=_duration(name),
                 lag_s=result["published_at"] - operation.ends_at,
+                ended_s=operation.ends_at - started_at,
                 checks=int(result["data"]["checks"]) - 1,
                 # The request's delivery, each check delivered, and every delivery answered with a retry.
                 invocations=1 + dispatched[name] + retries[name],

@@ -11,7 +11,7 @@ from .._guard import Guard, describe_held
 from .._store.guard import HeldRequest
 from ..errors import PublishFailed, StaleFence, TransientError
 from ._clients import CliClients, store_option
-from ._common import json_option
+from ._common import json_option, pubsub_host
 from ._exits import CliFailure, Exit, failure, safe
 from .guard import by_option, open_guard, operator
 
@@ -99,7 +99,9 @@ def release(context: click.Context, keys: tuple[str, ...], every: bool, by: str 
             raise CliFailure(
                 safe(f"{request.key} changed while being released; run it again"), Exit.UNAVAILABLE
             ) from None
-        except (PublishFailed, TransientError) as problem:
+        except PublishFailed as problem:
+            raise failure(problem, f"{problem} ({pubsub_host(clients.settings)})") from None
+        except TransientError as problem:
             raise failure(problem) from None
         click.echo(
             safe(f"released {request.key} ({request.operation}): published to {clients.settings.requests_topic}")

@@ -95,6 +95,15 @@ def test_held_lists_and_release_sends_a_held_request_past_the_open_breaker_uncou
     assert [row["key"] for row in json.loads(state.run("held", "--json").stdout)] == [KEY_B]
 
 
+def test_a_release_whose_publish_fails_names_the_pub_sub_host_and_keeps_the_request_held(state):
+    state.trip()
+    state.rig.publisher.fail_next = 1
+    result = state.run("held", "release", KEY_A)
+    assert result.exit_code == Exit.PUBLISH_FAILED
+    assert "(Pub/Sub at pubsub.googleapis.com; PUBSUB_EMULATOR_HOST names an emulator instead)" in result.stderr
+    assert [row["idempotency_key"] for row in json.loads(state.run("held", "--json").stdout)] == [KEY_A, KEY_B]
+
+
 def test_held_drop_forgets_without_cancelling(state):
     state.trip()
     result = state.run("held", "drop", "--all")
