@@ -24,7 +24,7 @@ from ._backoff import Backoff, TryAgain, retry_context
 from ._clock import Clock, format_time
 from ._gcp.pubsub import Publisher
 from ._log import Logger
-from ._model import CancelRequest, Result
+from ._model import CancelRequest, Result, Source
 from ._names import escape_text
 from ._parsing import replay_body
 from ._settings import CancelBudget, Settings
@@ -70,6 +70,14 @@ class Decision:
     @property
     def released_by(self) -> str | None:
         return self.held.released_by if self.held is not None and self.held.released else None
+
+    @property
+    def trigger(self) -> Source | None:
+        """What triggered a released request: the one that was held (an alert, an HTTP caller), not the
+        operator's replay of it, which only carried it back; None for any other request."""
+        if self.released_by is None or self.held is None:
+            return None
+        return Source.from_json(self.held.result["source"])
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,8 @@ class Pipeline:
                 return self._dry_run(record, request)
             if decision.verdict is Verdict.HOLD:
                 return self._hold(record, request, decision)
+            if decision.trigger is not None:
+                request = dataclasses.replace(request, source=decision.trigger)
             if claim.resumed:
                 looked = self._get_before_cancel(record, request)
                 if isinstance(looked, ItemReport):

@@ -198,6 +198,9 @@ def test_a_released_request_is_sent_again_and_neither_counted_nor_stopped_by_the
     assert (status.used, status.tripped is not None) == (1, True)
     (audit,) = [a for a in events(rig, "cancel_sent") if a["operation"] == name("held")]
     assert (audit["released_by"], audit["reason"]) == ("ana", "alert storm")
+    # The trigger reported is the held request's own (its message), not the operator's replay.
+    assert audit["source"] == {"kind": "pubsub", "message_id": "m-1"}
+    assert rig.publisher.results()[-1]["source"] == {"kind": "pubsub", "message_id": "m-1"}
     assert [h.key for h in guard.held()] == [f"securitycenter.googleapis.com/{name('still-held')}"]
 
 
