@@ -176,6 +176,7 @@ def test_a_held_request_is_reported_once_and_never_binds_its_key():
     for _ in range(3):
         assert send(client, name("held"), {"idempotency_key": "k"}).status_code == 200
     assert [r["outcome"] for r in rig.publisher.results()] == ["CANCELLED", "HELD"]
+    assert len(events(rig, "request_held")) == 1
     assert rig.store._load("explicit/k") is None
     (held,) = guard_of(rig).held()
     assert (held.key, held.operation, held.because, held.released) == ("explicit/k", name("held"), "breaker", False)
