@@ -53,10 +53,10 @@ readonly BUILD_ROLES=(roles/logging.logWriter roles/artifactregistry.writer role
 # The services of the registry opcancel ships (function/_names.py, BUILTIN_SERVICES) besides Security
 # Command Center, and the prefix of each one's operation permissions, which deploy.sh grants at a
 # project. IAM is asked first whether it knows each permission at that project.
-readonly OPERATION_SERVICES=(aiplatform dataproc documentai speech translate cloudbuild)
+readonly OPERATION_SERVICES=(aiplatform dataproc documentai translate cloudbuild)
 declare -rA OPERATION_PERMISSION_PREFIX=(
   [aiplatform]=aiplatform.operations [dataproc]=dataproc.operations [documentai]=documentai.operations
-  [speech]=speech.operations [translate]=cloudtranslate.operations [cloudbuild]=cloudbuild.operations
+  [translate]=cloudtranslate.operations [cloudbuild]=cloudbuild.operations
 )
 # macOS has shasum where Linux has sha256sum.
 if command -v sha256sum >/dev/null; then CHECKSUM=(sha256sum); else CHECKSUM=(shasum -a 256); fi

@@ -4,13 +4,21 @@ Google ships no Cloud Tasks emulator, and the third-party ones serve the gRPC AP
 follows the v2 REST reference (cloud.google.com/tasks/docs/reference/rest/v2/projects.locations.queues.tasks)
 for what opcancel calls:
 
-- ``POST /v2/projects/P/locations/L/queues/Q/tasks`` (``tasks.create``) with ``task.name``,
-  ``task.scheduleTime`` and ``task.httpRequest`` (``url``, ``httpMethod``, ``headers``, base64 ``body``,
-  ``oauthToken`` or ``oidcToken``). Unknown fields, a malformed name, time or body, a body on a method
-  that takes none, or a schedule more than 30 days ahead answer 400 INVALID_ARGUMENT; a queue the
-  stand-in was not given answers 404 NOT_FOUND; a name already used, by a pending task or one already
-  dispatched, answers 409 ALREADY_EXISTS; all with Google's error body ``{"error": {code, message, status}}``.
-  The answer is the Task in the BASIC view (no body).
+- ``POST /v2/projects/P/locations/L/queues/Q/tasks`` (``tasks.create``). Every request is first held to
+  Google's discovery document (``devkit.discovery``): a method it does not define answers 404 NOT_FOUND,
+  a body its ``CreateTaskRequest`` schema refuses (an unknown field, a value of the wrong type, enum or
+  format: ``dispatchDeadline: "10"``) 400 INVALID_ARGUMENT naming the field, and is recorded in
+  ``devkit.discovery.LEDGER``. Proto field names (``schedule_time``) are read as their JSON names;
+  documented fields the stand-in does not act on (``retryConfig``, output-only ``createTime``...) are
+  accepted. Then what the reference says beyond the schema: a malformed or foreign task name, a body on
+  an HTTP method that takes none, both tokens, or a schedule more than 30 days ahead answer 400; a queue
+  the stand-in was not given 404; a name already used, by a pending task or one already dispatched, 409
+  ALREADY_EXISTS; all with Google's error body ``{"error": {code, message, status}}``. The answer is the
+  Task in the BASIC view (no body).
+- The other errors tasks.create documents, on demand: ``inject(409, status_name="ABORTED")``, 429
+  RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 400 with ``field_violations`` (``POST /_cloudtasks/errors`` with
+  ``{"status": 409, "status_name": "ABORTED", "count": 1}``) answer the next creates before anything is
+  created.
 - ``GET /v2/projects/P/locations/L/queues/Q/tasks/T`` (``tasks.get``).
 - Dispatch: each task's HTTP request is sent at its ``scheduleTime`` (or at once if that is past); a
   2xx answer completes it, anything else (or no answer) is retried with the queue's exponential
@@ -35,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import heapq
 import json
 import random
@@ -50,6 +57,7 @@ from datetime import UTC, datetime
 from typing import Any
 from wsgiref.simple_server import make_server
 
+from devkit.discovery import LEDGER, Contract, Violation
 from devkit.simulator import _QuietHandler, _ThreadingServer
 
 _QUEUE = r"projects/[A-Za-z0-9.:-]{1,100}/locations/[a-z0-9-]{1,63}/queues/[A-Za-z0-9-]{1,100}"
@@ -59,8 +67,6 @@ _TASK_NAME = re.compile(rf"(?P<queue>{_QUEUE})/tasks/[A-Za-z0-9_-]{{1,500}}")
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})")
 _METHODS = ("POST", "GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS")
 _WITH_BODY = ("POST", "PUT", "PATCH")
-_HTTP_REQUEST_FIELDS = frozenset({"url", "httpMethod", "headers", "body", "oauthToken", "oidcToken"})
-_TASK_FIELDS = frozenset({"name", "scheduleTime", "httpRequest", "dispatchDeadline"})
 #: tasks.create: "The maximum task size is 100KB"; scheduleTime at most 30 days ahead (tasks/docs/quotas).
 MAX_TASK_BYTES = 100 * 1024
 MAX_SCHEDULE_AHEAD_S = 30 * 24 * 3600
@@ -127,6 +133,8 @@ class CloudTasks:
         #: Every create answered, as (status, task name or None), in order.
         self.creates: list[tuple[int, str | None]] = []
         self._due: list[tuple[float, str]] = []
+        #: Errors the next creates answer (status, RPC status, field violations), before creating anything.
+        self._errors: list[tuple[int, str | None, list[dict[str, str]] | None]] = []
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
 
@@ -140,7 +148,7 @@ class CloudTasks:
             else:
                 status, body = self._api(method, path, environ)
         except _Refusal as refusal:
-            status, body = refusal.status, _error(refusal.status, refusal.message)
+            status, body = refusal.status, refusal.body or _error(refusal.status, refusal.message)
         data = json.dumps(body).encode()
         start_response(
             f"{status} {_REASONS.get(status, 'Error')}",
@@ -148,10 +156,28 @@ class CloudTasks:
         )
         return [data]
 
+    def inject(
+        self,
+        status: int,
+        *,
+        status_name: str | None = None,
+        count: int = 1,
+        field_violations: list[dict[str, str]] | None = None,
+    ) -> None:
+        """Answer the next ``count`` creates with an error ``tasks.create`` documents, creating nothing."""
+        with self._lock:
+            self._errors.extend([(status, status_name, field_violations)] * count)
+
     def _api(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, Any]:
+        raw = _read_body(environ)
+        try:
+            Contract.load().check(method, path, body=raw, content_type=environ.get("CONTENT_TYPE", ""))
+        except Violation as violation:
+            LEDGER.record(violation)
+            raise _Refusal(violation.status, violation.rule, violation.error_body()) from None
         create = _CREATE_PATH.fullmatch(path)
         if create and method == "POST":
-            return self._create(create["queue"], _read_body(environ))
+            return self._create(create["queue"], raw)
         task = _TASK_PATH.fullmatch(path)
         if task and method == "GET":
             with self._lock:
@@ -166,6 +192,15 @@ class CloudTasks:
     def _create(self, queue: str, raw: bytes) -> tuple[int, Any]:
         if self._queues is not None and queue not in self._queues:
             raise _Refusal(404, f"Queue does not exist. If you just created the queue, wait: {queue}")
+        with self._lock:
+            error = self._errors.pop(0) if self._errors else None
+            if error is not None:
+                self.creates.append((error[0], None))
+        if error is not None:
+            status, status_name, violations = error
+            raise _Refusal(
+                status, "injected", _error(status, f"{status_name or ''} (injected)", status_name, violations)
+            )
         if self._roll() < self.create_failure_rate:
             with self._lock:
                 self.creates.append((503, None))
@@ -186,33 +221,25 @@ class CloudTasks:
         return 200, task.to_json()
 
     def _parse_create(self, queue: str, raw: bytes) -> Task:
+        """What the reference asks beyond the schema the contract already checked."""
         if len(raw) > MAX_TASK_BYTES * 2:
             raise _Refusal(400, f"Task size exceeds the maximum of {MAX_TASK_BYTES} bytes")
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise _Refusal(400, "Invalid JSON payload received.") from None
-        if not isinstance(body, dict):
-            raise _Refusal(400, "Invalid JSON payload received: the request is not an object.")
-        _no_unknown(body, {"task", "responseView"}, "")
-        if body.get("responseView", "BASIC") not in ("BASIC", "FULL", "VIEW_UNSPECIFIED"):
-            raise _Refusal(400, "Invalid value at 'response_view'")
+        body = _json_names(json.loads(raw or b"{}"))
         task = body.get("task")
         if not isinstance(task, dict):
             raise _Refusal(400, "task is required")
-        _no_unknown(task, _TASK_FIELDS, "task.")
         now = self._clock()
         name = task.get("name")
         if name is None:
             name = f"{queue}/tasks/{secrets.randbelow(10**19)}"
-        elif not isinstance(name, str) or not (match := _TASK_NAME.fullmatch(name)):
+        elif not (match := _TASK_NAME.fullmatch(name)):
             raise _Refusal(
                 400, "Task name must be projects/PROJECT_ID/locations/LOCATION_ID/queues/QUEUE_ID/tasks/TASK_ID"
             )
         elif match["queue"] != queue:
             raise _Refusal(400, "Task name does not belong to the queue in the request URL")
         schedule_time = now
-        if "scheduleTime" in task:
+        if task.get("scheduleTime") is not None:
             schedule_time = _parse_time(task["scheduleTime"], "task.schedule_time")
             if schedule_time > now + MAX_SCHEDULE_AHEAD_S:
                 raise _Refusal(400, "The scheduled time of a task must be at most 30 days in the future")
@@ -220,38 +247,38 @@ class CloudTasks:
         request = task.get("httpRequest")
         if not isinstance(request, dict):
             raise _Refusal(400, "task.http_request is required (this stand-in serves HTTP tasks only)")
-        _no_unknown(request, _HTTP_REQUEST_FIELDS, "task.http_request.")
-        url = request.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2083:
+        request = {key: value for key, value in request.items() if value is not None}
+        url = request.get("url", "")
+        if not url.startswith(("http://", "https://")) or len(url) > 2083:
             raise _Refusal(400, "HttpRequest.url must begin with http:// or https://")
-        method = request.get("httpMethod", "POST")
-        if method not in _METHODS:
-            raise _Refusal(400, f"Invalid value at 'task.http_request.http_method' ({method!r})")
-        headers = request.get("headers", {})
-        if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise _Refusal(400, "task.http_request.headers must map strings to strings")
+        # HTTP_METHOD_UNSPECIFIED is POST, as the reference says of an unset method.
+        if request.get("httpMethod", "HTTP_METHOD_UNSPECIFIED") == "HTTP_METHOD_UNSPECIFIED":
+            request["httpMethod"] = "POST"
         if "body" in request:
-            if method not in _WITH_BODY:
-                raise _Refusal(400, f"A request body is not allowed with HTTP method {method}")
-            try:
-                base64.b64decode(request["body"], validate=True)
-            except (binascii.Error, ValueError, TypeError):
-                raise _Refusal(400, "Invalid value at 'task.http_request.body' (TYPE_BYTES): not base64") from None
+            if request["httpMethod"] not in _WITH_BODY:
+                raise _Refusal(400, f"A request body is not allowed with HTTP method {request['httpMethod']}")
+            text = request["body"].rstrip("=").replace("-", "+").replace("_", "/")
+            request["body"] = text + "=" * (-len(text) % 4)
         if "oauthToken" in request and "oidcToken" in request:
             raise _Refusal(400, "Only one of oauth_token and oidc_token may be set")
         for token_field in ("oauthToken", "oidcToken"):
-            if token_field in request:
-                token = request[token_field]
-                if not isinstance(token, dict) or not isinstance(token.get("serviceAccountEmail"), str):
-                    raise _Refusal(400, f"task.http_request.{token_field}.service_account_email is required")
+            if token_field in request and not isinstance(request[token_field].get("serviceAccountEmail"), str):
+                raise _Refusal(400, f"task.http_request.{token_field}.service_account_email is required")
         return Task(name=name, schedule_time=schedule_time, create_time=now, http_request=request)
 
     def _control(self, method: str, command: str, environ: dict[str, Any]) -> tuple[int, Any]:
         if method == "GET" and command == "tasks":
             with self._lock:
                 return 200, {"tasks": [self._account(task) for task in self.tasks.values()], "creates": self.creates}
+        if method == "POST" and command == "errors":
+            body = json.loads(_read_body(environ) or b"{}")
+            self.inject(
+                int(body.get("status", 503)),
+                status_name=body.get("status_name"),
+                count=int(body.get("count", 1)),
+                field_violations=body.get("field_violations"),
+            )
+            return 200, {}
         if method == "POST" and command == "faults":
             body = json.loads(_read_body(environ) or b"{}")
             for name in ("create_failure_rate", "dispatch_failure_rate", "lose_rate"):
@@ -349,10 +376,11 @@ class CloudTasks:
 
 
 class _Refusal(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, body: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.body = body
 
 
 _REASONS = {
@@ -361,6 +389,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    429: "Too Many Requests",
     503: "Service Unavailable",
 }
 _STATUS_NAMES = {
@@ -368,22 +397,38 @@ _STATUS_NAMES = {
     404: "NOT_FOUND",
     405: "UNIMPLEMENTED",
     409: "ALREADY_EXISTS",
+    429: "RESOURCE_EXHAUSTED",
     503: "UNAVAILABLE",
 }
 
 
-def _error(status: int, message: str) -> dict[str, Any]:
-    return {"error": {"code": status, "message": message, "status": _STATUS_NAMES.get(status, "UNKNOWN")}}
+def _error(
+    status: int,
+    message: str,
+    status_name: str | None = None,
+    field_violations: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "code": status,
+        "message": message,
+        "status": status_name or _STATUS_NAMES.get(status, "UNKNOWN"),
+    }
+    if field_violations:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": field_violations}]
+    return {"error": error}
 
 
-def _no_unknown(body: dict[str, Any], known: frozenset[str] | set[str], prefix: str) -> None:
-    # Google's JSON transcoding refuses unknown fields with this message.
-    for name in body:
-        if name not in known:
-            raise _Refusal(
-                400,
-                f"Invalid JSON payload received. Unknown name \"{name}\" at '{prefix.rstrip('.') or 'request'}': Cannot find field.",
-            )
+def _json_names(value: Any) -> Any:
+    """Proto field names (``schedule_time``) as their JSON names, as Google's JSON parser reads both; map
+    keys (``headers``) are kept as they are."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        head, *rest = key.split("_")
+        name = head + "".join(part[:1].upper() + part[1:] for part in rest)
+        out[name] = item if name == "headers" else _json_names(item)
+    return out
 
 
 def _parse_time(value: Any, name: str) -> float:

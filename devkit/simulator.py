@@ -18,10 +18,13 @@ from the command line:
     unsupported-...  cancel answers 501 UNIMPLEMENTED
     invalid-...      cancel answers 400 INVALID_ARGUMENT
 
-It serves ``/{version}/{name}`` (and ``:cancel``) for Security Command Center's
-``organizations/{org}/operations/{id}`` and for other services'
-``projects/{project}[/locations/{location}|/regions/{region}]/operations/{id}``,
-under any version (``v1``, ``v2``, ``v1beta1``...). ``OPCANCEL_API_ENDPOINT``
+It serves exactly the ``google.longrunning`` methods Google's discovery documents define
+(``devkit.discovery``, the documents in tests/data/discovery/): ``cancel``, ``get`` and ``list`` of
+each service and version, for the name shapes each documents, with the body and query parameters
+each takes. Anything else is refused as Google refuses it, with Google's error JSON: no such method
+404 NOT_FOUND; a body where the method takes none, an unknown field or query parameter, a value of
+the wrong type 400 INVALID_ARGUMENT naming the field. Each refusal is also recorded in
+``devkit.discovery.LEDGER``, which fails the test that caused it. ``OPCANCEL_API_ENDPOINT``
 replaces every ``https://{host}``, so the host a call was meant for is lost
 unless the endpoint carries it: set it to ``http://127.0.0.1:8090/{host}`` and
 each path starts with that host (``/us-central1-aiplatform.googleapis.com/v1/projects/...``),
@@ -32,7 +35,8 @@ their relative name alone, whichever service's host a call came through.
 ``projects/{p}/locations/{l}``, ``projects/{p}/regions/{r}``) lists the operations touched
 so far, ``default_page_size`` (100) at a time unless ``pageSize`` asks for
 fewer (at most 1000), following ``pageToken``/``nextPageToken``; ``filter``
-understands ``done=true`` and ``done=false``.
+understands ``done=true`` and ``done=false`` and lists everything for any other
+filter (the documented parameter is accepted; its grammar is each service's own).
 
 Control endpoints under ``/_simulator/``: ``POST faults`` with
 ``{"status": 503, "count": 2, "retry_delay": "30s"}`` makes the next calls
@@ -56,16 +60,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-_HOST_PREFIX = r"(?:/(?P<host>[a-z0-9.-]+\.googleapis\.com))?"
-_VERSION = r"/(?P<version>v[1-9][0-9]*(?:p[0-9]+)?(?:alpha|beta)?[0-9]*)/"
-_PARENT = r"(?:organizations/[0-9]+|projects/[a-z0-9-]+(?:/(?:locations|regions)/[a-z0-9-]+)?)"
-_OPERATION_PATH = re.compile(
-    _HOST_PREFIX + _VERSION + rf"(?P<name>{_PARENT}/operations/[A-Za-z0-9._~-]+)(?P<cancel>:cancel)?"
-)
-_LIST_PATH = re.compile(_HOST_PREFIX + _VERSION + rf"(?P<parent>{_PARENT})/operations")
+from devkit.discovery import LEDGER, Contract, Violation, split_host
+
 _SLOW = re.compile(r"slow-([0-9]+)-")
 _LASTS = re.compile(r"lasts-([0-9]+)-")
 _DONE_FILTER = re.compile(r"\s*done\s*=\s*(true|false)\s*")
@@ -135,6 +134,7 @@ class Call:
     query: str = ""
     #: Answered with an injected fault, without reaching any operation.
     injected: bool = False
+    body: str = ""
 
 
 @dataclass
@@ -157,9 +157,16 @@ class Simulator:
             if path.startswith("/_simulator/"):
                 status, body = self._control(method, path[len("/_simulator/") :], environ)
             else:
-                call = Call(method, path, bool(environ.get("HTTP_AUTHORIZATION")), environ.get("QUERY_STRING", ""))
+                raw = _read_body(environ)
+                call = Call(
+                    method,
+                    path,
+                    bool(environ.get("HTTP_AUTHORIZATION")),
+                    environ.get("QUERY_STRING", ""),
+                    body=raw.decode("utf-8", "replace"),
+                )
                 self.calls.append(call)
-                status, body = self._fault(call) or self._api(method, path, environ)
+                status, body = self._api(call, raw, environ)
         payload = json.dumps(body).encode("utf-8")
         start_response(
             f"{status} {_REASONS.get(status, 'Status')}",
@@ -237,19 +244,35 @@ class Simulator:
         call.injected = True
         return status, _error(status, "injected fault", status_name=status_name, retry_delay=retry_delay)
 
-    def _api(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, Any]:
-        match = _OPERATION_PATH.fullmatch(path)
-        if match:
-            operation = self._operation(match["name"])
-            if match["cancel"]:
-                return self._cancel(method, operation) if method == "POST" else (405, _error(400, "use POST"))
-            if method == "GET":
-                return self._get(operation)
-            return 405, _error(400, "use GET")
-        listing = _LIST_PATH.fullmatch(path)
-        if listing and method == "GET":
-            return self._list(listing["parent"], environ.get("QUERY_STRING", ""))
-        return 404, _error(404, f"no such method or resource: {path}")
+    def _api(self, call: Call, raw: bytes, environ: dict[str, Any]) -> tuple[int, Any]:
+        """Hold the call to Google's documents first (what they do not define is refused as Google would),
+        then to the injected faults, then serve it."""
+        method, path = call.method, call.path
+        host, api_path = split_host("", path)
+        query = environ.get("QUERY_STRING", "")
+        try:
+            documented = Contract.load().check(
+                method,
+                api_path,
+                host=host,
+                query=parse_qsl(query, keep_blank_values=True),
+                body=raw,
+                content_type=environ.get("CONTENT_TYPE", ""),
+            )
+            if not documented.id.endswith((".operations.cancel", ".operations.get", ".operations.list")):
+                raise Violation(404, f"{documented.id} is not an Operations method", request=f"{method} {path}")
+        except Violation as violation:
+            LEDGER.record(violation)
+            return violation.status, violation.error_body()
+        fault = self._fault(call)
+        if fault is not None:
+            return fault
+        # /VERSION/NAME[:cancel]: the document matched, so the rest is a name of a shape it defines.
+        name = api_path.split("/", 2)[2].removesuffix(":cancel")
+        if documented.id.endswith(".list"):
+            return self._list(name.removesuffix("/operations"), query)
+        operation = self._operation(name)
+        return self._cancel(method, operation) if documented.id.endswith(".cancel") else self._get(operation)
 
     def _list(self, parent: str, query_string: str) -> tuple[int, Any]:
         query = {key: values[-1] for key, values in parse_qs(query_string, keep_blank_values=True).items()}
@@ -262,10 +285,8 @@ class Simulator:
         if offset is None:
             return 400, _error(400, "invalid pageToken")
         wanted = None
-        if query.get("filter"):
-            done = _DONE_FILTER.fullmatch(query["filter"])
-            if done is None:
-                return 400, _error(400, "the simulator's filter understands only done=true and done=false")
+        done = _DONE_FILTER.fullmatch(query.get("filter") or "")
+        if done is not None:
             wanted = done.group(1) == "true"
         prefix = parent + "/operations/"
         found = [
@@ -350,9 +371,13 @@ def _error(
 
 
 def _read_json(environ: dict[str, Any]) -> dict[str, Any]:
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+    body = json.loads(_read_body(environ) or b"{}")
     return body if isinstance(body, dict) else {}
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    return environ["wsgi.input"].read(length) if length else b""
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

@@ -59,8 +59,13 @@ class Decision:
     #: Cancels counted in the window, this one included, and the budget's N (None without a budget).
     budget_used: int | None = None
     budget_limit: int | None = None
-    #: The held request an operator released, which this cancel sends; forgotten once the cancel is recorded.
-    released: HeldRequest | None = None
+    #: This request's held record (with a budget, where there is one): released by an operator, or held
+    #: earlier and now let through (a reset, an unpause); forgotten once the cancel is recorded.
+    held: HeldRequest | None = None
+
+    @property
+    def released_by(self) -> str | None:
+        return self.held.released_by if self.held is not None and self.held.released else None
 
 
 @dataclass(frozen=True)
@@ -143,14 +148,14 @@ class Guard:
         limit = self._budget.count
         held = self._store.held_request(request.idempotency_key, now=now)
         if held is not None and held.released:
-            return Decision(Verdict.GO, budget_limit=limit, released=held)
+            return Decision(Verdict.GO, budget_limit=limit, held=held)
         window_s = self._budget.window_s
         # A request counted before the breaker tripped (redelivered, taken over) goes: its cancel may be out.
         if view.budget.tripped is not None and not view.budget.counts(request.idempotency_key, now, window_s):
             return self._tripped(view.budget.tripped)
         counted = self._store.count_cancel(request.idempotency_key, now=now, limit=limit, window_s=window_s)
         if counted.allowed:
-            return Decision(Verdict.GO, budget_used=counted.used, budget_limit=limit)
+            return Decision(Verdict.GO, budget_used=counted.used, budget_limit=limit, held=held)
         assert counted.tripped is not None
         if view.budget.tripped is None:
             # The breaker's budget no longer changes until a reset: this instance holds from it, reading nothing.
@@ -188,9 +193,9 @@ class Guard:
     def reported(self, held: HeldRequest) -> HeldRequest:
         return self._store.held_reported(held, now=self._clock.now())
 
-    def sent(self, released: HeldRequest) -> None:
-        """The released request's cancel is recorded: its held record has done its work."""
-        self._store.forget_held(released)
+    def sent(self, held: HeldRequest) -> None:
+        """The held request's cancel is recorded: its held record has done its work."""
+        self._store.forget_held(held)
 
     def _current_view(self, now: float) -> _View:
         view = self._view
@@ -289,9 +294,11 @@ def _trip_json(trip: Trip | None) -> dict[str, Any] | None:
 
 
 def describe_held(held: HeldRequest) -> dict[str, Any]:
-    """A held request as ``held --json`` prints it."""
+    """A held request as ``held --json`` prints it: ``key`` as stored (what ``held release`` takes), and
+    ``idempotency_key`` as its HELD result reported it (which ``held release`` takes too, where unambiguous)."""
     return {
-        "idempotency_key": held.key,
+        "key": held.key,
+        "idempotency_key": held.result.get("idempotency_key"),
         "operation": held.operation,
         "held_because": held.because,
         "held_at": format_time(held.held_at),

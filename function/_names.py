@@ -54,6 +54,15 @@ _REGIONAL_HOST = re.compile(r"securitycenter\.(?P<region>[a-z0-9-]+)\.rep\.googl
 _HOST_REGIONS = {"us": "us", "eu": "eu", "sa": "me-central2"}
 _REGION_LOCATIONS = {region: location for location, region in _HOST_REGIONS.items()}
 _PLACE_COLLECTIONS = ("locations", "regions")
+#: The parents an operation name can have, by the word a registry entry's ``shapes`` uses for each.
+SHAPES = {
+    "organizations": "organizations/ORG",
+    "projects": "projects/P",
+    "locations": "projects/P/locations/L",
+    "regions": "projects/P/regions/R",
+}
+#: What an ``OPCANCEL_SERVICES`` entry takes unless it says otherwise.
+PROJECT_SHAPES = ("locations", "regions", "projects")
 
 
 def host_for(location: str) -> str:
@@ -84,7 +93,11 @@ class Service:
     ``host`` is the host for a named location and may hold ``{location}``; ``global_host``
     serves the location ``global`` and names with no location. Every field is validated
     here, so no entry (built in or from ``OPCANCEL_SERVICES``) can make a URL point elsewhere
-    than a ``googleapis.com`` host.
+    than a ``googleapis.com`` host, and a template keeps the service's own name, so no location
+    can choose another service's host. ``shapes`` are the parents (``SHAPES``) whose operations
+    the API documents cancel and get for, ``list_shapes`` those it documents list for;
+    ``cancel_body`` the versions whose cancel takes a ``CancelOperationRequest`` (``{}``), where
+    every other cancel takes no body at all (docs/conformance.md).
     """
 
     name: str
@@ -94,6 +107,10 @@ class Service:
     global_host: str
     #: Where the entry's facts come from, for the README's table.
     reference: str = field(default="", compare=False)
+    shapes: tuple[str, ...] = PROJECT_SHAPES
+    #: None: the same as ``shapes``.
+    list_shapes: tuple[str, ...] | None = None
+    cancel_body: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _SERVICE_LABEL.fullmatch(self.name) or len(self.name) > 40:
@@ -103,6 +120,11 @@ class Service:
                 raise ValueError(f"{escape_text(str(version), 40)!r} is not an API version such as v1 or v1beta1")
         if not self.versions or self.version not in self.versions:
             raise ValueError(f"the default version {escape_text(str(self.version), 40)!r} is not among the versions")
+        for shape in (*self.shapes, *(self.list_shapes or ())):
+            if shape not in SHAPES or (shape == "organizations" and self.name != SCC):
+                raise ValueError(f"{escape_text(str(shape), 40)!r} is not a name shape ({', '.join(PROJECT_SHAPES)})")
+        if not self.shapes:
+            raise ValueError("a service needs at least one name shape")
         if self.name == SCC:
             return
         for template in (self.host, self.global_host):
@@ -114,6 +136,16 @@ class Service:
                 )
         if _LOCATION_PLACEHOLDER in self.global_host:
             raise ValueError("the global host cannot depend on a location")
+        # {location}.googleapis.com would let a name's location pick any host (oauth2, another API) for the token.
+        if _LOCATION_PLACEHOLDER in self.host and self.host.split(".", 1)[0] not in (
+            self.name,
+            f"{_LOCATION_PLACEHOLDER}-{self.name}",
+        ):
+            raise ValueError(
+                f"host {escape_text(self.host, 80)!r} does not keep the service's own name: with {_LOCATION_PLACEHOLDER} "
+                f"its first label must be {self.name} or {_LOCATION_PLACEHOLDER}-{self.name}, so no location can "
+                "choose another service's host"
+            )
 
     @property
     def service_name(self) -> str:
@@ -129,6 +161,24 @@ class Service:
         if location == GLOBAL:
             return self.global_host
         return self.host.replace(_LOCATION_PLACEHOLDER, location)
+
+    def cancel_takes_body(self, version: str) -> bool:
+        """Whether this version's cancel method takes a ``CancelOperationRequest`` (sent as ``{}``)."""
+        return version in self.cancel_body
+
+    def require_shape(self, path: str, *, operation: bool) -> None:
+        """Refuse a name (or a list parent) whose shape the service's API documents no method for."""
+        segments = path.split("/")
+        head = segments[:-2] if operation else segments
+        shape = head[0] if len(head) == 2 else head[2]
+        allowed = self.shapes if operation else (self.shapes if self.list_shapes is None else self.list_shapes)
+        if shape in allowed:
+            return
+        what = "operation names" if operation else "list parents"
+        if not allowed:
+            raise InvalidRequest(f"{self.service_name} documents no list method for its operations")
+        forms = " or ".join(SHAPES[s] + ("/operations/ID" if operation else "") for s in allowed)
+        raise InvalidRequest(f"{self.service_name} {what} must be {forms}: the shapes its API documents")
 
     def validate_version(self, value: object) -> str:
         if self.is_scc:
@@ -149,6 +199,9 @@ SCC_SERVICE = Service(
     host="securitycenter.{region}.rep.googleapis.com",
     global_host=SERVICE,
     reference=f"{_DOCS}/security-command-center/docs/reference/rest/v2/organizations.operations/cancel",
+    shapes=("organizations",),
+    # Only v1beta1's discovery document gives cancel a request (CancelOperationRequest); v1p1beta1, v1, v2 take none.
+    cancel_body=("v1beta1",),
 )
 #: The registry shipped in code; README's "Other Google APIs" table lists the same entries and their sources.
 BUILTIN_SERVICES = (
@@ -159,39 +212,39 @@ BUILTIN_SERVICES = (
         ("v1",),
         host="{location}-aiplatform.googleapis.com",
         global_host="aiplatform.googleapis.com",
-        reference=f"{_DOCS}/vertex-ai/docs/general/long-running-operations",
+        reference=f"{_DOCS}/vertex-ai/docs/reference/rest/v1/projects.locations.operations/cancel",
+        shapes=("locations",),
     ),
     Service(
         "dataproc",
         "v1",
         ("v1",),
+        # Not the discovery document's dataproc.{region}.rep hosts: Google's page names this locational
+        # endpoint the default one, and it serves every region (docs/conformance.md).
         host="{location}-dataproc.googleapis.com",
         global_host="dataproc.googleapis.com",
-        reference=f"{_DOCS}/dataproc/docs/concepts/regional-endpoints",
+        reference=f"{_DOCS}/dataproc/docs/concepts/cluster-region",
+        shapes=("regions", "locations"),
     ),
     Service(
         "documentai",
         "v1",
         ("v1", "v1beta3"),
-        host="{location}-documentai.googleapis.com",
+        host="documentai.{location}.rep.googleapis.com",
         global_host="documentai.googleapis.com",
         reference=f"{_DOCS}/document-ai/docs/reference/rest/v1/projects.locations.operations/cancel",
-    ),
-    Service(
-        "speech",
-        "v2",
-        ("v2",),
-        host="{location}-speech.googleapis.com",
-        global_host="speech.googleapis.com",
-        reference=f"{_DOCS}/speech-to-text/v2/docs/reference/rest/v2/projects.locations.operations/cancel",
+        shapes=("locations",),
     ),
     Service(
         "translate",
         "v3",
         ("v3", "v3beta1"),
-        host="translate.googleapis.com",
-        global_host="translate.googleapis.com",
+        # The discovery document's root: Cloud Translation's service is translate.googleapis.com, its host translation.
+        host="translation.googleapis.com",
+        global_host="translation.googleapis.com",
         reference=f"{_DOCS}/translate/docs/reference/rest/v3/projects.locations.operations/cancel",
+        shapes=("locations",),
+        cancel_body=("v3", "v3beta1"),
     ),
     Service(
         "cloudbuild",
@@ -200,6 +253,10 @@ BUILTIN_SERVICES = (
         host="cloudbuild.googleapis.com",
         global_host="cloudbuild.googleapis.com",
         reference=f"{_DOCS}/build/docs/api/reference/rest/v1/projects.locations.operations/cancel",
+        shapes=("locations",),
+        # Cloud Build documents cancel and get for its operations, no list.
+        list_shapes=(),
+        cancel_body=("v1", "v2"),
     ),
 )
 
@@ -239,8 +296,10 @@ REGISTRY = ServiceRegistry()
 
 
 def _validate_target(service: Service, path: str, location: str, version: str, *, operation: bool) -> None:
-    """What every ref and parent validates about itself: a valid path, its location and a version its service serves."""
+    """What every ref and parent validates about itself: a valid path of a documented shape, its location and
+    a version its service serves."""
     place = _parse_path(service, path, operation=operation)
+    service.require_shape(path, operation=operation)
     if service.is_scc:
         validate_version(version)
         if location not in LOCATIONS:
@@ -405,6 +464,7 @@ def _parsed(service: Service, rest: str, *, operation: bool) -> ParsedName:
     if service.is_scc:
         return ParsedName(_parse_scc_path(rest, operation=operation))
     place = _parse_path(service, rest, operation=operation)
+    service.require_shape(rest, operation=operation)
     return ParsedName(rest, service, place or GLOBAL)
 
 
@@ -448,6 +508,7 @@ def _parse_service_url(host: str, version: str, rest: str, services: ServiceRegi
             f"host {escape_text(host, 80)} serves {', '.join(s.name for s in matching)}: use the full resource name"
         )
     (service,) = matching
+    service.require_shape(rest, operation=True)
     return ParsedName(rest, service, place, service.validate_version(version))
 
 

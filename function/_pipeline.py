@@ -354,12 +354,12 @@ class Pipeline:
             mode=self._guard.mode,
             budget_used=decision.budget_used,
             budget_limit=decision.budget_limit,
-            released_by=decision.released.released_by if decision.released is not None else None,
+            released_by=decision.released_by,
         )
-        if decision.released is not None:
-            # Best effort: a held record left behind only lists as released until it expires.
+        if decision.held is not None:
+            # Best effort: a held record left behind only stays listed until it expires.
             with contextlib.suppress(TransientError):
-                self._guard.sent(decision.released)
+                self._guard.sent(decision.held)
         return record
 
     def _refused_before_cancel(

@@ -10,7 +10,15 @@ from urllib.parse import urlsplit
 
 from ._backoff import PollingPolicy  # also imported from here: the policy is read from the environment here
 from ._json import JsonUnreadable, read_json
-from ._names import DEFAULT_VERSION, REGISTRY, VERSIONS, Service, ServiceRegistry, parse_allowed_parent
+from ._names import (
+    DEFAULT_VERSION,
+    PROJECT_SHAPES,
+    REGISTRY,
+    VERSIONS,
+    Service,
+    ServiceRegistry,
+    parse_allowed_parent,
+)
 from .errors import ConfigError, InvalidRequest
 
 STORES = ("firestore", "memory", "sqlite")
@@ -19,7 +27,7 @@ _TOPIC_ID = re.compile(r"[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
 _PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[a-z0-9.:-]{1,100}")
 _DATABASE_ID = re.compile(r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]")
 _COLLECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
-_SERVICE_FIELDS = frozenset({"version", "versions", "host", "global_host"})
+_SERVICE_FIELDS = frozenset({"version", "versions", "host", "global_host", "shapes", "list_shapes", "cancel_body"})
 _HOST_PORT = re.compile(r"[A-Za-z0-9.-]{1,253}(:[1-9][0-9]{0,4})?")
 # Cloud Tasks resource names (tasks/docs/reference/rest/v2/projects.locations.queues): queue ids are
 # letters, digits and hyphens, at most 100; locations are region names.
@@ -240,8 +248,14 @@ class _Reader:
             raise problem from None
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise problem
-        # {host} (see OperationsClient) may stand once in the path, never where it could change the server.
+        # {host} (see OperationsClient) may stand once in the path, never where it could change the server, and
+        # as a whole segment of a path without dot segments or escapes: https://proxy/{host}/../ would drop it.
+        segments = parts.path.split("/")
         if value.count("{host}") > 1 or "{host}" in parts.netloc or ("{" in value.replace("{host}", "")):
+            raise problem
+        if ("{host}" in value and "{host}" not in segments) or any(s in (".", "..") for s in segments):
+            raise problem
+        if "%" in parts.path or "\\" in value:
             raise problem
         # httpx turns URL userinfo into Basic auth, which would replace the Bearer token.
         if port == 0 or parts.username is not None or parts.password is not None:
@@ -298,7 +312,9 @@ class _Reader:
 
     def services(self, name: str) -> ServiceRegistry:
         """``{"NAME": {"version": "v1", "host": "{location}-NAME.googleapis.com", ...}}``: entries added to,
-        or replacing, the built-in registry."""
+        or replacing, the built-in registry. ``shapes`` / ``list_shapes`` name the parents the API documents
+        cancel and get / list for (``locations``, ``regions``, ``projects``); ``cancel_body: true`` sends ``{}``
+        to a cancel that takes a ``CancelOperationRequest`` (docs/configuration.md)."""
         text = self._raw(name)
         if text is None:
             return REGISTRY
@@ -323,11 +339,17 @@ class _Reader:
             default_global = host if isinstance(host, str) and "{location}" not in host else f"{key}.googleapis.com"
             versions = entry.get("versions", [entry["version"]])
             global_host = entry.get("global_host", default_global)
+            shapes = entry.get("shapes", list(PROJECT_SHAPES))
+            list_shapes = entry.get("list_shapes", shapes)
             try:
                 if not isinstance(versions, list) or not all(
                     isinstance(v, str) for v in [*versions, entry["version"], host, global_host]
                 ):
                     raise ValueError("version and hosts must be strings, versions a list of strings")
+                if not all(isinstance(s, list) and all(isinstance(x, str) for x in s) for s in (shapes, list_shapes)):
+                    raise ValueError("shapes and list_shapes must be lists of strings")
+                if not isinstance(entry.get("cancel_body", False), bool):
+                    raise ValueError("cancel_body must be true or false")
                 services.append(
                     Service(
                         str(key),
@@ -336,6 +358,9 @@ class _Reader:
                         host=host,
                         global_host=global_host,
                         reference=name,
+                        shapes=tuple(shapes),
+                        list_shapes=tuple(list_shapes),
+                        cancel_body=tuple(versions) if entry.get("cancel_body") else (),
                     )
                 )
             except (ValueError, TypeError) as problem:

@@ -1,14 +1,54 @@
 """Shared fixtures: Google's Firestore emulator, started once per session where gcloud exists (the e2e
-tier brings its own Pub/Sub emulator, in ``devkit.local_stack``); the tier summary."""
+tier brings its own Pub/Sub emulator, in ``devkit.local_stack``); Google's published contract, checked on
+every request a test's ``httpx.MockTransport`` or a devkit stand-in sees; the tier summary."""
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
 
+import httpx
 import pytest
 
+from devkit.discovery import LEDGER, Contract, Violation, split_host
 from devkit.emulators import Emulator, EmulatorUnavailable
+
+#: Hosts of Google's credential flows: not Operations, Pub/Sub, Cloud Tasks or Firestore methods.
+_AUTH_HOSTS = frozenset({"oauth2.googleapis.com", "sts.googleapis.com", "iamcredentials.googleapis.com"})
+_VERSION_SEGMENT = ("/v1", "/v2", "/v3")
+_handle_mock_request = httpx.MockTransport.handle_request
+
+
+def _checked_mock_request(self: httpx.MockTransport, request: httpx.Request) -> httpx.Response:
+    """Every request a test's ``MockTransport`` answers is first held to Google's discovery documents.
+
+    A request for a Google host (in the URL or, behind ``OPCANCEL_API_ENDPOINT=.../{host}``, the first
+    path segment) is checked; so is a host-less one whose path starts with an API version (an endpoint
+    override). Metadata-server and token requests are neither."""
+    host, path = split_host(request.url.host, request.url.path)
+    if (host is not None and host not in _AUTH_HOSTS) or (host is None and path.startswith(_VERSION_SEGMENT)):
+        body = request.read()
+        try:
+            Contract.load().check_url(request.method, str(request.url), body, request.headers.get("content-type", ""))
+        except Violation as violation:
+            LEDGER.record(violation)
+            raise AssertionError(f"request outside Google's published contract: {violation}") from None
+    return _handle_mock_request(self, request)
+
+
+# Instrumenting httpx's test transport (not our code) reaches every unit test's requests at once.
+httpx.MockTransport.handle_request = _checked_mock_request  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def google_contract(request):
+    """Fail a test on the first request outside Google's published contract that a stand-in or a
+    ``MockTransport`` saw, naming the request and the rule (``off_contract`` tests probe on purpose)."""
+    LEDGER.take()
+    yield
+    seen = LEDGER.take()
+    if seen and request.node.get_closest_marker("off_contract") is None:
+        pytest.fail(f"{len(seen)} request(s) outside Google's published contract; the first: {seen[0]}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

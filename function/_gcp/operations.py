@@ -111,7 +111,9 @@ class OperationsClient:
         return self._endpoint.replace(HOST_PLACEHOLDER, host)
 
     def cancel(self, ref: OperationRef) -> CancelAnswer:
-        response = self._send("POST", self.url(ref) + ":cancel", ref.name, json={})
+        # The body Google's discovery document gives the method: {} for a CancelOperationRequest, else none.
+        body = {"json": {}} if ref.service.cancel_takes_body(ref.api_version) else {}
+        response = self._send("POST", self.url(ref) + ":cancel", ref.name, **body)
         if response.status_code == 400 and decode_error(response).rpc_status == "FAILED_PRECONDITION":
             return CancelAnswer.ALREADY_DONE
         _raise_for_error(response)

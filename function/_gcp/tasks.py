@@ -97,7 +97,8 @@ class CloudTasksScheduler:
         response = self._post.post(self._create_url, self.task(check), failed)
         if 200 <= response.status_code < 300:
             return
-        if response.status_code == 409 and decode_error(response).rpc_status in ("ALREADY_EXISTS", None):
+        # Only ALREADY_EXISTS means the task is there; a 409 ABORTED (or one without a status) created nothing.
+        if response.status_code == 409 and decode_error(response).rpc_status == "ALREADY_EXISTS":
             return
         raise failed(f"failed: {error_summary(response)}")
 

@@ -77,17 +77,22 @@ def request_body(
     return json.dumps(body).encode("utf-8")
 
 
-def parse(clients: CliClients, body: bytes) -> Parsed:
+def parse(clients: CliClients, body: bytes, *, cancelling: bool = True) -> Parsed:
+    """As the function parses it: a command that cancels (or asks the function to) refuses what
+    ``OPCANCEL_PROTECTED_PARENTS`` protects, as the function does; one that only looks does not."""
     return parse_message(
         InboundMessage(data=body, kind=SourceKind.CLI),
         default_version=clients.settings.api_version,
         allowed_parents=clients.settings.allowed_parents,
         services=clients.settings.services,
+        protected_parents=clients.settings.protected_parents if cancelling else None,
     )
 
 
-def single(clients: CliClients, name: str, location: str | None, api_version: str | None) -> CancelRequest | Rejection:
-    parsed = parse(clients, request_body((name,), location, api_version))
+def single(
+    clients: CliClients, name: str, location: str | None, api_version: str | None, *, cancelling: bool = True
+) -> CancelRequest | Rejection:
+    parsed = parse(clients, request_body((name,), location, api_version), cancelling=cancelling)
     if parsed.ignored is not None:
         raise CliFailure(parsed.ignored, Exit.REJECTED)
     return parsed.requests[0] if parsed.requests else parsed.rejections[0]

@@ -11,7 +11,7 @@ from .._guard import Guard, describe_held
 from .._store.guard import HeldRequest
 from ..errors import PublishFailed, StaleFence, TransientError
 from ._clients import CliClients, store_option
-from ._common import json_option
+from ._common import json_option, pubsub_host
 from ._exits import CliFailure, Exit, failure, safe
 from .guard import by_option, open_guard, operator
 
@@ -59,10 +59,17 @@ def _chosen(rails: Guard, keys: tuple[str, ...], every: bool) -> list[HeldReques
     if every:
         return requests
     by_key = {request.key: request for request in requests}
+    # The key as the HELD result reported it (the sender's) names a request too, where only one has it.
+    reported: dict[str, list[HeldRequest]] = {}
+    for request in requests:
+        reported.setdefault(str(request.result.get("idempotency_key")), []).append(request)
+    for key, named in reported.items():
+        if len(named) == 1:
+            by_key.setdefault(key, named[0])
     missing = [key for key in keys if key not in by_key]
     if missing:
         raise CliFailure(safe(f"not held: {', '.join(missing)}"), Exit.NOT_FOUND)
-    return [by_key[key] for key in dict.fromkeys(keys)]
+    return list({by_key[key].key: by_key[key] for key in keys}.values())
 
 
 @held.command()
@@ -92,7 +99,9 @@ def release(context: click.Context, keys: tuple[str, ...], every: bool, by: str 
             raise CliFailure(
                 safe(f"{request.key} changed while being released; run it again"), Exit.UNAVAILABLE
             ) from None
-        except (PublishFailed, TransientError) as problem:
+        except PublishFailed as problem:
+            raise failure(problem, f"{problem} ({pubsub_host(clients.settings)})") from None
+        except TransientError as problem:
             raise failure(problem) from None
         click.echo(
             safe(f"released {request.key} ({request.operation}): published to {clients.settings.requests_topic}")

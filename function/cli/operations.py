@@ -143,7 +143,7 @@ def cancel(
 @click.pass_obj
 def get(clients: CliClients, name: str, location: str | None, api_version: str | None, as_json: bool) -> None:
     """Show operation NAME: still running, or how it ended."""
-    parsed = single(clients, name, location, api_version)
+    parsed = single(clients, name, location, api_version, cancelling=False)
     if isinstance(parsed, Rejection):
         raise CliFailure(f"{parsed.offending}: {parsed.error}", Exit.REJECTED)
     require_credentials(clients)

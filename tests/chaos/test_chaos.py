@@ -48,10 +48,11 @@ def test_a_short_chaos_run_cancels_once_reports_once_and_loses_nothing(tmp_path,
         assert report.task_creates[503] + report.task_dispatch_failures > 0, report
 
 
-def test_a_chaos_run_under_a_cancel_budget_never_cancels_more_operations_than_the_budget(tmp_path):
+@pytest.mark.parametrize("store", ["sqlite", "firestore"])
+def test_a_chaos_run_under_a_cancel_budget_never_cancels_more_operations_than_the_budget(tmp_path, store):
     try:
         report = chaos.run(
-            tmp_path, operations=10, duplicates=5, seed=11, store="sqlite", timeout_s=240, mode="tasks", budget=4
+            tmp_path, operations=10, duplicates=5, seed=11, store=store, timeout_s=240, mode="tasks", budget=4
         )
     except EmulatorUnavailable as reason:
         pytest.skip(str(reason))
@@ -157,3 +158,14 @@ def test_the_checks_benchmark_counts_deliveries_refusals_and_lateness(tmp_path, 
         assert report.task_creates[200] == 6 and report.task_dispatches == 6, report
     else:
         assert report.refused > 0 and report.deliveries_per_check > 1.0, report
+
+
+def test_the_storm_benchmark_sends_exactly_the_budget_and_counts_the_guard_s_store_operations(tmp_path):
+    from bench import storm
+
+    report = storm.run(tmp_path, requests=60, budget=7, instances=3, store="sqlite")
+    assert report.exact and report.cancels_sent == 7, report
+    assert report.outcomes == {"CANCELLED": 7, "HELD": 53} and report.breaker_trips == 1, report
+    # A cancel reads its held record and the budget document and writes the budget document (plus the pause,
+    # once per instance); a held request never writes the budget document.
+    assert report.guard_ops_cancelled[1] >= 1 and report.guard_ops_held[0] >= 1, report

@@ -467,6 +467,8 @@ def test_an_empty_list_says_so(rig):
 
 
 def test_a_filter_the_api_refuses_exits_9_with_its_message(rig):
+    # Each service's filter grammar is its own: the simulator takes any, so the API's refusal is injected.
+    rig.simulator.inject(400)
     result = rig.run("list", ORG, "--filter", "metadata.state=RUNNING")
     assert result.exit_code == Exit.REJECTED
     assert "HTTP 400: INVALID_ARGUMENT" in result.stderr
@@ -843,3 +845,6 @@ def test_help_documents_every_exit_status():
     for status in Exit:
         if status is not Exit.OK:
             assert re.search(rf"^\s+{status.value}\s", result.stdout, re.MULTILINE), status
+    # 1 is no Exit of the CLI's own, and --max is one way to 9: both said (issue 23).
+    assert re.search(r"^\s+1\s+a crash, or Ctrl-C$", result.stdout, re.MULTILINE)
+    assert "cancel --all matching more than --max" in result.stdout

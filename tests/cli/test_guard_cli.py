@@ -84,7 +84,7 @@ def test_held_lists_and_release_sends_a_held_request_past_the_open_breaker_uncou
     listed = state.run("held")
     assert listed.exit_code == 0
     assert listed.stdout.splitlines()[-1] == "2 held request(s)"
-    assert [row["idempotency_key"] for row in json.loads(state.run("held", "--json").stdout)] == [KEY_A, KEY_B]
+    assert [row["key"] for row in json.loads(state.run("held", "--json").stdout)] == [KEY_A, KEY_B]
     released = state.run("held", "release", KEY_A, "--by", "ana")
     assert released.exit_code == 0, released.output
     assert released.stdout == f"released {KEY_A} (organizations/1/operations/a): published to opcancel-requests\n"
@@ -92,7 +92,16 @@ def test_held_lists_and_release_sends_a_held_request_past_the_open_breaker_uncou
     assert state.rig.publisher.results()[-1]["outcome"] == "CANCELLED"
     assert len(state.rig.simulator.cancel_calls()) == 2
     assert json.loads(state.run("guard", "status", "--json").stdout)["budget_used"] == 1
-    assert [row["idempotency_key"] for row in json.loads(state.run("held", "--json").stdout)] == [KEY_B]
+    assert [row["key"] for row in json.loads(state.run("held", "--json").stdout)] == [KEY_B]
+
+
+def test_a_release_whose_publish_fails_names_the_pub_sub_host_and_keeps_the_request_held(state):
+    state.trip()
+    state.rig.publisher.fail_next = 1
+    result = state.run("held", "release", KEY_A)
+    assert result.exit_code == Exit.PUBLISH_FAILED
+    assert "(Pub/Sub at pubsub.googleapis.com; PUBSUB_EMULATOR_HOST names an emulator instead)" in result.stderr
+    assert [row["idempotency_key"] for row in json.loads(state.run("held", "--json").stdout)] == [KEY_A, KEY_B]
 
 
 def test_held_drop_forgets_without_cancelling(state):
@@ -152,3 +161,24 @@ def test_pause_and_unpause_print_what_they_changed(state):
     unpaused = state.run("guard", "unpause")
     assert unpaused.stdout.startswith("unpaused (was paused by bo since ")
     assert state.run("guard", "unpause").stdout == "not paused; nothing changed\n"
+
+
+def test_a_held_request_is_named_by_its_stored_key_or_the_key_its_result_reported(state):
+    state.trip()
+    state.rig.send('{"operation": "organizations/1/operations/c", "idempotency_key": "mine"}')
+    (row,) = [row for row in json.loads(state.run("held", "--json").stdout) if row["operation"].endswith("/c")]
+    assert (row["key"], row["idempotency_key"]) == ("explicit/mine", "mine")
+    assert state.run("held", "drop", "mine").stdout == "dropped explicit/mine (organizations/1/operations/c)\n"
+
+
+def test_the_command_line_never_cancels_or_publishes_a_protected_parent_but_may_look_at_it():
+    from tests.cli.test_cli import Rig as CliRig
+
+    settings = dataclasses.replace(CliRig().settings, protected_parents=("organizations/1",))
+    cli_rig = CliRig(settings=settings)
+    for args in (("cancel", "organizations/1/operations/a"), ("publish", "organizations/1/operations/a")):
+        result = cli_rig.run(*args)
+        assert result.exit_code == Exit.REJECTED
+        assert "is protected: organizations/1 is in OPCANCEL_PROTECTED_PARENTS" in result.output
+    assert cli_rig.simulator.cancel_calls() == [] and cli_rig.publisher.messages == []
+    assert cli_rig.run("get", "organizations/1/operations/a").exit_code == 0

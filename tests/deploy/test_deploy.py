@@ -645,6 +645,211 @@ def test_a_custom_name_prefixes_every_resource(cloud):
     assert environment["OPCANCEL_FIRESTORE_COLLECTION"] == "sec-ops-idempotency"
 
 
+# --- guard rails: mode, budget, protected parents, pause ------------------------------------------------
+
+
+def function_environment(cloud: FakeCloud, function: str = "opcancel-requests") -> dict[str, str]:
+    return cloud.state["resources"][f"function/{REGION}/{function}"]["serviceConfig"]["environmentVariables"]
+
+
+def test_the_guard_rails_reach_every_function(cloud):
+    protected = "projects/prod-critical, organizations/456,projects/prod-critical"
+
+    result = cloud.run(
+        *BASE,
+        "--allowed-parents",
+        PARENTS,
+        "--mode",
+        "shadow",
+        "--cancel-budget",
+        "20/15m",
+        "--protected-parents",
+        protected,
+        "--paused",
+    )
+
+    assert result.returncode == 0, result.stderr
+    for function in ("opcancel-requests", "opcancel-checks", "opcancel-http"):
+        environment = function_environment(cloud, function)
+        assert environment["OPCANCEL_MODE"] == "shadow"
+        assert environment["OPCANCEL_CANCEL_BUDGET"] == "20/15m"
+        assert environment["OPCANCEL_PROTECTED_PARENTS"] == "projects/prod-critical,organizations/456"
+        assert environment["OPCANCEL_PAUSED"] == "true"
+    # Protected parents are never granted anything: only the allowed organizations get the role.
+    assert not [
+        call for call in result.calls if "prod-critical" in " ".join(call) and call[:2] != ["functions", "deploy"]
+    ]
+
+
+def test_the_guard_rails_can_come_from_the_environment(cloud):
+    result = cloud.run(
+        *BASE,
+        env={
+            "OPCANCEL_MODE": "shadow",
+            "OPCANCEL_CANCEL_BUDGET": "5/30s",
+            "OPCANCEL_PROTECTED_PARENTS": "organizations/9",
+            "OPCANCEL_PAUSED": "true",
+        },
+    )
+
+    assert result.returncode == 0, result.stderr
+    environment = function_environment(cloud)
+    assert (environment["OPCANCEL_MODE"], environment["OPCANCEL_CANCEL_BUDGET"]) == ("shadow", "5/30s")
+    assert (environment["OPCANCEL_PROTECTED_PARENTS"], environment["OPCANCEL_PAUSED"]) == ("organizations/9", "true")
+
+    flagged = cloud.run(*BASE, "--mode", "enforce", "--cancel-budget", "7/2m", env={"OPCANCEL_MODE": "shadow"})
+    assert flagged.returncode == 0, flagged.stderr
+    assert (function_environment(cloud)["OPCANCEL_MODE"], function_environment(cloud)["OPCANCEL_CANCEL_BUDGET"]) == (
+        "enforce",
+        "7/2m",
+    )
+
+
+def test_without_guard_flags_the_functions_enforce_a_budget_of_100_an_hour_unpaused(cloud):
+    cloud.deploy()
+
+    environment = function_environment(cloud)
+    assert (environment["OPCANCEL_MODE"], environment["OPCANCEL_CANCEL_BUDGET"]) == ("enforce", "100/1h")
+    assert "OPCANCEL_PAUSED" not in environment
+    assert "OPCANCEL_PROTECTED_PARENTS" not in environment
+
+
+def test_a_bad_budget_stops_a_re_run_before_it_changes_anything(cloud):
+    cloud.deploy()
+    before = cloud.state
+
+    result = cloud.run(*BASE, "--allowed-parents", PARENTS, "--cancel-budget", "100/1w")
+
+    assert result.returncode == 2
+    assert result.calls == []
+    assert cloud.state == before
+
+
+def test_a_new_budget_redeploys_the_functions_and_updates_the_dashboard_and_the_breaker_alert_only(cloud):
+    cloud.deploy()
+
+    result = cloud.deploy("--cancel-budget", "50/30m")
+
+    changes = [call[:4] for call in result.calls if not is_read(call)]
+    assert changes == [
+        ["functions", "deploy", "opcancel-requests", f"--project={PROJECT}"],
+        ["functions", "deploy", "opcancel-checks", f"--project={PROJECT}"],
+        ["functions", "deploy", "opcancel-http", f"--project={PROJECT}"],
+        ["monitoring", "dashboards", "update", cloud.monitoring()["DASHBOARD"]],
+        ["alpha", "monitoring", "policies", "update"],
+    ]
+    assert (
+        next(call for call in result.calls if call[:4] == ["alpha", "monitoring", "policies", "update"])[4]
+        == (cloud.monitoring()["BREAKER_POLICY"])
+    )
+    assert "(50/30m)" in cloud.policy(BREAKER_TITLE)["documentation"]["content"]
+    # And the same budget again only reads.
+    again = cloud.deploy("--cancel-budget", "50/30m")
+    assert all(is_read(call) for call in again.calls)
+
+
+def test_going_from_shadow_to_enforce_and_unpinning_a_pause_are_said_out_loud(cloud):
+    cloud.deploy("--mode", "shadow", "--paused")
+
+    result = cloud.deploy()
+
+    assert "from shadow mode to enforce: from this deploy on they send cancels" in result.stderr
+    assert "deployed paused (OPCANCEL_PAUSED=true) and this run has no --paused: it lifts that pin" in result.stderr
+    assert "OPCANCEL_PAUSED" not in function_environment(cloud)
+    quiet = cloud.deploy()
+    assert "shadow mode" not in quiet.stderr
+    assert "lifts that pin" not in quiet.stderr
+
+
+def budget_tile(cloud: FakeCloud) -> dict:
+    (dashboard,) = [resource for key, resource in cloud.state["resources"].items() if key.startswith("dashboard/")]
+    (tile,) = [
+        tile
+        for tile in dashboard["mosaicLayout"]["tiles"]
+        if tile["widget"]["title"] == "Cancels sent per budget window, against the budget"
+    ]
+    return tile["widget"]["xyChart"]
+
+
+@pytest.mark.parametrize(
+    ("budget", "period", "threshold", "label"),
+    [
+        ("100/1h", "3600s", 100, "budget 100/1h"),
+        ("20/15m", "900s", 20, "budget 20/15m"),
+        ("7/60s", "60s", 7, "budget 7/60s"),
+        # A chart's alignment period is at least a minute: two 30 s windows a bar, at most 20 cancels.
+        ("10/30s", "60s", 20, "budget 10/30s (20 per 60s bar)"),
+        ("3/45s", "90s", 6, "budget 3/45s (6 per 90s bar)"),
+    ],
+)
+def test_the_budget_panel_sums_cancels_per_window_with_the_budget_as_its_threshold_line(
+    cloud, budget, period, threshold, label
+):
+    assert cloud.run(*BASE, "--cancel-budget", budget).returncode == 0
+
+    chart = budget_tile(cloud)
+    (data,) = chart["dataSets"]
+    query = data["timeSeriesQuery"]["timeSeriesFilter"]
+    assert 'logging.googleapis.com/user/opcancel-cancels-sent"' in query["filter"]
+    assert query["aggregation"] == {
+        "alignmentPeriod": period,
+        "perSeriesAligner": "ALIGN_SUM",
+        "crossSeriesReducer": "REDUCE_SUM",
+    }
+    assert data["minAlignmentPeriod"] == period
+    assert chart["thresholds"] == [{"label": label, "value": threshold}]
+
+
+def test_the_dashboard_shows_held_and_dry_run_results_and_the_guard_events(cloud):
+    cloud.deploy()
+
+    (dashboard,) = [resource for key, resource in cloud.state["resources"].items() if key.startswith("dashboard/")]
+    queries = {
+        tile["widget"]["title"]: tile["widget"]["xyChart"]["dataSets"][0]["timeSeriesQuery"]["timeSeriesFilter"]
+        for tile in dashboard["mosaicLayout"]["tiles"]
+    }
+    results = 'metric.type="logging.googleapis.com/user/opcancel-results" resource.type="cloud_run_revision"'
+    assert queries["Held results (breaker open or paused)"]["filter"] == f'{results} metric.label.outcome="HELD"'
+    assert queries["Dry-run results (shadow mode or dry_run requests)"]["filter"] == (
+        f'{results} metric.label.outcome="DRY_RUN"'
+    )
+    events = queries["Breaker trips and pauses seen, by event"]
+    assert 'logging.googleapis.com/user/opcancel-guard-events"' in events["filter"]
+    assert events["aggregation"]["groupByFields"] == ["metric.label.event"]
+    # No two tiles overlap on the 12-column grid.
+    cells = [
+        (tile["xPos"] + dx, tile["yPos"] + dy)
+        for tile in dashboard["mosaicLayout"]["tiles"]
+        for dx in range(tile["width"])
+        for dy in range(tile["height"])
+    ]
+    assert len(cells) == len(set(cells))
+    assert all(x < 12 for x, _ in cells)
+
+
+@pytest.mark.parametrize(
+    ("title", "event", "severity"),
+    [(BREAKER_TITLE, "breaker_tripped", "CRITICAL"), (PAUSE_TITLE, "guard_paused", "WARNING")],
+)
+def test_the_breaker_and_pause_alerts_match_the_function_s_log_lines(cloud, title, event, severity):
+    channel = f"projects/{PROJECT}/notificationChannels/7"
+    assert cloud.run(*BASE, "--notification-channel", channel).returncode == 0
+
+    policy = cloud.policy(title)
+    (condition,) = policy["conditions"]
+    logs = (
+        'resource.type="cloud_run_revision" AND resource.labels.service_name=~"^opcancel-(requests|checks|http)$"'
+        ' AND labels.component="opcancel"'
+    )
+    assert condition["conditionMatchedLog"] == {"filter": f'{logs} AND jsonPayload.event="{event}"'}
+    # A log-based policy needs a notification rate limit; Google's floor is one per 5 minutes.
+    assert policy["alertStrategy"] == {"notificationRateLimit": {"period": "300s"}, "autoClose": "1800s"}
+    assert policy["severity"] == severity
+    assert policy["notificationChannels"] == [channel]
+    assert "guard status" in policy["documentation"]["content"]
+    assert "held" in policy["documentation"]["content"]
+
+
 # --- triggers and their subscriptions ------------------------------------------------------------------
 
 
@@ -931,7 +1136,7 @@ def with_other_projects(cloud: FakeCloud, untestable: tuple[str, ...] = ()) -> N
     state["other_projects"] = ["other-proj", "third-proj"]
     catalogue = {
         f"{prefix}.operations.{verb}": ""
-        for prefix in ("aiplatform", "dataproc", "documentai", "speech", "cloudtranslate", "cloudbuild")
+        for prefix in ("aiplatform", "dataproc", "documentai", "cloudtranslate", "cloudbuild")
         for verb in ("cancel", "get", "list")
         if f"{prefix}.operations.{verb}" not in untestable
     }
@@ -963,8 +1168,6 @@ def test_project_parents_get_a_project_role_with_their_services_operation_permis
         "dataproc.operations.get",
         "documentai.operations.cancel",
         "documentai.operations.get",
-        "speech.operations.cancel",
-        "speech.operations.get",
     ]
     # A full resource prefix grants its own service only, at the project it names.
     assert role_permissions(cloud, "projects/third-proj") == [
@@ -1188,6 +1391,30 @@ def test_a_failed_create_stops_the_run(cloud):
         ((*BASE, "--allowed-parent", "organizations/1"), {}, "unknown argument '--allowed-parent'"),
         ((*BASE, "extra"), {}, "unknown argument 'extra'"),
         (BASE, {"OPCANCEL_DRY_RUN": "yes"}, "OPCANCEL_DRY_RUN must be 1, true, 0 or false"),
+        ((*BASE, "--mode", "dry-run"), {}, "--mode must be enforce or shadow, not 'dry-run'"),
+        ((*BASE, "--mode", "Shadow"), {}, "--mode must be enforce or shadow"),
+        (BASE, {"OPCANCEL_MODE": "audit"}, "--mode must be enforce or shadow, not 'audit'"),
+        ((*BASE, "--cancel-budget", "100"), {}, "cancel budget '100' is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "0/1h"), {}, "cancel budget '0/1h' is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "10/0m"), {}, "cancel budget '10/0m' is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "10/1d"), {}, "cancel budget '10/1d' is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "10/1.5h"), {}, "is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "-1/1h"), {}, "is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "10/h"), {}, "is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "10 / 1h"), {}, "is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "010/1h"), {}, "is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "none"), {}, "cancel budget 'none' is not N/DURATION"),
+        ((*BASE, "--cancel-budget", "10/169h"), {}, "has a window longer than a week (168h)"),
+        ((*BASE, "--cancel-budget", "10/604801s"), {}, "has a window longer than a week"),
+        ((*BASE, "--cancel-budget", ""), {}, "the cancel budget is set but empty"),
+        (BASE, {"OPCANCEL_CANCEL_BUDGET": ""}, "the cancel budget is set but empty"),
+        (BASE, {"OPCANCEL_CANCEL_BUDGET": "5 per hour"}, "cancel budget '5 per hour' is not N/DURATION"),
+        ((*BASE, "--cancel-budget"), {}, "--cancel-budget needs a value"),
+        ((*BASE, "--protected-parents", "folders/1"), {}, f"protected parent 'folders/1' {NOT_A_PARENT}"),
+        ((*BASE, "--protected-parents", " , "), {}, "protected parents are set but empty"),
+        (BASE, {"OPCANCEL_PROTECTED_PARENTS": ""}, "protected parents are set but empty"),
+        (BASE, {"OPCANCEL_PAUSED": "yes"}, "OPCANCEL_PAUSED must be true or false, not 'yes'"),
+        ((*BASE, "--paused=true"), {}, "unknown argument '--paused=true'"),
     ],
 )
 def test_bad_arguments_fail_before_anything_runs(cloud, args, env, message):
@@ -1218,6 +1445,14 @@ def test_help_describes_every_option_and_runs_nothing(cloud):
         "OPCANCEL_ALLOWED_PARENTS",
         "OPCANCEL_NAME",
         "OPCANCEL_DRY_RUN",
+        "--mode",
+        "--cancel-budget",
+        "--protected-parents",
+        "--paused",
+        "OPCANCEL_MODE",
+        "OPCANCEL_CANCEL_BUDGET",
+        "OPCANCEL_PROTECTED_PARENTS",
+        "OPCANCEL_PAUSED",
     ):
         assert option in result.stdout
     assert result.calls == []
@@ -1410,6 +1645,75 @@ def test_every_dry_run_command_passes_gcloud_s_own_parser(cloud, tmp_path):
         if code == 0 or code == 2 or PARSE_ERROR.search(stderr) or not PARSED.search(stderr)
     ]
     assert not refused, "gcloud did not stop at authentication for:\n" + "\n".join(refused)
+
+
+SDK_ROOT = Path(GCLOUD).resolve().parents[1] if GCLOUD else None
+SCHEMAS = {
+    # file prefix: the API message gcloud sends it as (monitoring v3 AlertPolicy, v1 Dashboard, logging v2 LogMetric)
+    "alert-policy": ("monitoring", "v3", "AlertPolicy"),
+    "dashboard": ("monitoring", "v1", "Dashboard"),
+    "metric-": ("logging", "v2", "LogMetric"),
+}
+
+
+@pytest.mark.skipif(
+    SDK_ROOT is None
+    or not (SDK_ROOT / "lib" / "googlecloudsdk" / "generated_clients" / "apis" / "monitoring").is_dir(),
+    reason="gcloud and its generated API messages are not installed: the definitions cannot be checked",
+)
+def test_every_definition_is_one_google_s_api_messages_accept(cloud):
+    channel = f"--notification-channel=projects/{PROJECT}/notificationChannels/123"
+    dry = cloud.run(*BASE, "--allowed-parents", PARENTS, channel, "--cancel-budget", "3/45s", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    work = Path(re.search(r"kept in (.+)\.$", dry.stderr, re.MULTILINE).group(1))
+    files = sorted(work.iterdir())
+    assert len(files) == 9
+    for prefix, (service, version, message) in SCHEMAS.items():
+        chosen = [str(path) for path in files if path.name.startswith(prefix)]
+        assert chosen, prefix
+        process = subprocess.run(
+            [
+                sys.executable,
+                str(FAKE.with_name("gcloud_schema.py")),
+                str(SDK_ROOT),
+                service,
+                version,
+                message,
+                *chosen,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert process.returncode == 0, process.stdout + process.stderr
+
+
+def test_the_schema_check_refuses_an_unknown_field_and_an_unlisted_enum_value(tmp_path):
+    if SDK_ROOT is None:
+        pytest.skip("gcloud is not installed")
+    bad = tmp_path / "policy.json"
+    bad.write_text(json.dumps({"severity": "HUGE", "conditions": [{"conditionMatchedLog": {"filtre": "x"}}]}))
+
+    process = subprocess.run(
+        [
+            sys.executable,
+            str(FAKE.with_name("gcloud_schema.py")),
+            str(SDK_ROOT),
+            "monitoring",
+            "v3",
+            "AlertPolicy",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert process.returncode == 1
+    assert f"{bad}.severity:" in process.stdout
+    assert f"{bad}.conditions.conditionMatchedLog.filtre:" in process.stdout
 
 
 @pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed: its upload listing cannot be checked")

@@ -1,27 +1,36 @@
 """A property-based sweep of hostile input through the entry points, oversized bodies included: acknowledged
 or answered 4xx, never 5xx for a permanent problem, no network for invalid input, exactly one result for every
-valid request, and no key of one request blocking another's."""
+valid request, and no key of one request blocking another's. Since issue 20 also crafted bodies (escape runs,
+unterminated strings, deep nesting) up to the 1 MiB limit, partial ce- header sets, hostile retry hints, huge
+or non-finite Operations and endless pages, with the work per message bounded (``cpu_bounded``)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import sqlite3
 import sys
+import tempfile
 import unicodedata
 from typing import Any
 
+import httpx
 from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent
 from functions_framework import create_app
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from function import Runtime, Settings
+from function import Runtime, Settings, SqliteStore
 from function._names import parse_name
 from function._parsing import MAX_BODY_BYTES
+from function.cli import Exit
 from function.errors import InvalidRequest
+from tests.cli.test_cli import Rig as CliRig
 from tests.entry.test_entrypoints import WIRED
+from tests.entry.test_hostile_senders_reading import Answering, cpu_bounded, once, strict_json
 from tests.support import TEST_POLICY, Rig
 
 HOSTILE_FRAGMENTS = [
@@ -258,7 +267,6 @@ def test_any_id_or_cloudevent_attribute_leaves_a_valid_request_with_exactly_one_
                 assert_echo_safe(line[field])
 
 
-@settings(ENTRY_SWEEP)
 def escaped_spelling(text: str) -> str:
     """``text`` with its non-printable characters spelled as escapes: the pair a naive escaper confuses."""
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode() for ch in text)
@@ -270,6 +278,7 @@ incident_id_pairs = st.one_of(
 )
 
 
+@settings(ENTRY_SWEEP)
 @given(ids=incident_id_pairs)
 def test_distinct_incident_ids_never_share_a_key(ids):
     rig = Rig()
@@ -330,49 +339,50 @@ class CountedBody(io.RawIOBase):
         return len(chunk)
 
 
+#: Pieces that strain a JSON reader: escapes, quotes that open or close strings, brackets in or out of them.
+CRAFTED_PIECES = ['\\"', "\\\\", "\\", '"', "[", "{", "]", "}", ":", ",", "\\u", "\\ud800", "x", " "]
+#: A body up to the 1 MiB limit built from a start and a run of crafted pieces repeated: unterminated strings,
+#: runs of escapes, deep nesting, and their mixtures.
+crafted_bodies = st.builds(
+    lambda head, unit, size: (head + unit * (size // len(unit) + 1)).encode()[:size],
+    head=st.sampled_from(["", "{", '{"', '{"operation": "', '{"operation": ', "[", '["']),
+    unit=st.lists(st.sampled_from(CRAFTED_PIECES), min_size=1, max_size=6).map("".join),
+    size=st.one_of(st.integers(min_value=1, max_value=MAX_BODY_BYTES), st.just(MAX_BODY_BYTES)),
+)
+
 http_bodies = st.one_of(
     payloads,
     st.builds(
-        lambda depth: b'{"operation": ' + b"[" * depth + b"]" * depth + b"}", st.integers(min_value=60, max_value=5000)
+        lambda depth: b'{"operation": ' + b"[" * depth + b"]" * depth + b"}",
+        st.one_of(st.integers(min_value=60, max_value=5000), st.sampled_from([65, 1_000, 100_000])),
     ),
+    crafted_bodies,
     st.lists(st.sampled_from(["organizations/1/operations/a", "organizations/1/operations/missing-b"]), min_size=1).map(
         lambda names: json.dumps({"operations": names}).encode()
     ),
 )
 
 
-@settings(ENTRY_SWEEP)
-@given(
-    data=http_bodies,
-    content_type=st.one_of(st.sampled_from(CONTENT_TYPES), st.text(max_size=30)),
-    framing=st.sampled_from(["content-length", "chunked"]),
-    oversize=st.integers(min_value=0, max_value=8).map(lambda n: n == 0),
-    cloudevent_headers=st.booleans(),
-)
-def test_any_http_body_however_framed_is_answered_202_or_4xx_never_5xx(
-    data, content_type, framing, oversize, cloudevent_headers
-):
-    rig = Rig()
-    client = serve("on_http", rig)
-    if oversize:
-        data = (data or b"x") * (MAX_BODY_BYTES // max(len(data), 1) + 1)
-    headers = {"Content-Type": content_type}
-    if cloudevent_headers:
-        headers.update({"ce-specversion": "1.0", "ce-type": "t", "ce-source": "//s", "ce-id": "1"})
-    try:
-        if framing == "chunked":
-            body = CountedBody(data)
-            response = client.post(
-                "/",
-                input_stream=body,
-                headers={**headers, "Transfer-Encoding": "chunked"},
-                environ_overrides={"wsgi.input_terminated": True},
-            )
-            assert body.position <= MAX_BODY_BYTES + 64 * 1024
-        else:
-            response = client.post("/", data=data, headers=headers)
-    except (UnicodeEncodeError, ValueError):
-        assume(False)  # a header value the test client itself cannot send
+CE_HEADERS = {"ce-specversion": "1.0", "ce-type": "t", "ce-source": "//s", "ce-id": "1"}
+
+
+def post_framed(client, data: bytes, headers: dict[str, str], framing: str):
+    """POST ``data`` with a length, or chunked (checking it was read no further than the limit)."""
+    if framing != "chunked":
+        return client.post("/", data=data, headers=headers)
+    body = CountedBody(data)
+    response = client.post(
+        "/",
+        input_stream=body,
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert body.position <= MAX_BODY_BYTES + 64 * 1024
+    return response
+
+
+def assert_answered_202_or_4xx(rig: Rig, data: bytes, response) -> None:
+    """Never 5xx; 413 past the limit; only valid names called; exactly one result for every key acted on."""
     assert response.status_code in (202, 400, 413), response.status_code
     if len(data) > MAX_BODY_BYTES:
         assert response.status_code == 413
@@ -390,6 +400,31 @@ def test_any_http_body_however_framed_is_answered_202_or_4xx_never_5xx(
     assert {item.get("idempotency_key") for item in acted} == {result["idempotency_key"] for result in results}
     for item in answer.get("rejected", []):
         assert_echo_safe(item["operation"])
+
+
+@settings(ENTRY_SWEEP)
+@given(
+    data=http_bodies,
+    content_type=st.one_of(st.sampled_from(CONTENT_TYPES), st.text(max_size=30)),
+    framing=st.sampled_from(["content-length", "chunked"]),
+    oversize=st.integers(min_value=0, max_value=8).map(lambda n: n == 0),
+    # Any set of the four required ce- headers: a partial one once made the cloudevents library read the body.
+    ce_headers=st.sets(st.sampled_from(sorted(CE_HEADERS))),
+)
+def test_any_http_body_however_framed_is_answered_202_or_4xx_never_5xx(
+    data, content_type, framing, oversize, ce_headers
+):
+    rig = Rig()
+    client = serve("on_http", rig)
+    if oversize:
+        data = (data or b"x") * (MAX_BODY_BYTES // max(len(data), 1) + 1)
+    headers = {"Content-Type": content_type, **{name: CE_HEADERS[name] for name in ce_headers}}
+    try:
+        with cpu_bounded():
+            response = post_framed(client, data, headers, framing)
+    except (UnicodeEncodeError, ValueError):
+        assume(False)  # a header value the test client itself cannot send
+    assert_answered_202_or_4xx(rig, data, response)
 
 
 def key_lookalikes(victim: str) -> st.SearchStrategy[str]:
@@ -444,3 +479,229 @@ def test_no_key_of_one_request_blocks_another(data, op_id, squatter_operation, v
     assert (item["status"], item["outcome"]) == ("accepted", "CANCELLED")
     assert len(rig.simulator.cancel_calls(victim)) == 1
     assert sum(result["operation"] == victim for result in rig.publisher.results()) == 1
+
+
+# Round two (issue 20): crafted bodies read in bounded work, partial ce- header sets, hostile retry hints,
+# huge or non-finite Operations and endless pages. Properties as above, plus "work per message bounded":
+# every delivery runs under ``cpu_bounded`` (a CPU-time bound, not a wall-clock one; see its module).
+
+settings.register_profile(
+    "round-two",
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+ROUND_TWO = settings.get_profile("round-two")
+#: Bodies at the limit are the ones that cost most, so they are drawn often.
+large_crafted_bodies = crafted_bodies | st.builds(
+    lambda head, unit: (head + unit * (MAX_BODY_BYTES // len(unit) + 1)).encode()[:MAX_BODY_BYTES],
+    head=st.sampled_from(["", "{", '{"', '{"operation": "', "["]),
+    unit=st.lists(st.sampled_from(CRAFTED_PIECES), min_size=1, max_size=4).map("".join),
+)
+FRAMINGS = {
+    "json": {"Content-Type": "application/json"},
+    "text": {"Content-Type": "text/plain"},
+    "structured": {"Content-Type": "application/cloudevents+json"},
+    "binary": {"Content-Type": "application/json", **CE_HEADERS},
+    "partial": {"Content-Type": "application/json", "ce-specversion": "1.0"},
+}
+
+
+@settings(ROUND_TWO)
+@given(data=large_crafted_bodies, framing=st.sampled_from([*FRAMINGS, "on_event", "on_check"]))
+def test_any_crafted_body_is_read_in_bounded_work_however_it_is_framed(data, framing):
+    rig = Rig()
+    if framing in FRAMINGS:
+        client = serve("on_http", rig)
+        with cpu_bounded():
+            response = client.post("/", data=data, headers=FRAMINGS[framing])
+        assert_answered_202_or_4xx(rig, data, response)
+        return
+    client = serve(framing, rig)
+    source = (
+        f"//pubsub.googleapis.com/projects/test-project/topics/{'opcancel-checks' if framing == 'on_check' else 't'}"
+    )
+    envelope = CloudEvent({"type": PUBSUB, "source": source}, {"message": {"data": base64.b64encode(data).decode()}})
+    headers, body = to_structured(envelope)
+    with cpu_bounded():
+        response = client.post("/", headers=headers, data=body)
+    assert response.status_code == 200
+    assert_calls_only_valid_names(rig)
+    if framing == "on_check":
+        assert rig.simulator.calls == [] and rig.publisher.messages == []
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@settings(ROUND_TWO)
+@given(
+    ce_headers=st.sets(st.sampled_from(sorted(CE_HEADERS))).filter(lambda names: len(names) < len(CE_HEADERS)),
+    data=st.one_of(
+        st.sampled_from([65, 1_000, 100_000, 500_000]).map(nested),
+        st.sampled_from([65, 1_000, 100_000]).map(lambda depth: b'{"operation": ' + nested(depth) + b"}"),
+        crafted_bodies,
+        payloads,
+    ),
+    content_type=st.one_of(st.sampled_from(CONTENT_TYPES + ["application/cloudevents+jsonx"]), st.text(max_size=30)),
+)
+def test_a_partial_ce_header_set_never_hands_the_body_to_another_reader(ce_headers, data, content_type):
+    rig = Rig()
+    client = serve("on_http", rig)
+    headers = {"Content-Type": content_type, **{name: CE_HEADERS[name] for name in ce_headers}}
+    try:
+        with cpu_bounded():
+            response = client.post("/", data=data, headers=headers)
+    except (UnicodeEncodeError, ValueError):
+        assume(False)  # a header value the test client itself cannot send
+    assert_answered_202_or_4xx(rig, data, response)
+
+
+#: What an API may put in a retry hint: Unicode digits and other text, numbers too large for any clock,
+#: well-formed hints of any length, and values of the wrong JSON type.
+header_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\r\n\x00"),
+    max_size=20,
+).filter(lambda text: text == text.strip())
+retry_after_values = st.one_of(
+    st.none(),
+    header_text,
+    st.integers(min_value=0, max_value=10**30).map(str),
+    st.integers(min_value=1, max_value=5000).map(lambda n: "9" * n),
+)
+retry_delay_values = st.one_of(
+    st.none(),
+    header_text,
+    header_text.map(lambda text: text + "s"),
+    st.from_regex(r"[0-9]{1,20}(\.[0-9]{1,12})?s", fullmatch=True),
+    st.integers(min_value=1, max_value=500).map(lambda n: "9" * n + "s"),
+    st.sampled_from(["Infinitys", "NaNs", "-1s", "1e999s", "\u00b2s", "\u0661s"]),
+    st.integers() | st.floats(allow_nan=False) | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+
+
+def rate_limited(retry_delay: object, retry_after: str | None) -> httpx.Response:
+    details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
+    body = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": details if retry_delay else []}}
+    headers = {"retry-after": retry_after.encode()} if retry_after is not None else {}
+    return httpx.Response(429, content=json.dumps(body).encode(), headers=headers)
+
+
+def sqlite_rig(directory: str, transport: Answering) -> Rig:
+    settings = Settings(project="test-project", polling=TEST_POLICY, store="memory")
+    store = SqliteStore(f"{directory}/records.db", lease_s=settings.lease_s, ttl_s=settings.record_ttl_s)
+    return Rig(settings=settings, store=store, simulator=transport.simulator, transport=transport)
+
+
+def assert_store_is_strict_json(directory: str, rig: Rig) -> None:
+    """No non-finite number stored, and every reader of the store still works."""
+    with contextlib.closing(sqlite3.connect(f"{directory}/records.db")) as connection:
+        for (body,) in connection.execute("SELECT body FROM records"):
+            strict_json(body)
+    rig.service.overdue_chains()
+
+
+@settings(ROUND_TWO, max_examples=40)
+@given(retry_delay=retry_delay_values, retry_after=retry_after_values, method=st.sampled_from(["POST", "GET"]))
+def test_any_retry_hint_is_honoured_up_to_ten_minutes_or_ignored(retry_delay, retry_after, method):
+    name = "organizations/1/operations/sweep-hint"
+    transport = Answering(once(rate_limited(retry_delay, retry_after), method=method))
+    with tempfile.TemporaryDirectory() as directory:
+        rig = sqlite_rig(directory, transport)
+        client = serve("on_http", rig)
+        with cpu_bounded():
+            first = client.post("/", json={"operation": name})
+        assert first.status_code == 503, first.status_code
+        assert 1 <= int(first.headers["Retry-After"]) <= 600
+        assert_store_is_strict_json(directory, rig)
+        rig.clock.advance(600)
+        with cpu_bounded():
+            (item,) = client.post("/", json={"operation": name}).get_json()["accepted"]
+        assert (item["status"], item["outcome"]) == ("accepted", "CANCELLED")
+        assert len(rig.publisher.results()) == 1
+        assert_store_is_strict_json(directory, rig)
+
+
+NUMBER_LITERALS = ["1e999", "-1e999", "1E400", "1e308", "0.5", "-0.0", "2.5e-400", "12345678901234567890123", "7"]
+
+
+def operation_text(numbers: list[str], rows: int, message_size: int, done: bool, error: int | None) -> bytes:
+    """An Operation as raw JSON text, so number literals no Python float holds (``1e999``) arrive as sent."""
+    metadata = f'{{"@type": "t", "n": [{",".join(numbers)}], "rows": {json.dumps(["r" * 100] * rows)}}}'
+    failure = f', "error": {{"code": {error}, "message": "{"m" * message_size}"}}' if error is not None else ""
+    head = '{"name": "organizations/1/operations/sweep-op", "done": ' + ("true" if done else "false")
+    return f'{head}, "metadata": {metadata}{failure}}}'.encode()
+
+
+operation_bodies = st.builds(
+    operation_text,
+    numbers=st.lists(st.sampled_from(NUMBER_LITERALS), max_size=8),
+    rows=st.one_of(st.integers(min_value=0, max_value=50), st.integers(min_value=600, max_value=40_000)),
+    message_size=st.one_of(st.integers(min_value=0, max_value=100), st.integers(min_value=70_000, max_value=2_000_000)),
+    done=st.booleans(),
+    error=st.none() | st.sampled_from([1, 2, 13]),
+)
+
+
+@settings(ROUND_TWO)
+@given(body=operation_bodies)
+def test_any_huge_or_non_finite_operation_ends_in_one_bounded_strict_result(body):
+    name = "organizations/1/operations/sweep-op"
+    transport = Answering(once(httpx.Response(200, content=body), method="GET"))
+    with tempfile.TemporaryDirectory() as directory:
+        rig = sqlite_rig(directory, transport)
+        client = serve("on_http", rig)
+        with cpu_bounded():
+            response = client.post("/", json={"operation": name})
+        assert response.status_code == 202
+        # Still running is followed by checks, which the simulator then answers as cancelled.
+        deliver_checks(serve("on_event", rig), rig)
+        ((data, _),) = rig.publisher.on("opcancel-results")
+        result = strict_json(data)
+        final = result["final_operation"]
+        assert len(json.dumps(final, separators=(",", ":"))) <= 64 * 1024
+        if len(body) > 64 * 1024 + 1024 and json.loads(body)["done"]:
+            assert final["truncated"] is True and final["name"] == name and final["done"] is True
+        assert_store_is_strict_json(directory, rig)
+
+
+class EndlessPages:
+    """An API that hands out page tokens by ``rule``: ever new ones, one handed back again, or an end."""
+
+    def __init__(self, rule: str, after: int, per_page: int) -> None:
+        self.rule, self.after, self.per_page, self.requests = rule, after, per_page, 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        page: dict[str, Any] = {
+            "operations": [
+                {"name": f"organizations/1/operations/p{self.requests}-{i}", "done": True} for i in range(self.per_page)
+            ]
+        }
+        if self.rule == "endless" or self.requests < self.after:
+            page["nextPageToken"] = f"t{self.requests}"
+        elif self.rule == "repeats":
+            page["nextPageToken"] = "t1"
+        return httpx.Response(200, json=page)
+
+
+@settings(ROUND_TWO, max_examples=10)
+@given(
+    rule=st.sampled_from(["endless", "repeats", "ends"]),
+    after=st.integers(min_value=2, max_value=1500),
+    per_page=st.integers(min_value=0, max_value=2),
+    command=st.sampled_from([["list", "organizations/1"], ["cancel", "--dry-run", "--all", "organizations/1"]]),
+)
+def test_a_listing_ends_whatever_page_tokens_the_api_hands_out(rule, after, per_page, command):
+    api = EndlessPages(rule, after, per_page)
+    with cpu_bounded(60.0):
+        result = CliRig(transport=httpx.MockTransport(api)).run(*command)
+    assert api.requests <= 1000
+    if rule == "ends" and after <= 1000:
+        assert result.exit_code == Exit.OK, result.stderr
+        assert api.requests == after
+    else:
+        assert result.exit_code == Exit.API_UNAVAILABLE
+        assert "the listing is incomplete" in result.stderr

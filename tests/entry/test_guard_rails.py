@@ -192,7 +192,7 @@ def test_a_released_request_is_sent_again_and_neither_counted_nor_stopped_by_the
     ((data, attributes),) = rig.publisher.on("opcancel-requests")
     send(client, data.decode(), attributes, message_id="m-replayed")
     assert rig.publisher.results()[-1]["outcome"] == "CANCELLED"
-    assert rig.publisher.results()[-1]["idempotency_key"] == "explicit/k"
+    assert rig.publisher.results()[-1]["idempotency_key"] == "k"
     # Not counted: the window still holds only the first cancel, and the breaker is still open.
     status = guard.status()
     assert (status.used, status.tripped is not None) == (1, True)
@@ -233,7 +233,7 @@ def test_the_replay_of_an_alert_s_held_request_keeps_its_incident_key_and_source
     data, attributes = held.replay["data"].encode(), held.replay["attributes"]
     send(serve_again, data.decode(), attributes, message_id="m-2")
     (result,) = rig2.publisher.results()
-    assert result["idempotency_key"] == held.key
+    assert result["idempotency_key"] == held.result["idempotency_key"]
     assert result["source"]["incident_id"] == "0.abc"
 
 
@@ -385,3 +385,18 @@ def test_a_bad_guard_setting_fails_start_up_naming_it(monkeypatch, capsys):
 
     with pytest.raises(ConfigError, match="OPCANCEL_CANCEL_BUDGET"):
         start_up_events(monkeypatch, capsys, OPCANCEL_CANCEL_BUDGET="100")
+
+
+def test_a_held_request_let_through_after_a_reset_leaves_the_held_list():
+    client, rig = serve("on_event", dataclasses.replace(BASE, cancel_budget=CancelBudget(1, 3600.0)))
+    send(client, name("first"))
+    send(client, name("held"))
+    guard = guard_of(rig)
+    guard.reset()
+    rig.clock.advance(STATE_CACHE_S)
+    # The alert fires again: the request comes anew, is counted in the fresh window, and cancels.
+    send(client, name("held"), message_id="m-again")
+    assert rig.publisher.results()[-1]["outcome"] == "CANCELLED"
+    assert guard.held() == []
+    (audit,) = [a for a in events(rig, "cancel_sent") if a["operation"] == name("held")]
+    assert "released_by" not in audit

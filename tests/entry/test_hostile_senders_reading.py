@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import sqlite3
 import sys
@@ -126,8 +127,6 @@ def test_crafted_cloudevent_data_to_on_event_is_acknowledged_in_bounded_work():
 
 def test_the_cpu_bound_stops_a_regex_that_backtracks_for_ever():
     # The guard itself: a pattern that takes exponential time is stopped, so the tests above can fail.
-    import re
-
     with pytest.raises(WorkUnbounded), cpu_bounded(0.2):
         re.fullmatch(r"(a|aa)+b", "a" * 200)
 
@@ -406,10 +405,6 @@ def assert_echo_safe(text: str) -> None:
     assert not [ch for ch in text if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")], ascii(text[:300])
 
 
-def messages_published(source: str, data: bytes, message_id: str) -> CloudEvent:
-    return pubsub_event(data, source=source, message_id=message_id)
-
-
 @pytest.mark.parametrize(
     "source",
     ["//pubsub.googleapis.com/projects/p/topics/t" + "x" * 300_000 + "\u202e", HOSTILE_TEXT, checks_source()],
@@ -418,7 +413,7 @@ def messages_published(source: str, data: bytes, message_id: str) -> CloudEvent:
 def test_on_check_logs_every_echoed_field_bounded_and_escaped(source):
     client, rig = load_wired("on_check", "cloudevent")
     check = {"operation": "organizations/1/operations/" + HOSTILE_TEXT * 50, "attempt": HOSTILE_TEXT}
-    response = post_event(client, messages_published(source, json.dumps(check).encode(), HOSTILE_TEXT * 50))
+    response = post_event(client, pubsub_event(json.dumps(check).encode(), source=source, message_id=HOSTILE_TEXT * 50))
     assert response.status_code == 200
     assert rig.simulator.calls == [] and rig.publisher.messages == []
     lines = rig.logs()

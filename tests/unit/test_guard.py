@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 
 from function import MemoryStore
+from function._envelopes import caller_email
 from function._guard import STATE_CACHE_S, Guard, HeldBecause, Verdict
 from function._log import Logger
 from function._model import CancelRequest, Outcome, Result, Source, SourceKind
@@ -139,7 +141,7 @@ def test_a_held_request_released_by_an_operator_goes_uncounted_past_the_breaker_
     rails.release(held, by="ana", publisher=Nowhere(), topic="t")
     store.writes.clear()
     released = rails.decide(held_request)
-    assert (released.verdict, released.released.released_by, released.budget_used) == (Verdict.GO, "ana", None)
+    assert (released.verdict, released.released_by, released.budget_used) == (Verdict.GO, "ana", None)
     assert store.writes == []
     rails.pause(by="bo", reason=None)
     clock.advance(STATE_CACHE_S)
@@ -167,3 +169,34 @@ def test_an_instance_holding_from_its_cached_breaker_still_lets_a_request_counte
     store.writes.clear()
     assert rails.decide(request("a")).verdict is Verdict.GO
     assert store.writes == []
+
+
+# The audit's HTTP caller: the email claim of the token Cloud Run verified, read as a claim.
+
+
+def bearer(payload: bytes) -> str:
+    return "Bearer h." + base64.urlsafe_b64encode(payload).decode().rstrip("=") + ".s"
+
+
+def test_the_caller_is_the_email_claim_escaped_and_bounded():
+    assert (
+        caller_email(bearer(b'{"email": "a@b.iam.gserviceaccount.com", "sub": "1"}')) == "a@b.iam.gserviceaccount.com"
+    )
+    assert caller_email(bearer(b'{"email": "x\\u2028y"}')) == "x\\u2028y"
+    assert len(caller_email(bearer(('{"email": "' + "a" * 1000 + '"}').encode()))) == 256
+
+
+def test_no_caller_where_the_header_holds_no_readable_email_claim():
+    for authorization in (
+        None,
+        "",
+        "Basic abc",
+        "Bearer only-one-part",
+        bearer(b"[1, 2]"),
+        bearer(b'{"email": 7}'),
+        bearer(b'{"email": ""}'),
+        bearer(b"\xff\xfe"),
+        bearer(b"[" * 100_000),
+        "Bearer " + "a" * 20_000,
+    ):
+        assert caller_email(authorization) is None

@@ -10,7 +10,15 @@ import pytest
 
 from function import InboundMessage, OperationRef, SourceKind
 from function._messages import check_message, event_id, parse_check, result_message
-from function._model import CheckRequest, Outcome, Rejection, Result, Source
+from function._model import (
+    MAX_FINAL_OPERATION_BYTES,
+    CheckRequest,
+    Outcome,
+    Rejection,
+    Result,
+    Source,
+    bounded_operation,
+)
 from function._names import GLOBAL, LOCATIONS, VERSIONS
 from function.errors import InvalidRequest
 from tests.unit.test_parsing import DATAPROC_NAME, EU_HOST, ORG, VERTEX_FULL, identity, name, only_request, parse
@@ -239,3 +247,62 @@ def test_a_rejection_has_the_one_result_schema_with_what_was_sent():
         "error": "bad name",
         "source": {"kind": "http"},
     }
+
+
+# A result's final_operation: at most 64 KiB of JSON (SPEC), whatever the API answered.
+
+
+def compact_size(value: object) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def test_a_final_operation_at_the_bound_is_kept_whole_and_one_byte_over_is_cut():
+    operation = {"name": "n", "done": True, "metadata": {"@type": "t", "pad": ""}}
+    operation["metadata"]["pad"] = "x" * (MAX_FINAL_OPERATION_BYTES - compact_size(operation))
+    assert compact_size(operation) == MAX_FINAL_OPERATION_BYTES
+    assert bounded_operation(operation) is operation
+    operation["metadata"]["pad"] += "x"
+    assert bounded_operation(operation) == {"name": "n", "done": True, "metadata": {"@type": "t"}, "truncated": True}
+
+
+@pytest.mark.parametrize(
+    ("operation", "kept"),
+    [
+        (
+            {"name": "n" * 100_000, "done": True, "error": {"code": 13, "message": "m", "details": ["d" * 100_000]}},
+            {"name": "n" * 1024, "done": True, "error": {"code": 13, "message": "m"}},
+        ),
+        ({"name": "n", "done": True, "error": "e" * 100_000}, {"name": "n", "done": True, "error": "e" * 1024}),
+        ({"done": False, "metadata": ["\ud83d\ude00" * 100_000]}, {"done": False}),
+        (
+            {"name": "n", "metadata": {"@type": "\ud800" * 70_000}},
+            {"name": "n", "metadata": {"@type": "\ud800" * 1024}},
+        ),
+    ],
+    ids=["huge-name-and-details", "error-not-an-object", "metadata-not-an-object", "huge-type"],
+)
+def test_an_operation_whose_kept_fields_are_huge_too_is_still_bounded(operation, kept):
+    bounded = bounded_operation(operation)
+    assert bounded == {**kept, "truncated": True}
+    assert compact_size(bounded) <= MAX_FINAL_OPERATION_BYTES
+
+
+def test_a_result_is_bounded_as_it_is_made_so_storing_and_republishing_agree():
+    huge = {"name": "n", "done": True, "response": {"rows": ["r" * 1000] * 100}}
+    result = Result(
+        operation="organizations/1/operations/a",
+        location=GLOBAL,
+        api_version="v2",
+        outcome=Outcome.COMPLETED,
+        idempotency_key="k",
+        requested_at=1_790_000_000.0,
+        finished_at=1_790_000_001.0,
+        checks=1,
+        final_operation=huge,
+        error=None,
+        source=Source(SourceKind.PUBSUB),
+    )
+    assert result.final_operation == {"name": "n", "done": True, "truncated": True}
+    assert Result.from_json(result.to_json()) == result
+    again = Result.from_json(result.to_json())
+    assert result_message(again, key="k", project="p") == result_message(result, key="k", project="p")

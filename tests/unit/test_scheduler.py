@@ -243,7 +243,7 @@ def test_the_stand_in_retries_a_failed_dispatch_with_growing_backoff():
 def post(tasks: CloudTasks, body: object, queue: str = QUEUE) -> httpx.Response:
     with httpx.Client(transport=httpx.WSGITransport(app=tasks), base_url="http://t") as client:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return client.post(f"/v2/{queue}/tasks", content=content)
+        return client.post(f"/v2/{queue}/tasks", content=content, headers={"Content-Type": "application/json"})
 
 
 def http_task(**changes) -> dict:
@@ -257,20 +257,22 @@ def http_task(**changes) -> dict:
     ("body", "message"),
     [
         (b"not json", "Invalid JSON"),
-        ([], "not an object"),
+        ([], "expected an object"),
         ({}, "task is required"),
         ({"task": {}, "extra": 1}, 'Unknown name "extra"'),
         (http_task(unknown=1), 'Unknown name "unknown"'),
         (http_task(name="t1"), "Task name must be"),
         (http_task(name="projects/x/locations/y/queues/other/tasks/t1"), "does not belong"),
         (http_task(name=f"{QUEUE}/tasks/has space"), "Task name must be"),
-        (http_task(scheduleTime="tomorrow"), "schedule_time"),
+        (http_task(scheduleTime="tomorrow"), "task.scheduleTime"),
+        (http_task(dispatchDeadline="10"), "task.dispatchDeadline"),
         (http_task(scheduleTime=format_time(NOW + 31 * 24 * 3600)), "30 days"),
         (http_task(httpRequest={"httpMethod": "POST"}), "url"),
         (http_task(httpRequest={"url": "ftp://x"}), "url"),
-        (http_task(httpRequest={"url": "http://x", "httpMethod": "FETCH"}), "http_method"),
+        (http_task(httpRequest={"url": "http://x", "httpMethod": "FETCH"}), "task.httpRequest.httpMethod"),
         (http_task(httpRequest={"url": "http://x", "httpMethod": "GET", "body": "e30="}), "not allowed"),
-        (http_task(httpRequest={"url": "http://x", "body": "***"}), "base64"),
+        (http_task(httpRequest={"url": "http://x", "body": "***"}), "task.httpRequest.body"),
+        (http_task(httpRequest={"url": "http://x", "oauthToken": {"serviceAccountEmail": ACCOUNT, "x": 1}}), '"x"'),
         (http_task(httpRequest={"url": "http://x", "headers": {"a": 1}}), "headers"),
         (http_task(httpRequest={"url": "http://x", "oauthToken": {}}), "service_account_email"),
         (
@@ -280,6 +282,7 @@ def http_task(**changes) -> dict:
         ({"task": {"name": f"{QUEUE}/tasks/t1"}}, "http_request is required"),
     ],
 )
+@pytest.mark.off_contract
 def test_the_stand_in_refuses_malformed_creates_with_invalid_argument(body, message):
     tasks = CloudTasks(queues=[QUEUE], clock=FakeClock(NOW).now, deliver=Dispatched())
     response = post(tasks, body)
@@ -346,3 +349,66 @@ def test_the_stand_in_injects_failed_creates_lost_tasks_and_failed_dispatches():
     (task,) = flaky.tasks.values()
     assert [status for _, status in task.attempts] == [None, None, None]
     assert dispatched.calls == []
+
+
+def test_the_stand_in_accepts_what_the_schema_accepts_proto_names_and_fields_it_does_not_act_on():
+    clock, dispatched = FakeClock(NOW), Dispatched()
+    tasks = stand_in(clock, dispatched)
+    body = {
+        "task": {
+            "name": f"{QUEUE}/tasks/t1",
+            "schedule_time": format_time(NOW),
+            "createTime": format_time(NOW - 5),
+            "dispatchDeadline": "30s",
+            "retryConfig": {"maxAttempts": 3, "minBackoff": "0.5s"},
+            "http_request": {
+                "url": "http://127.0.0.1:1/x",
+                "http_method": "HTTP_METHOD_UNSPECIFIED",
+                "headers": {"X-Custom_Name": "v"},
+                "body": base64.b64encode(b'{"a":1}').decode().rstrip("="),
+                "oauth_token": {"service_account_email": ACCOUNT, "scope": "s"},
+            },
+        },
+        "responseView": "FULL",
+    }
+    assert post(tasks, body).status_code == 200
+    assert tasks.dispatch_due() == 1
+    ((_, method, headers, sent),) = dispatched.calls
+    assert (method, sent, headers["X-Custom_Name"]) == ("POST", b'{"a":1}', "v")
+    assert headers["Authorization"] == f"Bearer stand-in-token-for-{ACCOUNT}"
+
+
+@pytest.mark.parametrize(
+    ("status", "status_name", "violations"),
+    [
+        (409, "ABORTED", None),
+        (429, "RESOURCE_EXHAUSTED", None),
+        (503, "UNAVAILABLE", None),
+        (400, "INVALID_ARGUMENT", [{"field": "task.schedule_time", "description": "too far"}]),
+    ],
+)
+def test_only_already_exists_counts_as_scheduled_among_the_errors_tasks_create_documents(
+    status, status_name, violations
+):
+    # A 409 ABORTED is not "the task exists": treating every 409 as scheduled would wait for a check never created.
+    clock = FakeClock(NOW)
+    tasks = stand_in(clock, Dispatched())
+    tasks.inject(status, status_name=status_name, count=50, field_violations=violations)
+    adapter = scheduler(httpx.WSGITransport(app=tasks), clock, endpoint="http://cloudtasks.test")
+    with pytest.raises(ScheduleFailed, match=status_name):
+        adapter.schedule(a_check())
+    assert tasks.tasks == {}
+    answered = post(tasks, http_task()).json()["error"]
+    assert (answered["code"], answered["status"]) == (status, status_name)
+    if violations:
+        assert answered["details"][0]["fieldViolations"] == violations
+
+
+def test_a_reused_task_name_is_already_exists_and_counts_as_scheduled_through_the_stand_in():
+    clock = FakeClock(NOW)
+    tasks = stand_in(clock, Dispatched())
+    adapter = scheduler(httpx.WSGITransport(app=tasks), clock, endpoint="http://cloudtasks.test")
+    adapter.schedule(a_check())
+    tasks.inject(409, status_name="ALREADY_EXISTS")
+    adapter.schedule(a_check())
+    assert [status for status, _ in tasks.creates] == [200, 409]

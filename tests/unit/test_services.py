@@ -35,9 +35,8 @@ REGIONS = "projects/my-proj/regions/europe-west1/operations/5e6c-4a1b"
 HOSTS = {
     "aiplatform": ("us-central1-aiplatform.googleapis.com", "aiplatform.googleapis.com"),
     "dataproc": ("us-central1-dataproc.googleapis.com", "dataproc.googleapis.com"),
-    "documentai": ("us-central1-documentai.googleapis.com", "documentai.googleapis.com"),
-    "speech": ("us-central1-speech.googleapis.com", "speech.googleapis.com"),
-    "translate": ("translate.googleapis.com", "translate.googleapis.com"),
+    "documentai": ("documentai.us-central1.rep.googleapis.com", "documentai.googleapis.com"),
+    "translate": ("translation.googleapis.com", "translation.googleapis.com"),
     "cloudbuild": ("cloudbuild.googleapis.com", "cloudbuild.googleapis.com"),
 }
 OTHERS = [service for service in BUILTIN_SERVICES if not service.is_scc]
@@ -120,8 +119,8 @@ def test_a_service_entry_that_could_send_a_call_elsewhere_is_refused(fields, pro
     [
         (NAME, "us-central1"),
         (REGIONS, "europe-west1"),
-        ("projects/my-proj/operations/op", GLOBAL),
         ("projects/my-proj/locations/global/operations/op", GLOBAL),
+        ("projects/my-proj/regions/global/operations/op", GLOBAL),
         ("projects/123456789012/locations/eu/operations/op", "eu"),
     ],
 )
@@ -186,7 +185,7 @@ def test_projects_must_be_a_project_id_or_number(project):
 
 @pytest.mark.parametrize("project", ["my-proj", "a" * 30, "abcdef", "a1-2-3", "1", "123456789012"])
 def test_project_ids_and_numbers_are_accepted(project):
-    name = f"projects/{project}/operations/x"
+    name = f"projects/{project}/locations/us-central1/operations/x"
     assert parse_name(f"//aiplatform.googleapis.com/{name}").name == name
 
 
@@ -296,7 +295,7 @@ def test_parents_parse_to_a_service_and_location():
     assert parse_parent("organizations/1") == ParsedName("organizations/1")
     parent = parse_parent("//aiplatform.googleapis.com/projects/my-proj/locations/us-central1")
     assert parent == ParsedName("projects/my-proj/locations/us-central1", VERTEX, "us-central1")
-    assert parse_parent("//dataproc.googleapis.com/projects/my-proj").location == GLOBAL
+    assert parse_parent("//dataproc.googleapis.com/projects/my-proj/regions/global").location == GLOBAL
     built = OperationParent(parent.name, "us-central1", "v1", VERTEX)
     assert built.host == "us-central1-aiplatform.googleapis.com"
     assert built.full_name == "//aiplatform.googleapis.com/projects/my-proj/locations/us-central1"
