@@ -43,8 +43,9 @@ readonly DEPLOY_LABEL=opcancel_deploy
 # The cancel budget a deployment gets unless told otherwise (SPEC, Guard rails): deploy.sh never deploys
 # without one.
 readonly DEFAULT_CANCEL_BUDGET=100/1h
-# The longest budget window deploy.sh accepts: a week. Longer windows keep a tripped breaker's cause out
-# of sight for too long to be a useful rail, and the dashboard draws one bar per window.
+# The function's limits on OPCANCEL_CANCEL_BUDGET (function/_settings.py): its budget document keeps one
+# entry per cancel in the window, so N is at most 10,000, and the window is at most a week.
+readonly MAX_BUDGET_COUNT=10000
 readonly MAX_BUDGET_WINDOW_S=604800
 # What Cloud Build needs to build a function as a user-chosen account (functions/docs/securing/
 # build-custom-sa; run/docs/configuring/services/build-service-account names Storage Object Admin
@@ -95,10 +96,10 @@ Safe to run again. docs/deploy.md explains each piece.
                                                                       env OPCANCEL_ALLOWED_PARENTS
   --mode M               enforce (default) or shadow: in shadow mode every request is a dry run,
                          looked at with one get and never cancelled.              env OPCANCEL_MODE
-  --cancel-budget B      N/DURATION, DURATION in s, m or h (at most 168h): never more than N
-                         cancels in any window of DURATION; the request that would exceed it trips
-                         the breaker, which holds every request until `guard reset` (default 100/1h;
-                         there is no way to deploy without a budget here).  env OPCANCEL_CANCEL_BUDGET
+  --cancel-budget B      N/DURATION: never more than N cancels (N at most 10000) in any window of
+                         DURATION (a whole number of s, m or h, at most 168h); the request that would
+                         exceed it trips the breaker, which holds every request until `guard reset`
+                         (default 100/1h; deploy.sh never deploys without one). env OPCANCEL_CANCEL_BUDGET
   --protected-parents L  comma list, same forms as --allowed-parents, of parents never cancelled:
                          their requests are REJECTED. Grants nothing.   env OPCANCEL_PROTECTED_PARENTS
   --paused               pin the pause: every new request is held until a deploy without --paused
@@ -158,7 +159,8 @@ mode=${OPCANCEL_MODE:-enforce}
 budget_text=${OPCANCEL_CANCEL_BUDGET-$DEFAULT_CANCEL_BUDGET}
 protected_given=${OPCANCEL_PROTECTED_PARENTS+yes}
 protected_text=${OPCANCEL_PROTECTED_PARENTS-}
-case ${OPCANCEL_PAUSED:-} in
+paused_text=${OPCANCEL_PAUSED:-}
+case ${paused_text,,} in
   "" | false) paused=false ;;
   true) paused=true ;;
   *) usage_error "OPCANCEL_PAUSED must be true or false, not '$OPCANCEL_PAUSED'" ;;
@@ -289,8 +291,9 @@ fi
 
 [[ $mode == enforce || $mode == shadow ]] || usage_error "--mode must be enforce or shadow, not '$mode'"
 
-# The budget's rules: N a positive integer, DURATION a positive whole number of s, m or h, at most a week.
-# Checked here, before anything changes; the function checks OPCANCEL_CANCEL_BUDGET again at start-up.
+# The budget's rules: N a whole number 1..10000, DURATION a positive whole number of s, m or h, at most a
+# week: the function's, written canonically (no spaces, no leading zeros). Checked here, before anything
+# changes; the function checks OPCANCEL_CANCEL_BUDGET again at start-up.
 declare -rA UNIT_S=([s]=1 [m]=60 [h]=3600)
 budget_problem="is not N/DURATION: N cancels (a positive whole number) in any DURATION, a positive whole number \
 of s, m or h such as 100/1h or 20/15m"
@@ -299,6 +302,8 @@ of s, m or h such as 100/1h or 20/15m"
 [[ $budget_text =~ ^([1-9][0-9]{0,8})/([1-9][0-9]{0,8})([smh])$ ]] || usage_error "cancel budget '$budget_text' $budget_problem"
 budget_limit=${BASH_REMATCH[1]}
 budget_window_s=$((BASH_REMATCH[2] * UNIT_S[${BASH_REMATCH[3]}]))
+((budget_limit <= MAX_BUDGET_COUNT)) ||
+  usage_error "cancel budget '$budget_text' allows more than $MAX_BUDGET_COUNT cancels, the most the function counts"
 ((budget_window_s <= MAX_BUDGET_WINDOW_S)) ||
   usage_error "cancel budget '$budget_text' has a window longer than a week (168h); choose a shorter one"
 

@@ -38,6 +38,13 @@ KEPT = {
     "cloudtasks.v2": r"projects\.locations\.queues\.tasks\.(create|get)",
     "firestore.v1": r"projects\.databases\.documents\.(createDocument|get|commit|runQuery)",
 }
+#: The methods deploy.sh's definitions are sent to (through gcloud), kept in ``deploy/`` beside the others so
+#: the function's conformance check never sees them: log-based metrics, dashboards, alerting policies.
+DEPLOY_KEPT = {
+    "logging.v2": r"projects\.metrics\.(create|update)",
+    "monitoring.v1": r"projects\.dashboards\.(create|patch)",
+    "monitoring.v3": r"projects\.alertPolicies\.(create|patch)",
+}
 _TOP = ("kind", "id", "name", "version", "revision", "rootUrl", "servicePath", "baseUrl", "mtlsRootUrl", "endpoints")
 
 
@@ -83,7 +90,12 @@ def _resources(resources: dict[str, Any], pattern: re.Pattern[str], refs: set[st
 
 def _strip(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in ("description", "enumDescriptions")}
+        # A description is text; a dict under that key is a field named "description" (LogMetric has one).
+        return {
+            k: _strip(v)
+            for k, v in value.items()
+            if not (k == "enumDescriptions" or (k == "description" and isinstance(v, str)))
+        }
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
@@ -105,11 +117,13 @@ def main() -> None:
     parser.add_argument("wheel", type=pathlib.Path)
     wheel = parser.parse_args().wheel
     with zipfile.ZipFile(wheel) as archive:
-        for stem, kept in KEPT.items():
-            document = json.loads(archive.read(f"googleapiclient/discovery_cache/documents/{stem}.json"))
-            text = json.dumps(trim(document, kept), indent=1, sort_keys=True) + "\n"
-            (OUT / f"{stem}.json").write_text(text, encoding="utf-8")
-            print(f"{stem}: revision {document['revision']}")
+        for out, kept_by_stem in ((OUT, KEPT), (OUT / "deploy", DEPLOY_KEPT)):
+            for stem, kept in kept_by_stem.items():
+                document = json.loads(archive.read(f"googleapiclient/discovery_cache/documents/{stem}.json"))
+                text = json.dumps(trim(document, kept), indent=1, sort_keys=True) + "\n"
+                out.mkdir(exist_ok=True)
+                (out / f"{stem}.json").write_text(text, encoding="utf-8")
+                print(f"{out.name}/{stem}: revision {document['revision']}")
 
 
 if __name__ == "__main__":

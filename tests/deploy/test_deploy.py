@@ -705,6 +705,14 @@ def test_the_guard_rails_can_come_from_the_environment(cloud):
     )
 
 
+@pytest.mark.parametrize(("value", "pinned"), [("TRUE", True), ("True", True), ("false", False), ("", False)])
+def test_opcancel_paused_reads_as_the_function_reads_it(cloud, value, pinned):
+    result = cloud.run(*BASE, env={"OPCANCEL_PAUSED": value})
+
+    assert result.returncode == 0, result.stderr
+    assert function_environment(cloud).get("OPCANCEL_PAUSED") == ("true" if pinned else None)
+
+
 def test_without_guard_flags_the_functions_enforce_a_budget_of_100_an_hour_unpaused(cloud):
     cloud.deploy()
 
@@ -1405,6 +1413,7 @@ def test_a_failed_create_stops_the_run(cloud):
         ((*BASE, "--cancel-budget", "010/1h"), {}, "is not N/DURATION"),
         ((*BASE, "--cancel-budget", "none"), {}, "cancel budget 'none' is not N/DURATION"),
         ((*BASE, "--cancel-budget", "10/169h"), {}, "has a window longer than a week (168h)"),
+        ((*BASE, "--cancel-budget", "10001/1h"), {}, "allows more than 10000 cancels, the most the function counts"),
         ((*BASE, "--cancel-budget", "10/604801s"), {}, "has a window longer than a week"),
         ((*BASE, "--cancel-budget", ""), {}, "the cancel budget is set but empty"),
         (BASE, {"OPCANCEL_CANCEL_BUDGET": ""}, "the cancel budget is set but empty"),
@@ -1647,73 +1656,43 @@ def test_every_dry_run_command_passes_gcloud_s_own_parser(cloud, tmp_path):
     assert not refused, "gcloud did not stop at authentication for:\n" + "\n".join(refused)
 
 
-SDK_ROOT = Path(GCLOUD).resolve().parents[1] if GCLOUD else None
-SCHEMAS = {
-    # file prefix: the API message gcloud sends it as (monitoring v3 AlertPolicy, v1 Dashboard, logging v2 LogMetric)
-    "alert-policy": ("monitoring", "v3", "AlertPolicy"),
-    "dashboard": ("monitoring", "v1", "Dashboard"),
-    "metric-": ("logging", "v2", "LogMetric"),
+# Where gcloud sends each definition deploy.sh writes (file prefix: the create method's URL), checked against
+# Google's discovery documents for those methods (tests/data/discovery/deploy, devkit/discovery.py).
+CREATED_AT = {
+    "alert-policy": f"https://monitoring.googleapis.com/v3/projects/{PROJECT}/alertPolicies",
+    "dashboard": f"https://monitoring.googleapis.com/v1/projects/{PROJECT}/dashboards",
+    "metric-": f"https://logging.googleapis.com/v2/projects/{PROJECT}/metrics",
 }
+DEPLOY_DOCUMENTS = ROOT / "tests" / "data" / "discovery" / "deploy"
 
 
-@pytest.mark.skipif(
-    SDK_ROOT is None
-    or not (SDK_ROOT / "lib" / "googlecloudsdk" / "generated_clients" / "apis" / "monitoring").is_dir(),
-    reason="gcloud and its generated API messages are not installed: the definitions cannot be checked",
-)
-def test_every_definition_is_one_google_s_api_messages_accept(cloud):
+@pytest.mark.parametrize("budget", ["100/1h", "3/45s"])
+def test_every_definition_is_a_body_google_s_create_method_accepts(cloud, budget):
+    from devkit.discovery import Contract
+
+    contract = Contract.load(DEPLOY_DOCUMENTS)
     channel = f"--notification-channel=projects/{PROJECT}/notificationChannels/123"
-    dry = cloud.run(*BASE, "--allowed-parents", PARENTS, channel, "--cancel-budget", "3/45s", "--dry-run")
+    dry = cloud.run(*BASE, "--allowed-parents", PARENTS, channel, "--cancel-budget", budget, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     work = Path(re.search(r"kept in (.+)\.$", dry.stderr, re.MULTILINE).group(1))
     files = sorted(work.iterdir())
     assert len(files) == 9
-    for prefix, (service, version, message) in SCHEMAS.items():
-        chosen = [str(path) for path in files if path.name.startswith(prefix)]
-        assert chosen, prefix
-        process = subprocess.run(
-            [
-                sys.executable,
-                str(FAKE.with_name("gcloud_schema.py")),
-                str(SDK_ROOT),
-                service,
-                version,
-                message,
-                *chosen,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert process.returncode == 0, process.stdout + process.stderr
+    for path in files:
+        (url,) = [url for prefix, url in CREATED_AT.items() if path.name.startswith(prefix)]
+        contract.check_url("POST", url, path.read_bytes(), "application/json")
 
 
-def test_the_schema_check_refuses_an_unknown_field_and_an_unlisted_enum_value(tmp_path):
-    if SDK_ROOT is None:
-        pytest.skip("gcloud is not installed")
-    bad = tmp_path / "policy.json"
-    bad.write_text(json.dumps({"severity": "HUGE", "conditions": [{"conditionMatchedLog": {"filtre": "x"}}]}))
+def test_the_definitions_check_refuses_an_unknown_field_a_bad_enum_and_a_bad_duration():
+    from devkit.discovery import Contract, Violation
 
-    process = subprocess.run(
-        [
-            sys.executable,
-            str(FAKE.with_name("gcloud_schema.py")),
-            str(SDK_ROOT),
-            "monitoring",
-            "v3",
-            "AlertPolicy",
-            str(bad),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-    assert process.returncode == 1
-    assert f"{bad}.severity:" in process.stdout
-    assert f"{bad}.conditions.conditionMatchedLog.filtre:" in process.stdout
+    contract = Contract.load(DEPLOY_DOCUMENTS)
+    for body in (
+        {"displayName": "x", "conditions": [{"conditionMatchedLog": {"filtre": "x"}}]},
+        {"displayName": "x", "severity": "HUGE"},
+        {"displayName": "x", "alertStrategy": {"autoClose": "half an hour"}},
+    ):
+        with pytest.raises(Violation):
+            contract.check_url("POST", CREATED_AT["alert-policy"], json.dumps(body).encode(), "application/json")
 
 
 @pytest.mark.skipif(GCLOUD is None, reason="gcloud is not installed: its upload listing cannot be checked")
