@@ -19,6 +19,7 @@ from function import (
     AnonymousAuth,
     CloudTasksScheduler,
     FirestoreStore,
+    IdempotencyStore,
     InboundMessage,
     Logger,
     MemoryStore,
@@ -286,3 +287,42 @@ def open_store(spec: dict[str, Any], *, lease_s: float = 60.0, ttl_s: float = 8 
         emulator_host=spec["emulator_host"],
         transport=ConformingTransport(),
     )
+
+
+class DelegatingStore(IdempotencyStore):
+    """Any backend behind the store's rules: every storage primitive goes to ``backend``, so a test store
+    overrides only the primitives it breaks or counts."""
+
+    def __init__(self, backend: IdempotencyStore) -> None:
+        super().__init__(lease_s=backend.lease_s, ttl_s=backend.ttl_s)
+        self._backend = backend
+
+    def _load(self, key):
+        return self._backend._load(key)
+
+    def _create(self, record):
+        return self._backend._create(record)
+
+    def _replace(self, record, expected_version):
+        return self._backend._replace(record, expected_version)
+
+    def _delete_if_version(self, key, expected_version):
+        return self._backend._delete_if_version(key, expected_version)
+
+    def _checking(self):
+        return self._backend._checking()
+
+    def _load_document(self, key):
+        return self._backend._load_document(key)
+
+    def _create_document(self, document):
+        return self._backend._create_document(document)
+
+    def _replace_document(self, document, expected_version):
+        return self._backend._replace_document(document, expected_version)
+
+    def _delete_document(self, key, expected_version):
+        return self._backend._delete_document(key, expected_version)
+
+    def _documents_of_kind(self, kind):
+        return self._backend._documents_of_kind(kind)
