@@ -1,6 +1,6 @@
 """``bench/run``: every benchmark and the chaos run, side by side with their baselines; writes RESULTS.md.
 
-Usage: ``bench/run [--quick] [--only coldstart,warm,cost,checks,lag,chaos] [--output PATH]``. ``--quick`` runs
+Usage: ``bench/run [--quick] [--only coldstart,warm,cost,checks,lag,chaos,storm] [--output PATH]``. ``--quick`` runs
 each part briefly, to check the harness, not to measure. A run of some parts keeps the other parts' sections
 of the report it replaces, each marked with the run it came from. ``bench/run`` also names the interpreters the
 functions run under (``$BENCH_DEPLOYED_PYTHON``, ``$BENCH_OFFICIAL_PYTHON``, or ``--deployed-python``,
@@ -17,11 +17,11 @@ import sys
 import tempfile
 import time
 
-from bench import chaos, checks, coldstart, cost, lag, warm
+from bench import chaos, checks, coldstart, cost, lag, storm, warm
 from bench._harness import ROOT, Pythons, Services
 from bench.report import write_report
 
-PARTS = ("coldstart", "warm", "cost", "checks", "lag", "chaos")
+PARTS = ("coldstart", "warm", "cost", "checks", "lag", "chaos", "storm")
 FULL = {
     "cold_runs": 31,
     "warm_rounds": 21,
@@ -42,6 +42,8 @@ FULL = {
     "lag_durations": (1, 10, 60, 300),
     "lag_per_duration": 100,
     "lag_spread_s": 90.0,
+    # (store, requests, budget): 1,000 requests at once against a budget, as the issue asks.
+    "storms": (("firestore", 1000, 100), ("sqlite", 1000, 100)),
 }
 QUICK = {
     "cold_runs": 1,
@@ -55,6 +57,7 @@ QUICK = {
     "lag_durations": (1, 3),
     "lag_per_duration": 3,
     "lag_spread_s": 2.0,
+    "storms": (("sqlite", 50, 5),),
 }
 
 
@@ -143,6 +146,11 @@ def main(argv: list[str]) -> int:
                     mode=mode,
                 )
                 found["chaos"].append((seed, report))
+        if "storm" in parts:
+            found["storm"] = []
+            for store, requests, budget in plan["storms"]:
+                _say(f"storm: {requests} requests at once against a budget of {budget}, {store}")
+                found["storm"].append(storm.run(workdir, requests=requests, budget=budget, store=store))
     write_report(
         args.output,
         found,

@@ -18,6 +18,7 @@ from bench.checks import ChecksReport
 from bench.coldstart import ColdStart
 from bench.cost import Cost
 from bench.lag import WARM_UP, LagReport, policy_lag
+from bench.storm import StormReport
 from bench.warm import WARMUP_SPELL_S, WarmResults
 
 PACKAGES = ("functions-framework", "httpx", "google-auth", "google-cloud-pubsub", "google-cloud-securitycenter")
@@ -125,6 +126,7 @@ def write_report(
         "Delayed checks: Cloud Tasks beside redelivery": _checks(found["checks"]) if "checks" in found else "",
         "Result lag": _lag(found["lag"]) if "lag" in found else "",
         "Chaos run": _chaos(found["chaos"]) if "chaos" in found else "",
+        "Alert storm against a cancel budget": _storm(found["storm"]) if "storm" in found else "",
     }
     parts = [
         "# opcancel benchmarks\n",
@@ -501,6 +503,31 @@ def _dispatch_lateness(report: ChecksReport) -> str:
         return "—"
     waits = sorted(report.dispatch_lateness_s)
     return f"{percentile(waits, 0.5):.3f} s / {percentile(waits, 0.99):.3f} s"
+
+
+def _storm(runs: list[StormReport]) -> str:
+    rows = "\n".join(
+        f"| {r.store} | {r.requests} | {r.budget} | {r.instances} | **{r.cancels_sent}** | {r.outcomes.get('HELD', 0)} "
+        f"| {r.results} | {r.breaker_trips} | {r.redeliveries} | {r.to_last_result_s:.1f} s "
+        f"| {r.guard_ops_cancelled[0]} / {r.guard_ops_cancelled[1]} | {r.guard_ops_held[0]} / {r.guard_ops_held[1]} "
+        f"| {'exact' if r.exact else '**NOT EXACT**'} |"
+        for r in runs
+    )
+    return f"""## Alert storm against a cancel budget
+
+`bench/storm.py`: every request a thread, all released at once, over several pipelines (each its own
+store client and guard cache, as Cloud Run instances) sharing one store: Google's Firestore emulator,
+or an SQLite file. The Operations API simulator answers in-process. The goal: exactly the budget's
+cancels, every other request `HELD`, one result each, one breaker trip. Guard operations are the guard
+documents' reads and writes (conditional writes lost to a race included) per request, averaged over the
+requests that cancelled and those held; a request that lost 64 races in a row is sent again
+(redeliveries). The figures show contention on one document under a storm of simultaneous requests
+on this machine's emulator, not Firestore's latency.
+
+| store | requests | budget | instances | cancels sent | held | results | breaker trips | redeliveries | to the last result | guard reads / writes, cancelled | guard reads / writes, held | |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+"""
 
 
 def _chaos(runs: list[tuple[int, ChaosReport]]) -> str:

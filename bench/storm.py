@@ -209,7 +209,8 @@ def main() -> None:
             instances=arguments.instances,
             store=arguments.store,
         )
-    print(json.dumps({**dataclasses.asdict(report), "exact": report.exact}, indent=2))
+    shown = {item.name: getattr(report, item.name) for item in dataclasses.fields(report)}
+    print(json.dumps({**shown, "outcomes": dict(report.outcomes), "exact": report.exact}, indent=2))
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ class Contract:
         path: str,
         *,
         host: str | None = None,
-        query: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        query: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
         content_type: str = "",
     ) -> Method:

@@ -20,21 +20,25 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from ._backoff import Backoff, TryAgain, retry_context
 from ._clock import Clock, format_time
 from ._gcp.pubsub import Publisher
 from ._log import Logger
-from ._model import CancelRequest, Result
+from ._model import CancelRequest, Result, Source
 from ._names import escape_text
 from ._parsing import replay_body
 from ._settings import CancelBudget, Settings
 from ._store import IdempotencyStore
-from ._store.guard import Budget, HeldRequest, Pause, Trip
+from ._store.guard import Budget, Counted, HeldRequest, Pause, Trip
+from .errors import GuardContended
 
 #: How long an instance trusts the pause and the breaker it read: the SPEC has every instance see a pause
 #: within 10 seconds.
 STATE_CACHE_S = 10.0
 #: Who paused, when the pause is ``OPCANCEL_PAUSED=true``.
 PINNED = "OPCANCEL_PAUSED"
+#: Waiting out races for the budget document: bounded well inside a request's time, then retried later.
+BUDGET_RACES = Backoff(first_s=0.01, max_s=0.5, attempts=64, budget_s=20.0)
 
 
 class Verdict(enum.Enum):
@@ -66,6 +70,14 @@ class Decision:
     @property
     def released_by(self) -> str | None:
         return self.held.released_by if self.held is not None and self.held.released else None
+
+    @property
+    def trigger(self) -> Source | None:
+        """What triggered a released request: the one that was held (an alert, an HTTP caller), not the
+        operator's replay of it, which only carried it back; None for any other request."""
+        if self.released_by is None or self.held is None:
+            return None
+        return Source.from_json(self.held.result["source"])
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,7 @@ class Guard:
         # A request counted before the breaker tripped (redelivered, taken over) goes: its cancel may be out.
         if view.budget.tripped is not None and not view.budget.counts(request.idempotency_key, now, window_s):
             return self._tripped(view.budget.tripped)
-        counted = self._store.count_cancel(request.idempotency_key, now=now, limit=limit, window_s=window_s)
+        counted = self._count(request.idempotency_key, limit=limit, window_s=window_s)
         if counted.allowed:
             return Decision(Verdict.GO, budget_used=counted.used, budget_limit=limit, held=held)
         assert counted.tripped is not None
@@ -173,6 +185,21 @@ class Guard:
                 source=request.source.to_json(),
             )
         return self._tripped(counted.tripped)
+
+    def _count(self, key: str, *, limit: int, window_s: float) -> Counted:
+        """Count the cancel in the budget document, waiting out races for it with jittered backoff: under a
+        storm of simultaneous requests, losers that tried again at once would each spend a write a round
+        for nothing."""
+        try:
+            for attempt in retry_context(BUDGET_RACES, self._clock):
+                with attempt:
+                    counted = self._store.count_cancel(key, now=self._clock.now(), limit=limit, window_s=window_s)
+                    if counted is None:
+                        raise TryAgain("lost a race for the budget document")
+                    return counted
+        except TryAgain as given_up:
+            raise GuardContended(f"lost {given_up.attempts} races for the budget document") from None
+        raise AssertionError("retry_context ends in a return or a raise")
 
     def hold(self, request: CancelRequest, result: Result, because: HeldBecause) -> HeldRequest:
         """Keep the held request (unless it is kept already); ``reported`` on the answer says whether its HELD

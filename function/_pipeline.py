@@ -233,6 +233,8 @@ class Pipeline:
                 return self._dry_run(record, request)
             if decision.verdict is Verdict.HOLD:
                 return self._hold(record, request, decision)
+            if decision.trigger is not None:
+                request = dataclasses.replace(request, source=decision.trigger)
             if claim.resumed:
                 looked = self._get_before_cancel(record, request)
                 if isinstance(looked, ItemReport):
@@ -286,22 +288,23 @@ class Pipeline:
         """Keep the request for an operator and report HELD once; then free its key, which holding never binds."""
         ref = request.ref
         assert decision.because is not None
-        self._log.warning(
-            decision.error or "request held",
-            event="request_held",
-            held_because=decision.because.value,
-            operation=ref.name,
-            idempotency_key=request.idempotency_key,
-            budget_used=decision.budget_used,
-            budget_limit=decision.budget_limit,
-            source=request.source.to_json(),
-        )
         result = self._result(
             ref, request.idempotency_key, request.source, Outcome.HELD, decision.error, requested_at=record.requested_at
         )
         with self._released_on_trouble(record):
             held = self._guard.hold(request, result, decision.because)
             if not held.reported:
+                # Once per holding, as its result: a redelivery of a request held and reported adds nothing.
+                self._log.warning(
+                    decision.error or "request held",
+                    event="request_held",
+                    held_because=decision.because.value,
+                    operation=ref.name,
+                    idempotency_key=request.idempotency_key,
+                    budget_used=decision.budget_used,
+                    budget_limit=decision.budget_limit,
+                    source=request.source.to_json(),
+                )
                 self._finish(Result.from_json(held.result), key=record.key)
                 self._guard.reported(held)
         self._store.forgotten(record)

@@ -10,29 +10,16 @@ from collections import Counter
 import httpx
 import pytest
 
-from devkit.discovery import LEDGER, Contract, Violation, split_host
+from devkit.discovery import LEDGER
 from devkit.emulators import Emulator, EmulatorUnavailable
+from tests.support import check_contract
 
-#: Hosts of Google's credential flows: not Operations, Pub/Sub, Cloud Tasks or Firestore methods.
-_AUTH_HOSTS = frozenset({"oauth2.googleapis.com", "sts.googleapis.com", "iamcredentials.googleapis.com"})
-_VERSION_SEGMENT = ("/v1", "/v2", "/v3")
 _handle_mock_request = httpx.MockTransport.handle_request
 
 
 def _checked_mock_request(self: httpx.MockTransport, request: httpx.Request) -> httpx.Response:
-    """Every request a test's ``MockTransport`` answers is first held to Google's discovery documents.
-
-    A request for a Google host (in the URL or, behind ``OPCANCEL_API_ENDPOINT=.../{host}``, the first
-    path segment) is checked; so is a host-less one whose path starts with an API version (an endpoint
-    override). Metadata-server and token requests are neither."""
-    host, path = split_host(request.url.host, request.url.path)
-    if (host is not None and host not in _AUTH_HOSTS) or (host is None and path.startswith(_VERSION_SEGMENT)):
-        body = request.read()
-        try:
-            Contract.load().check_url(request.method, str(request.url), body, request.headers.get("content-type", ""))
-        except Violation as violation:
-            LEDGER.record(violation)
-            raise AssertionError(f"request outside Google's published contract: {violation}") from None
+    """Every request a test's ``MockTransport`` answers is first held to Google's discovery documents."""
+    check_contract(request)
     return _handle_mock_request(self, request)
 
 

@@ -6,17 +6,20 @@ import base64
 import io
 import json
 import pathlib
+import re
 import threading
 from typing import Any
 
 import httpx
 
 from devkit.cloudtasks import CloudTasks
+from devkit.discovery import LEDGER, Contract, Violation, split_host
 from devkit.simulator import Simulator
 from function import (
     AnonymousAuth,
     CloudTasksScheduler,
     FirestoreStore,
+    IdempotencyStore,
     InboundMessage,
     Logger,
     MemoryStore,
@@ -29,6 +32,41 @@ from function import (
     parse_time,
 )
 from function.errors import PublishFailed
+
+#: Hosts of Google's credential flows: not Operations, Pub/Sub, Cloud Tasks or Firestore methods.
+_AUTH_HOSTS = frozenset({"oauth2.googleapis.com", "sts.googleapis.com", "iamcredentials.googleapis.com"})
+_VERSION_SEGMENT = re.compile(r"/v[1-9][0-9a-z]*/")
+
+
+def check_contract(request: httpx.Request) -> None:
+    """Hold a request an adapter built to Google's discovery documents, or fail naming it and the rule.
+
+    A request for a Google host (in the URL or, behind ``OPCANCEL_API_ENDPOINT=.../{host}``, the first
+    path segment) is checked; so is a host-less one whose path starts with an API version (an endpoint
+    override, an emulator). Metadata-server and token requests are neither."""
+    host, path = split_host(request.url.host, request.url.path)
+    if (host is not None and host not in _AUTH_HOSTS) or (host is None and _VERSION_SEGMENT.match(path) is not None):
+        body = request.read()
+        try:
+            Contract.load().check_url(request.method, str(request.url), body, request.headers.get("content-type", ""))
+        except Violation as violation:
+            LEDGER.record(violation)
+            raise AssertionError(f"request outside Google's published contract: {violation}") from None
+
+
+class ConformingTransport(httpx.BaseTransport):
+    """A real transport that first holds each request to Google's documents: the Firestore emulator speaks
+    Firestore's REST API, so the store's requests are checked on their way to it."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
+        self._inner = inner or httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        check_contract(request)
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def checks_source(project: str = "test-project", topic: str = "opcancel-checks") -> str:
@@ -247,4 +285,44 @@ def open_store(spec: dict[str, Any], *, lease_s: float = 60.0, ttl_s: float = 8 
         auth=AnonymousAuth(),
         collection=spec["collection"],
         emulator_host=spec["emulator_host"],
+        transport=ConformingTransport(),
     )
+
+
+class DelegatingStore(IdempotencyStore):
+    """Any backend behind the store's rules: every storage primitive goes to ``backend``, so a test store
+    overrides only the primitives it breaks or counts."""
+
+    def __init__(self, backend: IdempotencyStore) -> None:
+        super().__init__(lease_s=backend.lease_s, ttl_s=backend.ttl_s)
+        self._backend = backend
+
+    def _load(self, key):
+        return self._backend._load(key)
+
+    def _create(self, record):
+        return self._backend._create(record)
+
+    def _replace(self, record, expected_version):
+        return self._backend._replace(record, expected_version)
+
+    def _delete_if_version(self, key, expected_version):
+        return self._backend._delete_if_version(key, expected_version)
+
+    def _checking(self):
+        return self._backend._checking()
+
+    def _load_document(self, key):
+        return self._backend._load_document(key)
+
+    def _create_document(self, document):
+        return self._backend._create_document(document)
+
+    def _replace_document(self, document, expected_version):
+        return self._backend._replace_document(document, expected_version)
+
+    def _delete_document(self, key, expected_version):
+        return self._backend._delete_document(key, expected_version)
+
+    def _documents_of_kind(self, kind):
+        return self._backend._documents_of_kind(kind)

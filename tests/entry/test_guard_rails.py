@@ -176,6 +176,7 @@ def test_a_held_request_is_reported_once_and_never_binds_its_key():
     for _ in range(3):
         assert send(client, name("held"), {"idempotency_key": "k"}).status_code == 200
     assert [r["outcome"] for r in rig.publisher.results()] == ["CANCELLED", "HELD"]
+    assert len(events(rig, "request_held")) == 1
     assert rig.store._load("explicit/k") is None
     (held,) = guard_of(rig).held()
     assert (held.key, held.operation, held.because, held.released) == ("explicit/k", name("held"), "breaker", False)
@@ -198,6 +199,9 @@ def test_a_released_request_is_sent_again_and_neither_counted_nor_stopped_by_the
     assert (status.used, status.tripped is not None) == (1, True)
     (audit,) = [a for a in events(rig, "cancel_sent") if a["operation"] == name("held")]
     assert (audit["released_by"], audit["reason"]) == ("ana", "alert storm")
+    # The trigger reported is the held request's own (its message), not the operator's replay.
+    assert audit["source"] == {"kind": "pubsub", "message_id": "m-1"}
+    assert rig.publisher.results()[-1]["source"] == {"kind": "pubsub", "message_id": "m-1"}
     assert [h.key for h in guard.held()] == [f"securitycenter.googleapis.com/{name('still-held')}"]
 
 

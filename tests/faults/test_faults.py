@@ -36,7 +36,7 @@ from function import (
     Pipeline as FunctionPipeline,
 )
 from function._store import IdempotencyStore
-from tests.support import FakeClock, MemoryPublisher, Rig, checks_source, open_store
+from tests.support import DelegatingStore, FakeClock, MemoryPublisher, Rig, checks_source, open_store
 
 NAME = "organizations/123456789/operations/slow-1-fault"
 
@@ -45,11 +45,11 @@ class Crash(BaseException):
     """The process dies here."""
 
 
-class CrashingStore(IdempotencyStore):
+class CrashingStore(DelegatingStore):
     """Delegates to a real store; dies just before or just after the write that moves a record into a state."""
 
     def __init__(self, inner: IdempotencyStore, crash: tuple[str, State | str] | None) -> None:
-        super().__init__(lease_s=inner.lease_s, ttl_s=inner.ttl_s)
+        super().__init__(inner)
         self._inner = inner
         self.crash = crash
 
@@ -77,37 +77,6 @@ class CrashingStore(IdempotencyStore):
         record = self._inner._advance(held, changed, now=now)
         self._die_if("after", moves_to)
         return record
-
-    # The inner store does the storage; these are never reached through the overrides above.
-    def _load(self, key):
-        raise NotImplementedError
-
-    def _create(self, record):
-        raise NotImplementedError
-
-    def _replace(self, record, expected_version):
-        raise NotImplementedError
-
-    def _delete_if_version(self, key, expected_version):
-        raise NotImplementedError
-
-    def _checking(self):
-        raise NotImplementedError
-
-    def _load_document(self, key):
-        return self._inner._load_document(key)
-
-    def _create_document(self, document):
-        return self._inner._create_document(document)
-
-    def _replace_document(self, document, expected_version):
-        return self._inner._replace_document(document, expected_version)
-
-    def _delete_document(self, key, expected_version):
-        return self._inner._delete_document(key, expected_version)
-
-    def _documents_of_kind(self, kind):
-        return self._inner._documents_of_kind(kind)
 
 
 REQUESTS_SOURCE = "//pubsub.googleapis.com/projects/test-project/topics/opcancel-requests"
@@ -382,13 +351,12 @@ def test_another_services_operation_survives_a_crash_after_each_step_with_one_ca
     assert result["idempotency_key"] == f"//aiplatform.googleapis.com/{name}"
 
 
-class ClaimedMeanwhile(IdempotencyStore):
+class ClaimedMeanwhile(DelegatingStore):
     """Any backend whose first create fails before landing, while another worker claims the same key in the
     same clock tick: that worker's record is the one this worker's read-back finds."""
 
     def __init__(self, backend: IdempotencyStore) -> None:
-        super().__init__(lease_s=backend.lease_s, ttl_s=backend.ttl_s)
-        self._backend = backend
+        super().__init__(backend)
         self.other_claim = None
 
     def _create(self, record):
@@ -420,9 +388,6 @@ class ClaimedMeanwhile(IdempotencyStore):
 
     def _delete_document(self, key, expected_version):
         return self._backend._delete_document(key, expected_version)
-
-    def _documents_of_kind(self, kind):
-        return self._backend._documents_of_kind(kind)
 
 
 def test_a_create_that_failed_while_another_worker_claimed_the_key_in_the_same_tick_does_not_hold_it(make_store):

@@ -245,3 +245,35 @@ def test_an_api_endpoint_whose_path_could_drop_or_bend_the_host_fails_start_up(e
 @pytest.mark.parametrize("endpoint", ["https://proxy/{host}", "http://127.0.0.1:8090/{host}/", "https://proxy/a/b"])
 def test_an_api_endpoint_with_host_as_a_whole_segment_starts(endpoint):
     assert Settings.from_env({"OPCANCEL_API_ENDPOINT": endpoint}).api_endpoint == endpoint.rstrip("/")
+
+
+def test_an_added_service_takes_the_shapes_and_cancel_body_its_entry_names():
+    entry = {"version": "v1", "host": "{location}-foo.googleapis.com", "shapes": ["locations"], "list_shapes": []}
+    settings = Settings.from_env({"OPCANCEL_SERVICES": json.dumps({"foo": {**entry, "cancel_body": True}})})
+    foo = settings.services.require("foo")
+    with pytest.raises(InvalidRequest, match="foo.googleapis.com operation names must be projects/P/locations/L"):
+        parse_name("//foo.googleapis.com/projects/my-proj/operations/op", settings.services)
+    with pytest.raises(InvalidRequest, match="documents no list method"):
+        parse_parent("//foo.googleapis.com/projects/my-proj/locations/l", settings.services)
+    assert foo.cancel_takes_body("v1")
+    plain = Settings.from_env(
+        {"OPCANCEL_SERVICES": json.dumps({"foo": {"version": "v1", "host": "foo.googleapis.com"}})}
+    )
+    assert not plain.services.require("foo").cancel_takes_body("v1")
+    assert parse_name("//foo.googleapis.com/projects/my-proj/operations/op", plain.services).location == GLOBAL
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"shapes": ["zones"]}, "not a name shape"),
+        ({"shapes": ["organizations"]}, "not a name shape"),
+        ({"shapes": []}, "at least one name shape"),
+        ({"shapes": "locations"}, "lists of strings"),
+        ({"cancel_body": "yes"}, "true or false"),
+    ],
+)
+def test_a_bad_shape_or_cancel_body_fails_start_up(fields, problem):
+    entry = {"version": "v1", "host": "foo.googleapis.com", **fields}
+    with pytest.raises(ConfigError, match=problem):
+        Settings.from_env({"OPCANCEL_SERVICES": json.dumps({"foo": entry})})

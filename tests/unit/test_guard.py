@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 
+import pytest
+
 from function import MemoryStore
 from function._envelopes import caller_email
 from function._guard import STATE_CACHE_S, Guard, HeldBecause, Verdict
@@ -14,6 +16,7 @@ from function._model import CancelRequest, Outcome, Result, Source, SourceKind
 from function._names import OperationRef
 from function._settings import CancelBudget
 from function._store.guard import BUDGET_KEY, PAUSE_KEY
+from function.errors import GuardContended
 from tests.support import FakeClock
 
 
@@ -200,3 +203,30 @@ def test_no_caller_where_the_header_holds_no_readable_email_claim():
         "Bearer " + "a" * 20_000,
     ):
         assert caller_email(authorization) is None
+
+
+class LosingRaces(CountingStore):
+    """Loses the budget document's race ``losses`` times before counting."""
+
+    def __init__(self, losses: int) -> None:
+        super().__init__()
+        self.losses = losses
+
+    def count_cancel(self, key, *, now, limit, window_s):
+        if self.losses:
+            self.losses -= 1
+            return None
+        return super().count_cancel(key, now=now, limit=limit, window_s=window_s)
+
+
+def test_races_lost_for_the_budget_document_are_waited_out_with_jittered_backoff():
+    clock = FakeClock()
+    rails = guard(LosingRaces(3), clock, budget=CancelBudget(5, 3600))
+    assert rails.decide(request("a")).verdict is Verdict.GO
+    assert len(clock.slept) == 3 and clock.slept[0] < clock.slept[2]
+
+
+def test_a_request_that_keeps_losing_the_race_is_retried_later_and_nothing_is_sent():
+    rails = guard(LosingRaces(1000), FakeClock(), budget=CancelBudget(5, 3600))
+    with pytest.raises(GuardContended):
+        rails.decide(request("a"))
