@@ -26,12 +26,13 @@ from ._gcp.pubsub import Publisher
 from ._guard import Decision, Guard, Verdict
 from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, read_check_body, result_message
-from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
+from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source, SourceKind
 from ._names import OperationRef, allows, escape_text
-from ._parsing import dry_run_key, parse_message, rejected_key, reported_key
+from ._parsing import Parsed, dry_run_key, parse_message, rejected_key, reported_key
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
+from ._store.guard import HeldRequest
 from .errors import ApiRejected, CheckNotDue, InvalidRequest, StaleFence, TransientError
 
 
@@ -141,14 +142,7 @@ class Pipeline:
 
     def handle_request(self, message: InboundMessage) -> Report:
         """Requests only: whatever the message looks like, it is never taken as a check."""
-        parsed = parse_message(
-            message,
-            default_version=self._settings.api_version,
-            allowed_parents=self._settings.allowed_parents,
-            services=self._settings.services,
-            protected_parents=self._settings.protected_parents,
-            shadow=self._guard.mode == "shadow",
-        )
+        parsed = self._parse(message)
         if parsed.ignored is not None:
             log = self._log.info if parsed.routine else self._log.warning
             log(
@@ -163,6 +157,44 @@ class Pipeline:
             self._guarded(r.ref.name, r.idempotency_key, lambda r=r: self._run_request(r)) for r in parsed.requests
         ]
         return Report(tuple(items))
+
+    def _parse(self, message: InboundMessage) -> Parsed:
+        return parse_message(
+            message,
+            default_version=self._settings.api_version,
+            allowed_parents=self._settings.allowed_parents,
+            services=self._settings.services,
+            protected_parents=self._settings.protected_parents,
+            shadow=self._guard.mode == "shadow",
+        )
+
+    def release(self, held: HeldRequest, *, by: str) -> ItemReport:
+        """``held release`` of a request no message can carry (its key holds an incident id escaped or cut):
+        marked released first, then its kept body parsed as any request is (validated, allow-listed, protected
+        parents refused) and run here under its own key and source, on this pipeline's store, scheduler and
+        results topic. The breaker lets it pass uncounted; the pause still holds it."""
+        if held.request is None:
+            raise ValueError(f"{held.key} is carried by a message: publish it again (Guard.release)")
+        source = Source.from_json(held.result["source"])
+
+        def work() -> ItemReport:
+            released = self._guard.mark_released(held, by=by)
+            parsed = self._parse(InboundMessage(data=held.request["data"].encode("utf-8"), kind=SourceKind.CLI))
+            if parsed.ignored is not None:
+                return ItemReport(held.operation, ItemStatus.REJECTED, _shown(held.key), detail=parsed.ignored)
+            if parsed.rejections:
+                rejection = dataclasses.replace(parsed.rejections[0], source=source, reported_key=_shown(held.key))
+                item = self._reject(rejection)
+            else:
+                request = dataclasses.replace(parsed.requests[0], idempotency_key=held.key, source=source)
+                item = self._run_request(request)
+            if item.outcome != Outcome.HELD.value:
+                # Answered (cancelled, refused, rejected): a held record left behind would only stay listed.
+                with contextlib.suppress(TransientError):
+                    self._guard.sent(released)
+            return item
+
+        return self._guarded(held.operation, held.key, work)
 
     def _guarded(self, operation: str | None, key: str | None, work: Callable[[], ItemReport]) -> ItemReport:
         try:
