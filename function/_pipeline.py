@@ -5,7 +5,8 @@ which each item says what happened, transient trouble included, and the
 runtime decides. Every result leaves through ``_finish``: store it, publish it,
 mark the key finished. The guard (``_guard``) is asked once, just before a
 request's first cancel: go, dry run (a ``get`` and a DRY_RUN result, under a
-key of its own) or hold (a HELD result, and the request's key freed).
+key of its own) or hold (a HELD result, and the request's key freed); the last two are
+``_guard_steps``'s.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ._clock import Clock, format_time
 from ._gcp.operations import CancelAnswer, OperationsApi, settle
 from ._gcp.pubsub import Publisher
 from ._guard import Decision, Guard, Verdict
+from ._guard_steps import GuardSteps, Outlet
 from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, read_check_body, result_message
 from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source, SourceKind
@@ -109,6 +111,8 @@ class Pipeline:
         self._clock = clock
         self._log = log
         self._scheduler = scheduler or RedeliveryScheduler(publisher, settings.checks_topic)
+        outlet = Outlet(self._result, self._refused, self._finish, self._released_on_trouble)
+        self._steps = GuardSteps(api=api, guard=self._guard, store=store, log=log, outlet=outlet)
         #: The CloudEvent source of the checks topic: the only place a check can come from.
         self._checks_source = (
             f"//pubsub.googleapis.com/projects/{settings.project}/topics/{settings.checks_topic}"
@@ -262,9 +266,11 @@ class Pipeline:
             with self._released_on_trouble(record):
                 decision = self._guard.decide(request)
             if decision.verdict is Verdict.DRY_RUN:
-                return self._dry_run(record, request)
+                return self._conclude(record, self._steps.dry_run(record, request))
             if decision.verdict is Verdict.HOLD:
-                return self._hold(record, request, decision)
+                again = self._steps.hold(record, request, decision)
+                status = ItemStatus.DUPLICATE if again else ItemStatus.ACCEPTED
+                return ItemReport(ref.name, status, _shown(request.idempotency_key), Outcome.HELD.value, decision.error)
             if decision.trigger is not None:
                 request = dataclasses.replace(request, source=decision.trigger)
             if claim.resumed:
@@ -294,54 +300,6 @@ class Pipeline:
             ),
         )
         return ItemReport(ref.name, ItemStatus.REJECTED, _shown(request.idempotency_key), Outcome.REJECTED.value, error)
-
-    def _dry_run(self, record: Record, request: CancelRequest) -> ItemReport:
-        """Look (one ``get``), never cancel: DRY_RUN with what the API showed, or what it refused."""
-        ref, checks = request.ref, record.checks + 1
-        try:
-            with self._released_on_trouble(record):
-                operation = self._api.get(ref)
-        except ApiRejected as refusal:
-            refused = self._refused(record, ref, request.source, refusal, checks=checks)
-            return self._conclude(record, dataclasses.replace(refused, dry_run=True))
-        result = self._result(
-            ref,
-            request.idempotency_key,
-            request.source,
-            Outcome.DRY_RUN,
-            None,
-            operation,
-            checks=checks,
-            requested_at=record.requested_at,
-        )
-        return self._conclude(record, dataclasses.replace(result, dry_run=True))
-
-    def _hold(self, record: Record, request: CancelRequest, decision: Decision) -> ItemReport:
-        """Keep the request for an operator and report HELD once; then free its key, which holding never binds."""
-        ref = request.ref
-        assert decision.because is not None
-        result = self._result(
-            ref, request.idempotency_key, request.source, Outcome.HELD, decision.error, requested_at=record.requested_at
-        )
-        with self._released_on_trouble(record):
-            held = self._guard.hold(request, result, decision.because)
-            if not held.reported:
-                # Once per holding, as its result: a redelivery of a request held and reported adds nothing.
-                self._log.warning(
-                    decision.error or "request held",
-                    event="request_held",
-                    held_because=decision.because.value,
-                    operation=ref.name,
-                    idempotency_key=request.idempotency_key,
-                    budget_used=decision.budget_used,
-                    budget_limit=decision.budget_limit,
-                    source=request.source.to_json(),
-                )
-                self._finish(Result.from_json(held.result), key=record.key)
-                self._guard.reported(held)
-        self._store.forgotten(record)
-        status = ItemStatus.ACCEPTED if not held.reported else ItemStatus.DUPLICATE
-        return ItemReport(ref.name, status, _shown(request.idempotency_key), Outcome.HELD.value, decision.error)
 
     def _get_before_cancel(self, record: Record, request: CancelRequest) -> Record | ItemReport:
         """On a key taken back before any cancel was recorded, look first: the earlier holder may have

@@ -60,11 +60,13 @@ def _chosen(rails: Guard, keys: tuple[str, ...], every: bool) -> list[HeldReques
     if every:
         return requests
     by_key = {request.key: request for request in requests}
-    # The key as the HELD result reported it (the sender's) names a request too, where only one has it.
-    reported: dict[str, list[HeldRequest]] = {}
+    # The key as the HELD result reported it (the sender's), or as `held` printed it (escaped), names a
+    # request too, where only one has it.
+    other_names: dict[str, list[HeldRequest]] = {}
     for request in requests:
-        reported.setdefault(str(request.result.get("idempotency_key")), []).append(request)
-    for key, named in reported.items():
+        for name in {str(request.result.get("idempotency_key")), safe(request.key)}:
+            other_names.setdefault(name, []).append(request)
+    for key, named in other_names.items():
         if len(named) == 1:
             by_key.setdefault(key, named[0])
     missing = [key for key in keys if key not in by_key]
