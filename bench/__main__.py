@@ -88,6 +88,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     plan = QUICK if args.quick else FULL
     found: dict[str, object] = {}
+    load_at_start = os.getloadavg()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="opcancel-bench-") as scratch:
         workdir = pathlib.Path(scratch)
@@ -115,6 +116,7 @@ def main(argv: list[str]) -> int:
         if "cost" in parts:
             _say("cost per cancellation")
             found["cost"] = cost.measure(workdir)
+            found["guard_cost"] = cost.measure_guard(workdir)
         if "checks" in parts:
             found["checks"] = []
             for mode in ("tasks", "redelivery"):
@@ -160,6 +162,7 @@ def main(argv: list[str]) -> int:
         # bench/run names its venvs in the environment; without them this was started as a module.
         command=" ".join(["bench/run" if "BENCH_DEPLOYED_PYTHON" in os.environ else "python -m bench", *argv]),
         elapsed_s=time.monotonic() - started,
+        load_at_start=load_at_start,
     )
     _say(f"wrote {args.output}")
     return 0

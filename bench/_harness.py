@@ -35,6 +35,9 @@ FUNCTIONS = {
     "floor": ROOT / "bench" / "functions" / "floor.py",
     "official": ROOT / "bench" / "functions" / "official.py",
     "opcancel": ROOT / "main.py",
+    # opcancel under a cancel budget (``bench/warm.py``, ``VARIANTS``): below it, and with its breaker open.
+    "opcancel-budget": ROOT / "main.py",
+    "opcancel-tripped": ROOT / "main.py",
     "chaos": ROOT / "bench" / "functions" / "chaos.py",
 }
 

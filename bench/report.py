@@ -113,16 +113,20 @@ def write_report(
     quick: bool,
     command: str,
     elapsed_s: float,
+    load_at_start: tuple[float, float, float] | None = None,
 ) -> None:
     # A run of some parts keeps the other parts' sections from the file it replaces, each marked with the
     # run it came from, so one part can be measured again without the hour the others take.
     earlier = _sections(path.read_text()) if path.exists() and not quick else {}
-    setting = _setting(command, elapsed_s, plan, pythons)
+    setting = _setting(command, elapsed_s, plan, pythons, load_at_start)
     origin = _origin(earlier.get("Setting", ""))
     written = {
         "Cold start": "\n".join(_coldstart(cold) for cold in found.get("coldstart", ())),
         "Warm load": _warm(found["warm"]) if "warm" in found else "",
         "Cost per cancellation": _cost(found["cost"]) if "cost" in found else "",
+        "The guard's cost per request": _guard_cost(found["guard_cost"], found.get("warm"))
+        if "guard_cost" in found
+        else "",
         "Delayed checks: Cloud Tasks beside redelivery": _checks(found["checks"]) if "checks" in found else "",
         "Result lag": _lag(found["lag"]) if "lag" in found else "",
         "Chaos run": _chaos(found["chaos"]) if "chaos" in found else "",
@@ -169,7 +173,13 @@ def _kept(section: str, origin: str) -> str:
     return f"{heading}\n\n_Kept from an earlier run: {origin}._\n{body}"
 
 
-def _setting(command: str, elapsed_s: float, plan: dict[str, Any], pythons: Pythons) -> str:
+def _setting(
+    command: str,
+    elapsed_s: float,
+    plan: dict[str, Any],
+    pythons: Pythons,
+    load_at_start: tuple[float, float, float] | None = None,
+) -> str:
     versions = ", ".join(f"{name} {version}" for name, version in pythons.versions(PACKAGES).items())
     # Only bench/run makes the venvs with deploy.sh's runtime; a run as a module uses the harness's Python.
     deployed = ", as deploy.sh deploys them" if pythons.deployed != sys.executable else " (the harness's)"
@@ -177,6 +187,7 @@ def _setting(command: str, elapsed_s: float, plan: dict[str, Any], pythons: Pyth
 
 - Command: `{command}` ({elapsed_s / 60:.1f} minutes), on {datetime.date.today().isoformat()}.
 - Machine: {_cpu()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB; {platform.system()} {platform.release()}.
+- Load: {_load_average(load_at_start)}.
 - Python {pythons.python_version("opcancel")} for opcancel and the functions built on it{deployed}; {pythons.python_version("official")} for the official client; the harness on
   {platform.python_version()}. {versions}.
 - Google Cloud SDK: {_gcloud_versions()}.
@@ -189,6 +200,14 @@ def _setting(command: str, elapsed_s: float, plan: dict[str, Any], pythons: Pyth
   requirements.txt, and bench/requirements.txt for the official client.
 - Plan: {plan}.
 """
+
+
+def _load_average(at_start: tuple[float, float, float] | None) -> str:
+    """The machine's load average (1, 5 and 15 minutes) at the start and the end: work beside the run's
+    shares the cores, and ratios measured side by side hold up better than absolute figures then."""
+    now = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    start = f"{', '.join(f'{value:.1f}' for value in at_start)} at the start, " if at_start else ""
+    return f"load average (1, 5, 15 min) {start}{now} at the end"
 
 
 def _coldstart(cold: ColdStart) -> str:
@@ -239,11 +258,13 @@ def _warm(results: WarmResults) -> str:
     concurrencies = sorted(next(iter(results.loads.values())))
     lines = []
     for concurrency in concurrencies:
-        for name, label in (("bare", "bare"), ("floor", "floor handler"), ("opcancel", "**opcancel**")):
+        for name, label in WARM_ROWS:
+            if name not in results.loads:
+                continue
             ratio = ""
-            if name == "opcancel":
-                low, high = results.ratio_spread("opcancel", "floor", concurrency)
-                ratio = f"{results.median_ratio('opcancel', 'floor', concurrency):.0%} ({low:.0%}–{high:.0%})"
+            if name.startswith("opcancel"):
+                low, high = results.ratio_spread(name, "floor", concurrency)
+                ratio = f"{results.median_ratio(name, 'floor', concurrency):.0%} ({low:.0%}–{high:.0%})"
             lines.append(
                 f"| {concurrency} | {label} | {results.median_rps(name, concurrency):.0f} "
                 f"| {results.median_p(name, concurrency, 0.5) * 1000:.1f} ms "
@@ -254,6 +275,13 @@ def _warm(results: WarmResults) -> str:
     goal_c = 8 if 8 in concurrencies else concurrencies[-1]
     share = results.median_ratio("opcancel", "floor", goal_c)
     p99 = results.median_ratio("opcancel", "floor", goal_c, 0.99)
+    budget_goal = ""
+    if "opcancel-budget" in results.loads:
+        budgeted = results.median_ratio("opcancel-budget", "floor", goal_c)
+        budget_goal = (
+            f"| with a cancel budget set, below it: at least 80% of the floor handler's requests/s "
+            f"| {budgeted:.1%} — {_verdict(budgeted >= 0.8)} |\n"
+        )
     worker, master = results.memory_kib["opcancel"]
     instance_mib = (worker + master) / 1024
     errors = {name: results.errors(name) for name in results.loads}
@@ -267,6 +295,15 @@ def _warm(results: WarmResults) -> str:
         f"| {name} | {w / 1024:.1f} MiB | {m / 1024:.1f} MiB | {(w + m) / 1024:.1f} MiB |"
         for name, (w, m) in results.memory_kib.items()
     )
+    variants = ""
+    if "opcancel-budget" in results.loads:
+        variants = """
+opcancel runs three times: without a budget (**opcancel**), with a budget it stays below (`opcancel,
+budget set`: `OPCANCEL_CANCEL_BUDGET=10000/1s`, so the budget document holds the last second's cancels,
+about as many as the requests per second; the deploy default, 100/1h, holds at most 100), and with its
+breaker open (`opcancel, breaker open`: a budget of one, spent in the warm-up, so every request is held
+and reported `HELD`). The guard's share is in [The guard's cost per request](#the-guards-cost-per-request).
+"""
     return f"""## Warm load
 
 Requests per second and latency through functions-framework, each client thread on one kept-alive
@@ -281,7 +318,7 @@ of the rounds' ratios. On this two-core machine the function, the simulator, Goo
 emulator and the load share the cores, so one round's ratio can be far from the median. "Worker CPU"
 is what the function's worker process used (user and system, `/proc`), per request. Failed
 requests: {errors}.
-
+{variants}
 The warm-up is long because of the emulator: its Java JIT makes each publish cheaper for minutes, and
 while it is costly every function's share of the cores is smaller. Its CPU per publish under the floor
 handler went from {warming["floor"][0]:.1f} ms in the warm-up's first turn to {warming["floor"][-1]:.1f} ms
@@ -296,7 +333,7 @@ rounds at concurrency {goal_c}, {emulator_rounds[0]:.1f} and {emulator_rounds[1]
 | --- | --- |
 | at least 80% of the floor handler's requests/s | {share:.1%} — {_verdict(share >= 0.8)} |
 | p99 no worse than 1.5× the floor handler's | {p99:.2f}× — {_verdict(p99 <= 1.5)} |
-
+{budget_goal}
 On Cloud Run an instance has its CPU to itself, and the API and Pub/Sub run elsewhere, so there the
 worker's CPU per request bounds what an instance serves. At concurrency {goal_c} opcancel's worker used
 {ours_cpu_ms:.2f} ms per request and the floor handler's
@@ -317,6 +354,64 @@ plus the memory only the master maps (its pages shared with the worker are alrea
 | --- | --- |
 | at most 80 MiB (done: at most 100 MiB) | {instance_mib:.1f} MiB — {_verdict(instance_mib <= 80, instance_mib <= 100)} |
 """
+
+
+WARM_ROWS = (
+    ("bare", "bare"),
+    ("floor", "floor handler"),
+    ("opcancel", "**opcancel**"),
+    ("opcancel-budget", "**opcancel, budget set**"),
+    ("opcancel-tripped", "opcancel, breaker open (held)"),
+)
+
+
+def _guard_cost(costs: list[Cost], warm: WarmResults | None) -> str:
+    rows = "\n".join(
+        f"| {c.scenario} | {c.api_calls['cancel']} | {c.publish_calls} | {c.store_reads} / {c.store_writes} "
+        f"| {c.guard_reads} / {c.guard_writes} |"
+        for c in costs
+    )
+    latency = ""
+    if warm is not None and "opcancel-budget" in warm.loads:
+        lines = []
+        for concurrency in sorted(warm.loads["opcancel"]):
+            for name, label in (("opcancel-budget", "budget set, below it"), ("opcancel-tripped", "breaker open")):
+                added = [
+                    (warm.median_p(name, concurrency, f) - warm.median_p("opcancel", concurrency, f)) * 1000
+                    for f in (0.5, 0.99)
+                ]
+                cpu = warm.median_worker_ms(name, concurrency) - warm.median_worker_ms("opcancel", concurrency)
+                low, high = warm.ratio_spread(name, "opcancel", concurrency)
+                lines.append(
+                    f"| {concurrency} | {label} | {warm.median_ratio(name, 'opcancel', concurrency):.0%} "
+                    f"({low:.0%}–{high:.0%}) | {added[0]:+.1f} ms | {added[1]:+.1f} ms | {cpu:+.2f} ms |"
+                )
+        latency = f"""
+What the guard adds to a warm request, from the warm load above (the same rounds; each figure the
+variant's median less opcancel's without a budget, and the requests/s ratio the median of the rounds'
+ratios, with the middle half in parentheses). With the breaker open a request makes no API call and is
+held: it is cheaper than a cancel, so its figures are what holding costs against cancelling.
+
+| concurrency | opcancel | req/s ÷ without a budget | p50 added | p99 added | worker CPU added |
+| --- | --- | --- | --- | --- | --- |
+{chr(10).join(lines)}
+"""
+    return f"""## The guard's cost per request
+
+Counted through the real pipeline, as the cost table above is (`bench/cost.py`, `GUARD_SCENARIOS`), on a
+warm instance: each scenario's instance served one request first, uncounted, because an instance reads
+the pause (and, with a budget, the budget document) on its first request and then at most every 10 s.
+Guard reads and writes are the guard documents' (the budget, the pause, `held/{{key}}`), apart from the
+idempotency records'; each is one Firestore request. Below the budget a request reads its held record
+(absent) and reads and conditionally writes the budget document; held, it writes its held record and
+frees its claim; the same request again only reads. Under simultaneous requests a conditional write of
+the budget document can lose a race and is tried again: [the storm](#alert-storm-against-a-cancel-budget)
+counts those.
+
+| request | cancel calls | publish calls | record reads / writes | guard reads / writes |
+| --- | --- | --- | --- | --- |
+{rows}
+{latency}"""
 
 
 def _cost(costs: list[Cost]) -> str:

@@ -33,7 +33,15 @@ from bench._harness import (
     push_body,
 )
 
-MEASURED = ("bare", "floor", "opcancel")
+MEASURED = ("bare", "floor", "opcancel", "opcancel-budget", "opcancel-tripped")
+#: opcancel's variants under the guard, by their settings. Below the budget: one so large it never trips,
+#: over a window of one second, so the budget document holds the last second's cancels (about as many as
+#: req/s; a full budget of the deploy default, 100/1h, holds 100). At the budget: a budget of one, spent by
+#: the warm-up's first request, so every later request is held by the open breaker and reported HELD.
+VARIANTS = {
+    "opcancel-budget": {"OPCANCEL_CANCEL_BUDGET": "10000/1s"},
+    "opcancel-tripped": {"OPCANCEL_CANCEL_BUDGET": "1/1h"},
+}
 #: Length of one function's turn in the warm-up.
 WARMUP_SPELL_S = 5.0
 
@@ -129,7 +137,9 @@ def measure(
             directory = workdir / f"warm-{name}"
             directory.mkdir()
             functions[name] = stack.enter_context(
-                services.running_function(name, services.environment(directory), log=directory / "function.log")
+                services.running_function(
+                    name, services.environment(directory, **VARIANTS.get(name, {})), log=directory / "function.log"
+                )
             )
 
         def load(name: str, function: RunningFunction, concurrency: int, seconds: float) -> Load:

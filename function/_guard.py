@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from ._gcp.pubsub import Publisher
 from ._log import Logger
 from ._model import CancelRequest, Result, Source
 from ._names import escape_text
-from ._parsing import replay_body
+from ._parsing import plain_body, replay_body
 from ._settings import CancelBudget, Settings
 from ._store import IdempotencyStore
 from ._store.guard import Budget, Counted, HeldRequest, Pause, Trip
@@ -214,6 +215,7 @@ class Guard:
             holds=1,
             result=result.to_json(),
             replay={"data": replay[0].decode("utf-8"), "attributes": replay[1]} if replay is not None else None,
+            request={"data": json.dumps(plain_body(request))} if replay is None else None,
         )
         return self._store.hold(held, now=now)
 
@@ -288,13 +290,19 @@ class Guard:
 
     def release(self, held: HeldRequest, *, by: str, publisher: Publisher, topic: str) -> HeldRequest:
         """Mark ``held`` released in the store, then publish it again to the requests topic: released first, so
-        the request finds itself released when it comes. A request that no message can carry is refused."""
+        the request finds itself released when it comes. A request no message can carry is refused here:
+        ``Pipeline.release`` runs it in-process instead."""
         if held.replay is None:
-            raise ValueError(f"{held.key} cannot be sent again: no message carries its key; drop it instead")
-        released = self._store.release(held, by=escape_text(by), now=self._clock.now())
+            raise ValueError(f"{held.key} cannot be published again: no message carries its key")
+        released = self.mark_released(held, by=by)
         replay = held.replay
         publisher.publish_all(topic, [(replay["data"].encode("utf-8"), dict(replay["attributes"]))])
         return released
+
+    def mark_released(self, held: HeldRequest, *, by: str) -> HeldRequest:
+        """Only mark ``held`` released (``StaleFence`` if it changed since it was read): whoever runs it next
+        passes the breaker uncounted. Only the operator's side calls this; nothing in a message can."""
+        return self._store.release(held, by=escape_text(by), now=self._clock.now())
 
     def drop(self, held: HeldRequest) -> bool:
         """Forget ``held`` without cancelling; False if it changed since it was read."""
@@ -335,5 +343,7 @@ def describe_held(held: HeldRequest) -> dict[str, Any]:
         "released_by": held.released_by,
         "released_at": format_time(held.released_at) if held.released_at is not None else None,
         "expires_at": format_time(held.expire_at),
-        "can_release": held.replay is not None,
+        "can_release": held.replay is not None or held.request is not None,
+        # Published to the requests topic, or (no message can carry its key) run by `held release` itself.
+        "release_path": "publish" if held.replay is not None else "in-process" if held.request is not None else None,
     }

@@ -505,9 +505,9 @@ def dry_run_key(key: str) -> str:
     return DRY_RUN_KEYS + key
 
 
-def replay_body(request: CancelRequest) -> tuple[bytes, dict[str, str]] | None:
-    """A message that parses back to ``request`` with its key (to release a held request by publishing it
-    again), or None where no message can carry that key."""
+def plain_body(request: CancelRequest) -> dict[str, Any]:
+    """A message naming ``request``'s operation with its fields (location, version, reason, deadline) and no
+    key: it parses back to the request under the key derived from the operation."""
     ref = request.ref
     body: dict[str, Any] = {"operation": ref.name if ref.service.is_scc else f"//{ref.service_name}/{ref.name}"}
     if ref.service.is_scc:
@@ -517,6 +517,15 @@ def replay_body(request: CancelRequest) -> tuple[bytes, dict[str, str]] | None:
         body["reason"] = request.reason
     if request.deadline_s is not None:
         body["deadline_seconds"] = request.deadline_s
+    return body
+
+
+def replay_body(request: CancelRequest) -> tuple[bytes, dict[str, str]] | None:
+    """A message that parses back to ``request`` with its key (to release a held request by publishing it
+    again), or None where no message can carry that key (an incident id escaped or cut in its key): such a
+    request is released in-process instead (``Pipeline.release``)."""
+    ref = request.ref
+    body = plain_body(request)
     key = request.idempotency_key
     if key.startswith(EXPLICIT_KEYS):
         sent = key[len(EXPLICIT_KEYS) :]

@@ -5,7 +5,8 @@ which each item says what happened, transient trouble included, and the
 runtime decides. Every result leaves through ``_finish``: store it, publish it,
 mark the key finished. The guard (``_guard``) is asked once, just before a
 request's first cancel: go, dry run (a ``get`` and a DRY_RUN result, under a
-key of its own) or hold (a HELD result, and the request's key freed).
+key of its own) or hold (a HELD result, and the request's key freed); the last two are
+``_guard_steps``'s.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from ._clock import Clock, format_time
 from ._gcp.operations import CancelAnswer, OperationsApi, settle
 from ._gcp.pubsub import Publisher
 from ._guard import Decision, Guard, Verdict
+from ._guard_steps import GuardSteps, Outlet
 from ._log import Logger, current_trace, traced
 from ._messages import check_body, check_from_body, read_check_body, result_message
-from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source
+from ._model import CancelRequest, CheckRequest, InboundMessage, Outcome, Rejection, Result, Source, SourceKind
 from ._names import OperationRef, allows, escape_text
-from ._parsing import dry_run_key, parse_message, rejected_key, reported_key
+from ._parsing import Parsed, dry_run_key, parse_message, rejected_key, reported_key
 from ._scheduler import RedeliveryScheduler, Scheduler
 from ._settings import Settings
 from ._store import Claim, ClaimStatus, IdempotencyStore, Record, State
+from ._store.guard import HeldRequest
 from .errors import ApiRejected, CheckNotDue, InvalidRequest, StaleFence, TransientError
 
 
@@ -108,6 +111,8 @@ class Pipeline:
         self._clock = clock
         self._log = log
         self._scheduler = scheduler or RedeliveryScheduler(publisher, settings.checks_topic)
+        outlet = Outlet(self._result, self._refused, self._finish, self._released_on_trouble)
+        self._steps = GuardSteps(api=api, guard=self._guard, store=store, log=log, outlet=outlet)
         #: The CloudEvent source of the checks topic: the only place a check can come from.
         self._checks_source = (
             f"//pubsub.googleapis.com/projects/{settings.project}/topics/{settings.checks_topic}"
@@ -141,14 +146,7 @@ class Pipeline:
 
     def handle_request(self, message: InboundMessage) -> Report:
         """Requests only: whatever the message looks like, it is never taken as a check."""
-        parsed = parse_message(
-            message,
-            default_version=self._settings.api_version,
-            allowed_parents=self._settings.allowed_parents,
-            services=self._settings.services,
-            protected_parents=self._settings.protected_parents,
-            shadow=self._guard.mode == "shadow",
-        )
+        parsed = self._parse(message)
         if parsed.ignored is not None:
             log = self._log.info if parsed.routine else self._log.warning
             log(
@@ -163,6 +161,44 @@ class Pipeline:
             self._guarded(r.ref.name, r.idempotency_key, lambda r=r: self._run_request(r)) for r in parsed.requests
         ]
         return Report(tuple(items))
+
+    def _parse(self, message: InboundMessage) -> Parsed:
+        return parse_message(
+            message,
+            default_version=self._settings.api_version,
+            allowed_parents=self._settings.allowed_parents,
+            services=self._settings.services,
+            protected_parents=self._settings.protected_parents,
+            shadow=self._guard.mode == "shadow",
+        )
+
+    def release(self, held: HeldRequest, *, by: str) -> ItemReport:
+        """``held release`` of a request no message can carry (its key holds an incident id escaped or cut):
+        marked released first, then its kept body parsed as any request is (validated, allow-listed, protected
+        parents refused) and run here under its own key and source, on this pipeline's store, scheduler and
+        results topic. The breaker lets it pass uncounted; the pause still holds it."""
+        if held.request is None:
+            raise ValueError(f"{held.key} is carried by a message: publish it again (Guard.release)")
+        source = Source.from_json(held.result["source"])
+
+        def work() -> ItemReport:
+            released = self._guard.mark_released(held, by=by)
+            parsed = self._parse(InboundMessage(data=held.request["data"].encode("utf-8"), kind=SourceKind.CLI))
+            if parsed.ignored is not None:
+                return ItemReport(held.operation, ItemStatus.REJECTED, _shown(held.key), detail=parsed.ignored)
+            if parsed.rejections:
+                rejection = dataclasses.replace(parsed.rejections[0], source=source, reported_key=_shown(held.key))
+                item = self._reject(rejection)
+            else:
+                request = dataclasses.replace(parsed.requests[0], idempotency_key=held.key, source=source)
+                item = self._run_request(request)
+            if item.outcome != Outcome.HELD.value:
+                # Answered (cancelled, refused, rejected): a held record left behind would only stay listed.
+                with contextlib.suppress(TransientError):
+                    self._guard.sent(released)
+            return item
+
+        return self._guarded(held.operation, held.key, work)
 
     def _guarded(self, operation: str | None, key: str | None, work: Callable[[], ItemReport]) -> ItemReport:
         try:
@@ -230,9 +266,11 @@ class Pipeline:
             with self._released_on_trouble(record):
                 decision = self._guard.decide(request)
             if decision.verdict is Verdict.DRY_RUN:
-                return self._dry_run(record, request)
+                return self._conclude(record, self._steps.dry_run(record, request))
             if decision.verdict is Verdict.HOLD:
-                return self._hold(record, request, decision)
+                again = self._steps.hold(record, request, decision)
+                status = ItemStatus.DUPLICATE if again else ItemStatus.ACCEPTED
+                return ItemReport(ref.name, status, _shown(request.idempotency_key), Outcome.HELD.value, decision.error)
             if decision.trigger is not None:
                 request = dataclasses.replace(request, source=decision.trigger)
             if claim.resumed:
@@ -262,54 +300,6 @@ class Pipeline:
             ),
         )
         return ItemReport(ref.name, ItemStatus.REJECTED, _shown(request.idempotency_key), Outcome.REJECTED.value, error)
-
-    def _dry_run(self, record: Record, request: CancelRequest) -> ItemReport:
-        """Look (one ``get``), never cancel: DRY_RUN with what the API showed, or what it refused."""
-        ref, checks = request.ref, record.checks + 1
-        try:
-            with self._released_on_trouble(record):
-                operation = self._api.get(ref)
-        except ApiRejected as refusal:
-            refused = self._refused(record, ref, request.source, refusal, checks=checks)
-            return self._conclude(record, dataclasses.replace(refused, dry_run=True))
-        result = self._result(
-            ref,
-            request.idempotency_key,
-            request.source,
-            Outcome.DRY_RUN,
-            None,
-            operation,
-            checks=checks,
-            requested_at=record.requested_at,
-        )
-        return self._conclude(record, dataclasses.replace(result, dry_run=True))
-
-    def _hold(self, record: Record, request: CancelRequest, decision: Decision) -> ItemReport:
-        """Keep the request for an operator and report HELD once; then free its key, which holding never binds."""
-        ref = request.ref
-        assert decision.because is not None
-        result = self._result(
-            ref, request.idempotency_key, request.source, Outcome.HELD, decision.error, requested_at=record.requested_at
-        )
-        with self._released_on_trouble(record):
-            held = self._guard.hold(request, result, decision.because)
-            if not held.reported:
-                # Once per holding, as its result: a redelivery of a request held and reported adds nothing.
-                self._log.warning(
-                    decision.error or "request held",
-                    event="request_held",
-                    held_because=decision.because.value,
-                    operation=ref.name,
-                    idempotency_key=request.idempotency_key,
-                    budget_used=decision.budget_used,
-                    budget_limit=decision.budget_limit,
-                    source=request.source.to_json(),
-                )
-                self._finish(Result.from_json(held.result), key=record.key)
-                self._guard.reported(held)
-        self._store.forgotten(record)
-        status = ItemStatus.ACCEPTED if not held.reported else ItemStatus.DUPLICATE
-        return ItemReport(ref.name, status, _shown(request.idempotency_key), Outcome.HELD.value, decision.error)
 
     def _get_before_cancel(self, record: Record, request: CancelRequest) -> Record | ItemReport:
         """On a key taken back before any cancel was recorded, look first: the earlier holder may have

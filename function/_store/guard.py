@@ -127,8 +127,8 @@ class Pause:
 
 @dataclass(frozen=True)
 class HeldRequest:
-    """A request the guard held: its HELD result (published once), how to send it again, and whether an
-    operator released it (the only thing that lets it past the breaker)."""
+    """A request the guard held: its HELD result (published once), how to send it again (``replay`` or
+    ``request``), and whether an operator released it (the only thing that lets it past the breaker)."""
 
     key: str
     operation: str
@@ -138,6 +138,9 @@ class HeldRequest:
     result: dict[str, Any]
     #: The message that parses back to the request and its key: ``{"data": text, "attributes": {...}}``.
     replay: dict[str, Any] | None
+    #: Where no message can carry the key: the request as a message without a key (``plain_body``), which
+    #: ``held release`` parses and runs in-process under ``key`` (``Pipeline.release``).
+    request: dict[str, Any] | None = None
     reported: bool = False
     released: bool = False
     released_by: str | None = None

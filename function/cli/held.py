@@ -8,9 +8,10 @@ import click
 
 from .._clock import format_time
 from .._guard import Guard, describe_held
+from .._pipeline import ItemStatus, Pipeline
 from .._store.guard import HeldRequest
 from ..errors import PublishFailed, StaleFence, TransientError
-from ._clients import CliClients, store_option
+from ._clients import CliClients, open_pipeline, store_option
 from ._common import json_option, pubsub_host
 from ._exits import CliFailure, Exit, failure, safe
 from .guard import by_option, open_guard, operator
@@ -59,11 +60,13 @@ def _chosen(rails: Guard, keys: tuple[str, ...], every: bool) -> list[HeldReques
     if every:
         return requests
     by_key = {request.key: request for request in requests}
-    # The key as the HELD result reported it (the sender's) names a request too, where only one has it.
-    reported: dict[str, list[HeldRequest]] = {}
+    # The key as the HELD result reported it (the sender's), or as `held` printed it (escaped), names a
+    # request too, where only one has it.
+    other_names: dict[str, list[HeldRequest]] = {}
     for request in requests:
-        reported.setdefault(str(request.result.get("idempotency_key")), []).append(request)
-    for key, named in reported.items():
+        for name in {str(request.result.get("idempotency_key")), safe(request.key)}:
+            other_names.setdefault(name, []).append(request)
+    for key, named in other_names.items():
         if len(named) == 1:
             by_key.setdefault(key, named[0])
     missing = [key for key in keys if key not in by_key]
@@ -79,22 +82,38 @@ def _chosen(rails: Guard, keys: tuple[str, ...], every: bool) -> list[HeldReques
 @click.pass_context
 def release(context: click.Context, keys: tuple[str, ...], every: bool, by: str | None) -> None:
     """Send held requests through again (each with its key and source): the breaker lets them pass
-    uncounted; the pause, validation, the allow-list and deduplication still apply."""
+    uncounted; the pause, validation, the allow-list and deduplication still apply. Each is published to the
+    requests topic; one no message can carry (an incident id escaped or cut in its key) is run here, through
+    the function's pipeline on its store, as `resume` runs chains."""
     clients: CliClients = context.obj
-    if clients.publisher is None:
+    store_choice = context.meta.get("store_choice")
+    rails = open_guard(clients, store_choice)
+    chosen = _chosen(rails, keys, every)
+    if clients.publisher is None and any(request.replay is not None for request in chosen):
         raise CliFailure(
             "held release publishes to the requests topic: set GOOGLE_CLOUD_PROJECT", Exit.BAD_CONFIGURATION
         )
-    rails = open_guard(clients, context.meta.get("store_choice"))
-    for request in _chosen(rails, keys, every):
+    pipeline: Pipeline | None = None
+    unfinished = []
+    for request in chosen:
         if request.released:
             click.echo(safe(f"{request.key}: released already by {request.released_by}; sent again"))
+        if request.replay is None and request.request is not None:
+            pipeline = pipeline or open_pipeline(clients, store_choice)
+            item = pipeline.release(request, by=by or operator())
+            fate = item.outcome or item.status.value
+            detail = f": {item.detail}" if item.detail and item.outcome != "HELD" else ""
+            click.echo(safe(f"released {request.key} ({request.operation}): run here, {fate}{detail}"))
+            if item.status is ItemStatus.RETRY:
+                unfinished.append(request.key)
+            continue
+        assert clients.publisher is not None
         try:
             rails.release(
                 request, by=by or operator(), publisher=clients.publisher, topic=clients.settings.requests_topic
             )
         except ValueError as refusal:
-            raise CliFailure(safe(str(refusal)), Exit.REJECTED) from None
+            raise CliFailure(safe(f"{refusal}; drop it instead"), Exit.REJECTED) from None
         except StaleFence:
             raise CliFailure(
                 safe(f"{request.key} changed while being released; run it again"), Exit.UNAVAILABLE
@@ -105,6 +124,10 @@ def release(context: click.Context, keys: tuple[str, ...], every: bool, by: str 
             raise failure(problem) from None
         click.echo(
             safe(f"released {request.key} ({request.operation}): published to {clients.settings.requests_topic}")
+        )
+    if unfinished:
+        raise CliFailure(
+            safe(f"not finished (see the log): {', '.join(unfinished)}; run held release again"), Exit.UNAVAILABLE
         )
 
 

@@ -35,6 +35,8 @@ class GuardRig:
             clock=self.rig.clock,
             publisher=self.rig.publisher if project else None,
             store=lambda chosen: SqliteStore(chosen.sqlite_path, lease_s=60, ttl_s=settings.record_ttl_s),
+            # The function's own pipeline on the same file, as `resume` and `held release` open it.
+            pipeline=lambda chosen: self.rig.service,
         )
 
     def run(self, *args: str):
@@ -182,3 +184,72 @@ def test_the_command_line_never_cancels_or_publishes_a_protected_parent_but_may_
         assert "is protected: organizations/1 is in OPCANCEL_PROTECTED_PARENTS" in result.output
     assert cli_rig.simulator.cancel_calls() == [] and cli_rig.publisher.messages == []
     assert cli_rig.run("get", "organizations/1/operations/a").exit_code == 0
+
+
+def incident(incident_id: str, operation: str) -> str:
+    return json.dumps(
+        {
+            "version": "1.2",
+            "incident": {
+                "incident_id": incident_id,
+                "state": "open",
+                "policy_name": "storm",
+                "documentation": {"content": f"cancel {operation}"},
+            },
+        }
+    )
+
+
+def test_release_all_cancels_and_reports_each_held_item_of_a_batch_and_of_an_alert_storm_once(state):
+    state.rig.send("organizations/1/operations/first")
+    batch = [f"organizations/1/operations/item-{i}" for i in range(3)]
+    state.rig.send(json.dumps({"operations": batch, "idempotency_key": "K"}), message_id="m-batch")
+    # Incident ids no message can carry back into their keys: one escaped in it, one too long, keyed by a digest.
+    for i, incident_id in enumerate(("0.storm\\1", "0." + "x" * 300)):
+        state.rig.send(incident(incident_id, f"organizations/1/operations/alert-{i}"), message_id=f"m-alert-{i}")
+    held = json.loads(state.run("held", "--json").stdout)
+    assert [row["release_path"] for row in held] == ["publish"] * 3 + ["in-process"] * 2
+    assert all(row["can_release"] for row in held)
+    released = state.run("held", "release", "--all", "--by", "ana")
+    assert released.exit_code == 0, released.output
+    lines = released.stdout.splitlines()
+    assert [line.endswith(": published to opcancel-requests") for line in lines] == [True] * 3 + [False] * 2
+    assert all(line.endswith(": run here, CANCELLED") for line in lines[3:])
+    state.deliver_released()
+    state.deliver_released()
+    # Each held item cancelled once and reported once as HELD, then once as CANCELLED.
+    paths = [call.path for call in state.rig.simulator.cancel_calls()]
+    assert len(paths) == len(set(paths)) == 1 + 5
+    outcomes: dict[str, list[str]] = {}
+    for result in state.rig.publisher.results():
+        outcomes.setdefault(result["operation"], []).append(result["outcome"])
+    assert outcomes.pop("organizations/1/operations/first") == ["CANCELLED"]
+    assert outcomes == {row["operation"]: ["HELD", "CANCELLED"] for row in held}
+    status = json.loads(state.run("guard", "status", "--json").stdout)
+    assert (status["budget_used"], status["held"], status["breaker"] is not None) == (1, 0, True)
+    # The released alert's result names its incident, not the command line.
+    (alert,) = [
+        r for r in state.rig.publisher.results() if r["operation"].endswith("alert-0") and r["outcome"] == "CANCELLED"
+    ]
+    assert alert["source"] == {
+        "kind": "alert",
+        "message_id": "m-alert-0",
+        "incident_id": "0.storm\\\\1",
+        "policy_name": "storm",
+    }
+
+
+def test_a_request_released_in_process_is_still_held_by_the_pause_and_listed_again(state):
+    state.trip()
+    state.rig.send(incident("0.storm\\2", "organizations/1/operations/alert"), message_id="m-alert")
+    # Named as `held` prints it: the backslash escaped, as every key printed for a terminal is.
+    (key,) = [line.split()[0] for line in state.run("held").stdout.splitlines() if "operations/alert " in line]
+    assert "0.storm\\\\\\\\2" in key
+    state.run("guard", "pause", "--by", "bo")
+    state.rig.clock.advance(10)
+    released = state.run("held", "release", key, "--by", "ana")
+    assert released.exit_code == 0, released.output
+    assert released.stdout.endswith(" (organizations/1/operations/alert): run here, HELD\n")
+    (row,) = [row for row in json.loads(state.run("held", "--json").stdout) if row["operation"].endswith("alert")]
+    assert (row["holds"], row["held_because"], row["released"]) == (2, "paused", False)
+    assert len(state.rig.simulator.cancel_calls()) == 1

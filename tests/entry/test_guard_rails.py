@@ -241,6 +241,38 @@ def test_the_replay_of_an_alert_s_held_request_keeps_its_incident_key_and_source
     assert result["source"]["incident_id"] == "0.abc"
 
 
+def test_every_held_item_of_a_batch_and_of_an_alert_storm_is_released_cancelled_once_and_reported_once():
+    client, rig = serve("on_event", dataclasses.replace(BASE, cancel_budget=CancelBudget(1, 3600.0)))
+    send(client, name("first"))
+    send(client, {"operations": [name(f"item-{i}") for i in range(3)], "idempotency_key": "K"}, message_id="m-b")
+    for i, incident_id in enumerate(("0.storm\\1", "0." + "x" * 300)):
+        alert = {"incident_id": incident_id, "state": "open", "documentation": {"content": name(f"alert-{i}")}}
+        send(client, {"version": "1.2", "incident": alert}, message_id=f"m-alert-{i}")
+    guard = guard_of(rig)
+    held = guard.held()
+    assert len(held) == 5
+    for request in held:
+        if request.replay is not None:
+            guard.release(request, by="ana", publisher=rig.publisher, topic=rig.settings.requests_topic)
+        else:
+            # No message can carry its key: the operator's side runs it through the function's own pipeline.
+            item = rig.service.release(request, by="ana")
+            assert item.outcome == "CANCELLED"
+    for i, (data, attributes) in enumerate(rig.publisher.on("opcancel-requests")):
+        for delivery in range(2):
+            send(client, data.decode(), attributes, message_id=f"m-replayed-{i}-{delivery}")
+    outcomes: dict[str, list[str]] = {}
+    for result in rig.publisher.results():
+        outcomes.setdefault(result["operation"], []).append(result["outcome"])
+    assert outcomes.pop(name("first")) == ["CANCELLED"]
+    assert outcomes == {request.operation: ["HELD", "CANCELLED"] for request in held}
+    paths = [call.path for call in rig.simulator.cancel_calls()]
+    assert len(paths) == len(set(paths)) == 6
+    audit = [a for a in events(rig, "cancel_sent") if a.get("released_by")]
+    assert len(audit) == 5 and {a["source"]["kind"] for a in audit} == {"pubsub", "alert"}
+    assert (guard.status().used, guard.held()) == (1, [])
+
+
 # The pause
 
 

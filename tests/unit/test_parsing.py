@@ -1410,3 +1410,18 @@ def test_a_held_request_s_replay_parses_back_to_the_same_request_and_key(body, a
     assert again.idempotency_key == original.idempotency_key
     assert (again.ref, again.reason, again.deadline_s) == (original.ref, original.reason, original.deadline_s)
     assert (again.source.kind, again.source.incident_id) == (original.source.kind, original.source.incident_id)
+
+
+@pytest.mark.parametrize(
+    "incident_id",
+    ["0.storm\\1", "0.storm\n1", "0." + "x" * 300],
+)
+def test_an_incident_key_no_message_can_carry_has_no_replay_but_a_plain_body_of_the_same_request(incident_id):
+    from function._parsing import plain_body, replay_body
+
+    incident = {"incident_id": incident_id, "state": "open", "documentation": {"content": name("a")}}
+    original = parse({"version": "1.2", "incident": incident}).requests[0]
+    assert replay_body(original) is None
+    again = parse(plain_body(original)).requests[0]
+    assert (again.ref, again.reason, again.deadline_s) == (original.ref, original.reason, original.deadline_s)
+    assert again.idempotency_key == original.ref.identity
