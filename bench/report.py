@@ -405,9 +405,10 @@ def _lag(reports: list[LagReport]) -> str:
     early = [d for d in durations if d <= 10 and ours.of(d)]
     if early:
         worst = max(ours.lag(d, 0.99) for d in early)
-        shown = ", ".join(
-            f"{d} s: {ours.lag(d, 0.99):.2f} s (median {ours.lag(d, 0.5):.2f} s), "
+        shown = "; ".join(
+            f"{d} s: {ours.lag(d, 0.99):.2f} s, "
             + ("within it" if ours.lag(d, 0.99) <= 3.0 else "over it")
+            + f" (median {ours.lag(d, 0.5):.2f} s; {sum(e.lag_s <= 3.0 for e in ours.of(d))} of {len(ours.of(d))} within 3 s)"
             for d in early
         )
         # Where the policy alone overshoots the goal, no platform meets it: say so beside the verdict.
