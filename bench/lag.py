@@ -69,14 +69,27 @@ def policy_of(settings: dict[str, str]) -> PollingPolicy:
     )
 
 
+def planned_checks(policy: PollingPolicy, until_s: float) -> list[float]:
+    """When the policy's checks fall after the cancel, the immediate ``get`` at 0, up to the first at or after
+    ``until_s``: each its delay after the one before was due, as the function plans them."""
+    times, attempt = [0.0], 0
+    while times[-1] < until_s:
+        attempt += 1
+        times.append(times[-1] + policy.delay_before(attempt))
+    return times
+
+
 def policy_lag(policy: PollingPolicy, duration_s: float) -> float:
     """The lag the policy alone gives an operation ending ``duration_s`` after its cancel: the first check at or
     after the end, less the end, with every check taking no time."""
-    at, attempt = 0.0, 0
-    while at < duration_s:
-        attempt += 1
-        at += policy.delay_before(attempt)
-    return at - duration_s
+    return planned_checks(policy, duration_s)[-1] - duration_s
+
+
+def beyond_reach(policy: PollingPolicy, *, within_s: float, goal_s: float) -> list[tuple[float, float]]:
+    """The checks (one, the next) around each span of end times up to ``within_s`` that the policy alone sees
+    more than ``goal_s`` late: an operation ending just after one is seen at the next, whatever the platform."""
+    times = planned_checks(policy, within_s)
+    return [(one, following) for one, following in zip(times, times[1:], strict=False) if following - one > goal_s]
 
 
 @dataclass(frozen=True)
@@ -101,8 +114,8 @@ class LagReport:
     #: First dispatch attempt less the task's schedule time: the stand-in's part of the lag.
     dispatch_lateness_s: list[float] = field(default_factory=list)
     #: For each check that scheduled another: from its task's schedule time to the next task's create, that is
-    #: the stand-in, the emulator's push and the function's run. Each check's due time is reckoned from when
-    #: the one before ran, so this adds up along a chain; on Google it is Cloud Tasks', Pub/Sub's and the
+    #: the stand-in, the emulator's push and the function's run. Each check's due time is reckoned from the one
+    #: before it, so this does not add up along a chain; on Google it is Cloud Tasks', Pub/Sub's and the
     #: function's instead.
     check_turnaround_s: list[float] = field(default_factory=list)
     #: Store writes of a chain of n delayed checks, by n, counted by replaying one (``bench/cost.py``).

@@ -114,6 +114,9 @@ class PollingPolicy:
         growth = self.multiplier ** min(exponent, 64)
         return min(self.initial_delay_s * growth, self.max_delay_s)
 
-    def due(self, attempt: int, *, now: float, deadline_at: float) -> float:
-        """When check ``attempt`` is due: exponential backoff, never past the deadline."""
-        return min(now + self.delay_before(attempt), deadline_at)
+    def due(self, attempt: int, *, previous_due_at: float, now: float, deadline_at: float) -> float:
+        """When check ``attempt`` is due: its delay after the check before it was due (the cancel's acceptance,
+        for the first), so the time each check takes to arrive and run does not push back every later one.
+        Never before ``now``: a check that ran late is followed by one due at once, and the plan goes on from
+        there rather than catching up with a burst. Never past the deadline."""
+        return min(max(previous_due_at + self.delay_before(attempt), now), deadline_at)

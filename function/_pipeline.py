@@ -391,11 +391,19 @@ class Pipeline:
             )
             return self._conclude(record, result)
         attempt = record.attempt + 1
+        # The chain's plan, from the record: when the check that just ran was due, or the cancel was accepted.
+        previous_due_at = record.due_at if record.due_at is not None else record.cancel_accepted_at
+        due_at = self._settings.polling.due(
+            attempt,
+            previous_due_at=previous_due_at if previous_due_at is not None else now,
+            now=now,
+            deadline_at=deadline_at,
+        )
         check = CheckRequest(
             ref=ref,
             idempotency_key=record.key,
             attempt=attempt,
-            due_at=self._settings.polling.due(attempt, now=now, deadline_at=deadline_at),
+            due_at=due_at,
             deadline_at=deadline_at,
             requested_at=record.requested_at,
             source=source,

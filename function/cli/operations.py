@@ -294,7 +294,8 @@ def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, po
     progress = _progress(ref.name, accepted_at, clock)
     if policy is not None:
         progress(f"cancel accepted; waiting up to {seconds(policy.deadline_s)}")
-    attempt = 0
+    # The immediate get is check 0, due when the cancel was accepted; each wait counts from the last due time.
+    attempt, due = 0, accepted_at
     while True:
         try:
             operation = clients.api.get(ref)
@@ -314,7 +315,7 @@ def _cancel(clients: CliClients, request: CancelRequest, requested_at: float, po
         if policy is None:
             return running
         attempt += 1
-        due = policy.due(attempt, now=now, deadline_at=deadline_at)
+        due = policy.due(attempt, previous_due_at=due, now=now, deadline_at=deadline_at)
         progress(f"get {running.checks}: still running; next get in {seconds(due - now)}")
         clock.sleep(due - now)
 

@@ -214,6 +214,31 @@ def test_wait_times_out_at_the_deadline_with_the_last_get_on_it(rig):
     assert rig.clock.slept == [5.0, 10.0, 20.0, 40.0, 45.0]
 
 
+class Slow(httpx.BaseTransport):
+    """The simulator, each call taking ``seconds`` on the clock it is given once the rig has one."""
+
+    def __init__(self, simulator: Simulator, seconds: float) -> None:
+        self.inner, self.seconds = httpx.WSGITransport(app=simulator), seconds
+        self.clock: FakeClock | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        assert self.clock is not None
+        self.clock.advance(self.seconds)
+        return response
+
+
+def test_wait_keeps_the_policys_schedule_however_long_each_get_takes():
+    simulator = Simulator()
+    slow = Slow(simulator, 0.5)
+    rig = Rig(simulator=simulator, transport=slow)
+    slow.clock = rig.clock
+    assert rig.run("cancel", f"{ORG}/operations/stuck-x", "--wait").exit_code == Exit.TIMED_OUT
+    # Gets due 5, 15, 35, 75 s after the cancel was accepted, then the 120 s deadline: each sleep is what is left
+    # of the wait once its get (0.5 s) came back.
+    assert rig.clock.slept == [4.5, 9.5, 19.5, 39.5, 44.5]
+
+
 def test_interval_and_timeout_replace_the_policy(rig):
     result = rig.run("cancel", f"{ORG}/operations/stuck-x", "--wait", "--interval", "2", "--timeout", "7", "--json")
     assert result.exit_code == Exit.TIMED_OUT

@@ -96,6 +96,24 @@ def test_a_chain_ends_in_one_result_with_each_check_delivered_once(mode):
         assert all(task.succeeded_at == task.schedule_time for task in tasks)
 
 
+def test_checks_delivered_late_keep_the_chains_schedule(mode):
+    """However long each check takes to arrive and run, the next is due its delay after this one was due."""
+    chain = Chain(mode)
+    start = chain.rig.clock.now()
+    chain.request("organizations/123456789/operations/stuck-late-chain")
+    due_times = []
+    for _ in range(4):
+        (check,) = chain.next_checks()
+        due_at = parse_time(json.loads(check.data)["due_at"])
+        due_times.append(due_at - start)
+        chain.rig.clock.current = due_at + 0.4
+        assert chain.deliver_check(check) == ["ack"]
+    assert due_times == [5, 15, 35, 75]
+    if mode == "tasks":
+        schedule = sorted(task.schedule_time - start for task in chain.rig.cloudtasks.tasks.values())
+        assert schedule == [5, 15, 35, 75, 135]
+
+
 # --- recognised by where it came from --------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from bench._harness import median_interval
-from bench.lag import policy_lag, schedule
+from bench.lag import beyond_reach, policy_lag, schedule
 from bench.report import _kept, _origin, _sections
 from function import PollingPolicy
 
@@ -43,6 +43,13 @@ def test_the_policys_own_lag_is_the_first_check_at_or_after_the_end_less_the_end
     assert policy_lag(policy, 300) == pytest.approx(69.2578125 + 12 * 20 - 300)
     old = PollingPolicy(initial_delay_s=5.0, multiplier=2.0, max_delay_s=300.0, deadline_s=3600.0)
     assert [policy_lag(old, d) for d in (1, 10, 60, 300)] == [4.0, 5.0, 15.0, 15.0]
+
+
+def test_the_end_times_within_10_s_that_the_policy_alone_sees_more_than_3_s_late():
+    policy = PollingPolicy(initial_delay_s=1.0, multiplier=1.5, max_delay_s=20.0, deadline_s=3600.0)
+    # Ends in (4.75, 5.125) wait for the check at 8.125 s; ends in (8.125, 10] for the one at 13.1875 s.
+    assert beyond_reach(policy, within_s=10, goal_s=3.0) == [(4.75, 8.125), (8.125, 13.1875)]
+    assert beyond_reach(policy, within_s=4, goal_s=3.0) == []
 
 
 def test_every_operation_is_published_so_that_it_ends_within_the_spread_plus_the_longest_duration():

@@ -13,7 +13,7 @@ from function._messages import RESULT_EVENT_TYPE, event_id
 from function._parsing import REJECTED_KEYS
 from function._pipeline import payload_hash
 from function._store import ClaimStatus
-from tests.support import DATA_DIR, TEST_POLICY, Rig, open_store
+from tests.support import DATA_DIR, TEST_POLICY, FakeClock, Rig, open_store
 
 ORG = "123456789"
 
@@ -145,6 +145,57 @@ def test_checks_back_off_exponentially_until_the_deadline_then_time_out(rig):
     assert result["checks"] == len(due_times) + 1
     assert "deadline" in result["error"]
     assert result["final_operation"]["done"] is False
+
+
+def test_checks_that_run_late_keep_the_chains_schedule(rig):
+    """Each wait counts from when the check before was due, so delivery time does not add up along a chain."""
+    start = rig.clock.now()
+    rig.send(name("stuck-late"))
+    due_times = []
+    for _ in range(5):
+        (check,) = rig.publisher.take_checks()
+        due_at = parse_time(json.loads(check.data)["due_at"])
+        due_times.append(due_at - start)
+        rig.clock.current = due_at + 0.4  # the dispatch, the push and the run
+        rig.service.handle(check)
+    assert due_times == [5, 15, 35, 75, 135]
+
+
+def test_a_check_that_ran_past_the_next_ones_time_is_followed_by_one_due_now_and_the_plan_goes_on_from_it(rig):
+    start = rig.clock.now()
+    rig.send(name("stuck-stalled"))
+    due_times = []
+    for ran_at in (5, 100, 100.3, 140):  # check 2, due at 15, ran at 100: past check 3's planned 35
+        (check,) = rig.publisher.take_checks()
+        due_times.append(parse_time(json.loads(check.data)["due_at"]) - start)
+        rig.clock.current = start + ran_at
+        rig.service.handle(check)
+    (check,) = rig.publisher.take_checks()
+    due_times.append(parse_time(json.loads(check.data)["due_at"]) - start)
+    # Never a due time already past, and no burst of checks catching up with the plan: one at once, then 40 s.
+    assert due_times == [5, 15, 100, 140, 200]
+
+
+class Slow(httpx.BaseTransport):
+    """The simulator, each call taking ``seconds`` on ``clock``."""
+
+    def __init__(self, simulator: Simulator, clock: FakeClock, seconds: float) -> None:
+        self.inner, self.clock, self.seconds = httpx.WSGITransport(app=simulator), clock, seconds
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        self.clock.advance(self.seconds)
+        return response
+
+
+def test_the_first_check_is_due_its_delay_after_the_cancel_was_accepted_not_after_the_get_that_followed():
+    simulator, clock = Simulator(), FakeClock()
+    rig = Rig(simulator=simulator, clock=clock, transport=Slow(simulator, clock, 0.3))
+    start = clock.now()
+    rig.send(name("slow-1-first"))
+    (check,) = rig.publisher.take_checks()
+    # The cancel was accepted 0.3 s in and the immediate get came back at 0.6 s; the first delay is 5 s.
+    assert parse_time(json.loads(check.data)["due_at"]) - start == pytest.approx(5.3)
 
 
 def test_a_requests_deadline_seconds_replaces_the_default(rig):

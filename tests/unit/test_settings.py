@@ -377,6 +377,24 @@ def test_delays_grow_by_the_multiplier_and_are_capped():
     assert [policy.delay_before(attempt) for attempt in range(0, 7)] == [5, 5, 10, 20, 40, 60, 60]
 
 
+def test_each_check_is_due_its_delay_after_the_check_before_was_due_not_after_it_ran():
+    policy = PollingPolicy(initial_delay_s=1.0, multiplier=1.5, max_delay_s=20.0, deadline_s=3600.0)
+    # Check 3 (due 2.25 s after check 2) computed when check 2, due at 102.5, ran 0.4 s late.
+    assert policy.due(3, previous_due_at=102.5, now=102.9, deadline_at=4000.0) == 104.75
+
+
+def test_a_check_that_ran_past_the_next_ones_planned_time_is_followed_by_one_due_now_not_earlier():
+    policy = PollingPolicy(initial_delay_s=1.0, multiplier=1.5, max_delay_s=20.0, deadline_s=3600.0)
+    assert policy.due(3, previous_due_at=102.5, now=130.0, deadline_at=4000.0) == 130.0
+    # The plan goes on from that due time: one check at once, then the spacing again, never a burst.
+    assert policy.due(4, previous_due_at=130.0, now=130.3, deadline_at=4000.0) == 130.0 + 3.375
+
+
+def test_no_check_is_due_past_the_deadline():
+    policy = PollingPolicy(initial_delay_s=1.0, multiplier=1.5, max_delay_s=20.0, deadline_s=3600.0)
+    assert policy.due(20, previous_due_at=3590.0, now=3590.2, deadline_at=3600.0) == 3600.0
+
+
 def test_huge_attempt_numbers_do_not_overflow():
     policy = PollingPolicy(initial_delay_s=1.0, multiplier=10.0, max_delay_s=300.0, deadline_s=WEEK)
     assert policy.delay_before(100_000) == 300.0
