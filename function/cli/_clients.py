@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import click
 
@@ -27,6 +28,8 @@ from .._store import IdempotencyStore
 from .._wiring import build_api, build_auth, build_pipeline, build_publisher, build_store
 from ..errors import ConfigError, OpcancelError
 from ._exits import CliFailure, Exit, failure, safe
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,22 +82,21 @@ store_option = click.option(
 
 def open_pipeline(clients: CliClients, store_choice: str | None) -> Pipeline:
     """The function's pipeline over the store the operator means (see ``chosen_store``)."""
-    if clients.pipeline is None:
-        raise CliFailure("this command needs the function's configuration", Exit.BAD_CONFIGURATION)
-    settings = chosen_store(clients.settings, store_choice)
-    try:
-        return clients.pipeline(settings)
-    except OpcancelError as problem:
-        raise failure(problem) from None
+    return _opened(clients.pipeline, clients.settings, store_choice)
 
 
 def open_store(clients: CliClients, store_choice: str | None) -> IdempotencyStore:
     """The store the operator means (see ``chosen_store``), alone."""
-    if clients.store is None:
+    return _opened(clients.store, clients.settings, store_choice)
+
+
+def _opened(build: Callable[[Settings], T] | None, settings: Settings, store_choice: str | None) -> T:
+    """What ``build`` makes on the settings of the chosen store, its failures as exit statuses."""
+    if build is None:
         raise CliFailure("this command needs the function's configuration", Exit.BAD_CONFIGURATION)
-    settings = chosen_store(clients.settings, store_choice)
+    chosen = chosen_store(settings, store_choice)
     try:
-        return clients.store(settings)
+        return build(chosen)
     except OpcancelError as problem:
         raise failure(problem) from None
 
