@@ -365,30 +365,6 @@ class ClaimedMeanwhile(DelegatingStore):
             raise ConnectionError("injected: the create never reached the store")
         return self._backend._create(record)
 
-    def _load(self, key):
-        return self._backend._load(key)
-
-    def _replace(self, record, expected_version):
-        return self._backend._replace(record, expected_version)
-
-    def _delete_if_version(self, key, expected_version):
-        return self._backend._delete_if_version(key, expected_version)
-
-    def _checking(self):
-        return self._backend._checking()
-
-    def _load_document(self, key):
-        return self._backend._load_document(key)
-
-    def _create_document(self, document):
-        return self._backend._create_document(document)
-
-    def _replace_document(self, document, expected_version):
-        return self._backend._replace_document(document, expected_version)
-
-    def _delete_document(self, key, expected_version):
-        return self._backend._delete_document(key, expected_version)
-
 
 def test_a_create_that_failed_while_another_worker_claimed_the_key_in_the_same_tick_does_not_hold_it(make_store):
     store = ClaimedMeanwhile(make_store())
