@@ -103,16 +103,22 @@ class SqliteStore(IdempotencyStore):
         return Record.from_json(json.loads(rows[0][0])) if rows else None
 
     def _create(self, record: Record) -> bool:
+        return self._insert(record.key, record.version, record.to_json(), record.requested_at)
+
+    def _replace(self, record: Record, expected_version: int) -> bool:
+        return self._update(record.key, record.version, record.to_json(), expected_version)
+
+    def _insert(self, key: str, version: int, body: dict[str, Any], created_at: float) -> bool:
         changed, _ = self._execute(
             "INSERT OR IGNORE INTO records (key, version, body, created_at) VALUES (?, ?, ?, ?)",
-            (record.key, record.version, _encoded(record), record.requested_at),
+            (key, version, _encoded(body), created_at),
         )
         return changed == 1
 
-    def _replace(self, record: Record, expected_version: int) -> bool:
+    def _update(self, key: str, version: int, body: dict[str, Any], expected_version: int) -> bool:
         changed, _ = self._execute(
             "UPDATE records SET version = ?, body = ? WHERE key = ? AND version = ?",
-            (record.version, _encoded(record), record.key, expected_version),
+            (version, _encoded(body), key, expected_version),
         )
         return changed == 1
 
@@ -138,18 +144,10 @@ class SqliteStore(IdempotencyStore):
         return Document.from_json(json.loads(rows[0][0])) if rows else None
 
     def _create_document(self, document: Document) -> bool:
-        changed, _ = self._execute(
-            "INSERT OR IGNORE INTO records (key, version, body, created_at) VALUES (?, ?, ?, ?)",
-            (document.key, document.version, json.dumps(document.to_json()), document.created_at),
-        )
-        return changed == 1
+        return self._insert(document.key, document.version, document.to_json(), document.created_at)
 
     def _replace_document(self, document: Document, expected_version: int) -> bool:
-        changed, _ = self._execute(
-            "UPDATE records SET version = ?, body = ? WHERE key = ? AND version = ?",
-            (document.version, json.dumps(document.to_json()), document.key, expected_version),
-        )
-        return changed == 1
+        return self._update(document.key, document.version, document.to_json(), expected_version)
 
     def _delete_document(self, key: str, expected_version: int) -> bool:
         return self._delete_if_version(key, expected_version)
@@ -162,10 +160,10 @@ class SqliteStore(IdempotencyStore):
         return (json.loads(row[0]) for row in rows)
 
 
-def _encoded(record: Record) -> str:
+def _encoded(body: dict[str, Any]) -> str:
     """Strict JSON: a non-finite number would make SQLite's JSON functions fail on every later read of the
     table (sweep, overdue chains), so writing one is refused instead (none should get this far)."""
-    return json.dumps(record.to_json(), allow_nan=False)
+    return json.dumps(body, allow_nan=False)
 
 
 def _add_creation_times(connection: sqlite3.Connection) -> None:
