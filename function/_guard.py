@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +118,55 @@ class _View:
     read_at: float
 
 
+class _Tally:
+    """An instance's simultaneous requests count their cancels together (a group commit): one request counts
+    every key waiting, in one read and one write of the budget document, while the others wait for its
+    answer. An instance then never races itself for the document (each race lost is a wait), and a storm
+    writes the hot document once per round trip per instance, not once per request."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waiting: list[_Entry] = []
+        self._counting = False
+
+    def count(self, key: str, count_all: Callable[[list[str]], list[Counted]]) -> Counted:
+        entry = _Entry(key)
+        with self._changed:
+            self._waiting.append(entry)
+            while self._counting and not entry.done:
+                self._changed.wait()
+            if entry.done:
+                return entry.answer()
+            self._counting = True
+            batch, self._waiting = self._waiting, []
+        try:
+            answers: list[Counted] | BaseException = count_all([waiting.key for waiting in batch])
+        except BaseException as problem:
+            answers = problem
+        with self._changed:
+            for number, waiting in enumerate(batch):
+                waiting.done = True
+                waiting.outcome = answers if isinstance(answers, BaseException) else answers[number]
+            self._counting = False
+            self._changed.notify_all()
+        return entry.answer()
+
+
+@dataclass
+class _Entry:
+    """One request's place in a count: its answer, or the failure every request of the count shares."""
+
+    key: str
+    done: bool = False
+    outcome: Counted | BaseException | None = None
+
+    def answer(self) -> Counted:
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        assert self.outcome is not None
+        return self.outcome
+
+
 class Guard:
     def __init__(
         self,
@@ -134,6 +185,7 @@ class Guard:
         self._budget = budget
         self._pinned = pinned
         self._view: _View | None = None
+        self._tally = _Tally()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: IdempotencyStore, clock: Clock, log: Logger) -> Guard:
@@ -188,13 +240,16 @@ class Guard:
         return self._tripped(counted.tripped)
 
     def _count(self, key: str, *, limit: int, window_s: float) -> Counted:
-        """Count the cancel in the budget document, waiting out races for it with jittered backoff: under a
-        storm of simultaneous requests, losers that tried again at once would each spend a write a round
-        for nothing."""
+        return self._tally.count(key, lambda keys: self._count_all(keys, limit=limit, window_s=window_s))
+
+    def _count_all(self, keys: list[str], *, limit: int, window_s: float) -> list[Counted]:
+        """Count the cancels in the budget document, waiting out races with other instances with jittered
+        backoff: under a storm of simultaneous requests, losers that tried again at once would each spend a
+        write a round for nothing."""
         try:
             for attempt in retry_context(BUDGET_RACES, self._clock):
                 with attempt:
-                    counted = self._store.count_cancel(key, now=self._clock.now(), limit=limit, window_s=window_s)
+                    counted = self._store.count_cancels(keys, now=self._clock.now(), limit=limit, window_s=window_s)
                     if counted is None:
                         raise TryAgain("lost a race for the budget document")
                     return counted

@@ -8,15 +8,16 @@ has (a derived key starts with an API host, which has a dot; the others are ``ex
 ``incident-digest/``, ``rejected/`` and ``dry-run/``).
 
 The budget document is the one hot document: only a request about to send its first cancel writes it
-(one conditional write, which also trips the breaker when the budget is spent; a write lost to a race is
-tried again after a jittered wait, by the guard); a tripped breaker is only read. Deciding what the state means (go, dry run, hold) is ``function._guard``'s.
+(one conditional write, shared by an instance's simultaneous requests, which also trips the breaker when
+the budget is spent; a write lost to a race is tried again after a jittered wait, by the guard); a tripped
+breaker is only read. Deciding what the state means (go, dry run, hold) is ``function._guard``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,7 +164,7 @@ class GuardRecords:
     """The guard's state over a backend's document primitives; mixed into ``IdempotencyStore``."""
 
     #: Attempts at an operator's or a held request's write lost to a concurrent one, before giving up as
-    #: contended (and retried); the budget's races are waited out by the guard instead (``count_cancel``).
+    #: contended (and retried); the budget's races are waited out by the guard instead (``count_cancels``).
     _GUARD_ROUNDS = 64
 
     ttl_s: float
@@ -173,29 +174,42 @@ class GuardRecords:
     def budget(self) -> Budget:
         return Budget.from_document(self._guarded(self._load_document, BUDGET_KEY))
 
-    def count_cancel(self, key: str, *, now: float, limit: int, window_s: float) -> Counted | None:
-        """Count the first cancel of the request with ``key``, if the budget allows one more in the window
-        ending ``now``; else trip the breaker. A key counted in the window already is allowed again without
+    def count_cancels(self, keys: Sequence[str], *, now: float, limit: int, window_s: float) -> list[Counted] | None:
+        """Count the first cancels of the requests with ``keys``, in order, while the budget allows one more
+        in the window ending ``now``; the first beyond it trips the breaker, and those after it find it
+        tripped. A key counted in the window already (or earlier in ``keys``) is allowed again without
         counting, so a redelivery or a takeover of the same request never counts twice. One read and at most
-        one conditional write: None when another write came between (the caller waits a little and tries
-        again, ``function._guard``), so no two requests ever take the same place in the budget."""
+        one conditional write for all of them, so an instance's simultaneous requests share one write: None
+        when another write came between (the caller waits a little and tries again, ``function._guard``),
+        so no two requests ever take the same place in the budget."""
         document = self._guarded(self._load_document, BUDGET_KEY)
         budget = Budget.from_document(document)
-        live = budget.live(now, window_s)
-        # Counted before the breaker tripped (a redelivery, a takeover): its cancel may have gone already.
-        if budget.counts(key, now, window_s):
-            return Counted(True, len(live), budget.tripped, budget=budget)
-        if budget.tripped is not None:
-            return Counted(False, len(live), budget.tripped, budget=budget)
-        if len(live) >= limit:
-            changed = Budget(live, budget.since, Trip(now, key, len(live)))
-        else:
-            changed = Budget((*live, (now, _digest(key))), budget.since)
-        if not self._put(document, BUDGET_KEY, GUARD_KIND, changed.to_body(), now=now, expire_at=NEVER):
+        live = list(budget.live(now, window_s))
+        seen = {digest for _, digest in live}
+        tripped = budget.tripped
+        changed = False
+        answers: list[Counted] = []
+        for key in keys:
+            digest = _digest(key)
+            if digest in seen:
+                # Counted before (a redelivery, a takeover; tripped or not): its cancel may have gone already.
+                answers.append(Counted(True, len(live), tripped))
+            elif tripped is not None:
+                answers.append(Counted(False, len(live), tripped))
+            elif len(live) >= limit:
+                tripped, changed = Trip(now, key, len(live)), True
+                answers.append(Counted(False, len(live), tripped, tripped_now=True))
+            else:
+                live.append((now, digest))
+                seen.add(digest)
+                changed = True
+                answers.append(Counted(True, len(live)))
+        if not changed:
+            return [dataclasses.replace(answer, budget=budget) for answer in answers]
+        counted = Budget(tuple(live), budget.since, tripped)
+        if not self._put(document, BUDGET_KEY, GUARD_KIND, counted.to_body(), now=now, expire_at=NEVER):
             return None
-        if changed.tripped is not None:
-            return Counted(False, len(live), changed.tripped, tripped_now=True, budget=changed)
-        return Counted(True, len(changed.counted), budget=changed)
+        return [dataclasses.replace(answer, budget=counted) for answer in answers]
 
     def reset_budget(self, *, now: float) -> Budget:
         """Close the breaker and start a fresh window; returns the budget as it was."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import threading
+import time
 
 import pytest
 
@@ -16,7 +18,7 @@ from function._model import CancelRequest, Outcome, Result, Source, SourceKind
 from function._names import OperationRef
 from function._settings import CancelBudget
 from function._store.guard import BUDGET_KEY, PAUSE_KEY
-from function.errors import GuardContended
+from function.errors import GuardContended, StoreUnavailable
 from tests.support import FakeClock
 
 
@@ -212,11 +214,11 @@ class LosingRaces(CountingStore):
         super().__init__()
         self.losses = losses
 
-    def count_cancel(self, key, *, now, limit, window_s):
+    def count_cancels(self, keys, *, now, limit, window_s):
         if self.losses:
             self.losses -= 1
             return None
-        return super().count_cancel(key, now=now, limit=limit, window_s=window_s)
+        return super().count_cancels(keys, now=now, limit=limit, window_s=window_s)
 
 
 def test_races_lost_for_the_budget_document_are_waited_out_with_jittered_backoff():
@@ -230,3 +232,112 @@ def test_a_request_that_keeps_losing_the_race_is_retried_later_and_nothing_is_se
     rails = guard(LosingRaces(1000), FakeClock(), budget=CancelBudget(5, 3600))
     with pytest.raises(GuardContended):
         rails.decide(request("a"))
+
+
+class OneAtATime(CountingStore):
+    """Records the keys of each count, and how many counts ever ran at once; the first count lasts until
+    ``until()`` is true (the other requests are waiting behind it), so they must share the next one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.until = lambda: True
+        self.counts: list[list[str]] = []
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def count_cancels(self, keys, *, now, limit, window_s):
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            self.counts.append(list(keys))
+            first = len(self.counts) == 1
+        try:
+            deadline = time.monotonic() + 10
+            while first and not self.until():
+                assert time.monotonic() < deadline, "the other requests never came"
+                time.sleep(0.001)
+            return super().count_cancels(keys, now=now, limit=limit, window_s=window_s)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def waiting_to_count(rails: Guard, number: int):
+    """True once ``number`` requests wait for the count under way on ``rails``'s instance."""
+    return lambda: len(rails._tally._waiting) >= number
+
+
+def decide_at_once(rails: Guard, names: list[str]) -> dict[str, object]:
+    """Each request decided on its own thread, as an instance serves simultaneous requests."""
+    answers: dict[str, object] = {}
+
+    def one(name):
+        try:
+            answers[name] = rails.decide(request(name))
+        except Exception as problem:
+            answers[name] = problem
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return answers
+
+
+def test_an_instance_counts_its_simultaneous_requests_together_and_never_races_itself():
+    store = OneAtATime()
+    rails = guard(store, FakeClock(), budget=CancelBudget(5, 3600))
+    store.until = waiting_to_count(rails, 7)
+    answers = decide_at_once(rails, [f"r{i}" for i in range(8)])
+    # The first request counted alone; the other seven came while it counted, and shared one count.
+    assert [len(keys) for keys in store.counts] == [1, 7]
+    assert store.most_at_once == 1
+    assert [key for key in store.writes if key == BUDGET_KEY] == [BUDGET_KEY, BUDGET_KEY]
+    decisions = list(answers.values())
+    assert sum(d.verdict is Verdict.GO for d in decisions) == 5
+    assert sum(d.verdict is Verdict.HOLD for d in decisions) == 3
+    assert sorted(d.budget_used for d in decisions if d.verdict is Verdict.GO) == [1, 2, 3, 4, 5]
+    assert store.budget().tripped is not None
+
+
+def test_a_failed_count_fails_every_request_that_shared_it_and_the_next_count_starts_afresh():
+    class Failing(OneAtATime):
+        def count_cancels(self, keys, *, now, limit, window_s):
+            if len(keys) > 1:
+                raise StoreUnavailable("the store is down")
+            return super().count_cancels(keys, now=now, limit=limit, window_s=window_s)
+
+    store = Failing()
+    rails = guard(store, FakeClock(), budget=CancelBudget(50, 3600))
+    store.until = waiting_to_count(rails, 3)
+    answers = decide_at_once(rails, ["a", "b", "c", "d"])
+    failed = [name for name, answer in answers.items() if isinstance(answer, StoreUnavailable)]
+    assert len(failed) == 3 and len(answers) == 4
+    assert rails.decide(request(failed[0])).verdict is Verdict.GO
+
+
+def test_many_instances_racing_for_the_budget_never_count_past_it():
+    store = MemoryStore(lease_s=60, ttl_s=3600)
+    clock = FakeClock()
+    instances = [guard(store, clock, budget=CancelBudget(30, 3600)) for _ in range(4)]
+    answers: list[object] = []
+    lock = threading.Lock()
+
+    def serve(rails, names):
+        for name, answer in decide_at_once(rails, names).items():
+            with lock:
+                answers.append(answer)
+
+    threads = [
+        threading.Thread(target=serve, args=(rails, [f"i{n}-r{i}" for i in range(25)]))
+        for n, rails in enumerate(instances)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(answers) == 100
+    assert sum(a.verdict is Verdict.GO for a in answers) == 30
+    assert sum(a.verdict is Verdict.HOLD for a in answers) == 70

@@ -16,7 +16,7 @@ from function import IdempotencyStore, MemoryStore, SqliteStore, State
 from function._store import ClaimStatus, Record, TransitionRefused
 from function._store import sqlite as sqlite_backend
 from function._store.firestore import FirestoreStore
-from function._store.guard import HeldRequest, Pause
+from function._store.guard import BUDGET_KEY, HeldRequest, Pause
 from function.errors import KeyBusy, StaleFence, StoreUnavailable
 from tests.support import DelegatingStore, open_store
 
@@ -611,13 +611,19 @@ def expired_record(key: str, *, at: float) -> Record:
 # The guard's state: the budget and its breaker, the pause, held requests. The same contract on every backend.
 
 
+def count_one(store, key, **when):
+    """One request's count, as ``count_cancels`` answers it alone (None: a race lost)."""
+    answers = store.count_cancels([key], **when)
+    return None if answers is None else answers[0]
+
+
 def test_the_budget_counts_each_request_once_until_it_is_spent_then_trips_and_stays_tripped(store):
-    counts = [store.count_cancel(f"k{i}", now=NOW + i, limit=3, window_s=100) for i in range(3)]
+    counts = [count_one(store, f"k{i}", now=NOW + i, limit=3, window_s=100) for i in range(3)]
     assert [(c.allowed, c.used) for c in counts] == [(True, 1), (True, 2), (True, 3)]
     # A redelivery of a counted request is allowed without counting again.
-    again = store.count_cancel("k1", now=NOW + 5, limit=3, window_s=100)
+    again = count_one(store, "k1", now=NOW + 5, limit=3, window_s=100)
     assert (again.allowed, again.used) == (True, 3)
-    tripping = store.count_cancel("k3", now=NOW + 6, limit=3, window_s=100)
+    tripping = count_one(store, "k3", now=NOW + 6, limit=3, window_s=100)
     assert (tripping.allowed, tripping.tripped_now, tripping.tripped.by, tripping.tripped.used) == (
         False,
         True,
@@ -626,26 +632,53 @@ def test_the_budget_counts_each_request_once_until_it_is_spent_then_trips_and_st
     )
     # Tripped until reset, even long after the window: and now nothing at all is allowed, a counted key neither.
     for key in ("k4", "k1"):
-        later = store.count_cancel(key, now=NOW + 10_000, limit=3, window_s=100)
+        later = count_one(store, key, now=NOW + 10_000, limit=3, window_s=100)
         assert (later.allowed, later.tripped_now, later.tripped.at) == (False, False, NOW + 6)
     assert store.budget().tripped.by == "k3"
 
 
+def test_keys_counted_together_take_their_places_in_order_in_one_write(store):
+    count_one(store, "k0", now=NOW, limit=4, window_s=100)
+    version = store._load_document(BUDGET_KEY).version
+    answers = store.count_cancels(["k1", "k0", "k2", "k1", "k3", "k4", "k5"], now=NOW + 1, limit=4, window_s=100)
+    assert [(a.allowed, a.used, a.tripped_now) for a in answers] == [
+        (True, 2, False),
+        (True, 2, False),  # counted before
+        (True, 3, False),
+        (True, 3, False),  # counted earlier in the same count
+        (True, 4, False),
+        (False, 4, True),  # the first beyond the budget trips the breaker
+        (False, 4, False),
+    ]
+    assert answers[6].tripped.by == "k4"
+    assert store._load_document(BUDGET_KEY).version == version + 1
+    assert store.budget() == answers[0].budget
+
+
+def test_a_count_that_changes_nothing_writes_nothing(store):
+    count_one(store, "k0", now=NOW, limit=1, window_s=100)
+    count_one(store, "k1", now=NOW, limit=1, window_s=100)
+    version = store._load_document(BUDGET_KEY).version
+    answers = store.count_cancels(["k0", "k2"], now=NOW + 1, limit=1, window_s=100)
+    assert [(a.allowed, a.tripped_now) for a in answers] == [(True, False), (False, False)]
+    assert store._load_document(BUDGET_KEY).version == version
+
+
 def test_the_window_slides(store):
     for i in range(3):
-        store.count_cancel(f"k{i}", now=NOW + i, limit=3, window_s=100)
+        count_one(store, f"k{i}", now=NOW + i, limit=3, window_s=100)
     # At NOW + 100 the first cancel (at NOW) has left the window.
-    assert store.count_cancel("k3", now=NOW + 100, limit=3, window_s=100).allowed
-    assert not store.count_cancel("k4", now=NOW + 100.5, limit=3, window_s=100).allowed
+    assert count_one(store, "k3", now=NOW + 100, limit=3, window_s=100).allowed
+    assert not count_one(store, "k4", now=NOW + 100.5, limit=3, window_s=100).allowed
 
 
 def test_a_reset_closes_the_breaker_and_starts_a_fresh_window(store):
     for i in range(3):
-        store.count_cancel(f"k{i}", now=NOW, limit=2, window_s=100)
+        count_one(store, f"k{i}", now=NOW, limit=2, window_s=100)
     before = store.reset_budget(now=NOW + 1)
     assert before.tripped is not None and len(before.counted) == 2
     assert store.budget().tripped is None
-    assert [store.count_cancel(f"n{i}", now=NOW + 2, limit=2, window_s=100).allowed for i in range(3)] == [
+    assert [count_one(store, f"n{i}", now=NOW + 2, limit=2, window_s=100).allowed for i in range(3)] == [
         True,
         True,
         False,
@@ -659,7 +692,7 @@ def test_concurrent_requests_never_count_past_the_budget_and_one_trips_it(store)
     def request(i):
         barrier.wait()
         # A race lost is None: the guard waits and tries again.
-        while (answer := store.count_cancel(f"k{i}", now=NOW, limit=5, window_s=100)) is None:
+        while (answer := count_one(store, f"k{i}", now=NOW, limit=5, window_s=100)) is None:
             pass
         answers.append(answer)
 
@@ -732,7 +765,7 @@ def test_a_held_request_changed_since_it_was_read_is_neither_dropped_nor_release
 
 def test_guard_documents_are_not_records_and_records_are_not_guard_documents(store):
     store.hold(held(), now=NOW)
-    store.count_cancel("k", now=NOW, limit=1, window_s=10)
+    count_one(store, "k", now=NOW, limit=1, window_s=10)
     waiting_for(store, check(1))
     assert [record.key for record in store.chains(NOW)] == ["k"]
     assert [h.key for h in store.held_requests(now=NOW)] == ["explicit/k"]
@@ -750,7 +783,7 @@ def test_guard_state_that_cannot_be_read_is_store_unavailable():
 def test_expired_held_requests_are_swept_with_the_records(tmp_path):
     store = open_store({"kind": "sqlite", "path": str(tmp_path / "s.sqlite3")}, lease_s=LEASE, ttl_s=TTL)
     store.hold(held(), now=NOW)
-    store.count_cancel("k", now=NOW, limit=1, window_s=10)
+    count_one(store, "k", now=NOW, limit=1, window_s=10)
     store.claim_request("new", "h", now=NOW + TTL + 1)
     assert store._load_document("held/explicit/k") is None
     # The breaker and the budget never expire.
@@ -758,8 +791,8 @@ def test_expired_held_requests_are_swept_with_the_records(tmp_path):
 
 
 def test_a_request_counted_before_the_breaker_tripped_may_still_send_its_cancel(store):
-    store.count_cancel("k0", now=NOW, limit=1, window_s=100)
-    assert store.count_cancel("k1", now=NOW + 1, limit=1, window_s=100).tripped_now
+    count_one(store, "k0", now=NOW, limit=1, window_s=100)
+    assert count_one(store, "k1", now=NOW + 1, limit=1, window_s=100).tripped_now
     # A redelivery of the counted request (its cancel may be out already) goes; it does not count again.
-    again = store.count_cancel("k0", now=NOW + 2, limit=1, window_s=100)
+    again = count_one(store, "k0", now=NOW + 2, limit=1, window_s=100)
     assert (again.allowed, again.used, again.tripped is not None) == (True, 1, True)
