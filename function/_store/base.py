@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import KeyBusy, StaleFence, StoreUnavailable
+from ..errors import KeyBusy, StaleFence
+from .failures import store_call, store_failure
 from .guard import GuardRecords
 from .record import Record, State
 
@@ -123,7 +124,7 @@ class IdempotencyStore(GuardRecords):
 
     def chains(self, now: float) -> Iterator[Record]:
         """Every unexpired record of a running check chain (state ``checking``), for the ``resume`` command."""
-        for record in self._guard(lambda: list(self._checking())):
+        for record in store_call(lambda: list(self._checking())):
             if record.state is State.CHECKING and record.expire_at > now:
                 yield record
 
@@ -157,7 +158,7 @@ class IdempotencyStore(GuardRecords):
     def forgotten(self, held: Record) -> None:
         """Delete ``held`` if it is still the current version, so its key is free as if never claimed;
         ``StaleFence`` if another worker wrote since."""
-        if not self._guard(self._delete_if_version, held.key, held.version):
+        if not store_call(self._delete_if_version, held.key, held.version):
             raise StaleFence(f"fence {held.fence} was taken over")
 
     # The rules
@@ -192,15 +193,15 @@ class IdempotencyStore(GuardRecords):
         if now < self._next_sweep_at:
             return
         self._next_sweep_at = now + self._SWEEP_INTERVAL_S
-        self._guard(self._delete_expired, now)
+        store_call(self._delete_expired, now)
 
     def _read(self, key: str, now: float) -> Record | None:
-        record = self._guard(self._load, key)
+        record = store_call(self._load, key)
         # TTL deletion lags, so an expired record is treated as absent here, not only by the backend.
         if record is not None and record.expire_at <= now:
-            if self._guard(self._delete_if_version, key, record.version):
+            if store_call(self._delete_if_version, key, record.version):
                 return None
-            return self._guard(self._load, key)
+            return store_call(self._load, key)
         return record
 
     def _written(self, write: Callable[[], bool], intended: Record) -> bool:
@@ -218,17 +219,8 @@ class IdempotencyStore(GuardRecords):
             except Exception as problem:
                 failure = problem
                 continue
-            return failure is not None and self._guard(self._load, intended.key) == intended
-        raise _store_failure(failure) from failure
-
-    @staticmethod
-    def _guard(operation: Any, *args: Any) -> Any:
-        try:
-            return operation(*args)
-        except (StaleFence, KeyBusy):
-            raise
-        except Exception as problem:
-            raise _store_failure(problem) from problem
+            return failure is not None and store_call(self._load, intended.key) == intended
+        raise store_failure(failure) from failure
 
     # The backend's primitives
 
@@ -255,15 +247,3 @@ class IdempotencyStore(GuardRecords):
         """Delete every record whose ``expire_at`` is at or before ``now``; how many were. Nothing here,
         for a backend whose database deletes them itself (Firestore, by its TTL policy on ``expire_at``)."""
         return 0
-
-
-def _store_failure(problem: Exception | None) -> StoreUnavailable:
-    """What failed, in words that are safe to log and answer with.
-
-    A backend's own ``StoreUnavailable`` says what it wants said (a status, a summary); any other
-    exception is named by its type alone, because its text can hold what the store call carried
-    (an HTTP client's refusal quotes the header value it refused, the bearer token included).
-    """
-    if isinstance(problem, StoreUnavailable):
-        return StoreUnavailable(f"idempotency store failed: {problem}")
-    return StoreUnavailable(f"idempotency store failed: {type(problem).__name__}")

@@ -16,12 +16,14 @@ breaker is only read. Deciding what the state means (go, dry run, hold) is ``fun
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GuardContended, StaleFence, StoreUnavailable
+from ..errors import GuardContended, StaleFence
+from .failures import GUARD_STATE, store_call
 
 BUDGET_KEY = "guard/budget"
 PAUSE_KEY = "guard/pause"
@@ -30,6 +32,8 @@ HELD_KIND = "held"
 GUARD_KIND = "guard"
 #: 9999-12-31T23:59:59Z, Firestore's last timestamp: the breaker and the pause never expire by themselves.
 NEVER = 253402300799.0
+#: A store call on the guard's documents: its failures say "guard state".
+_call = functools.partial(store_call, subject=GUARD_STATE)
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ class GuardRecords:
     # The budget and its breaker
 
     def budget(self) -> Budget:
-        return Budget.from_document(self._guarded(self._load_document, BUDGET_KEY))
+        return Budget.from_document(_call(self._load_document, BUDGET_KEY))
 
     def count_cancels(self, keys: Sequence[str], *, now: float, limit: int, window_s: float) -> list[Counted] | None:
         """Count the first cancels of the requests with ``keys``, in order, while the budget allows one more
@@ -182,7 +186,7 @@ class GuardRecords:
         one conditional write for all of them, so an instance's simultaneous requests share one write: None
         when another write came between (the caller waits a little and tries again, ``function._guard``),
         so no two requests ever take the same place in the budget."""
-        document = self._guarded(self._load_document, BUDGET_KEY)
+        document = _call(self._load_document, BUDGET_KEY)
         budget = Budget.from_document(document)
         live = list(budget.live(now, window_s))
         seen = {digest for _, digest in live}
@@ -213,45 +217,41 @@ class GuardRecords:
 
     def reset_budget(self, *, now: float) -> Budget:
         """Close the breaker and start a fresh window; returns the budget as it was."""
-        for _ in range(self._GUARD_ROUNDS):
-            document = self._guarded(self._load_document, BUDGET_KEY)
-            fresh = Budget(since=now)
-            if self._put(document, BUDGET_KEY, GUARD_KIND, fresh.to_body(), now=now, expire_at=NEVER):
-                return Budget.from_document(document)
-        raise GuardContended(f"lost {self._GUARD_ROUNDS} races for the budget document")
+        before, _ = self._rewrite(
+            BUDGET_KEY, GUARD_KIND, lambda _: Budget(since=now).to_body(), now=now, what="the budget document"
+        )
+        return Budget.from_document(before)
 
     # The pause
 
     def pause(self) -> Pause | None:
-        document = self._guarded(self._load_document, PAUSE_KEY)
+        document = _call(self._load_document, PAUSE_KEY)
         return _pause_of(document)
 
     def set_pause(self, pause: Pause | None, *, now: float) -> Pause | None:
         """Pause (or, with None, unpause); returns the pause as it was."""
-        body = dataclasses.asdict(pause) if pause is not None else {}
-        for _ in range(self._GUARD_ROUNDS):
-            document = self._guarded(self._load_document, PAUSE_KEY)
-            if self._put(document, PAUSE_KEY, GUARD_KIND, {"pause": body or None}, now=now, expire_at=NEVER):
-                return _pause_of(document)
-        raise GuardContended(f"lost {self._GUARD_ROUNDS} races for the pause document")
+        body = {"pause": dataclasses.asdict(pause) if pause is not None else None}
+        before, _ = self._rewrite(PAUSE_KEY, GUARD_KIND, lambda _: body, now=now, what="the pause document")
+        return _pause_of(before)
 
     # Held requests
 
     def hold(self, held: HeldRequest, *, now: float) -> HeldRequest:
         """Keep ``held`` unless the request is held already; a released one is held again (``holds`` + 1), to
         be reported again. Returns what the store now keeps: its ``reported`` says whether to publish."""
-        key = HELD_KEYS + held.key
-        for _ in range(self._GUARD_ROUNDS):
-            document = self._guarded(self._load_document, key)
-            if document is not None and document.expire_at > now:
-                kept = HeldRequest.from_document(document)
-                if not kept.released:
-                    return kept
-                held = dataclasses.replace(held, holds=kept.holds + 1)
-            written = self._put(document, key, HELD_KIND, held.to_body(), now=now, expire_at=now + self.ttl_s)
-            if written is not None:
-                return HeldRequest.from_document(written)
-        raise GuardContended(f"lost {self._GUARD_ROUNDS} races for a held request")
+
+        def held_again(document: Document | None) -> dict[str, Any] | None:
+            if document is None or document.expire_at <= now:
+                return held.to_body()
+            kept = HeldRequest.from_document(document)
+            return dataclasses.replace(held, holds=kept.holds + 1).to_body() if kept.released else None
+
+        before, written = self._rewrite(
+            HELD_KEYS + held.key, HELD_KIND, held_again, now=now, what="a held request", ttl=True
+        )
+        kept = written or before
+        assert kept is not None
+        return HeldRequest.from_document(kept)
 
     def held_reported(self, held: HeldRequest, *, now: float) -> HeldRequest:
         """The HELD result is out: a later delivery of the request does not publish it again."""
@@ -264,20 +264,20 @@ class GuardRecords:
         )
 
     def held_request(self, key: str, *, now: float) -> HeldRequest | None:
-        document = self._guarded(self._load_document, HELD_KEYS + key)
+        document = _call(self._load_document, HELD_KEYS + key)
         if document is None or document.expire_at <= now:
             return None
         return HeldRequest.from_document(document)
 
     def held_requests(self, *, now: float) -> list[HeldRequest]:
         """Every held request that has not expired, oldest first."""
-        documents = self._guarded(lambda: list(self._documents_of_kind(HELD_KIND)))
+        documents = _call(lambda: list(self._documents_of_kind(HELD_KIND)))
         held = [HeldRequest.from_document(d) for d in documents if d.expire_at > now]
         return sorted(held, key=lambda request: (request.held_at, request.key))
 
     def forget_held(self, held: HeldRequest) -> bool:
         """Delete ``held`` if unchanged since it was read; False if it changed (or is gone)."""
-        return bool(self._guarded(self._delete_document, HELD_KEYS + held.key, held.version))
+        return bool(_call(self._delete_document, HELD_KEYS + held.key, held.version))
 
     def _change_held(self, held: HeldRequest, changed: HeldRequest, *, now: float) -> HeldRequest:
         current = Document(HELD_KEYS + held.key, HELD_KIND, held.to_body(), held.version, held.expire_at)
@@ -288,24 +288,39 @@ class GuardRecords:
 
     # The rules
 
+    def _rewrite(
+        self,
+        key: str,
+        kind: str,
+        change: Callable[[Document | None], dict[str, Any] | None],
+        *,
+        now: float,
+        what: str,
+        ttl: bool = False,
+    ) -> tuple[Document | None, Document | None]:
+        """Write ``change(document)`` as the next version of the document at ``key``, read afresh each round
+        until no other write comes between (``change`` None: write nothing). Returns the document as it was
+        and as written. Guard documents never expire; held requests expire a TTL after their last write."""
+        for _ in range(self._GUARD_ROUNDS):
+            document = _call(self._load_document, key)
+            body = change(document)
+            if body is None:
+                return document, None
+            expire_at = now + self.ttl_s if ttl else NEVER
+            written = self._put(document, key, kind, body, now=now, expire_at=expire_at)
+            if written is not None:
+                return document, written
+        raise GuardContended(f"lost {self._GUARD_ROUNDS} races for {what}")
+
     def _put(
         self, current: Document | None, key: str, kind: str, body: dict[str, Any], *, now: float, expire_at: float
     ) -> Document | None:
         """``body`` as the next version of ``current`` (created if None); None if another write came between."""
         if current is None:
             fresh = Document(key, kind, body, 1, expire_at, created_at=now)
-            return fresh if self._guarded(self._create_document, fresh) else None
+            return fresh if _call(self._create_document, fresh) else None
         changed = Document(key, kind, body, current.version + 1, expire_at, current.created_at)
-        return changed if self._guarded(self._replace_document, changed, current.version) else None
-
-    @staticmethod
-    def _guarded(operation: Any, *args: Any) -> Any:
-        try:
-            return operation(*args)
-        except Exception as problem:
-            if isinstance(problem, StoreUnavailable):
-                raise StoreUnavailable(f"guard state: {problem}") from problem
-            raise StoreUnavailable(f"guard state: {type(problem).__name__}") from problem
+        return changed if _call(self._replace_document, changed, current.version) else None
 
     # The backend's primitives: every backend of the project has them (the store's contract tests hold each
     # to them); a stand-in without them has no guard state, which reads as unavailable (nothing is cancelled).

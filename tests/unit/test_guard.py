@@ -326,9 +326,9 @@ def test_many_instances_racing_for_the_budget_never_count_past_it():
     lock = threading.Lock()
 
     def serve(rails, names):
-        for name, answer in decide_at_once(rails, names).items():
-            with lock:
-                answers.append(answer)
+        decided = decide_at_once(rails, names)
+        with lock:
+            answers.extend(decided.values())
 
     threads = [
         threading.Thread(target=serve, args=(rails, [f"i{n}-r{i}" for i in range(25)]))
