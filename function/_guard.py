@@ -277,8 +277,8 @@ class Guard:
     def reported(self, held: HeldRequest) -> HeldRequest:
         return self._store.held_reported(held, now=self._clock.now())
 
-    def sent(self, held: HeldRequest) -> None:
-        """The held request's cancel is recorded: its held record has done its work."""
+    def answered(self, held: HeldRequest) -> None:
+        """The held request is answered (its cancel recorded, or refused): its held record has done its work."""
         self._store.forget_held(held)
 
     def _current_view(self, now: float) -> _View:

@@ -156,9 +156,12 @@ class Pipeline:
                 message_id=message.message_id,
             )
             return Report(ignored=parsed.ignored, unreadable=parsed.unreadable)
-        items = [self._guarded(r.offending, r.idempotency_key, lambda r=r: self._reject(r)) for r in parsed.rejections]
+        items = [
+            self._or_retry_later(r.offending, r.idempotency_key, lambda r=r: self._reject(r)) for r in parsed.rejections
+        ]
         items += [
-            self._guarded(r.ref.name, r.idempotency_key, lambda r=r: self._run_request(r)) for r in parsed.requests
+            self._or_retry_later(r.ref.name, r.idempotency_key, lambda r=r: self._run_request(r))
+            for r in parsed.requests
         ]
         return Report(tuple(items))
 
@@ -186,21 +189,19 @@ class Pipeline:
             parsed = self._parse(InboundMessage(data=held.request["data"].encode("utf-8"), kind=SourceKind.CLI))
             if parsed.ignored is not None:
                 return ItemReport(held.operation, ItemStatus.REJECTED, _shown(held.key), detail=parsed.ignored)
-            if parsed.rejections:
-                rejection = dataclasses.replace(parsed.rejections[0], source=source, reported_key=_shown(held.key))
-                item = self._reject(rejection)
-            else:
+            if parsed.requests:
+                # Answered there (cancelled, refused, found done), its held record is forgotten there too.
                 request = dataclasses.replace(parsed.requests[0], idempotency_key=held.key, source=source)
-                item = self._run_request(request)
-            if item.outcome != Outcome.HELD.value:
-                # Answered (cancelled, refused, rejected): a held record left behind would only stay listed.
-                with contextlib.suppress(TransientError):
-                    self._guard.sent(released)
+                return self._run_request(request)
+            rejection = dataclasses.replace(parsed.rejections[0], source=source, reported_key=_shown(held.key))
+            item = self._reject(rejection)
+            with contextlib.suppress(TransientError):
+                self._guard.answered(released)
             return item
 
-        return self._guarded(held.operation, held.key, work)
+        return self._or_retry_later(held.operation, held.key, work)
 
-    def _guarded(self, operation: str | None, key: str | None, work: Callable[[], ItemReport]) -> ItemReport:
+    def _or_retry_later(self, operation: str | None, key: str | None, work: Callable[[], ItemReport]) -> ItemReport:
         try:
             return work()
         except TransientError as trouble:
@@ -273,12 +274,14 @@ class Pipeline:
                 return ItemReport(ref.name, status, _shown(request.idempotency_key), Outcome.HELD.value, decision.error)
             if decision.trigger is not None:
                 request = dataclasses.replace(request, source=decision.trigger)
-            if claim.resumed:
-                looked = self._get_before_cancel(record, request)
-                if isinstance(looked, ItemReport):
-                    return looked
-                record = looked
-            sent = self._cancel(record, request, decision)
+            sent = self._get_before_cancel(record, request) if claim.resumed else record
+            if isinstance(sent, Record):
+                sent = self._cancel(sent, request, decision)
+            if decision.held is not None:
+                # Answered (the cancel recorded, or refused, or found done): the held record has done its
+                # work. Best effort: one left behind only stays listed until it expires.
+                with contextlib.suppress(TransientError):
+                    self._guard.answered(decision.held)
             if isinstance(sent, ItemReport):
                 return sent
             record = sent
@@ -349,10 +352,6 @@ class Pipeline:
             budget_limit=decision.budget_limit,
             released_by=decision.released_by,
         )
-        if decision.held is not None:
-            # Best effort: a held record left behind only stays listed until it expires.
-            with contextlib.suppress(TransientError):
-                self._guard.sent(decision.held)
         return record
 
     def _refused_before_cancel(
@@ -497,7 +496,7 @@ class Pipeline:
                     detail = "resumed or moved on elsewhere"
                     return ItemReport(operation, ItemStatus.SKIPPED, _shown(record.key), detail=detail)
 
-            reports.append(self._guarded(operation, record.key, work))
+            reports.append(self._or_retry_later(operation, record.key, work))
         return Report(tuple(reports))
 
     # Checks
@@ -516,7 +515,7 @@ class Pipeline:
             )
             return ItemReport("", ItemStatus.REJECTED, detail=str(problem))
         with traced(check.trace or current_trace()):
-            return self._guarded(check.ref.name, check.idempotency_key, lambda: self._run_check(check, body))
+            return self._or_retry_later(check.ref.name, check.idempotency_key, lambda: self._run_check(check, body))
 
     def _run_check(self, check: CheckRequest, body: dict[str, Any]) -> ItemReport:
         ref, key = check.ref, check.idempotency_key

@@ -205,6 +205,19 @@ def test_a_released_request_is_sent_again_and_neither_counted_nor_stopped_by_the
     assert [h.key for h in guard.held()] == [f"securitycenter.googleapis.com/{name('still-held')}"]
 
 
+def test_a_released_request_the_api_refuses_is_reported_once_and_leaves_the_held_list():
+    client, rig = serve("on_event", dataclasses.replace(BASE, cancel_budget=CancelBudget(1, 3600.0)))
+    send(client, name("first"))
+    send(client, name("missing-1"))
+    guard = guard_of(rig)
+    (held,) = guard.held()
+    guard.release(held, by="ana", publisher=rig.publisher, topic=rig.settings.requests_topic)
+    ((data, attributes),) = rig.publisher.on("opcancel-requests")
+    send(client, data.decode(), attributes, message_id="m-replayed")
+    assert [r["outcome"] for r in rig.publisher.results()] == ["CANCELLED", "HELD", "NOT_FOUND"]
+    assert guard.held() == []
+
+
 def test_nothing_a_sender_puts_in_a_message_marks_it_released():
     client, rig = serve("on_event", dataclasses.replace(BASE, cancel_budget=CancelBudget(1, 3600.0)))
     send(client, name("first"))
