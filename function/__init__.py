@@ -16,7 +16,8 @@ from ._gcp.transport import SharedTransport
 from ._log import Logger
 from ._model import InboundMessage, Outcome, SourceKind
 from ._names import OperationRef, parse_name
-from ._pipeline import ItemStatus, Pipeline
+from ._pipeline import Pipeline
+from ._reports import ItemStatus
 from ._runtime import RedeliveryRequested, Runtime
 from ._scheduler import RedeliveryScheduler
 from ._settings import Settings

@@ -2,55 +2,41 @@
 request is kept for an operator and reported ``HELD`` once.
 
 Apart from ``Pipeline`` so that it stays the path of a cancel (house.md: no class past ~300 lines). The steps
-make and publish their results through the pipeline's own one way out, handed in as an ``Outlet``, so a
-result still leaves in one place.
+make and publish their results through ``Results``, so a result still leaves in one place.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
 
 from ._gcp.operations import OperationsApi
 from ._guard import Decision, Guard
 from ._log import Logger
 from ._model import CancelRequest, Outcome, Result
+from ._results import Results
 from ._store import IdempotencyStore, Record
 from .errors import ApiRejected
 
 
-@dataclass(frozen=True)
-class Outlet:
-    """The pipeline's ways of making a result, of making one from the API's refusal, of publishing one that
-    owns no key, and of handing a key back at once on transient trouble."""
-
-    result: Callable[..., Result]
-    refused: Callable[..., Result]
-    finish: Callable[..., object]
-    released_on_trouble: Callable[[Record], AbstractContextManager[None]]
-
-
 class GuardSteps:
-    def __init__(self, *, api: OperationsApi, guard: Guard, store: IdempotencyStore, log: Logger, outlet: Outlet):
+    def __init__(self, *, api: OperationsApi, guard: Guard, store: IdempotencyStore, log: Logger, results: Results):
         self._api = api
         self._guard = guard
         self._store = store
         self._log = log
-        self._outlet = outlet
+        self._results = results
 
     def dry_run(self, record: Record, request: CancelRequest) -> Result:
         """Look (one ``get``), never cancel: DRY_RUN with what the API showed, or what it refused. The caller
         concludes the record with it."""
         ref, checks = request.ref, record.checks + 1
         try:
-            with self._outlet.released_on_trouble(record):
+            with self._results.released_on_trouble(record):
                 operation = self._api.get(ref)
         except ApiRejected as refusal:
-            refused = self._outlet.refused(record, ref, request.source, refusal, checks=checks)
+            refused = self._results.refused(record, ref, request.source, refusal, checks=checks)
             return dataclasses.replace(refused, dry_run=True)
-        result = self._outlet.result(
+        result = self._results.result(
             ref,
             request.idempotency_key,
             request.source,
@@ -67,10 +53,10 @@ class GuardSteps:
         True where it was held and reported already (a redelivery of it adds nothing)."""
         ref = request.ref
         assert decision.because is not None
-        result = self._outlet.result(
+        result = self._results.result(
             ref, request.idempotency_key, request.source, Outcome.HELD, decision.error, requested_at=record.requested_at
         )
-        with self._outlet.released_on_trouble(record):
+        with self._results.released_on_trouble(record):
             held = self._guard.hold(request, result, decision.because)
             if not held.reported:
                 # Once per holding, as its result: a redelivery of a request held and reported adds nothing.
@@ -84,7 +70,7 @@ class GuardSteps:
                     budget_limit=decision.budget_limit,
                     source=request.source.to_json(),
                 )
-                self._outlet.finish(Result.from_json(held.result), key=record.key)
+                self._results.finish(Result.from_json(held.result), key=record.key)
                 self._guard.reported(held)
         self._store.forgotten(record)
         return held.reported

@@ -500,6 +500,11 @@ def reported_key(key: str) -> str | None:
     return key
 
 
+def payload_hash(identity: str) -> str:
+    """What a key is bound to: a request naming another operation under the same key is told apart by it."""
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()
+
+
 def dry_run_key(key: str) -> str:
     """Where a dry run is deduplicated: beside, never on, the key the real request would use."""
     return DRY_RUN_KEYS + key

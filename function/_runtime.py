@@ -26,7 +26,8 @@ from ._log import Logger, traced
 from ._model import InboundMessage
 from ._names import escape_text
 from ._parsing import MAX_BODY_BYTES
-from ._pipeline import ItemStatus, Pipeline, Report
+from ._pipeline import Pipeline
+from ._reports import ItemStatus, Report
 from ._settings import Settings
 from ._wiring import build_pipeline
 from .errors import TransientError

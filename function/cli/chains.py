@@ -7,7 +7,7 @@ import json
 import click
 
 from .._clock import format_time
-from .._pipeline import ItemStatus, Report
+from .._reports import ItemStatus, Report
 from ..errors import TransientError
 from ._clients import CliClients, open_pipeline, store_option
 from ._common import json_option, seconds

@@ -8,7 +8,8 @@ import click
 
 from .._clock import format_time
 from .._guard import Guard, describe_held
-from .._pipeline import ItemStatus, Pipeline
+from .._pipeline import Pipeline
+from .._reports import ItemStatus
 from .._store.guard import HeldRequest
 from ..errors import PublishFailed, StaleFence, TransientError
 from ._clients import CliClients, open_pipeline, store_option

@@ -166,6 +166,6 @@ def test_the_storm_benchmark_sends_exactly_the_budget_and_counts_the_guard_s_sto
     report = storm.run(tmp_path, requests=60, budget=7, instances=3, store="sqlite")
     assert report.exact and report.cancels_sent == 7, report
     assert report.outcomes == {"CANCELLED": 7, "HELD": 53} and report.breaker_trips == 1, report
-    # A cancel reads its held record and the budget document and writes the budget document (plus the pause,
-    # once per instance); a held request never writes the budget document.
-    assert report.guard_ops_cancelled[1] >= 1 and report.guard_ops_held[0] >= 1, report
+    # A cancel reads its held record and the budget document; an instance's simultaneous cancels share one
+    # write of the budget document, so there is at most one write per cancel, and some; a held request reads.
+    assert 0 < report.guard_ops_cancelled[1] <= 1 and report.guard_ops_held[0] >= 1, report

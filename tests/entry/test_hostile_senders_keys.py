@@ -14,7 +14,7 @@ import pytest
 
 from devkit.simulator import Simulator
 from function._messages import event_id
-from function._pipeline import payload_hash
+from function._parsing import payload_hash
 from tests.entry.test_entrypoints import NAME, eventarc_sample, post_event, pubsub_event
 from tests.entry.test_hostile_senders import wired
 from tests.support import DATA_DIR, Rig

@@ -1,7 +1,7 @@
 """docs/configuration.md's table of log events, held to the events the code can log and their severities.
 
 The events are read from the source: every call of a logger method with ``event=`` (a literal, or a claim
-status, which ``Pipeline._duplicate`` logs as its event); a call through a local ``log`` chosen between two
+status, which ``Results.duplicate`` logs as its event); a call through a local ``log`` chosen between two
 methods counts at both severities. Each must be in the table, at a severity its row names, and each
 event the table names must be one the code logs.
 """

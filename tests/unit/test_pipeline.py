@@ -10,8 +10,7 @@ import pytest
 from devkit.simulator import Simulator
 from function import ItemStatus, Settings, format_time, parse_time
 from function._messages import RESULT_EVENT_TYPE, event_id
-from function._parsing import REJECTED_KEYS
-from function._pipeline import payload_hash
+from function._parsing import REJECTED_KEYS, payload_hash
 from function._store import ClaimStatus
 from tests.support import DATA_DIR, TEST_POLICY, FakeClock, Rig, open_store
 
