@@ -404,10 +404,11 @@ warm instance: each scenario's instance served one request first, uncounted, bec
 the pause (and, with a budget, the budget document) on its first request and then at most every 10 s.
 Guard reads and writes are the guard documents' (the budget, the pause, `held/{{key}}`), apart from the
 idempotency records'; each is one Firestore request. Below the budget a request reads its held record
-(absent) and reads and conditionally writes the budget document; held, it writes its held record and
-frees its claim; the same request again only reads. Under simultaneous requests a conditional write of
-the budget document can lose a race and is tried again: [the storm](#alert-storm-against-a-cancel-budget)
-counts those.
+(absent) and reads and conditionally writes the budget document (one request at a time here; an
+instance's simultaneous requests share one read and one write); held, it writes its held record and
+frees its claim; the same request again only reads. Across instances a conditional write of the budget
+document can lose a race and is tried again: [the storm](#alert-storm-against-a-cancel-budget) counts
+those.
 
 | request | cancel calls | publish calls | record reads / writes | guard reads / writes |
 | --- | --- | --- | --- | --- |
@@ -658,8 +659,9 @@ store client and guard cache, as Cloud Run instances) sharing one store: Google'
 or an SQLite file. The Operations API simulator answers in-process. The goal: exactly the budget's
 cancels, every other request `HELD`, one result each, one breaker trip. Guard operations are the guard
 documents' reads and writes (conditional writes lost to a race included) per request, averaged over the
-requests that cancelled and those held; a request that lost 64 races in a row is sent again
-(redeliveries). The figures show contention on one document under a storm of simultaneous requests
+requests that cancelled and those held; an instance's simultaneous requests count together, so a
+count's read and write fall to the request that ran it and the others waiting on it spend none. A
+count that lost 64 races in a row has its requests sent again (redeliveries). The figures show contention on one document under a storm of simultaneous requests
 on this machine's emulator, not Firestore's latency.
 
 | store | requests | budget | instances | cancels sent | held | results | breaker trips | redeliveries | to the last result | guard reads / writes, cancelled | guard reads / writes, held | |
