@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,27 +76,83 @@ class Trip:
 
 
 @dataclass(frozen=True)
-class Budget:
-    """The cancels counted since the last reset, each (sent at, digest of its request's key), and the breaker."""
+class Ledger:
+    """The cancels counted since the last reset, oldest first, as one string of fixed-width entries: each a
+    send time (milliseconds, 13 digits) and a digest of its request's key (32 hex digits).
 
-    counted: tuple[tuple[float, str], ...] = ()
+    Every count reads and rewrites the hot budget document whole, so the entries are kept as the cheapest
+    thing to decode, encode, search, cut and append: one string, never parsed entry by entry. Times never
+    decrease along it (an entry takes the time of the one before it if its instance's clock is behind), so
+    the window's start is found by bisection, and an entry is only ever counted for longer than it was.
+    """
+
+    text: str = ""
+
+    _TIME = 13
+    _WIDTH = _TIME + 32
+
+    def __len__(self) -> int:
+        return len(self.text) // self._WIDTH
+
+    def live(self, now: float, window_s: float) -> Ledger:
+        """The entries inside the sliding window ending ``now``: sent after ``now - window_s``."""
+        start_ms = math.floor((now - window_s) * 1000)
+        low, high = 0, len(self)
+        while low < high:
+            middle = (low + high) // 2
+            if self._time_ms(middle) > start_ms:
+                high = middle
+            else:
+                low = middle + 1
+        return Ledger(self.text[low * self._WIDTH :])
+
+    def has(self, digest: str) -> bool:
+        at = self.text.find(digest)
+        while at != -1:
+            if at % self._WIDTH == self._TIME:
+                return True
+            at = self.text.find(digest, at + 1)
+        return False
+
+    def add(self, now: float, digest: str, *, not_before: float = 0.0) -> Ledger:
+        """With one more entry, sent at ``now`` (or, where that is earlier, at the last entry's time or
+        ``not_before``)."""
+        sent_ms = max(math.floor(now * 1000), math.ceil(not_before * 1000), self._time_ms(len(self) - 1) if self else 0)
+        return Ledger(f"{self.text}{sent_ms:0{self._TIME}d}{digest}")
+
+    def _time_ms(self, index: int) -> int:
+        at = index * self._WIDTH
+        return int(self.text[at : at + self._TIME])
+
+    @classmethod
+    def of_entries(cls, entries: Any) -> Ledger:
+        """A ledger from a list of ``[sent at (seconds), digest]``, as versions before the ledger kept it."""
+        ledger = cls()
+        for at, digest in sorted((float(at), str(digest)) for at, digest in entries):
+            ledger = ledger.add(at, digest)
+        return ledger
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The cancels counted since the last reset (``Ledger``), and the breaker."""
+
+    counted: Ledger = Ledger()
     #: The last ``guard reset``: cancels before it no longer count.
     since: float = 0.0
     tripped: Trip | None = None
 
-    def live(self, now: float, window_s: float) -> tuple[tuple[float, str], ...]:
+    def live(self, now: float, window_s: float) -> Ledger:
         """The cancels inside the sliding window ending ``now``."""
-        start = now - window_s
-        return tuple(entry for entry in self.counted if entry[0] > start and entry[0] >= self.since)
+        return self.counted.live(now, window_s)
 
     def counts(self, key: str, now: float, window_s: float) -> bool:
         """Whether the request with ``key`` was counted in the window: its cancel may go (again), tripped or not."""
-        digest = _digest(key)
-        return any(entry[1] == digest for entry in self.live(now, window_s))
+        return self.live(now, window_s).has(_digest(key))
 
     def to_body(self) -> dict[str, Any]:
         tripped = dataclasses.asdict(self.tripped) if self.tripped is not None else None
-        return {"counted": [list(entry) for entry in self.counted], "since": self.since, "tripped": tripped}
+        return {"ledger": self.counted.text, "since": self.since, "tripped": tripped}
 
     @classmethod
     def from_document(cls, document: Document | None) -> Budget:
@@ -103,11 +160,9 @@ class Budget:
             return cls()
         body = document.body
         tripped = body.get("tripped")
-        return cls(
-            tuple((float(at), str(digest)) for at, digest in body.get("counted", ())),
-            float(body.get("since", 0.0)),
-            Trip(**tripped) if tripped else None,
-        )
+        # A document written before the ledger keeps its entries as a list, under "counted".
+        ledger = Ledger(str(body["ledger"])) if "ledger" in body else Ledger.of_entries(body.get("counted", ()))
+        return cls(ledger, float(body.get("since", 0.0)), Trip(**tripped) if tripped else None)
 
 
 @dataclass(frozen=True)
@@ -188,14 +243,13 @@ class GuardRecords:
         so no two requests ever take the same place in the budget."""
         document = _call(self._load_document, BUDGET_KEY)
         budget = Budget.from_document(document)
-        live = list(budget.live(now, window_s))
-        seen = {digest for _, digest in live}
+        live = budget.live(now, window_s)
         tripped = budget.tripped
         changed = False
         answers: list[Counted] = []
         for key in keys:
             digest = _digest(key)
-            if digest in seen:
+            if live.has(digest):
                 # Counted before (a redelivery, a takeover; tripped or not): its cancel may have gone already.
                 answers.append(Counted(True, len(live), tripped))
             elif tripped is not None:
@@ -204,13 +258,11 @@ class GuardRecords:
                 tripped, changed = Trip(now, key, len(live)), True
                 answers.append(Counted(False, len(live), tripped, tripped_now=True))
             else:
-                live.append((now, digest))
-                seen.add(digest)
-                changed = True
+                live, changed = live.add(now, digest, not_before=budget.since), True
                 answers.append(Counted(True, len(live)))
         if not changed:
             return [dataclasses.replace(answer, budget=budget) for answer in answers]
-        counted = Budget(tuple(live), budget.since, tripped)
+        counted = Budget(live, budget.since, tripped)
         if not self._put(document, BUDGET_KEY, GUARD_KIND, counted.to_body(), now=now, expire_at=NEVER):
             return None
         return [dataclasses.replace(answer, budget=counted) for answer in answers]

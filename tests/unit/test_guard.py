@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import threading
 import time
 
@@ -16,8 +17,8 @@ from function._guard import STATE_CACHE_S, Guard, HeldBecause, Verdict
 from function._log import Logger
 from function._model import CancelRequest, Outcome, Result, Source, SourceKind
 from function._names import OperationRef
-from function._settings import CancelBudget
-from function._store.guard import BUDGET_KEY, PAUSE_KEY
+from function._settings import MAX_BUDGET_COUNT, CancelBudget
+from function._store.guard import BUDGET_KEY, PAUSE_KEY, Budget, Ledger
 from function.errors import GuardContended, StoreUnavailable
 from tests.support import FakeClock
 
@@ -341,3 +342,38 @@ def test_many_instances_racing_for_the_budget_never_count_past_it():
     assert len(answers) == 100
     assert sum(a.verdict is Verdict.GO for a in answers) == 30
     assert sum(a.verdict is Verdict.HOLD for a in answers) == 70
+
+
+# The budget's ledger: one string of fixed-width entries, read and rewritten by every count.
+
+DIGEST = "0123456789abcdef0123456789abcdef"
+
+
+def test_the_ledger_keeps_times_from_decreasing_so_an_entry_is_only_ever_counted_longer():
+    ledger = Ledger().add(100.0, "a" * 32).add(99.5, "b" * 32).add(101.0, "c" * 32, not_before=102.0)
+    assert len(ledger) == 3
+    # b's instance's clock was behind: b takes a's time; c comes after a reset at 102 s and takes that.
+    assert [ledger._time_ms(i) for i in range(3)] == [100_000, 100_000, 102_000]
+    # The window (100 s, 110 s] holds c only; (99.999 s, 109.999 s] holds all three.
+    assert len(ledger.live(210.0, 110.0)) == 1 and ledger.live(210.0, 110.0).has("c" * 32)
+    assert len(ledger.live(209.999, 110.0)) == 3
+    assert len(ledger.live(1000.0, 10.0)) == 0 and len(ledger.live(0.0, 10.0)) == 3
+
+
+def test_the_ledger_finds_a_digest_only_where_an_entry_holds_it():
+    ledger = Ledger().add(1.0, DIGEST).add(2.0, "f" * 32)
+    assert ledger.has(DIGEST) and ledger.has("f" * 32)
+    # Straddling two entries (the end of one digest and the next entry's time), or inside one: not an entry.
+    straddling = ledger.text[30:62]
+    assert len(straddling) == 32 and not ledger.has(straddling)
+    assert not ledger.has("1" * 32)
+
+
+def test_a_full_budget_of_the_largest_n_fits_a_firestore_document_with_room_to_spare():
+    ledger = Ledger()
+    for i in range(MAX_BUDGET_COUNT):
+        ledger = ledger.add(1_790_000_000 + i, f"{i:032x}")
+    assert len(ledger) == MAX_BUDGET_COUNT
+    encoded = json.dumps(Budget(ledger).to_body())
+    # Firestore's limit on a document is 1 MiB (cloud.google.com/firestore/quotas).
+    assert len(encoded.encode()) < 512 * 1024

@@ -16,7 +16,7 @@ from function import IdempotencyStore, MemoryStore, SqliteStore, State
 from function._store import ClaimStatus, Record, TransitionRefused
 from function._store import sqlite as sqlite_backend
 from function._store.firestore import FirestoreStore
-from function._store.guard import BUDGET_KEY, HeldRequest, Pause
+from function._store.guard import BUDGET_KEY, HeldRequest, Pause, _digest
 from function.errors import KeyBusy, StaleFence, StoreUnavailable
 from tests.support import DelegatingStore, open_store
 
@@ -653,6 +653,22 @@ def test_keys_counted_together_take_their_places_in_order_in_one_write(store):
     assert answers[6].tripped.by == "k4"
     assert store._load_document(BUDGET_KEY).version == version + 1
     assert store.budget() == answers[0].budget
+
+
+def test_a_budget_document_of_the_version_before_the_ledger_is_read_and_rewritten_as_a_ledger(store):
+    # Before the ledger, the counted cancels were a list of [sent at, digest of the key], under "counted".
+    count_one(store, "k0", now=NOW, limit=3, window_s=100)
+    listed = {"counted": [[NOW - 200, "0" * 32], [NOW - 1, _digest("old")]], "since": 0.0, "tripped": None}
+    document = store._load_document(BUDGET_KEY)
+    assert store._replace_document(
+        dataclasses.replace(document, body=listed, version=document.version + 1), document.version
+    )
+    assert len(store.budget().live(NOW, 100)) == 1
+    again = count_one(store, "old", now=NOW, limit=3, window_s=100)
+    assert (again.allowed, again.used) == (True, 1)  # counted before, under the old format: not again
+    fresh = count_one(store, "new", now=NOW, limit=3, window_s=100)
+    assert (fresh.allowed, fresh.used) == (True, 2)
+    assert "ledger" in store._load_document(BUDGET_KEY).body
 
 
 def test_a_count_that_changes_nothing_writes_nothing(store):
