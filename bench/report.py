@@ -647,7 +647,7 @@ def _dispatch_lateness(report: ChecksReport) -> str:
 def _storm(runs: list[StormReport]) -> str:
     rows = "\n".join(
         f"| {r.store} | {r.requests} | {r.budget} | {r.instances} | **{r.cancels_sent}** | {r.outcomes.get('HELD', 0)} "
-        f"| {r.results} | {r.breaker_trips} | {r.redeliveries} | {r.to_last_result_s:.1f} s "
+        f"| {r.results} | {r.repeats} | {r.breaker_trips} | {r.redeliveries} | {r.to_last_result_s:.1f} s "
         f"| {r.guard_ops_cancelled[0]} / {r.guard_ops_cancelled[1]} | {r.guard_ops_held[0]} / {r.guard_ops_held[1]} "
         f"| {'exact' if r.exact else '**NOT EXACT**'} |"
         for r in runs
@@ -661,11 +661,14 @@ cancels, every other request `HELD`, one result each, one breaker trip. Guard op
 documents' reads and writes (conditional writes lost to a race included) per request, averaged over the
 requests that cancelled and those held; an instance's simultaneous requests count together, so a
 count's read and write fall to the request that ran it and the others waiting on it spend none. A
-count that lost 64 races in a row has its requests sent again (redeliveries). The figures show contention on one document under a storm of simultaneous requests
+count that lost 64 races in a row has its requests sent again (redeliveries). Results are counted as a
+consumer counts them, one per event id (`ce-id`); "repeated results" are publishes of a result already
+out, under its same event id, as the SPEC allows (a store write lost after the publish, and the request
+sent again). The figures show contention on one document under a storm of simultaneous requests
 on this machine's emulator, not Firestore's latency.
 
-| store | requests | budget | instances | cancels sent | held | results | breaker trips | redeliveries | to the last result | guard reads / writes, cancelled | guard reads / writes, held | |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| store | requests | budget | instances | cancels sent | held | results | repeated results | breaker trips | redeliveries | to the last result | guard reads / writes, cancelled | guard reads / writes, held | |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 """
 

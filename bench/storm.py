@@ -47,8 +47,12 @@ class StormReport:
     instances: int
     store: str
     cancels_sent: int
+    #: Outcomes and results as a consumer counts them: one per event id (``ce-id``).
     outcomes: collections.Counter = field(default_factory=collections.Counter)
     results: int = 0
+    #: Results published again under an event id already out (the SPEC allows such repeats; consumers drop
+    #: them by ``ce-id``): a store write lost after the publish, and the request redelivered.
+    repeats: int = 0
     #: Deliveries sent again after transient trouble (a race lost too often, the store busy).
     redeliveries: int = 0
     breaker_trips: int = 0
@@ -67,15 +71,22 @@ class _Results:
     """The publisher port, keeping each result and when it came."""
 
     def __init__(self) -> None:
-        self.results: list[tuple[float, dict]] = []
+        #: (when, event id, result) for each publish.
+        self.results: list[tuple[float, str, dict]] = []
         self._lock = threading.Lock()
 
     def publish_all(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str]:
         with self._lock:
-            for data, _ in messages:
+            for data, attributes in messages:
                 if topic == "opcancel-results":
-                    self.results.append((time.monotonic(), json.loads(data)))
+                    self.results.append((time.monotonic(), attributes["ce-id"], json.loads(data)))
             return [str(len(self.results))] * len(messages)
+
+    def first_of_each_event(self) -> list[tuple[float, dict]]:
+        seen: dict[str, tuple[float, dict]] = {}
+        for at, event_id, result in self.results:
+            seen.setdefault(event_id, (at, result))
+        return list(seen.values())
 
 
 _OPS: threading.local = threading.local()
@@ -168,7 +179,8 @@ def run(
         for thread in threads:
             thread.join()
     lines = [json.loads(line) for line in log.getvalue().splitlines()]
-    published = [result for _, result in results.results]
+    distinct = results.first_of_each_event()
+    published = [result for _, result in distinct]
     return StormReport(
         requests=requests,
         budget=budget,
@@ -177,9 +189,10 @@ def run(
         cancels_sent=len(simulator.cancel_calls()),
         outcomes=collections.Counter(result["outcome"] for result in published),
         results=len(published),
+        repeats=len(results.results) - len(distinct),
         redeliveries=redeliveries,
         breaker_trips=sum(1 for line in lines if line.get("event") == "breaker_tripped"),
-        to_last_result_s=max((at for at, _ in results.results), default=started) - started,
+        to_last_result_s=max((at for at, _ in distinct), default=started) - started,
         guard_ops_cancelled=_mean(ops.get("CANCELLED", [])),
         guard_ops_held=_mean(ops.get("HELD", [])),
     )
