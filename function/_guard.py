@@ -139,14 +139,17 @@ class _Tally:
                 return entry.answer()
             self._counting = True
             batch, self._waiting = self._waiting, []
+        outcomes: list[Counted | BaseException]
         try:
-            answers: list[Counted] | BaseException = count_all([waiting.key for waiting in batch])
+            outcomes = list(count_all([waiting.key for waiting in batch]))
+            if len(outcomes) != len(batch):
+                raise AssertionError(f"{len(outcomes)} answers to a count of {len(batch)}")
         except BaseException as problem:
-            answers = problem
+            outcomes = [problem] * len(batch)
+        # Whatever happened, the next count may start: a count left running would stop every request.
         with self._changed:
-            for number, waiting in enumerate(batch):
-                waiting.done = True
-                waiting.outcome = answers if isinstance(answers, BaseException) else answers[number]
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                waiting.done, waiting.outcome = True, outcome
             self._counting = False
             self._changed.notify_all()
         return entry.answer()

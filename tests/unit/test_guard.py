@@ -377,3 +377,20 @@ def test_a_full_budget_of_the_largest_n_fits_a_firestore_document_with_room_to_s
     encoded = json.dumps(Budget(ledger).to_body())
     # Firestore's limit on a document is 1 MiB (cloud.google.com/firestore/quotas).
     assert len(encoded.encode()) < 512 * 1024
+
+
+def test_a_count_that_answers_wrongly_fails_its_requests_and_never_stops_the_next_count():
+    class Short(CountingStore):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def count_cancels(self, keys, *, now, limit, window_s):
+            self.calls += 1
+            answers = super().count_cancels(keys, now=now, limit=limit, window_s=window_s)
+            return answers[:-1] if self.calls == 1 else answers
+
+    rails = guard(Short(), FakeClock(), budget=CancelBudget(5, 3600))
+    with pytest.raises(AssertionError, match="0 answers to a count of 1"):
+        rails.decide(request("a"))
+    assert rails.decide(request("b")).verdict is Verdict.GO
