@@ -118,19 +118,23 @@ class Ledger:
         """With one more entry, sent at ``now`` (or, where that is earlier, at the last entry's time or
         ``not_before``)."""
         sent_ms = max(math.floor(now * 1000), math.ceil(not_before * 1000), self._time_ms(len(self) - 1) if self else 0)
-        return Ledger(f"{self.text}{sent_ms:0{self._TIME}d}{digest}")
+        return Ledger(self.text + self._entry(sent_ms, digest))
 
     def _time_ms(self, index: int) -> int:
         at = index * self._WIDTH
         return int(self.text[at : at + self._TIME])
 
     @classmethod
-    def of_entries(cls, entries: Any) -> Ledger:
-        """A ledger from a list of ``[sent at (seconds), digest]``, as versions before the ledger kept it."""
-        ledger = cls()
-        for at, digest in sorted((float(at), str(digest)) for at, digest in entries):
-            ledger = ledger.add(at, digest)
-        return ledger
+    def _entry(cls, sent_ms: int, digest: str) -> str:
+        return f"{sent_ms:0{cls._TIME}d}{digest}"
+
+    @classmethod
+    def of_entries(cls, entries: Any, *, since: float) -> Ledger:
+        """A ledger from a list of ``[sent at (seconds), digest]``, as versions before the ledger kept it
+        (where an entry from before the last reset, ``since``, no longer counted). Built in one pass: a
+        tripped budget is only ever read, so a document of that version may be read many times."""
+        kept = sorted((float(at), str(digest)) for at, digest in entries if float(at) >= since)
+        return cls("".join(cls._entry(math.floor(at * 1000), digest) for at, digest in kept))
 
 
 @dataclass(frozen=True)
@@ -161,8 +165,12 @@ class Budget:
         body = document.body
         tripped = body.get("tripped")
         # A document written before the ledger keeps its entries as a list, under "counted".
-        ledger = Ledger(str(body["ledger"])) if "ledger" in body else Ledger.of_entries(body.get("counted", ()))
-        return cls(ledger, float(body.get("since", 0.0)), Trip(**tripped) if tripped else None)
+        since = float(body.get("since", 0.0))
+        if "ledger" in body:
+            ledger = Ledger(str(body["ledger"]))
+        else:
+            ledger = Ledger.of_entries(body.get("counted", ()), since=since)
+        return cls(ledger, since, Trip(**tripped) if tripped else None)
 
 
 @dataclass(frozen=True)

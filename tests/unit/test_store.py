@@ -658,7 +658,9 @@ def test_keys_counted_together_take_their_places_in_order_in_one_write(store):
 def test_a_budget_document_of_the_version_before_the_ledger_is_read_and_rewritten_as_a_ledger(store):
     # Before the ledger, the counted cancels were a list of [sent at, digest of the key], under "counted".
     count_one(store, "k0", now=NOW, limit=3, window_s=100)
-    listed = {"counted": [[NOW - 200, "0" * 32], [NOW - 1, _digest("old")]], "since": 0.0, "tripped": None}
+    # Outside the window; inside it but before the last reset (no longer counted); counted.
+    entries = [[NOW - 200, "0" * 32], [NOW - 60, _digest("before-reset")], [NOW - 1, _digest("old")]]
+    listed = {"counted": entries, "since": NOW - 50, "tripped": None}
     document = store._load_document(BUDGET_KEY)
     assert store._replace_document(
         dataclasses.replace(document, body=listed, version=document.version + 1), document.version
